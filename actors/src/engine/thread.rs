@@ -1,0 +1,158 @@
+//! The dedicated OS thread of one replica. It owns the inference context for the replica's
+//! whole life; jobs arrive over a channel and replies leave through each job's oneshot.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::{Completion, EngineError, EngineJob, GenerationControl, Session, Weights};
+use crate::ModelConfig;
+
+/// What the engine thread tells its replica actor.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum EngineEvent {
+    /// A job was answered and the engine is free for the next one.
+    Finished,
+    /// The engine panicked or failed; the thread has exited and the context is gone.
+    Died(String),
+}
+
+pub(crate) struct EngineThread {
+    jobs: Option<SyncSender<EngineJob>>,
+    stopping: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EngineThread {
+    /// Starts the thread and waits until its context exists, so that a context that cannot be
+    /// created fails the replica's start and reaches its supervisor.
+    pub(crate) async fn spawn(
+        name: String,
+        weights: Arc<dyn Weights>,
+        model: ModelConfig,
+        events: Box<dyn Fn(EngineEvent) + Send>,
+    ) -> Result<Self, EngineError> {
+        // Capacity 1: a replica is only ever given a job when it is idle, so a full channel
+        // means a scheduling bug, reported by `submit` instead of queued silently.
+        let (jobs, rx) = sync_channel::<EngineJob>(1);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread_stopping = Arc::clone(&stopping);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let mut ready = Some(ready_tx);
+                let result = weights.run_session(&model, &mut |session| {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
+                    serve(session, &rx, &thread_stopping, &*events);
+                });
+                if let Err(err) = result {
+                    match ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(Err(err));
+                        }
+                        None => events(EngineEvent::Died(err.to_string())),
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start engine thread: {e}")))?;
+        let mut thread = Self {
+            jobs: Some(jobs),
+            stopping,
+            handle: Some(handle),
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(err)) => {
+                thread.join().await;
+                Err(err)
+            }
+            Err(_) => {
+                thread.join().await;
+                Err(EngineError::Crashed(
+                    "engine thread exited while starting".into(),
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn submit(&self, job: EngineJob) -> Result<(), EngineJob> {
+        match self.jobs.as_ref().map(|tx| tx.try_send(job)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(TrySendError::Full(job) | TrySendError::Disconnected(job))) => Err(job),
+            None => unreachable!("jobs sender is only taken by join"),
+        }
+    }
+
+    /// Asks a running generation to stop, closes the job channel and waits for the thread, so
+    /// that the context and this replica's share of the weights are freed when this returns.
+    pub(crate) async fn join(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.jobs.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        // Without `join` the thread still ends on its own once the channel is gone.
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(
+    session: &mut dyn Session,
+    jobs: &Receiver<EngineJob>,
+    stopping: &AtomicBool,
+    events: &dyn Fn(EngineEvent),
+) {
+    while let Ok(EngineJob {
+        request,
+        reply,
+        load_wait,
+        ..
+    }) = jobs.recv()
+    {
+        let caller_gone = || reply.is_closed();
+        let control = GenerationControl {
+            stopping,
+            caller_gone: &caller_gone,
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            if request.fault == Some(crate::Fault::EnginePanic) {
+                panic!("injected engine panic");
+            }
+            session.generate(&request, &control)
+        }));
+        match outcome {
+            Ok(result) => {
+                let _ = reply.send(result.map(|c| Completion { load_wait, ..c }));
+                events(EngineEvent::Finished);
+            }
+            Err(payload) => {
+                // The context may be mid-update: never reuse it after a panic.
+                let reason = panic_message(payload.as_ref());
+                let _ = reply.send(Err(EngineError::Crashed(reason.clone())));
+                events(EngineEvent::Died(reason));
+                return;
+            }
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "engine panicked".to_owned())
+}

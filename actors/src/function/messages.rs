@@ -1,0 +1,22 @@
+//! What a function actor accepts.
+
+use genrt_functions::ModelId;
+use ractor::{ActorRef, RpcReplyPort};
+
+use crate::model_pool::PoolMsg;
+use crate::{Invocation, InvocationOutcome, InvokeError};
+
+pub(crate) enum FunctionMsg {
+    /// Run the function once on the model the dispatcher chose.
+    Invoke {
+        invocation: Invocation,
+        model: ModelId,
+        n_ctx: u32,
+        pool: ActorRef<PoolMsg>,
+        reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,
+    },
+    /// One forwarded invocation has been answered.
+    Finished,
+    /// Time to check whether this actor has been idle for its timeout.
+    IdleCheck,
+}

@@ -1,0 +1,35 @@
+//! The genrt supervision tree and its inference engine.
+//!
+//! ```text
+//! RootSupervisor
+//! ├── Dispatcher ─── FunctionActor (one per tenant × function version, stops when idle)
+//! └── ModelPool (one per registered model) ─── ModelReplica (each owns one engine thread)
+//! ```
+//!
+//! Nothing here knows HTTP, SQL, JWT or a JSON wire format: the runtime turns requests into
+//! [`Invocation`]s and [`ActorTree`] answers them.
+
+mod cache;
+mod dispatcher;
+pub mod engine;
+mod error;
+mod function;
+mod model_pool;
+mod replica;
+mod root;
+mod supervision;
+mod tree;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{CacheKey, CachedCompletion, ResponseCache};
+pub use engine::{Backend, EngineError, LlamaCppBackend};
+pub use error::InvokeError;
+pub use supervision::RestartPolicy;
+pub use tree::{ActorTree, TreeConfig};
+pub use types::{
+    DeployedFunction, Fault, FinishReason, Invocation, InvocationId, InvocationOutcome,
+    ModelConfig, ModelPhase, ModelStatus, Timings, Usage,
+};

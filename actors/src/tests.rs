@@ -1,0 +1,234 @@
+//! Tests of the whole tree on the fake engine: dispatch, caching, routing, idleness and
+//! supervision, without llama.cpp. Each test builds its own isolated tree and shuts it down,
+//! failing if actors are left running.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use genrt_functions::{FunctionName, GenerationParams, TenantId};
+use serde_json::json;
+
+use crate::engine::fake::FakeBackend;
+use crate::{
+    ActorTree, CacheKey, CachedCompletion, DeployedFunction, Invocation, InvocationId, InvokeError,
+    ModelConfig, ModelPhase, ResponseCache, RestartPolicy, TreeConfig,
+};
+
+#[derive(Default)]
+struct MapCache(Mutex<HashMap<CacheKey, CachedCompletion>>);
+
+impl ResponseCache for MapCache {
+    fn get(&self, key: &CacheKey) -> Option<CachedCompletion> {
+        self.0.lock().unwrap().get(key).cloned()
+    }
+    fn insert(&self, key: CacheKey, value: CachedCompletion, _ttl: Option<Duration>) {
+        self.0.lock().unwrap().insert(key, value);
+    }
+}
+
+struct Harness {
+    tree: ActorTree,
+    backend: Arc<FakeBackend>,
+}
+
+impl Harness {
+    async fn start(models: Vec<ModelConfig>) -> Self {
+        let backend = Arc::new(FakeBackend::default());
+        let config = TreeConfig {
+            models,
+            restart_policy: RestartPolicy {
+                base_backoff: Duration::from_millis(1),
+                ..RestartPolicy::default()
+            },
+        };
+        let tree = ActorTree::start(config, backend.clone(), Arc::new(MapCache::default()))
+            .await
+            .unwrap();
+        Self { tree, backend }
+    }
+
+    async fn stop(self) {
+        self.tree.shutdown().await;
+        assert!(!self.tree.is_running(), "tree still running after shutdown");
+        assert_eq!(
+            self.backend.live_weights.load(Ordering::SeqCst),
+            0,
+            "weights still loaded after shutdown"
+        );
+    }
+}
+
+fn model(id: &str, idle_s: u64) -> ModelConfig {
+    let mut m = ModelConfig::new(id, format!("/models/{id}.gguf"));
+    m.idle_timeout_s = idle_s;
+    m
+}
+
+fn function(spec: serde_json::Value) -> Arc<DeployedFunction> {
+    Arc::new(DeployedFunction {
+        tenant: TenantId::parse("acme").unwrap(),
+        name: FunctionName::parse("f").unwrap(),
+        version: 1,
+        spec: serde_json::from_value(spec).unwrap(),
+    })
+}
+
+fn invocation(f: &Arc<DeployedFunction>, input: serde_json::Value) -> Invocation {
+    Invocation {
+        id: InvocationId::new(),
+        function: Arc::clone(f),
+        input,
+        params: GenerationParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+        received_at: Instant::now(),
+        fault: None,
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn invokes_then_serves_the_repeat_from_cache() {
+    let h = Harness::start(vec![model("m", 60)]).await;
+    let f = function(json!({"model": "m", "prompt": "Hello {{ who }}"}));
+    let first = h
+        .tree
+        .invoke(invocation(&f, json!({"who": "world"})))
+        .await
+        .unwrap();
+    assert_eq!(first.text, "echo: Hello world");
+    assert!(!first.cache_hit);
+    let second = h
+        .tree
+        .invoke(invocation(&f, json!({"who": "world"})))
+        .await
+        .unwrap();
+    assert!(second.cache_hit);
+    assert_eq!(second.text, first.text);
+    assert_eq!(h.backend.loads.load(Ordering::SeqCst), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn routes_by_input_field() {
+    let h = Harness::start(vec![model("general", 60), model("fashion", 60)]).await;
+    let f = function(json!({
+        "route": {"field": "category", "cases": {"fashion": "fashion"}, "default": "general"},
+        "prompt": "{{ item }}"
+    }));
+    let a = h
+        .tree
+        .invoke(invocation(&f, json!({"category": "fashion", "item": "a"})))
+        .await
+        .unwrap();
+    let b = h
+        .tree
+        .invoke(invocation(&f, json!({"category": "garden", "item": "b"})))
+        .await
+        .unwrap();
+    assert_eq!(a.model.as_str(), "fashion");
+    assert_eq!(b.model.as_str(), "general");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn input_errors_never_reach_a_model() {
+    let h = Harness::start(vec![model("m", 60)]).await;
+    let f = function(json!({"model": "m", "prompt": "Hello {{ who }}"}));
+    let err = h.tree.invoke(invocation(&f, json!({}))).await.unwrap_err();
+    assert!(matches!(err, InvokeError::Input(_)), "{err:?}");
+    assert_eq!(h.backend.loads.load(Ordering::SeqCst), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn idle_function_actors_stop_and_idle_models_unload() {
+    let h = Harness::start(vec![model("m", 1)]).await;
+    let f =
+        function(json!({"model": "m", "prompt": "x {{ n | default(1) }}", "idle_timeout_s": 1}));
+    h.tree.invoke(invocation(&f, json!({}))).await.unwrap();
+    let (tenant, name) = (f.tenant.clone(), f.name.clone());
+    assert_eq!(h.tree.active_versions(&tenant, &name).await, vec![1]);
+    assert_eq!(h.tree.models().await[0].phase, ModelPhase::Ready);
+    wait_until("function actor to stop", || async {
+        h.tree.active_versions(&tenant, &name).await.is_empty()
+    })
+    .await;
+    wait_until("model to unload", || async {
+        let s = &h.tree.models().await[0];
+        s.phase == ModelPhase::Unloaded && s.replicas == 0
+    })
+    .await;
+    assert_eq!(
+        h.backend.live_weights.load(Ordering::SeqCst),
+        0,
+        "weights freed"
+    );
+    // Scale from zero: the next call loads again.
+    let again = h
+        .tree
+        .invoke(invocation(&f, json!({"n": 2})))
+        .await
+        .unwrap();
+    assert!(!again.cache_hit);
+    assert_eq!(h.backend.loads.load(Ordering::SeqCst), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_engine_fails_its_call_and_the_replica_is_restarted() {
+    let h = Harness::start(vec![model("m", 60)]).await;
+    let f = function(json!({"model": "m", "prompt": "{{ text }}"}));
+    let err = h
+        .tree
+        .invoke(invocation(&f, json!({"text": "PANIC now"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, InvokeError::ReplicaFailed { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    let ok = h
+        .tree
+        .invoke(invocation(&f, json!({"text": "fine"})))
+        .await
+        .unwrap();
+    assert_eq!(ok.text, "echo: fine");
+    wait_until("restart to be counted", || async {
+        h.tree.models().await[0].replica_restarts == 1
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_that_cannot_load_is_reported_and_others_still_serve() {
+    let h = Harness::start(vec![model("missing", 60), model("ok", 60)]).await;
+    let bad = function(json!({"model": "missing", "prompt": "x"}));
+    let err = h
+        .tree
+        .invoke(invocation(&bad, json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, InvokeError::ModelUnavailable { .. }),
+        "{err:?}"
+    );
+    let statuses = h.tree.models().await;
+    assert!(matches!(statuses[0].phase, ModelPhase::Failed { .. }));
+    let good = function(json!({"model": "ok", "prompt": "x"}));
+    assert!(h.tree.invoke(invocation(&good, json!({}))).await.is_ok());
+    h.stop().await;
+}

@@ -1,0 +1,217 @@
+//! Values that travel through the tree: what is asked, what comes back, what is reported.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use genrt_functions::{FunctionName, FunctionSpec, GenerationParams, ModelId, TenantId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Identifies one invocation from the HTTP request to its stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InvocationId(pub uuid::Uuid);
+
+impl InvocationId {
+    /// Time-ordered (UUIDv7), so that ids sort by creation in the database.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for InvocationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One stored version of a function, as the runtime loaded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedFunction {
+    pub tenant: TenantId,
+    pub name: FunctionName,
+    pub version: u32,
+    pub spec: FunctionSpec,
+}
+
+/// Test-only faults, honoured only when the `fault-injection` feature is compiled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The engine thread panics while serving this invocation.
+    EnginePanic,
+}
+
+/// A request to run a function once.
+#[derive(Debug)]
+pub struct Invocation {
+    pub id: InvocationId,
+    pub function: Arc<DeployedFunction>,
+    pub input: Value,
+    pub params: GenerationParams,
+    pub received_at: Instant,
+    pub fault: Option<Fault>,
+}
+
+impl Invocation {
+    pub fn tenant(&self) -> &TenantId {
+        &self.function.tenant
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.received_at + Duration::from_secs(u64::from(self.function.spec.timeout_s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// One of the `stop` strings appeared; it is not part of the text.
+    StopSequence,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::StopSequence => "stop_sequence",
+        }
+    }
+}
+
+/// Milliseconds spent in each phase of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Waiting for weights to load when the model was scaled to zero.
+    pub load_ms: f64,
+    /// From arrival at the dispatcher until a replica started on it.
+    pub queue_ms: f64,
+    /// From arrival until the first generated token.
+    pub ttft_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvocationOutcome {
+    pub model: ModelId,
+    pub text: String,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub cache_hit: bool,
+    pub timings: Timings,
+}
+
+/// How a model is served. Read from the runtime's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: ModelId,
+    pub path: PathBuf,
+    /// Context length of each replica, prompt and completion together.
+    #[serde(default = "default_n_ctx")]
+    pub n_ctx: u32,
+    /// CPU threads per replica; 0 uses every core.
+    #[serde(default)]
+    pub threads: u32,
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: u32,
+    /// Seconds without work before the replicas stop and the weights are freed.
+    #[serde(default = "default_model_idle_s")]
+    pub idle_timeout_s: u64,
+    /// Invocations that may wait for a replica; more are refused with `overloaded`.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Layers offloaded to a GPU when a GPU backend is present.
+    #[serde(default)]
+    pub n_gpu_layers: u32,
+}
+
+fn default_n_ctx() -> u32 {
+    2048
+}
+fn default_max_replicas() -> u32 {
+    1
+}
+fn default_model_idle_s() -> u64 {
+    300
+}
+fn default_queue_capacity() -> usize {
+    64
+}
+
+impl ModelConfig {
+    pub fn new(id: &str, path: impl Into<PathBuf>) -> Self {
+        Self {
+            id: ModelId::new(id),
+            path: path.into(),
+            n_ctx: default_n_ctx(),
+            threads: 0,
+            max_replicas: default_max_replicas(),
+            idle_timeout_s: default_model_idle_s(),
+            queue_capacity: default_queue_capacity(),
+            n_gpu_layers: 0,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+
+    pub fn threads(&self) -> u32 {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        }
+    }
+}
+
+/// Lifecycle of a model's weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPhase {
+    Unloaded,
+    Loading,
+    Ready,
+    Failed { reason: String },
+}
+
+impl ModelPhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Ready => "ready",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What `GET /v1/models` shows of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelStatus {
+    pub id: ModelId,
+    pub phase: ModelPhase,
+    pub replicas: u32,
+    pub busy_replicas: u32,
+    pub queued: u32,
+    pub max_replicas: u32,
+    pub n_ctx: u32,
+    pub replica_restarts: u64,
+    pub loads: u64,
+    pub last_load_ms: Option<f64>,
+}

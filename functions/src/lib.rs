@@ -1,0 +1,19 @@
+//! What a generation function is: its spec, how a spec is validated, how its templates are
+//! rendered with an invocation's input, and how its model is chosen.
+//!
+//! This crate does no IO and knows nothing of HTTP, SQL or JWT. The runtime converts its wire
+//! types into these domain types by hand, and the actors execute them.
+
+mod error;
+mod ids;
+mod params;
+mod prepared;
+mod routing;
+mod spec;
+
+pub use error::{InputError, SpecError};
+pub use ids::{FunctionName, ModelId, TenantId};
+pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
+pub use prepared::{PreparedFunction, RenderedPrompt};
+pub use routing::Route;
+pub use spec::{default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget};

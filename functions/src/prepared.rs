@@ -1,0 +1,201 @@
+//! A spec made ready to run: templates compiled and the input schema built once, then used
+//! for every invocation of that version. The function actor holds one of these.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+use crate::{FunctionSpec, InputError, SpecError};
+
+const SYSTEM: &str = "system";
+const PROMPT: &str = "prompt";
+
+/// The messages a function produces for one input, before the model's chat template.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RenderedPrompt {
+    pub system: Option<String>,
+    pub user: String,
+}
+
+pub struct PreparedFunction {
+    spec: FunctionSpec,
+    templates: Environment<'static>,
+    input_schema: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for PreparedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedFunction")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedFunction {
+    pub fn new(spec: FunctionSpec) -> Result<Self, SpecError> {
+        let mut templates = Environment::new();
+        // A template that names a variable the input lacks is a caller error, not empty text.
+        templates.set_undefined_behavior(UndefinedBehavior::Strict);
+        if let Some(system) = &spec.system {
+            templates
+                .add_template_owned(SYSTEM, system.clone())
+                .map_err(|e| SpecError::invalid(SYSTEM, e.to_string()))?;
+        }
+        templates
+            .add_template_owned(PROMPT, spec.prompt.clone())
+            .map_err(|e| SpecError::invalid(PROMPT, e.to_string()))?;
+        let input_schema = spec
+            .input_schema
+            .as_ref()
+            .map(jsonschema::validator_for)
+            .transpose()
+            .map_err(|e| SpecError::invalid("input_schema", e.to_string()))?;
+        Ok(Self {
+            spec,
+            templates,
+            input_schema,
+        })
+    }
+
+    pub fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// Validates the input against the schema, then renders both templates with it.
+    pub fn render(&self, input: &Value) -> Result<RenderedPrompt, InputError> {
+        if let Some(validator) = &self.input_schema {
+            if let Some(err) = validator.iter_errors(input).next() {
+                let pointer = err.instance_path().to_string();
+                return Err(InputError::Schema {
+                    field: pointer_to_dotted(&pointer),
+                    message: err.to_string(),
+                });
+            }
+        }
+        if !input.is_object() {
+            return Err(InputError::Schema {
+                field: String::new(),
+                message: "must be a JSON object".into(),
+            });
+        }
+        let render = |name: &str| {
+            let template = self
+                .templates
+                .get_template(name)
+                .map_err(|e| InputError::Template {
+                    template: name.to_owned(),
+                    message: describe(&e),
+                })?;
+            template.render(input).map_err(|e| {
+                // Name the variables the input lacks: more useful than minijinja's position.
+                let mut missing: Vec<String> = template
+                    .undeclared_variables(false)
+                    .into_iter()
+                    .filter(|v| input.get(v).is_none())
+                    .collect();
+                missing.sort();
+                let message =
+                    if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
+                        format!("missing variable(s): {}", missing.join(", "))
+                    } else {
+                        describe(&e)
+                    };
+                InputError::Template {
+                    template: name.to_owned(),
+                    message,
+                }
+            })
+        };
+        let system = match self.spec.system {
+            Some(_) => Some(render(SYSTEM)?),
+            None => None,
+        };
+        Ok(RenderedPrompt {
+            system,
+            user: render(PROMPT)?,
+        })
+    }
+}
+
+/// minijinja's own message plus its detail ("undefined value", with the expression).
+fn describe(err: &minijinja::Error) -> String {
+    match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.to_string(),
+    }
+}
+
+/// `/items/0/name` becomes `.items.0.name`, appended to `input` by the error's display.
+fn pointer_to_dotted(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|seg| format!(".{}", seg.replace("~1", "/").replace("~0", "~")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn prepared(value: Value) -> PreparedFunction {
+        PreparedFunction::new(serde_json::from_value(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn renders_system_and_prompt_with_the_input() {
+        let f = prepared(json!({
+            "model": "m",
+            "system": "Style: {{ style | default('plain') }}",
+            "prompt": "Describe {{ product }} in {{ words }} words."
+        }));
+        let out = f
+            .render(&json!({"product": "a lamp", "words": 20}))
+            .unwrap();
+        assert_eq!(out.system.as_deref(), Some("Style: plain"));
+        assert_eq!(out.user, "Describe a lamp in 20 words.");
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_naming_the_template() {
+        let f = prepared(json!({"model": "m", "prompt": "Hello {{ name }}"}));
+        match f.render(&json!({})) {
+            Err(InputError::Template { template, message }) => {
+                assert_eq!(template, "prompt");
+                assert_eq!(message, "missing variable(s): name");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let f = prepared(json!({
+            "model": "m",
+            "prompt": "{{ price }}",
+            "input_schema": {
+                "type": "object",
+                "properties": {"price": {"type": "number"}},
+                "required": ["price"]
+            }
+        }));
+        match f.render(&json!({"price": "cheap"})) {
+            Err(InputError::Schema { field, .. }) => assert_eq!(field, ".price"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match f.render(&json!({})) {
+            Err(e @ InputError::Schema { .. }) => assert!(e.to_string().contains("price"), "{e}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(f.render(&json!({"price": 3})).is_ok());
+    }
+
+    #[test]
+    fn non_object_input_is_rejected() {
+        let f = prepared(json!({"model": "m", "prompt": "x"}));
+        assert!(matches!(
+            f.render(&json!([1])),
+            Err(InputError::Schema { .. })
+        ));
+    }
+}

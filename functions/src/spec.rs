@@ -1,0 +1,236 @@
+//! The function spec: everything a developer deploys, and the rules a spec must satisfy.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{GenerationParams, ModelId, PreparedFunction, Route, SpecError};
+
+const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+const MAX_TIMEOUT_S: u32 = 3600;
+const MAX_IDLE_TIMEOUT_S: u32 = 86_400;
+
+/// Which model serves a function: a fixed one, or one chosen per invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelTarget {
+    Model(ModelId),
+    Route(Route),
+}
+
+/// Response caching. Deterministic generations are cached regardless; `enabled` opts sampled
+/// ones in too, which suits functions whose variety does not matter (hot-topic prewarming).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachePolicy {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds an entry lives; `None` uses the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl_s: None,
+        }
+    }
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    #[serde(flatten)]
+    pub target: ModelTarget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    #[serde(default)]
+    pub params: GenerationParams,
+    #[serde(default)]
+    pub cache: CachePolicy,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u32,
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u32,
+}
+
+pub fn default_timeout_s() -> u32 {
+    60
+}
+
+pub fn default_idle_timeout_s() -> u32 {
+    300
+}
+
+impl FunctionSpec {
+    /// Checks everything that can be checked without running the function: templates and
+    /// schema compile, parameters are in range, every model it can reach is registered.
+    pub fn validate(&self, is_registered: impl Fn(&ModelId) -> bool) -> Result<(), SpecError> {
+        match &self.target {
+            ModelTarget::Model(model) => {
+                if !is_registered(model) {
+                    return Err(SpecError::invalid(
+                        "model",
+                        format!("model `{model}` is not registered"),
+                    ));
+                }
+            }
+            ModelTarget::Route(route) => {
+                if route.field.is_empty() {
+                    return Err(SpecError::invalid("route.field", "must not be empty"));
+                }
+                if route.cases.is_empty() && route.default.is_none() {
+                    return Err(SpecError::invalid(
+                        "route",
+                        "needs at least one case or a default",
+                    ));
+                }
+                if let Some(model) = route.targets().find(|m| !is_registered(m)) {
+                    return Err(SpecError::invalid(
+                        "route",
+                        format!("model `{model}` is not registered"),
+                    ));
+                }
+            }
+        }
+        for (field, text) in [
+            ("system", self.system.as_deref()),
+            ("prompt", Some(&self.prompt)),
+        ] {
+            if text.is_some_and(|t| t.len() > MAX_TEMPLATE_BYTES) {
+                return Err(SpecError::invalid(field, "template is longer than 64 KiB"));
+            }
+        }
+        if self.prompt.trim().is_empty() {
+            return Err(SpecError::invalid("prompt", "must not be empty"));
+        }
+        self.params.validate_spec()?;
+        if !(1..=MAX_TIMEOUT_S).contains(&self.timeout_s) {
+            return Err(SpecError::invalid(
+                "timeout_s",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=MAX_IDLE_TIMEOUT_S).contains(&self.idle_timeout_s) {
+            return Err(SpecError::invalid(
+                "idle_timeout_s",
+                "must be between 1 and 86400",
+            ));
+        }
+        // Compiling is the only reliable syntax check for templates and schemas.
+        PreparedFunction::new(self.clone()).map(|_| ())
+    }
+
+    /// A digest of the spec's meaning: two specs with the same digest are the same version,
+    /// whatever the key order of their JSON.
+    pub fn digest(&self) -> String {
+        let value = serde_json::to_value(self).expect("a spec always serializes");
+        let mut canonical = String::new();
+        write_canonical(&value, &mut canonical);
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    }
+}
+
+/// JSON with object keys sorted, so that equal values always produce equal text.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: Value) -> FunctionSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn known(m: &ModelId) -> bool {
+        m.as_str() == "m"
+    }
+
+    #[test]
+    fn digest_ignores_key_order_but_not_content() {
+        let a = spec(
+            json!({"model": "m", "prompt": "hi", "input_schema": {"type": "object", "required": ["a"]}}),
+        );
+        let b = spec(
+            json!({"input_schema": {"required": ["a"], "type": "object"}, "prompt": "hi", "model": "m"}),
+        );
+        let c = spec(json!({"model": "m", "prompt": "hello"}));
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn validation_names_the_field_at_fault() {
+        let cases = [
+            (json!({"model": "nope", "prompt": "x"}), "model"),
+            (json!({"model": "m", "prompt": "{{ unclosed"}), "prompt"),
+            (
+                json!({"model": "m", "prompt": "x", "system": "{% if %}"}),
+                "system",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "input_schema": {"type": 7}}),
+                "input_schema",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "timeout_s": 0}),
+                "timeout_s",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "params": {"top_p": 0}}),
+                "params.top_p",
+            ),
+            (
+                json!({"route": {"field": "c", "cases": {"a": "zzz"}}, "prompt": "x"}),
+                "route",
+            ),
+        ];
+        for (value, field) in cases {
+            let err = spec(value.clone()).validate(known).unwrap_err();
+            assert_eq!(err.field, field, "{value}");
+        }
+        assert!(spec(json!({"model": "m", "prompt": "Hi {{ name }}"}))
+            .validate(known)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_spec_without_model_or_route_does_not_parse() {
+        // That both are not given at once is checked at the HTTP edge, which names the field.
+        let neither = json!({"prompt": "x"});
+        assert!(serde_json::from_value::<FunctionSpec>(neither).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Database migrations, run at start-up and by `genrt migrate`. Written with sea-query's
+//! schema builder so that the same migration runs on SQLite and Postgres.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}

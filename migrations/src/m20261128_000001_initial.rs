@@ -1,0 +1,348 @@
+//! Tenants, models, functions with their immutable versions, and invocation records.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Tenants {
+    Table,
+    Id,
+    Disabled,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Models {
+    Table,
+    Id,
+    Path,
+    NCtx,
+    RegisteredAt,
+}
+
+#[derive(DeriveIden)]
+enum Functions {
+    Table,
+    Id,
+    TenantId,
+    Name,
+    LatestVersion,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum FunctionVersions {
+    Table,
+    Id,
+    FunctionId,
+    Version,
+    Spec,
+    SpecDigest,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Invocations {
+    Table,
+    Id,
+    TenantId,
+    FunctionName,
+    FunctionVersion,
+    Model,
+    Status,
+    Input,
+    OutputText,
+    FinishReason,
+    ErrorCode,
+    ErrorMessage,
+    PromptTokens,
+    CompletionTokens,
+    CacheHit,
+    LoadMs,
+    QueueMs,
+    TtftMs,
+    TotalMs,
+    CreatedAt,
+    CompletedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Tenants::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Tenants::Id)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Tenants::Disabled)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
+                    .col(
+                        ColumnDef::new(Tenants::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Models::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Models::Id)
+                            .string_len(128)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Models::Path).text().not_null())
+                    .col(ColumnDef::new(Models::NCtx).integer().not_null())
+                    .col(
+                        ColumnDef::new(Models::RegisteredAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Functions::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Functions::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Functions::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Functions::Name).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Functions::LatestVersion)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Functions::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Functions::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Functions::Table, Functions::TenantId)
+                            .to(Tenants::Table, Tenants::Id),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("functions_tenant_name")
+                    .table(Functions::Table)
+                    .col(Functions::TenantId)
+                    .col(Functions::Name)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(FunctionVersions::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(FunctionVersions::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(FunctionVersions::FunctionId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(FunctionVersions::Version)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(FunctionVersions::Spec).text().not_null())
+                    .col(
+                        ColumnDef::new(FunctionVersions::SpecDigest)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(FunctionVersions::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(FunctionVersions::Table, FunctionVersions::FunctionId)
+                            .to(Functions::Table, Functions::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("function_versions_function_version")
+                    .table(FunctionVersions::Table)
+                    .col(FunctionVersions::FunctionId)
+                    .col(FunctionVersions::Version)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Invocations::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Invocations::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::FunctionName)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::FunctionVersion)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Invocations::Model).string_len(128).null())
+                    .col(
+                        ColumnDef::new(Invocations::Status)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Invocations::Input).text().not_null())
+                    .col(ColumnDef::new(Invocations::OutputText).text().null())
+                    .col(
+                        ColumnDef::new(Invocations::FinishReason)
+                            .string_len(16)
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Invocations::ErrorCode).string_len(64).null())
+                    .col(ColumnDef::new(Invocations::ErrorMessage).text().null())
+                    .col(
+                        ColumnDef::new(Invocations::PromptTokens)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::CompletionTokens)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::CacheHit)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::LoadMs)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::QueueMs)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::TtftMs)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::TotalMs)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invocations::CompletedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("invocations_tenant_created")
+                    .table(Invocations::Table)
+                    .col(Invocations::TenantId)
+                    .col(Invocations::CreatedAt)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            Invocations::Table.into_iden(),
+            FunctionVersions::Table.into_iden(),
+            Functions::Table.into_iden(),
+            Models::Table.into_iden(),
+            Tenants::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,447 @@
+//! Wire types of the HTTP API, documented for OpenAPI, and their hand-written conversions to
+//! and from the domain types. Unknown fields are refused so that a typo is an error, not a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use genrt_actors::{InvocationOutcome, ModelPhase, ModelStatus};
+use genrt_functions::{
+    default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, GenerationParams,
+    ModelId, ModelTarget, Route, SpecError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::store::{FunctionRow, InvocationRow, StoredVersion};
+
+/// Generation parameters. Set on a function as defaults, or on an invocation to override them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 2)]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+/// Choose the model from a field of the input: `input[field]` is looked up in `cases`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub field: String,
+    #[serde(default)]
+    pub cases: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Cache sampled generations too; deterministic ones (temperature 0 or a seed) always are.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+/// A function definition: what `POST /v1/functions` takes and version listings return.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDefinition {
+    /// Unique per tenant: 1-64 of a-z, 0-9, '-', '_'.
+    pub name: String,
+    /// A registered model id. Exactly one of `model` and `route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSpec>,
+    /// System prompt template (Jinja syntax), rendered with the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// User prompt template (Jinja syntax), rendered with the input.
+    pub prompt: String,
+    /// JSON Schema the input must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub input_schema: Option<Value>,
+    #[serde(default)]
+    pub params: Params,
+    #[serde(default)]
+    pub cache: CacheSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+    /// Seconds without invocations before the function's actor stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
+}
+
+impl From<Params> for GenerationParams {
+    fn from(p: Params) -> Self {
+        GenerationParams {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            seed: p.seed,
+            stop: p.stop,
+        }
+    }
+}
+
+impl From<&GenerationParams> for Params {
+    fn from(p: &GenerationParams) -> Self {
+        Params {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            seed: p.seed,
+            stop: p.stop.clone(),
+        }
+    }
+}
+
+impl FunctionDefinition {
+    pub fn to_spec(&self) -> Result<FunctionSpec, SpecError> {
+        let target = match (&self.model, &self.route) {
+            (Some(model), None) => ModelTarget::Model(ModelId::new(model.clone())),
+            (None, Some(route)) => ModelTarget::Route(Route {
+                field: route.field.clone(),
+                cases: route
+                    .cases
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ModelId::new(v.clone())))
+                    .collect(),
+                default: route.default.clone().map(ModelId::new),
+            }),
+            (Some(_), Some(_)) => {
+                return Err(SpecError::invalid(
+                    "model",
+                    "give either `model` or `route`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(SpecError::invalid(
+                    "model",
+                    "`model` or `route` is required",
+                ))
+            }
+        };
+        Ok(FunctionSpec {
+            target,
+            system: self.system.clone(),
+            prompt: self.prompt.clone(),
+            input_schema: self.input_schema.clone(),
+            params: self.params.clone().into(),
+            cache: CachePolicy {
+                enabled: self.cache.enabled,
+                ttl_s: self.cache.ttl_s,
+            },
+            timeout_s: self.timeout_s.unwrap_or_else(default_timeout_s),
+            idle_timeout_s: self.idle_timeout_s.unwrap_or_else(default_idle_timeout_s),
+        })
+    }
+
+    pub fn from_spec(name: &str, spec: &FunctionSpec) -> Self {
+        let (model, route) = match &spec.target {
+            ModelTarget::Model(m) => (Some(m.as_str().to_owned()), None),
+            ModelTarget::Route(r) => (
+                None,
+                Some(RouteSpec {
+                    field: r.field.clone(),
+                    cases: r
+                        .cases
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                        .collect(),
+                    default: r.default.as_ref().map(|m| m.as_str().to_owned()),
+                }),
+            ),
+        };
+        Self {
+            name: name.to_owned(),
+            model,
+            route,
+            system: spec.system.clone(),
+            prompt: spec.prompt.clone(),
+            input_schema: spec.input_schema.clone(),
+            params: (&spec.params).into(),
+            cache: CacheSpec {
+                enabled: spec.cache.enabled,
+                ttl_s: spec.cache.ttl_s,
+            },
+            timeout_s: Some(spec.timeout_s),
+            idle_timeout_s: Some(spec.idle_timeout_s),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeployResponse {
+    pub name: String,
+    pub version: u32,
+    /// False when the definition was identical to the latest version.
+    pub created: bool,
+    pub digest: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionSummary {
+    pub name: String,
+    pub latest_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&FunctionRow> for FunctionSummary {
+    fn from(f: &FunctionRow) -> Self {
+        Self {
+            name: f.name.clone(),
+            latest_version: f.latest_version as u32,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionDetail {
+    #[serde(flatten)]
+    pub summary: FunctionSummary,
+    /// Versions whose function actor is running now (scale to zero leaves this empty).
+    pub active_versions: Vec<u32>,
+    pub definition: FunctionDefinition,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub digest: String,
+    pub created_at: DateTime<Utc>,
+    pub definition: FunctionDefinition,
+}
+
+impl VersionInfo {
+    pub fn new(name: &str, v: &StoredVersion) -> Self {
+        Self {
+            version: v.version,
+            digest: v.digest.clone(),
+            created_at: v.created_at,
+            definition: FunctionDefinition::from_spec(name, &v.spec),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    /// Values for the templates; checked against the function's `input_schema`.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[serde(default)]
+    pub params: Params,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Output {
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageInfo {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TimingsInfo {
+    /// Waiting for the model's weights to load (scale from zero).
+    pub load_ms: f64,
+    pub queue_ms: f64,
+    pub ttft_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvokeResponse {
+    pub invocation_id: Uuid,
+    pub function: String,
+    pub version: u32,
+    pub model: String,
+    pub output: Output,
+    /// `stop`, `length` or `stop_sequence`.
+    pub finish_reason: String,
+    pub usage: UsageInfo,
+    pub cache_hit: bool,
+    pub timings: TimingsInfo,
+}
+
+impl InvokeResponse {
+    pub fn new(id: Uuid, function: &str, version: u32, o: InvocationOutcome) -> Self {
+        Self {
+            invocation_id: id,
+            function: function.to_owned(),
+            version,
+            model: o.model.as_str().to_owned(),
+            finish_reason: o.finish_reason.as_str().to_owned(),
+            output: Output { text: o.text },
+            usage: UsageInfo {
+                prompt_tokens: o.usage.prompt_tokens,
+                completion_tokens: o.usage.completion_tokens,
+            },
+            cache_hit: o.cache_hit,
+            timings: TimingsInfo {
+                load_ms: o.timings.load_ms,
+                queue_ms: o.timings.queue_ms,
+                ttft_ms: o.timings.ttft_ms,
+                total_ms: o.timings.total_ms,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvocationError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A stored invocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvocationRecord {
+    pub invocation_id: Uuid,
+    pub function: String,
+    pub version: u32,
+    pub model: Option<String>,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub output: Option<Output>,
+    pub finish_reason: Option<String>,
+    pub error: Option<InvocationError>,
+    pub usage: UsageInfo,
+    pub cache_hit: bool,
+    pub timings: TimingsInfo,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<InvocationRow> for InvocationRecord {
+    fn from(r: InvocationRow) -> Self {
+        Self {
+            invocation_id: r.id,
+            function: r.function_name,
+            version: r.function_version as u32,
+            model: r.model,
+            status: r.status,
+            input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
+            output: r.output_text.map(|text| Output { text }),
+            finish_reason: r.finish_reason,
+            error: r.error_code.map(|code| InvocationError {
+                code,
+                message: r.error_message.unwrap_or_default(),
+            }),
+            usage: UsageInfo {
+                prompt_tokens: r.prompt_tokens as u32,
+                completion_tokens: r.completion_tokens as u32,
+            },
+            cache_hit: r.cache_hit,
+            timings: TimingsInfo {
+                load_ms: r.load_ms,
+                queue_ms: r.queue_ms,
+                ttft_ms: r.ttft_ms,
+                total_ms: r.total_ms,
+            },
+            created_at: r.created_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelInfo {
+    pub id: String,
+    /// `unloaded`, `loading`, `ready` or `failed`.
+    pub state: String,
+    pub replicas: u32,
+    pub busy_replicas: u32,
+    pub queued: u32,
+    pub max_replicas: u32,
+    pub n_ctx: u32,
+    /// Times the weights were loaded since start (each scale from zero adds one).
+    pub loads: u64,
+    pub replica_restarts: u64,
+    pub last_load_ms: Option<f64>,
+    /// Why the model is failed.
+    pub error: Option<String>,
+}
+
+impl From<ModelStatus> for ModelInfo {
+    fn from(s: ModelStatus) -> Self {
+        let error = match &s.phase {
+            ModelPhase::Failed { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        Self {
+            id: s.id.as_str().to_owned(),
+            state: s.phase.as_str().to_owned(),
+            replicas: s.replicas,
+            busy_replicas: s.busy_replicas,
+            queued: s.queued,
+            max_replicas: s.max_replicas,
+            n_ctx: s.n_ctx,
+            loads: s.loads,
+            replica_restarts: s.replica_restarts,
+            last_load_ms: s.last_load_ms,
+            error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    pub database: bool,
+    pub actors: bool,
+}

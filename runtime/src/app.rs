@@ -1,0 +1,147 @@
+//! Assembling and running the server: database, cache, actor tree, HTTP. Shutdown order:
+//! stop accepting and drain HTTP requests (up to `server.shutdown_timeout_s`), stop the
+//! actor tree (dispatcher, then pools, which join their engine threads), close the database.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
+
+use crate::auth::Authenticator;
+use crate::cache::MokaResponseCache;
+use crate::config::{Config, DEV_JWT_SECRET};
+use crate::store::Store;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub tree: Arc<ActorTree>,
+    pub cache: Arc<MokaResponseCache>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("engine: {0}")]
+    Engine(#[from] genrt_actors::EngineError),
+    #[error("actors: {0}")]
+    Actors(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: web::Data<AppState>,
+}
+
+/// Starts everything and returns once the server is listening. With `handle_signals`,
+/// SIGINT/SIGTERM begin a graceful stop; in-process tests leave it off.
+pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer, StartError> {
+    if config.auth.jwt_secret == DEV_JWT_SECRET {
+        tracing::warn!(
+            "auth.jwt_secret is the development default; set GENRT_JWT_SECRET in production"
+        );
+    }
+    let config = Arc::new(config);
+    let store = Store::connect(&config).await?;
+    store.sync_models(&config.models).await?;
+    let cache = Arc::new(MokaResponseCache::new(
+        config.cache.max_entries,
+        Duration::from_secs(config.cache.default_ttl_s),
+    ));
+    let backend = Arc::new(LlamaCppBackend::new()?);
+    let tree = ActorTree::start(
+        TreeConfig {
+            models: config.models.clone(),
+            restart_policy: config.restart_policy(),
+        },
+        backend,
+        cache.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Actors(e.to_string()))?;
+    let state = web::Data::new(AppState {
+        config: Arc::clone(&config),
+        store,
+        tree: Arc::new(tree),
+        cache,
+    });
+    let auth = web::Data::new(Authenticator::new(&config.auth));
+    let body_limit = config.server.body_limit_bytes;
+    let app_state = state.clone();
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(auth.clone())
+            .wrap(tracing_actix_web_lite())
+            .configure(|cfg| crate::api::configure(cfg, body_limit))
+    })
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .bind(&addr)
+    .map_err(|source| StartError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    let bound = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(addr = %bound, "genrt listening");
+    Ok(RunningServer {
+        addr: bound,
+        handle,
+        server,
+        state,
+    })
+}
+
+/// Request logging: method, path, status and latency at debug level.
+fn tracing_actix_web_lite() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%r %s %Dms").log_target("genrt::http")
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &web::Data<AppState> {
+        &self.state
+    }
+
+    /// Waits until the HTTP server stops (on a signal, or after [`Self::stop`]), then stops
+    /// the actor tree and closes the database.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self
+            .server
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.state.tree.shutdown().await;
+        self.state.store.clone().close().await;
+        result
+    }
+
+    /// Graceful stop: in-flight requests finish first.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.handle.stop(true).await;
+        self.wait().await
+    }
+}

@@ -1,0 +1,315 @@
+//! The one configuration struct. Sources, lowest precedence first: built-in defaults, the
+//! TOML file (`genrt.toml` in the working directory, or `--config`), `GENRT_*` environment
+//! variables (nested keys with `__`, e.g. `GENRT_SERVER__PORT`), then command-line flags.
+//! Defaults alone are a working laptop setup: SQLite under `./data`, the SmolLM2 model.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use genrt_actors::{ModelConfig, RestartPolicy};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_MODEL_ID: &str = "smollm2-135m";
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Used only when no secret is configured, so that a laptop start needs no set-up; the
+/// server logs a warning when it runs with it.
+pub const DEV_JWT_SECRET: &str = "genrt-development-secret-change-me";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub cache: CacheConfig,
+    pub supervision: SupervisionConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest accepted request body; larger ones get 413 `payload_too_large`.
+    pub body_limit_bytes: usize,
+    /// HTTP worker threads; 0 uses one per core.
+    pub workers: usize,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://...` or `postgres://...`; unset means `sqlite://<data_dir>/genrt.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// Fail a request with 503 `database_unavailable` rather than wait longer than this.
+    pub acquire_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret shared with whoever issues tokens.
+    pub jwt_secret: String,
+    pub issuer: String,
+    pub audience: String,
+    /// Lifetime of tokens printed by `genrt token`.
+    pub token_ttl_s: u64,
+    /// Clock skew tolerated when checking `exp`.
+    pub leeway_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub default_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    pub max_restarts: usize,
+    pub window_s: u64,
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            cache: CacheConfig::default(),
+            supervision: SupervisionConfig::default(),
+            models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            body_limit_bytes: 1024 * 1024,
+            workers: 0,
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_s: 5,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEV_JWT_SECRET.into(),
+            issuer: "genrt".into(),
+            audience: "genrt".into(),
+            token_ttl_s: 24 * 3600,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            default_ttl_s: 3600,
+        }
+    }
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        let policy = RestartPolicy::default();
+        Self {
+            max_restarts: policy.max_restarts,
+            window_s: policy.window.as_secs(),
+            base_backoff_ms: policy.base_backoff.as_millis() as u64,
+            max_backoff_ms: policy.max_backoff.as_millis() as u64,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub jwt_secret: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults < file < environment < flags, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("genrt.toml")),
+        }
+        figment = figment.merge(
+            Env::prefixed("GENRT_")
+                // These are read by the command line (with their environment fallbacks).
+                .ignore(&[
+                    "CONFIG",
+                    "DATABASE_URL",
+                    "JWT_SECRET",
+                    "PORT",
+                    "HOST",
+                    "DATA_DIR",
+                ])
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(host) = &o.host {
+            self.server.host = host.clone();
+        }
+        if let Some(port) = o.port {
+            self.server.port = port;
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(url) = &o.database_url {
+            self.database.url = Some(url.clone());
+        }
+        if let Some(secret) = &o.jwt_secret {
+            self.auth.jwt_secret = secret.clone();
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.auth.jwt_secret.len() < 16 {
+            return invalid("auth.jwt_secret must be at least 16 bytes".into());
+        }
+        if self.models.is_empty() {
+            return invalid("at least one model must be registered".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for model in &self.models {
+            if !seen.insert(&model.id) {
+                return invalid(format!("model `{}` is registered twice", model.id));
+            }
+            if model.n_ctx < 64 {
+                return invalid(format!("model `{}`: n_ctx must be at least 64", model.id));
+            }
+            if model.max_replicas == 0 || model.queue_capacity == 0 {
+                return invalid(format!(
+                    "model `{}`: max_replicas and queue_capacity must be at least 1",
+                    model.id
+                ));
+            }
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return invalid("server.body_limit_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("genrt.db").display()
+            )
+        })
+    }
+
+    pub fn restart_policy(&self) -> RestartPolicy {
+        let s = &self.supervision;
+        RestartPolicy {
+            max_restarts: s.max_restarts,
+            window: std::time::Duration::from_secs(s.window_s),
+            base_backoff: std::time::Duration::from_millis(s.base_backoff_ms),
+            max_backoff: std::time::Duration::from_millis(s.max_backoff_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_and_register_smollm2() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.models[0].id.as_str(), DEFAULT_MODEL_ID);
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("genrt-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("genrt.toml");
+        std::fs::write(
+            &file,
+            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[[models]]\nid = \"a\"\npath = \"a.gguf\"\nmax_replicas = 2\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            port: Some(9100),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &overrides).unwrap();
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.models.len(), 1);
+        assert_eq!(c.models[0].max_replicas, 2);
+        assert_eq!(c.models[0].n_ctx, 2048);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_at_start() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = "short".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.models.push(c.models[0].clone());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The one table of API errors: every error the HTTP API returns has a stable code, a status
+//! and, for temporary conditions, a Retry-After. All of them render as
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use genrt_actors::InvokeError;
+use genrt_functions::{InputError, SpecError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $status:ident, $retry:expr) ),* $(,)?) => {
+        /// Stable, machine-readable error codes. The SDK mirrors this list.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode { $($variant),* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code),* }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status),* }
+            }
+
+            /// Seconds a client should wait before retrying, for temporary conditions.
+            pub fn retry_after(self) -> Option<u32> {
+                match self { $(ErrorCode::$variant => $retry),* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidJson => ("invalid_json", BAD_REQUEST, None),
+    InvalidRequest => ("invalid_request", UNPROCESSABLE_ENTITY, None),
+    UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, None),
+    PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, None),
+    MissingCredentials => ("missing_credentials", UNAUTHORIZED, None),
+    InvalidToken => ("invalid_token", UNAUTHORIZED, None),
+    TokenExpired => ("token_expired", UNAUTHORIZED, None),
+    NotFound => ("not_found", NOT_FOUND, None),
+    MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, None),
+    FunctionNotFound => ("function_not_found", NOT_FOUND, None),
+    InvocationNotFound => ("invocation_not_found", NOT_FOUND, None),
+    InvalidSpec => ("invalid_spec", UNPROCESSABLE_ENTITY, None),
+    InvalidInput => ("invalid_input", UNPROCESSABLE_ENTITY, None),
+    TemplateError => ("template_error", UNPROCESSABLE_ENTITY, None),
+    InvalidParams => ("invalid_params", UNPROCESSABLE_ENTITY, None),
+    MaxTokensExceedContext => ("max_tokens_exceeds_context", UNPROCESSABLE_ENTITY, None),
+    PromptTooLong => ("prompt_too_long", UNPROCESSABLE_ENTITY, None),
+    UnknownModel => ("unknown_model", UNPROCESSABLE_ENTITY, None),
+    ModelUnavailable => ("model_unavailable", SERVICE_UNAVAILABLE, Some(5)),
+    Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Some(1)),
+    ReplicaFailed => ("replica_failed", SERVICE_UNAVAILABLE, Some(1)),
+    Timeout => ("timeout", GATEWAY_TIMEOUT, None),
+    ShuttingDown => ("shutting_down", SERVICE_UNAVAILABLE, Some(5)),
+    DatabaseUnavailable => ("database_unavailable", SERVICE_UNAVAILABLE, Some(2)),
+    Internal => ("internal", INTERNAL_SERVER_ERROR, None),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub field: Option<String>,
+}
+
+/// The error envelope, as documented in the OpenAPI description.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `function_not_found`.
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.code.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if self.code.status() == StatusCode::UNAUTHORIZED {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                format!("Bearer error=\"{}\"", self.code.as_str()),
+            ));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+                field: self.field.clone(),
+            },
+        })
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(err: SpecError) -> Self {
+        ApiError::new(ErrorCode::InvalidSpec, err.to_string()).with_field(err.field)
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(err: InvokeError) -> Self {
+        let message = err.to_string();
+        match err {
+            InvokeError::Input(input) => match input {
+                InputError::Schema { field, .. } => ApiError::new(ErrorCode::InvalidInput, message)
+                    .with_field(format!("input{field}")),
+                InputError::Template { template, .. } => {
+                    ApiError::new(ErrorCode::TemplateError, message).with_field(template)
+                }
+                InputError::Route { field } => ApiError::new(ErrorCode::InvalidInput, message)
+                    .with_field(format!("input.{field}")),
+                InputError::Params { field, .. } => {
+                    ApiError::new(ErrorCode::InvalidParams, message)
+                        .with_field(format!("params.{field}"))
+                }
+            },
+            InvokeError::MaxTokensExceedContext { .. } => {
+                ApiError::new(ErrorCode::MaxTokensExceedContext, message)
+                    .with_field("params.max_tokens")
+            }
+            InvokeError::PromptTooLong { .. } => ApiError::new(ErrorCode::PromptTooLong, message),
+            InvokeError::UnknownModel(_) => ApiError::new(ErrorCode::UnknownModel, message),
+            InvokeError::ModelUnavailable { .. } => {
+                ApiError::new(ErrorCode::ModelUnavailable, message)
+            }
+            InvokeError::Overloaded { .. } => ApiError::new(ErrorCode::Overloaded, message),
+            InvokeError::ReplicaFailed { .. } => ApiError::new(ErrorCode::ReplicaFailed, message),
+            InvokeError::Timeout => ApiError::new(ErrorCode::Timeout, message),
+            InvokeError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, message),
+            InvokeError::Internal(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::new(
+                    ErrorCode::DatabaseUnavailable,
+                    "the database is not answering",
+                )
+            }
+            _ => ApiError::internal(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_temporary_ones_carry_retry_after() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
+            if code.status() == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(
+                    code.retry_after().is_some(),
+                    "{} lacks Retry-After",
+                    code.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overload_renders_with_retry_after() {
+        let err = ApiError::new(ErrorCode::Overloaded, "busy");
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+}

@@ -1,0 +1,107 @@
+//! The `genrt` binary: `serve`, `migrate`, `token` and `openapi`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use genrt_functions::TenantId;
+use genrt_runtime::auth::Authenticator;
+use genrt_runtime::config::{Config, Overrides};
+use genrt_runtime::store::Store;
+use tracing_subscriber::EnvFilter;
+use utoipa::OpenApi;
+
+#[derive(Parser)]
+#[command(
+    name = "genrt",
+    version,
+    about = "Serverless runtime for generative-AI functions"
+)]
+struct Cli {
+    /// Configuration file (default: ./genrt.toml when present).
+    #[arg(long, global = true, env = "GENRT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct OverrideArgs {
+    #[arg(long, global = true, env = "GENRT_HOST")]
+    host: Option<String>,
+    #[arg(long, global = true, env = "GENRT_PORT")]
+    port: Option<u16>,
+    #[arg(long, global = true, env = "GENRT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "GENRT_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    #[arg(long, global = true, env = "GENRT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a bearer token for a tenant, signed with the configured secret.
+    Token {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let o = cli.overrides;
+    let overrides = Overrides {
+        host: o.host,
+        port: o.port,
+        data_dir: o.data_dir,
+        database_url: o.database_url,
+        jwt_secret: o.jwt_secret,
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve => {
+            let server = genrt_runtime::start(config, true).await?;
+            server
+                .wait()
+                .await
+                .context("server stopped with an error")?;
+        }
+        Command::Migrate => {
+            Store::connect(&config).await?;
+            eprintln!("migrations applied");
+        }
+        Command::Token { tenant } => {
+            let tenant = TenantId::parse(&tenant)?;
+            println!("{}", Authenticator::new(&config.auth).issue(&tenant));
+        }
+        Command::Openapi => {
+            println!(
+                "{}",
+                genrt_runtime::api::openapi::ApiDoc::openapi().to_pretty_json()?
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Persistence through sea-orm, on SQLite (the embedded default) or Postgres. Every query
+//! that reads tenant data filters on the tenant: there is no function here that takes a
+//! function name without a tenant.
+
+pub mod entities;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use genrt_actors::ModelConfig;
+use genrt_functions::{FunctionName, FunctionSpec, TenantId};
+use genrt_migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, Set, SqlErr, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::config::Config;
+use entities::{function, function_version, invocation, model, tenant};
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// A stored function version with its decoded spec.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub version: u32,
+    pub spec: FunctionSpec,
+    pub digest: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub version: StoredVersion,
+    /// False when the spec was identical to the latest version, which is returned instead.
+    pub created: bool,
+}
+
+pub type FunctionRow = function::Model;
+pub type InvocationRow = invocation::Model;
+pub type NewInvocation = invocation::ActiveModel;
+
+impl Store {
+    /// Connects, creating the SQLite file and its folder when needed, and runs migrations.
+    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
+        let url = config.database_url();
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                DbErr::Custom(format!("cannot create {}: {e}", config.data_dir.display()))
+            })?;
+        }
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_s))
+            .connect_timeout(Duration::from_secs(config.database.acquire_timeout_s))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        if url.starts_with("sqlite:") {
+            // WAL lets readers proceed while a write commits.
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
+                .await?;
+        }
+        let store = Self { db };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
+    /// Records the configured models, so that the database describes what invocations ran on.
+    pub async fn sync_models(&self, models: &[ModelConfig]) -> Result<(), DbErr> {
+        for m in models {
+            let row = model::ActiveModel {
+                id: Set(m.id.as_str().to_owned()),
+                path: Set(m.path.display().to_string()),
+                n_ctx: Set(m.n_ctx as i32),
+                registered_at: Set(Utc::now()),
+            };
+            model::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::column(model::Column::Id)
+                        .update_columns([model::Column::Path, model::Column::NCtx])
+                        .to_owned(),
+                )
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_tenant(db: &impl ConnectionTrait, tenant: &TenantId) -> Result<(), DbErr> {
+        let row = tenant::ActiveModel {
+            id: Set(tenant.as_str().to_owned()),
+            disabled: Set(false),
+            created_at: Set(Utc::now()),
+        };
+        tenant::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(tenant::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .do_nothing()
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores `spec` as the next version of the function, unless it is identical to the
+    /// latest version. Concurrent deploys of one function are serialised by the unique
+    /// (function, version) index: the loser retries on the new latest version.
+    pub async fn deploy(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        spec: &FunctionSpec,
+    ) -> Result<Deployment, DbErr> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_deploy(tenant, name, spec).await {
+                Err(err)
+                    if attempt < 3
+                        && matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_deploy(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        spec: &FunctionSpec,
+    ) -> Result<Deployment, DbErr> {
+        let digest = spec.digest();
+        let spec_json = serde_json::to_string(spec).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        Self::ensure_tenant(&txn, tenant).await?;
+        let existing = function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant.as_str()))
+            .filter(function::Column::Name.eq(name.as_str()))
+            .one(&txn)
+            .await?;
+        let (function_id, version) = match existing {
+            None => {
+                let row = function::ActiveModel {
+                    tenant_id: Set(tenant.as_str().to_owned()),
+                    name: Set(name.as_str().to_owned()),
+                    latest_version: Set(1),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                }
+                .insert(&txn)
+                .await?;
+                (row.id, 1)
+            }
+            Some(f) => {
+                let latest = function_version::Entity::find()
+                    .filter(function_version::Column::FunctionId.eq(f.id))
+                    .filter(function_version::Column::Version.eq(f.latest_version))
+                    .one(&txn)
+                    .await?;
+                if let Some(latest) = latest.filter(|v| v.spec_digest == digest) {
+                    txn.rollback().await?;
+                    return Ok(Deployment {
+                        version: decode_version(latest)?,
+                        created: false,
+                    });
+                }
+                let next = f.latest_version + 1;
+                let mut update: function::ActiveModel = f.clone().into();
+                update.latest_version = Set(next);
+                update.updated_at = Set(now);
+                update.update(&txn).await?;
+                (f.id, next)
+            }
+        };
+        let row = function_version::ActiveModel {
+            function_id: Set(function_id),
+            version: Set(version),
+            spec: Set(spec_json),
+            spec_digest: Set(digest),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(Deployment {
+            version: decode_version(row)?,
+            created: true,
+        })
+    }
+
+    pub async fn list_functions(&self, tenant: &TenantId) -> Result<Vec<FunctionRow>, DbErr> {
+        function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(function::Column::Name)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Option<FunctionRow>, DbErr> {
+        function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant.as_str()))
+            .filter(function::Column::Name.eq(name.as_str()))
+            .one(&self.db)
+            .await
+    }
+
+    /// The version invocations use: the latest.
+    pub async fn latest_version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Option<StoredVersion>, DbErr> {
+        let Some(f) = self.function(tenant, name).await? else {
+            return Ok(None);
+        };
+        function_version::Entity::find()
+            .filter(function_version::Column::FunctionId.eq(f.id))
+            .filter(function_version::Column::Version.eq(f.latest_version))
+            .one(&self.db)
+            .await?
+            .map(decode_version)
+            .transpose()
+    }
+
+    pub async fn versions(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Option<Vec<StoredVersion>>, DbErr> {
+        let Some(f) = self.function(tenant, name).await? else {
+            return Ok(None);
+        };
+        let rows = function_version::Entity::find()
+            .filter(function_version::Column::FunctionId.eq(f.id))
+            .order_by_asc(function_version::Column::Version)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(decode_version)
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// Deletes a function and its versions. Invocation records stay, for history.
+    pub async fn delete_function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<bool, DbErr> {
+        let txn = self.db.begin().await?;
+        let found = function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant.as_str()))
+            .filter(function::Column::Name.eq(name.as_str()))
+            .one(&txn)
+            .await?;
+        let Some(f) = found else {
+            return Ok(false);
+        };
+        function_version::Entity::delete_many()
+            .filter(function_version::Column::FunctionId.eq(f.id))
+            .exec(&txn)
+            .await?;
+        function::Entity::delete_by_id(f.id).exec(&txn).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn record_invocation(&self, row: NewInvocation) -> Result<(), DbErr> {
+        invocation::Entity::insert(row)
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Number of stored invocations of a tenant; lets tests prove rejected work left no rows.
+    pub async fn count_invocations(&self, tenant: &TenantId) -> Result<u64, DbErr> {
+        use sea_orm::PaginatorTrait;
+        invocation::Entity::find()
+            .filter(invocation::Column::TenantId.eq(tenant.as_str()))
+            .count(&self.db)
+            .await
+    }
+
+    pub async fn invocation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<InvocationRow>, DbErr> {
+        invocation::Entity::find_by_id(id)
+            .filter(invocation::Column::TenantId.eq(tenant.as_str()))
+            .one(&self.db)
+            .await
+    }
+}
+
+fn decode_version(row: function_version::Model) -> Result<StoredVersion, DbErr> {
+    let spec = serde_json::from_str(&row.spec).map_err(|e| {
+        DbErr::Custom(format!(
+            "stored spec of version {} is unreadable: {e}",
+            row.version
+        ))
+    })?;
+    Ok(StoredVersion {
+        version: row.version as u32,
+        spec,
+        digest: row.spec_digest,
+        created_at: row.created_at,
+    })
+}

@@ -1,0 +1,242 @@
+//! End-to-end test harness: a real genrt (actix-web, the actor tree, llama.cpp with the
+//! SmolLM2 GGUF) started in-process on a free port, on SQLite or on a throwaway Postgres
+//! cluster, driven over real HTTP.
+
+pub mod postgres;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use genrt_actors::ModelConfig;
+use genrt_runtime::{Config, RunningServer};
+use reqwest::{Client, Method, Response};
+use serde_json::{json, Value};
+
+pub use postgres::PgCluster;
+
+pub const SECRET: &str = "end-to-end-test-secret-0123456789";
+pub const MODEL: &str = "smollm2-135m";
+/// The same GGUF registered under a second id, standing in for a vertical model.
+pub const FASHION_MODEL: &str = "smollm2-135m-fashion";
+
+/// The model file, fetched by `make model`.
+pub fn model_path() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make model` (make test does it)",
+        path.display()
+    );
+    path
+}
+
+pub enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub base: String,
+    pub client: Client,
+    _data: TempDir,
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestServer {
+    /// Two model ids on the same GGUF, short idle timeouts so that scale to zero is quick
+    /// to observe, and a small context so that context limits are easy to reach.
+    pub fn config(db: &Db, data: &TempDir) -> Config {
+        let mut config = Config::default();
+        config.server.port = 0;
+        config.server.workers = 2;
+        config.server.shutdown_timeout_s = 5;
+        config.server.body_limit_bytes = 64 * 1024;
+        config.data_dir = data.0.clone();
+        config.auth.jwt_secret = SECRET.into();
+        config.supervision.base_backoff_ms = 10;
+        if let Db::Postgres(url) = db {
+            config.database.url = Some(url.clone());
+        }
+        config.models = [MODEL, FASHION_MODEL]
+            .into_iter()
+            .map(|id| {
+                let mut m = ModelConfig::new(id, model_path());
+                m.n_ctx = 512;
+                m.threads = 2;
+                m.idle_timeout_s = 2;
+                m
+            })
+            .collect();
+        config
+    }
+
+    pub async fn start(db: Db) -> Self {
+        let data = TempDir::new("genrt-e2e");
+        Self::start_with(Self::config(&db, &data), data).await
+    }
+
+    pub async fn start_with(config: Config, data: TempDir) -> Self {
+        let server = genrt_runtime::start(config, false)
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", server.addr());
+        Self {
+            server: Some(server),
+            base,
+            client: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            _data: data,
+        }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("running")
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Sends a request and returns its status and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let response = self.request(method, path, Some(token), body).await;
+        read(response).await
+    }
+
+    pub async fn deploy(&self, token: &str, definition: Value) -> (u16, Value) {
+        self.call(Method::POST, "/v1/functions", token, Some(definition))
+            .await
+    }
+
+    pub async fn invoke(&self, token: &str, name: &str, body: Value) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/functions/{name}/invoke"),
+            token,
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn model(&self, token: &str, id: &str) -> Value {
+        let (status, body) = self.call(Method::GET, "/v1/models", token, None).await;
+        assert_eq!(status, 200, "{body}");
+        body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("model {id} not listed: {body}"))
+    }
+
+    /// Polls until `check` holds, failing after `limit`.
+    pub async fn eventually<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("server stops cleanly");
+        }
+    }
+}
+
+pub async fn read(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }))
+    };
+    (status, body)
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    tenant: &'a str,
+    exp: u64,
+    iat: u64,
+    iss: &'a str,
+    aud: &'a str,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token as an outside issuer would make it, with every part under the test's control.
+pub fn token_with(tenant: &str, secret: &str, audience: &str, expires_in: i64) -> String {
+    let claims = Claims {
+        tenant,
+        exp: (now() as i64 + expires_in) as u64,
+        iat: now(),
+        iss: "genrt",
+        aud: audience,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn token(tenant: &str) -> String {
+    token_with(tenant, SECRET, "genrt", 3600)
+}
