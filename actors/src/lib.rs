@@ -25,7 +25,7 @@ mod types;
 mod tests;
 
 pub use cache::{CacheKey, CachedCompletion, ResponseCache};
-pub use engine::{Backend, EngineError, LlamaCppBackend};
+pub use engine::{llama_backend, Backend, EngineError, LlamaCppBackend};
 pub use error::InvokeError;
 pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, TreeConfig};

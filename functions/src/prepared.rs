@@ -33,8 +33,9 @@ impl std::fmt::Debug for PreparedFunction {
 impl PreparedFunction {
     pub fn new(spec: FunctionSpec) -> Result<Self, SpecError> {
         let mut templates = Environment::new();
-        // A template that names a variable the input lacks is a caller error, not empty text.
-        templates.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Printing a variable the input lacks is a caller error, not empty text; testing one
+        // (`{% if audience %}`) is how templates make a field optional, so that stays allowed.
+        templates.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         if let Some(system) = &spec.system {
             templates
                 .add_template_owned(SYSTEM, system.clone())
@@ -166,6 +167,13 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn optional_fields_can_be_tested_in_conditions() {
+        let f = prepared(json!({"model": "m", "prompt": "A{% if extra %} {{ extra }}{% endif %}."}));
+        assert_eq!(f.render(&json!({})).unwrap().user, "A.");
+        assert_eq!(f.render(&json!({"extra": "b"})).unwrap().user, "A b.");
     }
 
     #[test]

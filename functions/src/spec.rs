@@ -18,12 +18,13 @@ pub enum ModelTarget {
     Route(Route),
 }
 
-/// Response caching. Deterministic generations are cached regardless; `enabled` opts sampled
-/// ones in too, which suits functions whose variety does not matter (hot-topic prewarming).
+/// Response caching. Unset, deterministic generations (temperature 0 or a fixed seed) are
+/// cached and sampled ones are not; `Some(true)` caches sampled ones too, which suits
+/// functions whose variety does not matter (hot-topic prewarming); `Some(false)` never caches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachePolicy {
-    #[serde(default)]
-    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Seconds an entry lives; `None` uses the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
@@ -32,7 +33,7 @@ pub struct CachePolicy {
 impl Default for CachePolicy {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             ttl_s: None,
         }
     }

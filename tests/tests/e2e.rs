@@ -43,6 +43,7 @@ on_both_databases!(
     an_engine_panic_is_survived,
     bad_input_is_refused_with_its_code_and_leaves_nothing,
     openapi_and_probes,
+    the_example_functions_deploy_and_run,
 );
 
 fn greeting(prompt: &str) -> Value {
@@ -513,4 +514,30 @@ async fn openapi_and_probes(s: &TestServer) {
     let (status, body) =
         genrt_tests::read(s.request(Method::GET, "/v1/nope", None, None).await).await;
     assert_eq!((status, error_code(&body)), (404, "not_found"));
+}
+
+async fn the_example_functions_deploy_and_run(s: &TestServer) {
+    let t = token("demo");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/examples");
+    let inputs = [
+        ("product-description", json!({"product": "linen summer shirt", "category": "fashion", "features": ["breathable"]})),
+        ("news-brief", json!({"topic": "a new solar farm opens near the coast"})),
+    ];
+    let mut deployed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let definition: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = definition["name"].as_str().unwrap().to_owned();
+        let (status, body) = s.deploy(&t, definition).await;
+        assert_eq!(status, 201, "{}: {body}", path.display());
+        let (_, input) = inputs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("add a sample input for example `{name}` to this test"));
+        let (status, out) = s.invoke(&t, &name, json!({"input": input, "params": {"max_tokens": 24}})).await;
+        assert_eq!(status, 200, "{name}: {out}");
+        assert!(!out["output"]["text"].as_str().unwrap().trim().is_empty(), "{name}: {out}");
+        deployed += 1;
+    }
+    assert_eq!(deployed, inputs.len());
 }

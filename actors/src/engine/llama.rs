@@ -22,8 +22,9 @@ use crate::{FinishReason, ModelConfig};
 
 const N_BATCH: u32 = 512;
 
-/// llama.cpp may be initialised once per process; every backend value shares it.
-fn llama_backend() -> Result<Arc<LlamaBackend>, EngineError> {
+/// llama.cpp may be initialised once per process; every backend value shares it, and so must
+/// anything else in the process that calls llama.cpp directly (the benchmarks do).
+pub fn llama_backend() -> Result<Arc<LlamaBackend>, EngineError> {
     static BACKEND: OnceLock<Result<Arc<LlamaBackend>, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

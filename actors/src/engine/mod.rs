@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::{Fault, FinishReason, ModelConfig};
 
-pub use llama::LlamaCppBackend;
+pub use llama::{llama_backend, LlamaCppBackend};
 pub(crate) use thread::{EngineEvent, EngineThread};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

