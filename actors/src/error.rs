@@ -36,6 +36,12 @@ pub enum InvokeError {
     Timeout,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the output constraint cannot be used: {0}")]
+    OutputSpec(String),
+    #[error("{0}")]
+    InsufficientMemory(String),
+    #[error("the output does not satisfy the function's output format: {0}")]
+    InvalidOutput(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,6 +55,7 @@ impl InvokeError {
                 | Self::Overloaded { .. }
                 | Self::ReplicaFailed { .. }
                 | Self::ShuttingDown
+                | Self::InsufficientMemory(_)
         )
     }
 
@@ -72,6 +79,8 @@ impl InvokeError {
             },
             EngineError::Cancelled => Self::ShuttingDown,
             EngineError::Decode(reason) => Self::ReplicaFailed { reason },
+            EngineError::Grammar(reason) => Self::OutputSpec(reason),
+            EngineError::MemoryBudget(reason) => Self::InsufficientMemory(reason),
             EngineError::Overloaded { queued } => Self::Overloaded {
                 model: model.clone(),
                 queued,

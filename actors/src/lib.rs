@@ -14,6 +14,7 @@ mod dispatcher;
 pub mod engine;
 mod error;
 mod function;
+mod memory;
 mod model_pool;
 mod replica;
 mod root;
@@ -25,11 +26,12 @@ mod types;
 mod tests;
 
 pub use cache::{CacheKey, CachedCompletion, ResponseCache};
-pub use engine::{llama_backend, Backend, EngineError, LlamaCppBackend};
+pub use engine::{llama_backend, stream_channel, Backend, EngineError, LlamaCppBackend};
 pub use error::InvokeError;
+pub use memory::{MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, TreeConfig};
 pub use types::{
     DeployedFunction, Fault, FinishReason, Invocation, InvocationId, InvocationOutcome,
-    ModelConfig, ModelPhase, ModelStatus, Timings, Usage,
+    ModelConfig, ModelPhase, ModelStatus, ScalingEvent, Timings, Usage,
 };

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::dispatcher::{Dispatcher, DispatcherArgs};
 use crate::engine::Backend;
+use crate::memory::MemoryBudget;
 use crate::model_pool::{ModelPool, PoolArgs};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
 use crate::tree::Directory;
@@ -29,6 +30,7 @@ pub(crate) struct RootArgs {
     pub cache: Arc<dyn ResponseCache>,
     pub directory: Arc<Directory>,
     pub policy: RestartPolicy,
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// Which child an actor id belongs to.
@@ -151,6 +153,7 @@ impl Root {
             config: config.clone(),
             backend: Arc::clone(&self.args.backend),
             policy: self.args.policy,
+            budget: Arc::clone(&self.args.budget),
         };
         let (pool, _) = Actor::spawn_linked(None, ModelPool, args, myself.get_cell()).await?;
         self.children

@@ -42,6 +42,7 @@ impl Harness {
                 base_backoff: Duration::from_millis(1),
                 ..RestartPolicy::default()
             },
+            memory_budget_bytes: u64::MAX / 2,
         };
         let tree = ActorTree::start(config, backend.clone(), Arc::new(MapCache::default()))
             .await
@@ -85,6 +86,8 @@ fn invocation(f: &Arc<DeployedFunction>, input: serde_json::Value) -> Invocation
             ..Default::default()
         },
         received_at: Instant::now(),
+        background: false,
+        stream: None,
         fault: None,
     }
 }

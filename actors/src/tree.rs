@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::dispatcher::DispatcherMsg;
 use crate::engine::Backend;
+use crate::memory::MemoryBudget;
 use crate::model_pool::PoolMsg;
 use crate::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::supervision::RestartPolicy;
@@ -66,6 +67,8 @@ impl Directory {
 pub struct TreeConfig {
     pub models: Vec<ModelConfig>,
     pub restart_policy: RestartPolicy,
+    /// Bytes of weights and KV caches all models together may hold.
+    pub memory_budget_bytes: u64,
 }
 
 pub struct ActorTree {
@@ -92,6 +95,7 @@ impl ActorTree {
             cache,
             directory: Arc::clone(&directory),
             policy: config.restart_policy,
+            budget: MemoryBudget::new(config.memory_budget_bytes),
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args)
             .await
@@ -159,12 +163,18 @@ impl ActorTree {
                 },
                 replicas: 0,
                 busy_replicas: 0,
+                slots_per_replica: config.slots,
+                busy_slots: 0,
                 queued: 0,
+                background_queued: 0,
+                min_replicas: config.min_replicas,
                 max_replicas: config.max_replicas,
                 n_ctx: config.n_ctx,
                 replica_restarts: 0,
                 loads: 0,
                 last_load_ms: None,
+                memory_bytes: 0,
+                last_scaling: None,
             }));
         }
         out

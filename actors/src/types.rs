@@ -55,6 +55,10 @@ pub struct Invocation {
     pub input: Value,
     pub params: GenerationParams,
     pub received_at: Instant,
+    /// Background work (prewarming) waits behind interactive invocations.
+    pub background: bool,
+    /// When set, text pieces are sent here as they are generated.
+    pub stream: Option<tokio::sync::mpsc::Sender<String>>,
     pub fault: Option<Fault>,
 }
 
@@ -71,6 +75,8 @@ impl Invocation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was reused from the replica's prefix cache.
+    pub cached_prompt_tokens: u32,
     pub completion_tokens: u32,
 }
 
@@ -101,6 +107,8 @@ pub struct Timings {
     pub load_ms: f64,
     /// From arrival at the dispatcher until a replica started on it.
     pub queue_ms: f64,
+    /// From the start on a replica until the prompt was in the KV cache.
+    pub prefill_ms: f64,
     /// From arrival until the first generated token.
     pub ttft_ms: f64,
     pub total_ms: f64,
@@ -110,6 +118,8 @@ pub struct Timings {
 pub struct InvocationOutcome {
     pub model: ModelId,
     pub text: String,
+    /// For JSON output: the parsed value, valid against the function's output schema.
+    pub json: Option<Value>,
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub cache_hit: bool,
@@ -128,8 +138,27 @@ pub struct ModelConfig {
     /// CPU threads per replica; 0 uses every core.
     #[serde(default)]
     pub threads: u32,
+    /// Sequences one replica decodes together (continuous batching).
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    /// At most this many prompt tokens are prefilled in a step while other sequences decode.
+    #[serde(default = "default_prefill_chunk")]
+    pub prefill_chunk: u32,
+    /// Replicas kept even when idle; 0 lets the model scale to zero.
+    #[serde(default)]
+    pub min_replicas: u32,
     #[serde(default = "default_max_replicas")]
     pub max_replicas: u32,
+    /// Ongoing invocations (running and queued) per replica the autoscaler aims at; 0 means
+    /// `slots`.
+    #[serde(default)]
+    pub target_ongoing: u32,
+    /// Load must call for more replicas this long before one is added.
+    #[serde(default = "default_upscale_delay_ms")]
+    pub upscale_delay_ms: u64,
+    /// Load must call for fewer (but at least one) replicas this long before one is stopped.
+    #[serde(default = "default_downscale_delay_s")]
+    pub downscale_delay_s: u64,
     /// Seconds without work before the replicas stop and the weights are freed.
     #[serde(default = "default_model_idle_s")]
     pub idle_timeout_s: u64,
@@ -147,6 +176,18 @@ fn default_n_ctx() -> u32 {
 fn default_max_replicas() -> u32 {
     1
 }
+fn default_slots() -> u32 {
+    4
+}
+fn default_prefill_chunk() -> u32 {
+    128
+}
+fn default_upscale_delay_ms() -> u64 {
+    250
+}
+fn default_downscale_delay_s() -> u64 {
+    30
+}
 fn default_model_idle_s() -> u64 {
     300
 }
@@ -161,10 +202,24 @@ impl ModelConfig {
             path: path.into(),
             n_ctx: default_n_ctx(),
             threads: 0,
+            slots: default_slots(),
+            prefill_chunk: default_prefill_chunk(),
+            min_replicas: 0,
             max_replicas: default_max_replicas(),
+            target_ongoing: 0,
+            upscale_delay_ms: default_upscale_delay_ms(),
+            downscale_delay_s: default_downscale_delay_s(),
             idle_timeout_s: default_model_idle_s(),
             queue_capacity: default_queue_capacity(),
             n_gpu_layers: 0,
+        }
+    }
+
+    pub fn target_ongoing(&self) -> u32 {
+        if self.target_ongoing > 0 {
+            self.target_ongoing
+        } else {
+            self.slots.max(1)
         }
     }
 
@@ -201,6 +256,15 @@ impl ModelPhase {
     }
 }
 
+/// A change in a pool's replica count, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingEvent {
+    pub at: std::time::SystemTime,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
 /// What `GET /v1/models` shows of one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelStatus {
@@ -208,10 +272,17 @@ pub struct ModelStatus {
     pub phase: ModelPhase,
     pub replicas: u32,
     pub busy_replicas: u32,
+    pub slots_per_replica: u32,
+    pub busy_slots: u32,
     pub queued: u32,
+    pub background_queued: u32,
+    pub min_replicas: u32,
     pub max_replicas: u32,
     pub n_ctx: u32,
     pub replica_restarts: u64,
     pub loads: u64,
     pub last_load_ms: Option<f64>,
+    /// Weights and KV caches held against the memory budget.
+    pub memory_bytes: u64,
+    pub last_scaling: Option<ScalingEvent>,
 }

@@ -153,7 +153,13 @@ impl Genrt {
         if !deploy.status().is_success() {
             bail!("deploy failed: {}", deploy.text().await?);
         }
-        Ok(Self { server, client, token, base, _dir: dir })
+        Ok(Self {
+            server,
+            client,
+            token,
+            base,
+            _dir: dir,
+        })
     }
 
     async fn invoke(&self) -> anyhow::Result<Sample> {
@@ -177,7 +183,6 @@ impl Genrt {
         })
     }
 }
-
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -211,13 +216,19 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("note: token counts differ (raw {raw_tokens}, genrt {genrt_tokens})");
     }
     let (raw_m, genrt_m) = (median(raw_tps), median(genrt_tps));
-    println!("| measurement | tokens | tokens/s (median of {}) |", args.runs);
+    println!(
+        "| measurement | tokens | tokens/s (median of {}) |",
+        args.runs
+    );
     println!("|---|---|---|");
     println!("| raw llama.cpp, in-process, 1 sequence | {raw_tokens} | {raw_m:.1} |");
     println!("| genrt, 1 invocation through HTTP | {genrt_tokens} | {genrt_m:.1} |");
     println!("| **ratio genrt / raw** | | **{:.3}** |", genrt_m / raw_m);
     println!();
-    println!("threads: {}, max_tokens: {}, greedy, cache off", args.threads, args.max_tokens);
+    println!(
+        "threads: {}, max_tokens: {}, greedy, cache off",
+        args.threads, args.max_tokens
+    );
     genrt.server.stop().await?;
     Ok(())
 }

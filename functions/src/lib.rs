@@ -16,4 +16,6 @@ pub use ids::{FunctionName, ModelId, TenantId};
 pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use prepared::{PreparedFunction, RenderedPrompt};
 pub use routing::Route;
-pub use spec::{default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget};
+pub use spec::{
+    default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget, OutputSpec,
+};

@@ -21,6 +21,11 @@ pub struct GenerationParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Penalty for repeating recent tokens; 1.0 disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
@@ -34,6 +39,8 @@ pub struct SamplingParams {
     pub temperature: f32,
     pub top_p: f32,
     pub top_k: u32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
     pub seed: Option<u32>,
     pub stop: Vec<String>,
 }
@@ -55,6 +62,16 @@ impl GenerationParams {
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
                 return bad("top_p", "must be in (0, 1]");
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !(0.0..1.0).contains(&p) {
+                return bad("min_p", "must be in [0, 1)");
+            }
+        }
+        if let Some(r) = self.repeat_penalty {
+            if !(r > 0.0 && r <= 2.0) {
+                return bad("repeat_penalty", "must be in (0, 2]");
             }
         }
         if self.stop.len() > MAX_STOP_SEQUENCES {
@@ -86,6 +103,11 @@ impl GenerationParams {
             temperature: overrides.temperature.or(self.temperature).unwrap_or(0.8),
             top_p: overrides.top_p.or(self.top_p).unwrap_or(0.95),
             top_k: overrides.top_k.or(self.top_k).unwrap_or(40),
+            min_p: overrides.min_p.or(self.min_p).unwrap_or(0.05),
+            repeat_penalty: overrides
+                .repeat_penalty
+                .or(self.repeat_penalty)
+                .unwrap_or(1.0),
             seed: overrides.seed.or(self.seed),
             stop: if overrides.stop.is_empty() {
                 self.stop.clone()
@@ -106,11 +128,13 @@ impl SamplingParams {
     /// An exact textual form of every parameter, for cache keys.
     pub fn cache_fingerprint(&self) -> String {
         format!(
-            "max_tokens={};temperature={:08x};top_p={:08x};top_k={};seed={:?};stop={:?}",
+            "max_tokens={};temperature={:08x};top_p={:08x};top_k={};min_p={:08x};repeat={:08x};seed={:?};stop={:?}",
             self.max_tokens,
             self.temperature.to_bits(),
             self.top_p.to_bits(),
             self.top_k,
+            self.min_p.to_bits(),
+            self.repeat_penalty.to_bits(),
             self.seed,
             self.stop
         )

@@ -4,7 +4,7 @@
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
-use crate::{FunctionSpec, InputError, SpecError};
+use crate::{FunctionSpec, InputError, OutputSpec, SpecError};
 
 const SYSTEM: &str = "system";
 const PROMPT: &str = "prompt";
@@ -20,6 +20,7 @@ pub struct PreparedFunction {
     spec: FunctionSpec,
     templates: Environment<'static>,
     input_schema: Option<jsonschema::Validator>,
+    output_schema: Option<jsonschema::Validator>,
 }
 
 impl std::fmt::Debug for PreparedFunction {
@@ -50,10 +51,20 @@ impl PreparedFunction {
             .map(jsonschema::validator_for)
             .transpose()
             .map_err(|e| SpecError::invalid("input_schema", e.to_string()))?;
+        let output_schema = match &spec.output {
+            OutputSpec::Json {
+                json_schema: Some(schema),
+            } => Some(
+                jsonschema::validator_for(schema)
+                    .map_err(|e| SpecError::invalid("output.json_schema", e.to_string()))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             spec,
             templates,
             input_schema,
+            output_schema,
         })
     }
 
@@ -117,6 +128,27 @@ impl PreparedFunction {
     }
 }
 
+impl PreparedFunction {
+    /// For JSON output: the parsed value, checked against the output schema. Decoding is
+    /// constrained by the same schema, so a failure here means the text was cut short.
+    pub fn parse_output(&self, text: &str) -> Result<Option<Value>, String> {
+        if !matches!(self.spec.output, OutputSpec::Json { .. }) {
+            return Ok(None);
+        }
+        let value: Value = serde_json::from_str(text.trim())
+            .map_err(|e| format!("the output is not valid JSON: {e}"))?;
+        if let Some(validator) = &self.output_schema {
+            if let Some(err) = validator.iter_errors(&value).next() {
+                return Err(format!(
+                    "the output does not match the schema at {}: {err}",
+                    err.instance_path()
+                ));
+            }
+        }
+        Ok(Some(value))
+    }
+}
+
 /// minijinja's own message plus its detail ("undefined value", with the expression).
 fn describe(err: &minijinja::Error) -> String {
     match err.detail() {
@@ -171,7 +203,8 @@ mod tests {
 
     #[test]
     fn optional_fields_can_be_tested_in_conditions() {
-        let f = prepared(json!({"model": "m", "prompt": "A{% if extra %} {{ extra }}{% endif %}."}));
+        let f =
+            prepared(json!({"model": "m", "prompt": "A{% if extra %} {{ extra }}{% endif %}."}));
         assert_eq!(f.render(&json!({})).unwrap().user, "A.");
         assert_eq!(f.render(&json!({"extra": "b"})).unwrap().user, "A b.");
     }
@@ -196,6 +229,28 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(f.render(&json!({"price": 3})).is_ok());
+    }
+
+    #[test]
+    fn json_output_is_parsed_and_checked_against_its_schema() {
+        let f = prepared(json!({
+            "model": "m", "prompt": "x",
+            "output": {"format": "json", "json_schema": {"type": "object", "required": ["title"]}}
+        }));
+        assert_eq!(
+            f.parse_output(" {\"title\": \"a\"} ").unwrap(),
+            Some(json!({"title": "a"}))
+        );
+        assert!(f
+            .parse_output("{\"body\": 1}")
+            .unwrap_err()
+            .contains("schema"));
+        assert!(f
+            .parse_output("{\"title\": ")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        let text = prepared(json!({"model": "m", "prompt": "x"}));
+        assert_eq!(text.parse_output("anything").unwrap(), None);
     }
 
     #[test]

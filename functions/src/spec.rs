@@ -39,6 +39,27 @@ impl Default for CachePolicy {
     }
 }
 
+/// What the model must produce. `Json` and `Grammar` constrain decoding itself, so the text is
+/// valid by construction (unless `max_tokens` cuts it short).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum OutputSpec {
+    #[default]
+    Text,
+    Json {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json_schema: Option<Value>,
+    },
+    /// A GBNF grammar whose root rule is `root`.
+    Grammar { grammar: String },
+}
+
+impl OutputSpec {
+    pub fn is_text(&self) -> bool {
+        matches!(self, OutputSpec::Text)
+    }
+}
+
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionSpec {
@@ -53,6 +74,8 @@ pub struct FunctionSpec {
     pub params: GenerationParams,
     #[serde(default)]
     pub cache: CachePolicy,
+    #[serde(default, skip_serializing_if = "OutputSpec::is_text")]
+    pub output: OutputSpec,
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u32,
     #[serde(default = "default_idle_timeout_s")]
@@ -110,6 +133,27 @@ impl FunctionSpec {
             return Err(SpecError::invalid("prompt", "must not be empty"));
         }
         self.params.validate_spec()?;
+        match &self.output {
+            OutputSpec::Text => {}
+            OutputSpec::Json {
+                json_schema: Some(schema),
+            } => {
+                jsonschema::validator_for(schema)
+                    .map_err(|e| SpecError::invalid("output.json_schema", e.to_string()))?;
+            }
+            OutputSpec::Json { json_schema: None } => {}
+            OutputSpec::Grammar { grammar } => {
+                if grammar.trim().is_empty() || grammar.len() > MAX_TEMPLATE_BYTES {
+                    return Err(SpecError::invalid(
+                        "output.grammar",
+                        "must be 1 byte to 64 KiB of GBNF",
+                    ));
+                }
+                if !grammar.contains("root") {
+                    return Err(SpecError::invalid("output.grammar", "needs a `root` rule"));
+                }
+            }
+        }
         if !(1..=MAX_TIMEOUT_S).contains(&self.timeout_s) {
             return Err(SpecError::invalid(
                 "timeout_s",

@@ -15,12 +15,16 @@ use crate::cache::MokaResponseCache;
 use crate::config::{Config, DEV_JWT_SECRET};
 use crate::store::Store;
 
+const PREWARM_CONCURRENCY: usize = 4;
+
 /// What every handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub tree: Arc<ActorTree>,
     pub cache: Arc<MokaResponseCache>,
+    /// Prewarm requests running at once; more are refused with `overloaded`.
+    pub prewarm: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         TreeConfig {
             models: config.models.clone(),
             restart_policy: config.restart_policy(),
+            memory_budget_bytes: config.memory_budget_bytes(),
         },
         backend,
         cache.clone(),
@@ -76,6 +81,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         store,
         tree: Arc::new(tree),
         cache,
+        prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
     });
     let auth = web::Data::new(Authenticator::new(&config.auth));
     let body_limit = config.server.body_limit_bytes;

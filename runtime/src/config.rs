@@ -25,7 +25,16 @@ pub struct Config {
     pub auth: AuthConfig,
     pub cache: CacheConfig,
     pub supervision: SupervisionConfig,
+    pub engine: EngineConfig,
     pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// MiB that all models' weights and KV caches may hold together; a load or a replica that
+    /// would exceed it is refused. 0 means 80% of the machine's memory.
+    pub memory_budget_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +98,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
             supervision: SupervisionConfig::default(),
+            engine: EngineConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -236,6 +246,18 @@ impl Config {
             if model.n_ctx < 64 {
                 return invalid(format!("model `{}`: n_ctx must be at least 64", model.id));
             }
+            if model.slots == 0 || model.slots > 64 {
+                return invalid(format!(
+                    "model `{}`: slots must be between 1 and 64",
+                    model.id
+                ));
+            }
+            if model.min_replicas > model.max_replicas {
+                return invalid(format!(
+                    "model `{}`: min_replicas exceeds max_replicas",
+                    model.id
+                ));
+            }
             if model.max_replicas == 0 || model.queue_capacity == 0 {
                 return invalid(format!(
                     "model `{}`: max_replicas and queue_capacity must be at least 1",
@@ -256,6 +278,26 @@ impl Config {
                 self.data_dir.join("genrt.db").display()
             )
         })
+    }
+
+    pub fn memory_budget_bytes(&self) -> u64 {
+        if self.engine.memory_budget_mb > 0 {
+            return self.engine.memory_budget_mb * 1024 * 1024;
+        }
+        // MemTotal from /proc/meminfo; elsewhere, a conservative 8 GiB.
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| {
+                        l.split_whitespace()
+                            .nth(1)
+                            .and_then(|v| v.parse::<u64>().ok())
+                    })
+            })
+            .unwrap_or(8 * 1024 * 1024);
+        total_kib * 1024 / 10 * 8
     }
 
     pub fn restart_policy(&self) -> RestartPolicy {

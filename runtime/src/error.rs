@@ -53,6 +53,11 @@ error_codes! {
     MaxTokensExceedContext => ("max_tokens_exceeds_context", UNPROCESSABLE_ENTITY, None),
     PromptTooLong => ("prompt_too_long", UNPROCESSABLE_ENTITY, None),
     UnknownModel => ("unknown_model", UNPROCESSABLE_ENTITY, None),
+    InvalidOutputSpec => ("invalid_output_spec", UNPROCESSABLE_ENTITY, None),
+    NotCacheable => ("not_cacheable", UNPROCESSABLE_ENTITY, None),
+    InvalidOutput => ("invalid_output", BAD_GATEWAY, None),
+    InsufficientMemory => ("insufficient_memory", SERVICE_UNAVAILABLE, Some(30)),
+    ModelNotFound => ("model_not_found", NOT_FOUND, None),
     ModelUnavailable => ("model_unavailable", SERVICE_UNAVAILABLE, Some(5)),
     Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Some(1)),
     ReplicaFailed => ("replica_failed", SERVICE_UNAVAILABLE, Some(1)),
@@ -168,6 +173,13 @@ impl From<InvokeError> for ApiError {
             InvokeError::ReplicaFailed { .. } => ApiError::new(ErrorCode::ReplicaFailed, message),
             InvokeError::Timeout => ApiError::new(ErrorCode::Timeout, message),
             InvokeError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, message),
+            InvokeError::OutputSpec(_) => {
+                ApiError::new(ErrorCode::InvalidOutputSpec, message).with_field("output")
+            }
+            InvokeError::InvalidOutput(_) => ApiError::new(ErrorCode::InvalidOutput, message),
+            InvokeError::InsufficientMemory(_) => {
+                ApiError::new(ErrorCode::InsufficientMemory, message)
+            }
             InvokeError::Internal(detail) => ApiError::internal(detail),
         }
     }

@@ -520,13 +520,20 @@ async fn the_example_functions_deploy_and_run(s: &TestServer) {
     let t = token("demo");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/examples");
     let inputs = [
-        ("product-description", json!({"product": "linen summer shirt", "category": "fashion", "features": ["breathable"]})),
-        ("news-brief", json!({"topic": "a new solar farm opens near the coast"})),
+        (
+            "product-description",
+            json!({"product": "linen summer shirt", "category": "fashion", "features": ["breathable"]}),
+        ),
+        (
+            "news-brief",
+            json!({"topic": "a new solar farm opens near the coast"}),
+        ),
     ];
     let mut deployed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let definition: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let definition: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = definition["name"].as_str().unwrap().to_owned();
         let (status, body) = s.deploy(&t, definition).await;
         assert_eq!(status, 201, "{}: {body}", path.display());
@@ -534,9 +541,18 @@ async fn the_example_functions_deploy_and_run(s: &TestServer) {
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("add a sample input for example `{name}` to this test"));
-        let (status, out) = s.invoke(&t, &name, json!({"input": input, "params": {"max_tokens": 24}})).await;
+        let (status, out) = s
+            .invoke(
+                &t,
+                &name,
+                json!({"input": input, "params": {"max_tokens": 24}}),
+            )
+            .await;
         assert_eq!(status, 200, "{name}: {out}");
-        assert!(!out["output"]["text"].as_str().unwrap().trim().is_empty(), "{name}: {out}");
+        assert!(
+            !out["output"]["text"].as_str().unwrap().trim().is_empty(),
+            "{name}: {out}"
+        );
         deployed += 1;
     }
     assert_eq!(deployed, inputs.len());

@@ -1,12 +1,20 @@
-//! A deterministic engine for fast unit tests of scheduling and supervision. The real engine
-//! is exercised by the end-to-end tests; this one only echoes.
+//! A deterministic engine for fast unit tests of scheduling and supervision; the real engine
+//! is exercised by the end-to-end tests. Tokens are bytes; a sequence generates
+//! `echo: <user text>` one byte per step and then ends. A user text containing `PANIC` makes
+//! sampling panic.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use super::{Backend, Completion, EngineError, EngineRequest, GenerationControl, Session, Weights};
-use crate::{FinishReason, ModelConfig};
+use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
+
+use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, Tokenized, Weights};
+use crate::ModelConfig;
+
+/// Separates system from user bytes in a fake prompt.
+const SEPARATOR: i32 = 0;
+const END: i32 = -1;
 
 #[derive(Default)]
 pub(crate) struct FakeBackend {
@@ -38,37 +46,156 @@ impl Drop for FakeWeights {
 }
 
 impl Weights for FakeWeights {
+    fn kv_bytes(&self, model: &ModelConfig) -> u64 {
+        u64::from(model.n_ctx) * u64::from(model.slots) * 1024
+    }
+
     fn run_session(
         &self,
-        _model: &ModelConfig,
+        model: &ModelConfig,
         serve: &mut dyn FnMut(&mut dyn Session),
     ) -> Result<(), EngineError> {
-        serve(&mut FakeSession);
+        let mut session = FakeSession::new(model.slots as usize, model.n_ctx, 512);
+        serve(&mut session);
         Ok(())
     }
 }
 
-struct FakeSession;
+pub(crate) struct FakeSession {
+    slots: usize,
+    n_ctx: u32,
+    n_batch: usize,
+    /// Tokens in each sequence's KV.
+    kv: HashMap<SeqId, Vec<i32>>,
+    generated: HashMap<SeqId, usize>,
+    pub(crate) last_batch_len: usize,
+    pub(crate) max_sequences_in_one_batch: usize,
+    pub(crate) copies: usize,
+}
+
+impl FakeSession {
+    pub(crate) fn new(slots: usize, n_ctx: u32, n_batch: usize) -> Self {
+        Self {
+            slots,
+            n_ctx,
+            n_batch,
+            kv: HashMap::new(),
+            generated: HashMap::new(),
+            last_batch_len: 0,
+            max_sequences_in_one_batch: 0,
+            copies: 0,
+        }
+    }
+
+    pub(crate) fn live_sequences(&self) -> Vec<SeqId> {
+        let mut live: Vec<SeqId> = self
+            .kv
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        live.sort();
+        live
+    }
+
+    fn echo(&self, seq: SeqId) -> Vec<u8> {
+        let kv = &self.kv[&seq];
+        let user_start = kv.iter().position(|t| *t == SEPARATOR).map_or(0, |p| p + 1);
+        let prompt_end = kv.iter().position(|t| *t == END).unwrap_or(kv.len());
+        let user: Vec<u8> = kv[user_start..prompt_end]
+            .iter()
+            .map(|t| *t as u8)
+            .collect();
+        [b"echo: ".as_slice(), &user].concat()
+    }
+}
 
 impl Session for FakeSession {
-    fn generate(
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn n_ctx_per_seq(&self) -> u32 {
+        self.n_ctx
+    }
+
+    fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
+        let system: Vec<i32> = prompt
+            .system
+            .as_deref()
+            .unwrap_or("")
+            .bytes()
+            .map(i32::from)
+            .collect();
+        let mut tokens = system.clone();
+        tokens.push(SEPARATOR);
+        let prefix_len = tokens.len();
+        tokens.extend(prompt.user.bytes().map(i32::from));
+        tokens.push(END);
+        Ok(Tokenized { tokens, prefix_len })
+    }
+
+    fn begin(
         &mut self,
-        request: &EngineRequest,
-        _control: &GenerationControl<'_>,
-    ) -> Result<Completion, EngineError> {
-        let started_at = Instant::now();
-        if request.prompt.user.contains("PANIC") {
+        seq: SeqId,
+        _params: &SamplingParams,
+        _output: &OutputSpec,
+    ) -> Result<(), EngineError> {
+        self.kv.insert(seq, Vec::new());
+        self.generated.insert(seq, 0);
+        Ok(())
+    }
+
+    fn decode(&mut self, batch: &[BatchItem]) -> Result<(), EngineError> {
+        let mut seqs: Vec<SeqId> = batch.iter().map(|b| b.seq).collect();
+        seqs.dedup();
+        self.max_sequences_in_one_batch = self.max_sequences_in_one_batch.max(seqs.len());
+        self.last_batch_len = batch.len();
+        for item in batch {
+            let kv = self.kv.entry(item.seq).or_default();
+            assert_eq!(kv.len(), item.pos as usize, "positions are contiguous");
+            kv.push(item.token);
+            if let Some(also) = item.also {
+                self.kv.entry(also).or_default().push(item.token);
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, seq: SeqId, _batch_index: usize) -> Sampled {
+        let echo = self.echo(seq);
+        if String::from_utf8_lossy(&echo).contains("PANIC") {
             panic!("fake engine asked to panic");
         }
-        let text = format!("echo: {}", request.prompt.user);
-        Ok(Completion {
-            completion_tokens: text.split_whitespace().count() as u32,
-            prompt_tokens: request.prompt.user.split_whitespace().count() as u32,
-            text,
-            finish_reason: FinishReason::Stop,
-            started_at,
-            first_token_at: Some(Instant::now()),
-            load_wait: Duration::ZERO,
-        })
+        let n = self.generated.get_mut(&seq).expect("sequence begun");
+        let out = match echo.get(*n) {
+            Some(byte) => Sampled {
+                token: 1000 + i32::from(*byte),
+                end_of_generation: false,
+                piece: vec![*byte],
+            },
+            None => Sampled {
+                token: 2,
+                end_of_generation: true,
+                piece: Vec::new(),
+            },
+        };
+        *n += 1;
+        out
+    }
+
+    fn end(&mut self, seq: SeqId) {
+        self.kv.remove(&seq);
+        self.generated.remove(&seq);
+    }
+
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
+        let prefix = self.kv[&from][..len].to_vec();
+        self.kv.insert(to, prefix);
+        self.copies += 1;
     }
 }

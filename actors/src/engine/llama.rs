@@ -1,10 +1,12 @@
 //! The llama.cpp backend through llama-cpp-2. One process-wide llama backend; weights loaded
-//! per model (memory-mapped); one context per replica, on that replica's engine thread.
+//! per model (memory-mapped); one context per replica, on that replica's engine thread, with
+//! a unified KV cache shared by its slots and its cached prompt prefixes.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
+use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -12,15 +14,16 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::{send_logs_to_tracing, LogOptions};
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
-use super::{
-    truncate_at_stop, Backend, Completion, EngineError, EngineRequest, GenerationControl, Session,
-    Weights,
-};
-use crate::{FinishReason, ModelConfig};
+use super::scheduler::PREFIX_ENTRIES;
+use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, Tokenized, Weights};
+use crate::ModelConfig;
 
 const N_BATCH: u32 = 512;
+/// Recent tokens the repetition penalty looks at.
+const PENALTY_LAST_N: i32 = 64;
 
 /// llama.cpp may be initialised once per process; every backend value shares it, and so must
 /// anything else in the process that calls llama.cpp directly (the benchmarks do).
@@ -61,7 +64,7 @@ impl Backend for LlamaCppBackend {
         let params = LlamaModelParams::default().with_n_gpu_layers(model.n_gpu_layers);
         let loaded = LlamaModel::load_from_file(&self.backend, &model.path, &params)
             .map_err(|e| EngineError::Load(format!("{}: {e}", model.path.display())))?;
-        // Models without an embedded chat template get a plain layout; see `format_prompt`.
+        // Models without an embedded chat template get a plain layout; see `format`.
         let template = loaded.chat_template(None).ok();
         Ok(Arc::new(LlamaWeights {
             backend: Arc::clone(&self.backend),
@@ -77,16 +80,35 @@ struct LlamaWeights {
     template: Option<LlamaChatTemplate>,
 }
 
+/// KV cells of one replica: every slot's full context, plus one more context's worth shared
+/// by the cached prompt prefixes.
+fn kv_cells(config: &ModelConfig) -> u32 {
+    config.n_ctx * (config.slots.max(1) + 1)
+}
+
 impl Weights for LlamaWeights {
+    fn kv_bytes(&self, config: &ModelConfig) -> u64 {
+        let m = &self.model;
+        let head_dim = (m.n_embd() as u64) / u64::from(m.n_head().max(1));
+        // K and V, f16 (2 bytes), per layer, per KV head.
+        let per_cell = 2 * 2 * u64::from(m.n_layer()) * u64::from(m.n_head_kv()) * head_dim;
+        per_cell * u64::from(kv_cells(config))
+    }
+
     fn run_session(
         &self,
         config: &ModelConfig,
         serve: &mut dyn FnMut(&mut dyn Session),
     ) -> Result<(), EngineError> {
         let threads = config.threads() as i32;
+        let slots = config.slots.max(1);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(config.n_ctx))
+            .with_n_ctx(NonZeroU32::new(kv_cells(config)))
             .with_n_batch(N_BATCH)
+            .with_n_ubatch(N_BATCH)
+            .with_n_seq_max(slots + PREFIX_ENTRIES as u32)
+            // One cell pool for all sequences, so that a cached prefix is shared, not copied.
+            .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = self
@@ -96,7 +118,10 @@ impl Weights for LlamaWeights {
         let mut session = LlamaSession {
             weights: self,
             ctx,
-            batch: LlamaBatch::new(N_BATCH as usize, 1),
+            batch: LlamaBatch::new(N_BATCH as usize, 2),
+            samplers: HashMap::new(),
+            slots: slots as usize,
+            n_ctx: config.n_ctx,
         };
         serve(&mut session);
         Ok(())
@@ -107,135 +132,177 @@ struct LlamaSession<'a> {
     weights: &'a LlamaWeights,
     ctx: LlamaContext<'a>,
     batch: LlamaBatch<'static>,
+    samplers: HashMap<SeqId, LlamaSampler>,
+    slots: usize,
+    n_ctx: u32,
 }
 
 impl LlamaSession<'_> {
-    fn format_prompt(&self, request: &EngineRequest) -> Result<String, EngineError> {
-        let prompt = &request.prompt;
+    fn format(&self, system: Option<&str>, user: Option<&str>) -> Result<String, EngineError> {
         let Some(template) = &self.weights.template else {
-            return Ok(match &prompt.system {
-                Some(system) => format!("{system}\n\n{}\n", prompt.user),
-                None => format!("{}\n", prompt.user),
-            });
+            let mut text = String::new();
+            if let Some(system) = system {
+                text.push_str(system);
+                text.push_str("\n\n");
+            }
+            if let Some(user) = user {
+                text.push_str(user);
+                text.push('\n');
+            }
+            return Ok(text);
         };
-        let mut messages = Vec::with_capacity(2);
         let message = |role: &str, content: &str| {
             LlamaChatMessage::new(role.to_owned(), content.to_owned())
                 .map_err(|e| EngineError::Decode(format!("invalid chat message: {e}")))
         };
-        if let Some(system) = &prompt.system {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
             messages.push(message("system", system)?);
         }
-        messages.push(message("user", &prompt.user)?);
+        if let Some(user) = user {
+            messages.push(message("user", user)?);
+        }
         self.weights
             .model
-            .apply_chat_template(template, &messages, true)
+            .apply_chat_template(template, &messages, user.is_some())
             .map_err(|e| EngineError::Decode(format!("chat template failed: {e}")))
     }
 
-    fn decode(&mut self) -> Result<(), EngineError> {
+    fn tokens(&self, text: &str) -> Vec<i32> {
+        self.weights
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), true, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+}
+
+fn grammar_for(output: &OutputSpec) -> Result<Option<String>, EngineError> {
+    match output {
+        OutputSpec::Text => Ok(None),
+        OutputSpec::Json { json_schema } => {
+            let schema = json_schema
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            json_schema_to_grammar(&schema.to_string())
+                .map(Some)
+                .map_err(|e| EngineError::Grammar(format!("json_schema: {e}")))
+        }
+        OutputSpec::Grammar { grammar } => Ok(Some(grammar.clone())),
+    }
+}
+
+impl Session for LlamaSession<'_> {
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn n_ctx_per_seq(&self) -> u32 {
+        self.n_ctx
+    }
+
+    fn n_batch(&self) -> usize {
+        N_BATCH as usize
+    }
+
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
+        let full = self.format(prompt.system.as_deref(), Some(&prompt.user))?;
+        let tokens = self.tokens(&full);
+        let prefix_len = match &prompt.system {
+            Some(system) => {
+                // The tokens of the system turn alone, as far as they agree with the full
+                // prompt's: tokenization may merge differently at the boundary.
+                let alone = self.tokens(&self.format(Some(system), None)?);
+                alone
+                    .iter()
+                    .zip(&tokens)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            }
+            None => 0,
+        };
+        Ok(Tokenized { tokens, prefix_len })
+    }
+
+    fn begin(
+        &mut self,
+        seq: SeqId,
+        p: &SamplingParams,
+        output: &OutputSpec,
+    ) -> Result<(), EngineError> {
+        let mut chain = Vec::with_capacity(7);
+        if let Some(grammar) = grammar_for(output)? {
+            chain.push(
+                LlamaSampler::grammar(&self.weights.model, &grammar, "root")
+                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
+            );
+        }
+        if p.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(
+                self.weights.model.n_vocab(),
+                PENALTY_LAST_N,
+                p.repeat_penalty,
+                0.0,
+                0.0,
+            ));
+        }
+        if p.temperature == 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            // llama.cpp draws a fresh random seed for this value.
+            const RANDOM_SEED: u32 = u32::MAX;
+            chain.push(LlamaSampler::top_k(p.top_k as i32));
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
+            chain.push(LlamaSampler::temp(p.temperature));
+            chain.push(LlamaSampler::dist(p.seed.unwrap_or(RANDOM_SEED)));
+        }
+        self.samplers.insert(seq, LlamaSampler::chain_simple(chain));
+        Ok(())
+    }
+
+    fn decode(&mut self, items: &[BatchItem]) -> Result<(), EngineError> {
+        self.batch.clear();
+        for item in items {
+            let both = [item.seq, item.also.unwrap_or(item.seq)];
+            let seqs = if item.also.is_some() {
+                &both[..]
+            } else {
+                &both[..1]
+            };
+            self.batch
+                .add(LlamaToken(item.token), item.pos, seqs, item.logits)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(e.to_string()))
     }
-}
 
-fn sampler(request: &EngineRequest) -> LlamaSampler {
-    let p = &request.params;
-    if p.temperature == 0.0 {
-        return LlamaSampler::greedy();
-    }
-    // llama.cpp draws a fresh random seed for this value.
-    const RANDOM_SEED: u32 = u32::MAX;
-    LlamaSampler::chain_simple([
-        LlamaSampler::top_k(p.top_k as i32),
-        LlamaSampler::top_p(p.top_p, 1),
-        LlamaSampler::temp(p.temperature),
-        LlamaSampler::dist(p.seed.unwrap_or(RANDOM_SEED)),
-    ])
-}
-
-impl Session for LlamaSession<'_> {
-    fn generate(
-        &mut self,
-        request: &EngineRequest,
-        control: &GenerationControl<'_>,
-    ) -> Result<Completion, EngineError> {
-        let started_at = Instant::now();
-        let text = self.format_prompt(request)?;
+    fn sample(&mut self, seq: SeqId, batch_index: usize) -> Sampled {
+        let sampler = self
+            .samplers
+            .get_mut(&seq)
+            .expect("sampler begun for sequence");
+        let token = sampler.sample(&self.ctx, batch_index as i32);
         let vocab = self.weights.model.vocab();
-        let tokens = vocab.tokenize(text.as_bytes(), true, true);
-        let n_ctx = self.ctx.n_ctx();
-        let max_tokens = request.params.max_tokens;
-        if tokens.len() as u64 + u64::from(max_tokens) > u64::from(n_ctx) {
-            return Err(EngineError::PromptTooLong {
-                prompt_tokens: tokens.len() as u32,
-                max_tokens,
-                n_ctx,
-            });
+        Sampled {
+            token: token.0,
+            end_of_generation: vocab.is_eog(token),
+            piece: vocab.token_to_piece(token, false, None),
         }
-        self.ctx.clear_kv_cache();
+    }
 
-        // Prefill in chunks of the batch size; only the last prompt token needs logits.
-        let last = tokens.len() - 1;
-        for (chunk_index, chunk) in tokens.chunks(N_BATCH as usize).enumerate() {
-            self.batch.clear();
-            for (offset, token) in chunk.iter().enumerate() {
-                let pos = chunk_index * N_BATCH as usize + offset;
-                self.batch
-                    .add(*token, pos as i32, &[0], pos == last)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-            }
-            self.decode()?;
-            if let Some(stop) = control.should_stop(request.deadline) {
-                return Err(stop);
-            }
-        }
+    fn end(&mut self, seq: SeqId) {
+        self.samplers.remove(&seq);
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
 
-        let mut sampler = sampler(request);
-        let mut pos = tokens.len() as i32;
-        let mut bytes = Vec::new();
-        let mut completion_tokens = 0u32;
-        let mut first_token_at = None;
-        let mut finish_reason = FinishReason::Length;
-        let mut text = String::new();
-        while completion_tokens < max_tokens {
-            let token = sampler.sample(&self.ctx, self.batch.n_tokens() - 1);
-            first_token_at.get_or_insert_with(Instant::now);
-            if vocab.is_eog(token) {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
-            completion_tokens += 1;
-            bytes.extend(vocab.token_to_piece(token, false, None));
-            if !request.params.stop.is_empty() {
-                text = String::from_utf8_lossy(&bytes).into_owned();
-                if truncate_at_stop(&mut text, &request.params.stop) {
-                    finish_reason = FinishReason::StopSequence;
-                    break;
-                }
-            }
-            if let Some(stop) = control.should_stop(request.deadline) {
-                return Err(stop);
-            }
-            self.batch.clear();
-            self.batch
-                .add(token, pos, &[0], true)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
-            pos += 1;
-            self.decode()?;
-        }
-        if finish_reason != FinishReason::StopSequence {
-            text = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        Ok(Completion {
-            text,
-            prompt_tokens: tokens.len() as u32,
-            completion_tokens,
-            finish_reason,
-            started_at,
-            first_token_at,
-            load_wait: Duration::ZERO,
-        })
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
+        let _ = self
+            .ctx
+            .kv_cache_seq_cp(from, to, Some(0), Some(len as u32));
     }
 }

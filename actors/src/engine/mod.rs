@@ -1,25 +1,33 @@
-//! The inference engine: a backend loads weights, and each replica runs one engine thread
-//! that owns one inference context and serves jobs from a channel.
+//! The inference engine. A backend loads weights; each replica runs one engine thread that
+//! owns one inference context and runs the continuous-batching [`scheduler`] over it: up to
+//! `slots` sequences share the context and one decode call per step.
 //!
-//! Async code never touches a context: it sends an [`EngineJob`] and awaits the reply.
+//! Async code never touches a context: it sends an [`EngineJob`] and awaits the job's reply
+//! (and, when streaming, reads its token channel).
 
 mod llama;
+pub(crate) mod scheduler;
+mod text;
 mod thread;
 
 #[cfg(test)]
 pub(crate) mod fake;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use genrt_functions::{RenderedPrompt, SamplingParams};
-use tokio::sync::oneshot;
+use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{Fault, FinishReason, ModelConfig};
 
 pub use llama::{llama_backend, LlamaCppBackend};
 pub(crate) use thread::{EngineEvent, EngineThread};
+
+/// A token id of the model's vocabulary.
+pub type TokenId = i32;
+/// A llama.cpp sequence id: one per slot, plus one per cached prompt prefix.
+pub type SeqId = i32;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
@@ -33,6 +41,8 @@ pub enum EngineError {
     },
     #[error("decode failed: {0}")]
     Decode(String),
+    #[error("the output constraint cannot be used: {0}")]
+    Grammar(String),
     #[error("deadline exceeded")]
     DeadlineExceeded,
     #[error("cancelled")]
@@ -42,6 +52,9 @@ pub enum EngineError {
     /// The model's admission queue is full.
     #[error("{queued} invocations already waiting")]
     Overloaded { queued: usize },
+    /// Loading another replica would exceed the configured memory budget.
+    #[error("memory budget exceeded: {0}")]
+    MemoryBudget(String),
 }
 
 /// Loads a model's weights. One per process; the weights it returns are shared by the
@@ -50,10 +63,15 @@ pub trait Backend: Send + Sync + 'static {
     fn load(&self, model: &ModelConfig) -> Result<Arc<dyn Weights>, EngineError>;
 }
 
-/// Loaded weights. `run_session` is called on a replica's engine thread: it creates an
-/// inference context, hands it to `serve` for the replica's whole life, and frees it after.
-/// A closure rather than a returned session keeps the context's borrow of the weights safe.
+/// Loaded weights.
 pub trait Weights: Send + Sync + 'static {
+    /// Bytes of KV cache one replica of `model` needs for all its slots, from the model's
+    /// dimensions, so that the pool can check its memory budget before starting one.
+    fn kv_bytes(&self, model: &ModelConfig) -> u64;
+
+    /// Called on a replica's engine thread: creates an inference context, hands it to `serve`
+    /// for the replica's whole life, and frees it after. A closure rather than a returned
+    /// session keeps the context's borrow of the weights safe.
     fn run_session(
         &self,
         model: &ModelConfig,
@@ -61,13 +79,57 @@ pub trait Weights: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
 }
 
-/// One inference context. Lives on, and is only touched by, its engine thread.
+/// A prompt as tokens, with how many leading tokens come from the system prompt alone (the
+/// part that may be shared between invocations of a function).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    pub tokens: Vec<TokenId>,
+    pub prefix_len: usize,
+}
+
+/// One token of a decode call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchItem {
+    pub token: TokenId,
+    pub pos: i32,
+    pub seq: SeqId,
+    /// A second sequence that shares this token's KV (a prompt prefix being cached).
+    pub also: Option<SeqId>,
+    pub logits: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: TokenId,
+    pub end_of_generation: bool,
+    pub piece: Vec<u8>,
+}
+
+/// One inference context, driven by the scheduler. Lives on, and is only touched by, its
+/// engine thread. The methods are the primitives of continuous batching; the policy (which
+/// sequences run, chunking, stopping) is the scheduler's.
 pub trait Session {
-    fn generate(
+    /// Concurrent sequences this context holds.
+    fn slots(&self) -> usize;
+    /// Tokens one sequence may hold, prompt and completion together.
+    fn n_ctx_per_seq(&self) -> u32;
+    /// Most tokens one decode call takes.
+    fn n_batch(&self) -> usize;
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError>;
+    /// Prepares sampling for a sequence about to start.
+    fn begin(
         &mut self,
-        request: &EngineRequest,
-        control: &GenerationControl<'_>,
-    ) -> Result<Completion, EngineError>;
+        seq: SeqId,
+        params: &SamplingParams,
+        output: &OutputSpec,
+    ) -> Result<(), EngineError>;
+    fn decode(&mut self, batch: &[BatchItem]) -> Result<(), EngineError>;
+    /// Samples (and accepts) the next token of `seq` from the logits at `batch_index`.
+    fn sample(&mut self, seq: SeqId, batch_index: usize) -> Sampled;
+    /// Drops a sequence's KV and sampler.
+    fn end(&mut self, seq: SeqId);
+    /// Shares the first `len` positions of `from`'s KV with `to`.
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize);
 }
 
 /// What the engine needs to produce one completion.
@@ -75,36 +137,21 @@ pub trait Session {
 pub struct EngineRequest {
     pub prompt: RenderedPrompt,
     pub params: SamplingParams,
+    pub output: OutputSpec,
     pub deadline: Instant,
     pub fault: Option<Fault>,
-}
-
-/// Checked by the engine between decode steps, so that a generation stops within one step
-/// of its deadline, its caller leaving, or its replica stopping.
-pub struct GenerationControl<'a> {
-    pub stopping: &'a AtomicBool,
-    pub caller_gone: &'a dyn Fn() -> bool,
-}
-
-impl GenerationControl<'_> {
-    pub fn should_stop(&self, deadline: Instant) -> Option<EngineError> {
-        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) || (self.caller_gone)() {
-            Some(EngineError::Cancelled)
-        } else if Instant::now() >= deadline {
-            Some(EngineError::DeadlineExceeded)
-        } else {
-            None
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub text: String,
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV came from the replica's prefix cache.
+    pub cached_prompt_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
     pub started_at: Instant,
+    pub prefill_done_at: Option<Instant>,
     pub first_token_at: Option<Instant>,
     /// Time this job spent waiting for the model's weights to load; set by the pool.
     pub load_wait: Duration,
@@ -116,32 +163,25 @@ pub struct EngineJob {
     pub request: EngineRequest,
     pub enqueued_at: Instant,
     pub load_wait: Duration,
+    /// Background work (prewarming) waits behind every interactive job.
+    pub low_priority: bool,
+    /// Text pieces as they are generated. Bounded by construction: its capacity exceeds
+    /// `max_tokens`, and the engine sends at most one piece per token.
+    pub stream: Option<mpsc::Sender<String>>,
     pub reply: oneshot::Sender<Result<Completion, EngineError>>,
 }
 
-/// Cuts `text` at the first stop string, if any. Returns whether one was found.
-pub(crate) fn truncate_at_stop(text: &mut String, stops: &[String]) -> bool {
-    let cut = stops.iter().filter_map(|s| text.find(s.as_str())).min();
-    match cut {
-        Some(at) => {
-            text.truncate(at);
-            true
+impl EngineJob {
+    /// Whoever asked is no longer listening: the generation can stop.
+    pub(crate) fn caller_gone(&self) -> bool {
+        match &self.stream {
+            Some(stream) => stream.is_closed(),
+            None => self.reply.is_closed(),
         }
-        None => false,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_cut_at_the_earliest_match() {
-        let mut t = "one. two\nthree".to_owned();
-        assert!(truncate_at_stop(&mut t, &["\n".into(), ".".into()]));
-        assert_eq!(t, "one");
-        let mut t = "abc".to_owned();
-        assert!(!truncate_at_stop(&mut t, &["x".into()]));
-        assert_eq!(t, "abc");
-    }
+/// A channel for a streamed job, sized so that the engine never finds it full.
+pub fn stream_channel(max_tokens: u32) -> (mpsc::Sender<String>, mpsc::Receiver<String>) {
+    mpsc::channel(max_tokens as usize + 2)
 }

@@ -3,19 +3,20 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::{Completion, EngineError, EngineJob, GenerationControl, Session, Weights};
+use super::scheduler::Scheduler;
+use super::{EngineError, EngineJob, Session, Weights};
 use crate::ModelConfig;
 
 /// What the engine thread tells its replica actor.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum EngineEvent {
-    /// A job was answered and the engine is free for the next one.
+    /// A job was answered: one slot is free for the next one.
     Finished,
     /// The engine panicked or failed; the thread has exited and the context is gone.
     Died(String),
@@ -36,9 +37,10 @@ impl EngineThread {
         model: ModelConfig,
         events: Box<dyn Fn(EngineEvent) + Send>,
     ) -> Result<Self, EngineError> {
-        // Capacity 1: a replica is only ever given a job when it is idle, so a full channel
-        // means a scheduling bug, reported by `submit` instead of queued silently.
-        let (jobs, rx) = sync_channel::<EngineJob>(1);
+        // Capacity = slots: the pool only sends a replica as many jobs as it has free slots,
+        // so a full channel means a scheduling bug, reported by `submit`, never a queue.
+        let (jobs, rx) = sync_channel::<EngineJob>(model.slots.max(1) as usize);
+        let prefill_chunk = model.prefill_chunk.max(1) as usize;
         let (ready_tx, ready_rx) = oneshot::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let thread_stopping = Arc::clone(&stopping);
@@ -50,7 +52,7 @@ impl EngineThread {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
-                    serve(session, &rx, &thread_stopping, &*events);
+                    serve(session, &rx, &thread_stopping, prefill_chunk, &*events);
                 });
                 if let Err(err) = result {
                     match ready.take() {
@@ -112,41 +114,66 @@ fn serve(
     session: &mut dyn Session,
     jobs: &Receiver<EngineJob>,
     stopping: &AtomicBool,
+    prefill_chunk: usize,
     events: &dyn Fn(EngineEvent),
 ) {
-    while let Ok(EngineJob {
-        request,
-        reply,
-        load_wait,
-        ..
-    }) = jobs.recv()
-    {
-        let caller_gone = || reply.is_closed();
-        let control = GenerationControl {
-            stopping,
-            caller_gone: &caller_gone,
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            #[cfg(feature = "fault-injection")]
-            if request.fault == Some(crate::Fault::EnginePanic) {
-                panic!("injected engine panic");
-            }
-            session.generate(&request, &control)
-        }));
-        match outcome {
-            Ok(result) => {
-                let _ = reply.send(result.map(|c| Completion { load_wait, ..c }));
-                events(EngineEvent::Finished);
-            }
-            Err(payload) => {
-                // The context may be mid-update: never reuse it after a panic.
-                let reason = panic_message(payload.as_ref());
-                let _ = reply.send(Err(EngineError::Crashed(reason.clone())));
-                events(EngineEvent::Died(reason));
-                return;
+    let mut scheduler = Scheduler::new(
+        session.slots(),
+        session.n_ctx_per_seq() as usize,
+        prefill_chunk,
+    );
+    let finished = |n: usize| (0..n).for_each(|_| events(EngineEvent::Finished));
+    let mut open = true;
+    loop {
+        // New jobs join between steps. With nothing running, block until one arrives.
+        while open && scheduler.free_slots() > 0 {
+            let job = if scheduler.active() == 0 {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            match catch_unwind(AssertUnwindSafe(|| scheduler.admit(session, job))) {
+                Ok(left) => finished(left),
+                Err(payload) => return died(&mut scheduler, session, payload.as_ref(), events),
             }
         }
+        if scheduler.active() == 0 {
+            if open {
+                continue;
+            }
+            return;
+        }
+        let stop = stopping.load(Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(|| scheduler.step(session, stop))) {
+            Ok(left) => finished(left),
+            Err(payload) => return died(&mut scheduler, session, payload.as_ref(), events),
+        }
     }
+}
+
+/// After a panic the context may be mid-update: answer everyone, report, and never reuse it.
+fn died(
+    scheduler: &mut Scheduler,
+    session: &mut dyn Session,
+    payload: &(dyn std::any::Any + Send),
+    events: &dyn Fn(EngineEvent),
+) {
+    let reason = panic_message(payload);
+    tracing::error!(%reason, "engine panicked");
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        scheduler.fail_all(session, EngineError::Crashed(reason.clone()))
+    }));
+    events(EngineEvent::Died(reason));
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

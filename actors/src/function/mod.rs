@@ -16,11 +16,12 @@ use state::{FunctionState, Idleness, Plan};
 
 use crate::cache::CachedCompletion;
 use crate::dispatcher::{DispatcherMsg, FunctionKey};
-use crate::engine::{EngineJob, EngineRequest};
+use crate::engine::{Completion, EngineJob, EngineRequest};
 use crate::model_pool::PoolMsg;
 use crate::{
     DeployedFunction, Invocation, InvocationOutcome, InvokeError, ResponseCache, Timings, Usage,
 };
+use genrt_functions::PreparedFunction;
 
 pub(crate) struct FunctionActor;
 
@@ -110,11 +111,17 @@ impl Function {
         reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,
     ) {
         let received_at = invocation.received_at;
+        let prepared = self.state.prepared();
         if let Some(hit) = plan.cache_key.as_ref().and_then(|k| self.cache.get(k)) {
+            if let Some(stream) = &invocation.stream {
+                let _ = stream.try_send(hit.text.clone());
+            }
+            let json = prepared.parse_output(&hit.text).ok().flatten();
             let total_ms = ms_since(received_at, Instant::now());
             let _ = reply.send(Ok(InvocationOutcome {
                 model,
                 text: hit.text,
+                json,
                 usage: hit.usage,
                 finish_reason: hit.finish_reason,
                 cache_hit: true,
@@ -126,71 +133,129 @@ impl Function {
             return;
         }
 
-        let (tx, rx) = oneshot::channel();
-        let job = EngineJob {
-            request: EngineRequest {
-                prompt: plan.prompt,
-                params: plan.params,
-                deadline: invocation.deadline(),
-                fault: invocation.fault,
-            },
-            enqueued_at: received_at,
-            load_wait: std::time::Duration::ZERO,
-            reply: tx,
+        let request = EngineRequest {
+            prompt: plan.prompt,
+            params: plan.params,
+            output: prepared.spec().output.clone(),
+            deadline: invocation.deadline(),
+            fault: invocation.fault,
         };
-        if pool.cast(PoolMsg::Submit(job)).is_err() {
-            let _ = reply.send(Err(InvokeError::ModelUnavailable {
-                model,
-                reason: "model pool is restarting".into(),
-            }));
-            return;
-        }
+        let submit = Submission {
+            request,
+            enqueued_at: received_at,
+            low_priority: invocation.background,
+            stream: invocation.stream,
+            pool,
+        };
         self.state.started(Instant::now());
         let cache = Arc::clone(&self.cache);
         let me = myself.clone();
         let (cache_key, cache_ttl) = (plan.cache_key, plan.cache_ttl);
         // Waiting happens off the actor, so one slow generation never delays the next call.
         tokio::spawn(async move {
-            let outcome = match rx.await {
-                Ok(Ok(done)) => {
-                    let usage = Usage {
-                        prompt_tokens: done.prompt_tokens,
-                        completion_tokens: done.completion_tokens,
-                    };
+            let outcome = match submit.run(&model).await {
+                Ok(done) => finish(done, &prepared, model, received_at).inspect(|outcome| {
                     if let Some(key) = cache_key {
                         let value = CachedCompletion {
-                            text: done.text.clone(),
-                            usage,
-                            finish_reason: done.finish_reason,
+                            text: outcome.text.clone(),
+                            usage: outcome.usage,
+                            finish_reason: outcome.finish_reason,
                         };
                         cache.insert(key, value, cache_ttl);
                     }
-                    let now = Instant::now();
-                    Ok(InvocationOutcome {
-                        model,
-                        text: done.text,
-                        usage,
-                        finish_reason: done.finish_reason,
-                        cache_hit: false,
-                        timings: Timings {
-                            load_ms: done.load_wait.as_secs_f64() * 1000.0,
-                            queue_ms: ms_since(received_at, done.started_at),
-                            ttft_ms: done
-                                .first_token_at
-                                .map_or(0.0, |t| ms_since(received_at, t)),
-                            total_ms: ms_since(received_at, now),
-                        },
-                    })
-                }
-                Ok(Err(err)) => Err(InvokeError::from_engine(&model, err)),
-                Err(_) => Err(InvokeError::ReplicaFailed {
-                    reason: "the replica stopped before answering".into(),
                 }),
+                Err(err) => Err(err),
             };
             let _ = reply.send(outcome);
             let _ = me.cast(FunctionMsg::Finished);
         });
     }
+}
+
+/// A job as the function actor hands it to a pool, kept so that it can be handed again.
+struct Submission {
+    request: EngineRequest,
+    enqueued_at: Instant,
+    low_priority: bool,
+    stream: Option<tokio::sync::mpsc::Sender<String>>,
+    pool: ActorRef<PoolMsg>,
+}
+
+/// A job whose reply channel closes without an answer never started on an engine (engines
+/// answer every job they take, even when they panic): it was lost with a replica that died
+/// before taking it, and is safely submitted again.
+const RESUBMITS: usize = 2;
+
+impl Submission {
+    async fn run(self, model: &genrt_functions::ModelId) -> Result<Completion, InvokeError> {
+        for _ in 0..=RESUBMITS {
+            let (tx, rx) = oneshot::channel();
+            let job = EngineJob {
+                request: self.request.clone(),
+                enqueued_at: self.enqueued_at,
+                load_wait: std::time::Duration::ZERO,
+                low_priority: self.low_priority,
+                stream: self.stream.clone(),
+                reply: tx,
+            };
+            if self.pool.cast(PoolMsg::Submit(job)).is_err() {
+                return Err(InvokeError::ModelUnavailable {
+                    model: model.clone(),
+                    reason: "model pool is restarting".into(),
+                });
+            }
+            match rx.await {
+                Ok(result) => return result.map_err(|err| InvokeError::from_engine(model, err)),
+                Err(_) => {
+                    tracing::debug!(%model, "job lost with a failed replica; submitting again")
+                }
+            }
+        }
+        Err(InvokeError::ReplicaFailed {
+            reason: "the replica stopped before answering".into(),
+        })
+    }
+}
+
+/// Turns an engine completion into the invocation's outcome, checking structured output.
+fn finish(
+    done: Completion,
+    prepared: &PreparedFunction,
+    model: genrt_functions::ModelId,
+    received_at: Instant,
+) -> Result<InvocationOutcome, InvokeError> {
+    let json = prepared.parse_output(&done.text).map_err(|reason| {
+        let hint = if done.finish_reason == crate::FinishReason::Length {
+            " (generation stopped at max_tokens: raise it)"
+        } else {
+            ""
+        };
+        InvokeError::InvalidOutput(format!("{reason}{hint}"))
+    })?;
+    let now = Instant::now();
+    Ok(InvocationOutcome {
+        model,
+        text: done.text,
+        json,
+        usage: Usage {
+            prompt_tokens: done.prompt_tokens,
+            cached_prompt_tokens: done.cached_prompt_tokens,
+            completion_tokens: done.completion_tokens,
+        },
+        finish_reason: done.finish_reason,
+        cache_hit: false,
+        timings: Timings {
+            load_ms: done.load_wait.as_secs_f64() * 1000.0,
+            queue_ms: ms_since(received_at, done.started_at),
+            prefill_ms: done
+                .prefill_done_at
+                .map_or(0.0, |t| ms_since(done.started_at, t)),
+            ttft_ms: done
+                .first_token_at
+                .map_or(0.0, |t| ms_since(received_at, t)),
+            total_ms: ms_since(received_at, now),
+        },
+    })
 }
 
 fn ms_since(from: Instant, to: Instant) -> f64 {

@@ -1,6 +1,7 @@
 //! The prepared function and its activity, and the pure decision of how to run one input:
 //! render, resolve parameters, check the context, and build the cache key.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genrt_functions::{ModelId, PreparedFunction, RenderedPrompt, SamplingParams};
@@ -9,7 +10,7 @@ use crate::{CacheKey, DeployedFunction, Invocation, InvokeError};
 
 pub(crate) struct FunctionState {
     pub(crate) function: DeployedFunction,
-    prepared: PreparedFunction,
+    prepared: Arc<PreparedFunction>,
     in_flight: u32,
     last_activity: Instant,
 }
@@ -38,10 +39,14 @@ impl FunctionState {
             .map_err(|e| InvokeError::Internal(format!("stored spec does not compile: {e}")))?;
         Ok(Self {
             function,
-            prepared,
+            prepared: Arc::new(prepared),
             in_flight: 0,
             last_activity: now,
         })
+    }
+
+    pub(crate) fn prepared(&self) -> Arc<PreparedFunction> {
+        Arc::clone(&self.prepared)
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
@@ -65,7 +70,10 @@ impl FunctionState {
             });
         }
         let prompt = self.prepared.render(&invocation.input)?;
-        let cacheable = spec.cache.enabled.unwrap_or_else(|| params.is_deterministic());
+        let cacheable = spec
+            .cache
+            .enabled
+            .unwrap_or_else(|| params.is_deterministic());
         let cache_key = cacheable.then(|| {
             CacheKey::new(
                 &self.function.tenant,
@@ -141,6 +149,8 @@ mod tests {
             input,
             params,
             received_at: Instant::now(),
+            background: false,
+            stream: None,
             fault: None,
         }
     }
@@ -172,11 +182,25 @@ mod tests {
     #[test]
     fn a_function_can_opt_out_of_or_into_caching() {
         let m = ModelId::new("m");
-        let greedy = || GenerationParams { temperature: Some(0.0), ..Default::default() };
+        let greedy = || GenerationParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
         let never = state(json!({"model": "m", "prompt": "x", "cache": {"enabled": false}}));
-        assert!(never.plan(&invocation(&never, json!({}), greedy()), &m, 2048).unwrap().cache_key.is_none());
-        let always = state(json!({"model": "m", "prompt": "x", "cache": {"enabled": true, "ttl_s": 5}}));
-        let plan = always.plan(&invocation(&always, json!({}), GenerationParams::default()), &m, 2048).unwrap();
+        assert!(never
+            .plan(&invocation(&never, json!({}), greedy()), &m, 2048)
+            .unwrap()
+            .cache_key
+            .is_none());
+        let always =
+            state(json!({"model": "m", "prompt": "x", "cache": {"enabled": true, "ttl_s": 5}}));
+        let plan = always
+            .plan(
+                &invocation(&always, json!({}), GenerationParams::default()),
+                &m,
+                2048,
+            )
+            .unwrap();
         assert!(plan.cache_key.is_some());
         assert_eq!(plan.cache_ttl, Some(Duration::from_secs(5)));
     }

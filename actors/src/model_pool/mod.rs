@@ -1,6 +1,7 @@
-//! One `ModelPool` per registered model. It loads the weights on first need, starts
-//! `ModelReplica` children up to `max_replicas`, feeds them from a bounded queue, restarts
-//! the ones that fail, and when idle stops them all and frees the weights (scale to zero).
+//! One `ModelPool` per registered model. It loads the weights on first need (within the
+//! memory budget), scales `ModelReplica` children between `min_replicas` and `max_replicas`
+//! with the load, feeds their slots from bounded queues, restarts the ones that fail, and when
+//! idle stops them all and frees the weights (scale to zero).
 
 mod messages;
 mod state;
@@ -15,10 +16,14 @@ pub(crate) use messages::PoolMsg;
 pub(crate) use state::ReplicaKey;
 use state::{Action, PoolState};
 
-use crate::engine::{Backend, EngineJob, Weights};
+use crate::engine::{Backend, EngineError, EngineJob, Weights};
+use crate::memory::{MemoryBudget, Reservation};
 use crate::replica::{ModelReplica, ReplicaArgs, ReplicaMsg};
 use crate::supervision::{RestartDecision, RestartPolicy};
 use crate::ModelConfig;
+
+/// How often the pool re-evaluates scaling when nothing else happens.
+const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct ModelPool;
 
@@ -26,13 +31,20 @@ pub(crate) struct PoolArgs {
     pub config: ModelConfig,
     pub backend: Arc<dyn Backend>,
     pub policy: RestartPolicy,
+    pub budget: Arc<MemoryBudget>,
+}
+
+struct LiveReplica {
+    actor: ActorRef<ReplicaMsg>,
+    _memory: Reservation,
 }
 
 pub(crate) struct Pool {
     state: PoolState,
     backend: Arc<dyn Backend>,
-    weights: Option<Arc<dyn Weights>>,
-    replicas: HashMap<ReplicaKey, ActorRef<ReplicaMsg>>,
+    budget: Arc<MemoryBudget>,
+    weights: Option<(Arc<dyn Weights>, Reservation)>,
+    replicas: HashMap<ReplicaKey, LiveReplica>,
     by_actor: HashMap<ActorId, ReplicaKey>,
 }
 
@@ -46,13 +58,11 @@ impl Actor for ModelPool {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<Pool, ActorProcessingErr> {
-        // Check a few times per idle timeout, never busier than 10 Hz.
-        let tick = (args.config.idle_timeout() / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        myself.send_interval(tick, || PoolMsg::Tick);
+        myself.send_interval(TICK, || PoolMsg::Tick);
         Ok(Pool {
             state: PoolState::new(args.config, args.policy, Instant::now()),
             backend: args.backend,
+            budget: args.budget,
             weights: None,
             replicas: HashMap::new(),
             by_actor: HashMap::new(),
@@ -68,9 +78,11 @@ impl Actor for ModelPool {
         // weights are gone.
         for replica in pool.replicas.values() {
             let _ = replica
+                .actor
                 .stop_and_wait(None, Some(Duration::from_secs(10)))
                 .await;
         }
+        pool.replicas.clear();
         pool.weights = None;
         Ok(())
     }
@@ -89,12 +101,12 @@ impl Actor for ModelPool {
                 }
             }
             PoolMsg::Status(reply) => {
-                let _ = reply.send(pool.state.status());
+                let _ = reply.send(pool.status());
             }
-            PoolMsg::ReplicaIdle(key) => pool.state.replica_idle(key, now),
-            PoolMsg::Loaded(Ok(weights), took) => {
+            PoolMsg::SlotFreed(key) => pool.state.slot_freed(key, now),
+            PoolMsg::Loaded(Ok((weights, reservation)), took) => {
                 tracing::info!(model = %pool.state.config.id, load_ms = took.as_millis() as u64, "model loaded");
-                pool.weights = Some(weights);
+                pool.weights = Some((weights, reservation));
                 pool.state.load_finished(took);
             }
             PoolMsg::Loaded(Err(err), _) => {
@@ -105,17 +117,10 @@ impl Actor for ModelPool {
             }
             PoolMsg::RestartReplica => {
                 if pool.state.can_restart_replica() {
-                    pool.start_replica(&myself).await;
+                    pool.start_replica(&myself, "restart after failure").await;
                 }
             }
-            PoolMsg::Tick => {
-                for key in pool.state.expire_idle(now) {
-                    tracing::info!(model = %pool.state.config.id, replica = key.0, "stopping idle replica");
-                    if let Some(replica) = pool.replicas.get(&key) {
-                        replica.stop(Some("idle".into()));
-                    }
-                }
-            }
+            PoolMsg::Tick => {}
         }
         pool.reconcile(&myself).await;
         Ok(())
@@ -144,13 +149,7 @@ impl Actor for ModelPool {
                         RestartDecision::GiveUp => {
                             let reason = format!("replicas failed repeatedly, last: {err}");
                             tracing::error!(%model, %reason, "giving up on model");
-                            for job in pool.state.fail(reason.clone(), Instant::now()) {
-                                let _ = job
-                                    .reply
-                                    .send(Err(crate::EngineError::Crashed(reason.clone())));
-                            }
-                            pool.stop_all_replicas();
-                            pool.weights = None;
+                            pool.fail_model(reason);
                         }
                     }
                 }
@@ -163,26 +162,46 @@ impl Actor for ModelPool {
 }
 
 impl Pool {
-    /// Brings the actors and threads in line with what the state asks for, then hands queued
-    /// jobs to idle replicas.
+    fn status(&self) -> crate::ModelStatus {
+        let mut status = self.state.status();
+        status.memory_bytes = self.weights.as_ref().map_or(0, |(_, r)| r.bytes())
+            + self
+                .replicas
+                .values()
+                .map(|r| r._memory.bytes())
+                .sum::<u64>();
+        status
+    }
+
+    /// Brings actors and threads in line with what the state asks for, then hands queued jobs
+    /// to replicas with free slots.
     async fn reconcile(&mut self, myself: &ActorRef<PoolMsg>) {
-        loop {
-            match self.state.next_action() {
-                Action::Load => self.start_load(myself),
-                Action::StartReplica => {
-                    if !self.start_replica(myself).await {
+        for _ in 0..self.state.config.max_replicas.max(1) + 1 {
+            match self.state.next_action(Instant::now()) {
+                Action::Load => {
+                    self.start_load(myself);
+                    break;
+                }
+                Action::StartReplica { reason } => {
+                    if !self.start_replica(myself, &reason).await {
                         break;
                     }
-                    continue;
+                }
+                Action::StopReplica { key, reason } => {
+                    self.state.stopping(key, &reason);
+                    if let Some(replica) = self.replicas.get(&key) {
+                        replica.actor.stop(Some(reason));
+                    }
+                    break;
                 }
                 Action::Unload => {
                     tracing::info!(model = %self.state.config.id, "model idle: weights freed");
                     self.weights = None;
                     self.state.unloaded();
+                    break;
                 }
-                Action::Nothing => {}
+                Action::Nothing => break,
             }
-            break;
         }
         while let Some((key, job)) = self.state.next_assignment(Instant::now()) {
             self.run_on(key, job);
@@ -192,23 +211,56 @@ impl Pool {
     fn start_load(&mut self, myself: &ActorRef<PoolMsg>) {
         self.state.load_started(Instant::now());
         let backend = Arc::clone(&self.backend);
+        let budget = Arc::clone(&self.budget);
         let config = self.state.config.clone();
         let pool = myself.clone();
         tracing::info!(model = %config.id, path = %config.path.display(), "loading model");
         // Loading blocks for as long as the file takes to map: keep it off the actor's task.
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = backend.load(&config);
+            let size = std::fs::metadata(&config.path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let result = budget
+                .reserve(size, &format!("the weights of `{}`", config.id))
+                .map_err(EngineError::MemoryBudget)
+                .and_then(|reservation| backend.load(&config).map(|w| (w, reservation)));
             let _ = pool.cast(PoolMsg::Loaded(result, started.elapsed()));
         });
     }
 
     /// Returns whether a replica is now running.
-    async fn start_replica(&mut self, myself: &ActorRef<PoolMsg>) -> bool {
-        let Some(weights) = self.weights.clone() else {
+    async fn start_replica(&mut self, myself: &ActorRef<PoolMsg>, reason: &str) -> bool {
+        let Some((weights, _)) = &self.weights else {
             return false;
         };
-        let key = self.state.add_replica();
+        let weights = Arc::clone(weights);
+        let what = format!(
+            "a replica of `{}` ({} slots of {} tokens)",
+            self.state.config.id, self.state.config.slots, self.state.config.n_ctx
+        );
+        let memory = match self
+            .budget
+            .reserve(weights.kv_bytes(&self.state.config), &what)
+        {
+            Ok(memory) => memory,
+            Err(refusal) => {
+                tracing::warn!(model = %self.state.config.id, %refusal, "replica refused");
+                let live = self.replicas.len() as u32;
+                self.state
+                    .record(live, live, &format!("refused: {refusal}"));
+                if !self.state.has_live_replicas() {
+                    // Nothing can serve the queue: answer it rather than let it wait.
+                    for job in self.state.drain_queue() {
+                        let _ = job
+                            .reply
+                            .send(Err(EngineError::MemoryBudget(refusal.clone())));
+                    }
+                }
+                return false;
+            }
+        };
+        let key = self.state.add_replica(reason);
         let args = ReplicaArgs {
             key,
             config: self.state.config.clone(),
@@ -216,47 +268,55 @@ impl Pool {
             pool: myself.clone(),
         };
         match Actor::spawn_linked(None, ModelReplica, args, myself.get_cell()).await {
-            Ok((replica, _)) => {
-                self.by_actor.insert(replica.get_id(), key);
-                self.replicas.insert(key, replica);
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), key);
+                self.replicas.insert(
+                    key,
+                    LiveReplica {
+                        actor,
+                        _memory: memory,
+                    },
+                );
                 true
             }
             Err(err) => {
                 tracing::error!(model = %self.state.config.id, error = %err, "replica failed to start");
-                let decision = self.state.replica_failed(key, Instant::now());
-                if let RestartDecision::RestartAfter(delay) = decision {
+                if let RestartDecision::RestartAfter(delay) =
+                    self.state.replica_failed(key, Instant::now())
+                {
                     myself.send_after(delay, || PoolMsg::RestartReplica);
                 } else {
-                    let reason = format!("replica cannot start: {err}");
-                    for job in self.state.fail(reason.clone(), Instant::now()) {
-                        let _ = job
-                            .reply
-                            .send(Err(crate::EngineError::Load(reason.clone())));
-                    }
-                    self.weights = None;
+                    self.fail_model(format!("replica cannot start: {err}"));
                 }
                 false
             }
         }
     }
 
+    fn fail_model(&mut self, reason: String) {
+        for job in self.state.fail(reason.clone(), Instant::now()) {
+            let _ = job.reply.send(Err(EngineError::Crashed(reason.clone())));
+        }
+        for replica in self.replicas.values() {
+            replica.actor.stop(Some("model failed".into()));
+        }
+        self.weights = None;
+    }
+
     fn run_on(&mut self, key: ReplicaKey, job: EngineJob) {
-        match self.replicas.get(&key) {
-            Some(replica) => {
-                if let Err(err) = replica.cast(ReplicaMsg::Run(job)) {
-                    // The replica died between being chosen and receiving the job.
-                    if let ractor::MessagingErr::SendErr(ReplicaMsg::Run(job)) = err {
-                        let _ = job.reply.send(Err(crate::EngineError::Crashed(
-                            "replica stopped before the job started".into(),
-                        )));
-                    }
-                }
-            }
-            None => {
-                let _ = job
-                    .reply
-                    .send(Err(crate::EngineError::Crashed("replica vanished".into())));
-            }
+        let Some(replica) = self.replicas.get(&key) else {
+            let _ = job
+                .reply
+                .send(Err(EngineError::Crashed("replica vanished".into())));
+            return;
+        };
+        if let Err(ractor::MessagingErr::SendErr(ReplicaMsg::Run(job))) =
+            replica.actor.cast(ReplicaMsg::Run(job))
+        {
+            // The replica died between being chosen and receiving the job.
+            let _ = job.reply.send(Err(EngineError::Crashed(
+                "replica stopped before the job started".into(),
+            )));
         }
     }
 
@@ -264,11 +324,5 @@ impl Pool {
         let key = self.by_actor.remove(&actor)?;
         self.replicas.remove(&key);
         Some(key)
-    }
-
-    fn stop_all_replicas(&mut self) {
-        for replica in self.replicas.values() {
-            replica.stop(Some("model failed".into()));
-        }
     }
 }

@@ -1,12 +1,21 @@
-//! The bookkeeping of one model pool: its phase, its bounded queue and which replica is
-//! busy. Synchronous and free of IO so that scheduling decisions can be tested directly.
+//! The bookkeeping of one model pool: its phase, its bounded queues, the busy slots of each
+//! replica, and the autoscaling decision. Synchronous and free of IO so that scheduling and
+//! scaling can be tested directly.
+//!
+//! Scaling policy: the desired replica count is `ceil(ongoing / target_ongoing)`, where
+//! `ongoing` counts running and queued invocations, clamped to `[min_replicas, max_replicas]`.
+//! From zero a replica starts at once (the caller is waiting for a cold start anyway); further
+//! replicas are added once the load has called for them for `upscale_delay_ms`. Replicas are
+//! removed one at a time once the load has called for fewer for `downscale_delay_s`, and the
+//! last one (down to `min_replicas`) only after `idle_timeout_s` without any work; when no
+//! replica is left the weights are freed.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::engine::{EngineError, EngineJob};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
-use crate::{ModelConfig, ModelPhase, ModelStatus};
+use crate::{ModelConfig, ModelPhase, ModelStatus, ScalingEvent};
 
 /// How long a model that failed to load is left alone before a new invocation retries it.
 pub(crate) const FAILED_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -15,17 +24,17 @@ pub(crate) const FAILED_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub(crate) struct ReplicaKey(pub u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReplicaState {
-    Idle,
-    Busy,
-    Stopping,
+struct ReplicaInfo {
+    busy: u32,
+    stopping: bool,
 }
 
 /// What the actor should do next, decided from the state alone.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Action {
     Load,
-    StartReplica,
+    StartReplica { reason: String },
+    StopReplica { key: ReplicaKey, reason: String },
     Unload,
     Nothing,
 }
@@ -34,7 +43,9 @@ pub(crate) struct PoolState {
     pub(crate) config: ModelConfig,
     pub(crate) phase: ModelPhase,
     queue: VecDeque<EngineJob>,
-    replicas: BTreeMap<ReplicaKey, ReplicaState>,
+    /// Background work (prewarming): served only when `queue` is empty.
+    background: VecDeque<EngineJob>,
+    replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
     next_key: u64,
     last_activity: Instant,
     failed_at: Option<Instant>,
@@ -42,8 +53,11 @@ pub(crate) struct PoolState {
     loads: u64,
     last_load: Option<Duration>,
     restarts: RestartBudget,
-    /// Set when idleness stopped the replicas: once they are gone the weights go too.
-    draining: bool,
+    /// Since when the load has called for more (or fewer) replicas than are running.
+    wants_more_since: Option<Instant>,
+    wants_fewer_since: Option<Instant>,
+    last_scaling: Option<ScalingEvent>,
+    pub(crate) memory_bytes: u64,
 }
 
 impl PoolState {
@@ -52,6 +66,7 @@ impl PoolState {
             config,
             phase: ModelPhase::Unloaded,
             queue: VecDeque::new(),
+            background: VecDeque::new(),
             replicas: BTreeMap::new(),
             next_key: 0,
             last_activity: now,
@@ -60,11 +75,14 @@ impl PoolState {
             loads: 0,
             last_load: None,
             restarts: RestartBudget::new(policy),
-            draining: false,
+            wants_more_since: None,
+            wants_fewer_since: None,
+            last_scaling: None,
+            memory_bytes: 0,
         }
     }
 
-    /// Admits a job to the bounded queue, or hands it back with the reason it was refused.
+    /// Admits a job to its bounded queue, or hands it back with the reason it was refused.
     pub(crate) fn admit(
         &mut self,
         job: EngineJob,
@@ -80,45 +98,120 @@ impl PoolState {
             }
             self.phase = ModelPhase::Unloaded;
         }
-        if self.queue.len() >= self.config.queue_capacity {
-            let queued = self.queue.len();
+        let queue = if job.low_priority {
+            &mut self.background
+        } else {
+            &mut self.queue
+        };
+        if queue.len() >= self.config.queue_capacity {
+            let queued = queue.len();
             return Err((job, EngineError::Overloaded { queued }));
         }
+        queue.push_back(job);
         self.last_activity = now;
-        self.draining = false;
-        self.queue.push_back(job);
         Ok(())
     }
 
-    /// The next thing to do to serve the queue, or to scale to zero.
-    pub(crate) fn next_action(&self) -> Action {
-        let live = self.live_replicas();
-        match self.phase {
-            ModelPhase::Unloaded if !self.queue.is_empty() => Action::Load,
-            ModelPhase::Ready if !self.queue.is_empty() => {
-                let idle = self.replicas.values().any(|s| *s == ReplicaState::Idle);
-                if !idle && live < self.config.max_replicas as usize {
-                    Action::StartReplica
-                } else {
-                    Action::Nothing
-                }
-            }
-            ModelPhase::Ready if self.draining && self.replicas.is_empty() => Action::Unload,
-            _ => Action::Nothing,
-        }
+    fn live(&self) -> impl Iterator<Item = (&ReplicaKey, &ReplicaInfo)> {
+        self.replicas.iter().filter(|(_, r)| !r.stopping)
     }
 
-    /// Pairs the oldest waiting job with an idle replica.
+    fn ongoing(&self) -> u32 {
+        let busy: u32 = self.replicas.values().map(|r| r.busy).sum();
+        busy + (self.queue.len() + self.background.len()) as u32
+    }
+
+    /// Replicas the current load calls for, before delays.
+    fn wanted(&self) -> u32 {
+        let c = &self.config;
+        let ongoing = self.ongoing();
+        let by_load = ongoing.div_ceil(c.target_ongoing());
+        by_load.clamp(c.min_replicas, c.max_replicas.max(c.min_replicas))
+    }
+
+    /// The next thing to do to serve the queue or to follow the load, given the time.
+    pub(crate) fn next_action(&mut self, now: Instant) -> Action {
+        let has_work = !self.queue.is_empty() || !self.background.is_empty();
+        match self.phase {
+            ModelPhase::Unloaded if has_work || self.config.min_replicas > 0 => {
+                return Action::Load
+            }
+            ModelPhase::Ready => {}
+            _ => return Action::Nothing,
+        }
+        let live = self.live().count() as u32;
+        let wanted = self.wanted();
+        if wanted > live {
+            self.wants_fewer_since = None;
+            let since = *self.wants_more_since.get_or_insert(now);
+            let waited =
+                now.duration_since(since) >= Duration::from_millis(self.config.upscale_delay_ms);
+            if live == 0 || waited {
+                self.wants_more_since = None;
+                return Action::StartReplica {
+                    reason: format!(
+                        "{} ongoing, target {} per replica",
+                        self.ongoing(),
+                        self.config.target_ongoing()
+                    ),
+                };
+            }
+            return Action::Nothing;
+        }
+        self.wants_more_since = None;
+        if wanted < live {
+            let idle = self.live().find(|(_, r)| r.busy == 0).map(|(k, _)| *k);
+            let Some(key) = idle else {
+                return Action::Nothing;
+            };
+            let last_one = live == 1;
+            let quiet = now.duration_since(self.last_activity);
+            if last_one {
+                if !has_work && quiet >= self.config.idle_timeout() {
+                    return Action::StopReplica {
+                        key,
+                        reason: format!("idle for {}s", quiet.as_secs()),
+                    };
+                }
+                return Action::Nothing;
+            }
+            let since = *self.wants_fewer_since.get_or_insert(now);
+            if now.duration_since(since) >= Duration::from_secs(self.config.downscale_delay_s) {
+                self.wants_fewer_since = None;
+                return Action::StopReplica {
+                    key,
+                    reason: format!(
+                        "{} ongoing, {live} replicas more than needed",
+                        self.ongoing()
+                    ),
+                };
+            }
+            return Action::Nothing;
+        }
+        self.wants_fewer_since = None;
+        if live == 0 && self.replicas.is_empty() && !has_work && self.config.min_replicas == 0 {
+            return Action::Unload;
+        }
+        Action::Nothing
+    }
+
+    /// Pairs the oldest waiting job (interactive before background) with the least busy
+    /// replica that has a free slot.
     pub(crate) fn next_assignment(&mut self, now: Instant) -> Option<(ReplicaKey, EngineJob)> {
-        if self.phase != ModelPhase::Ready || self.queue.is_empty() {
+        if self.phase != ModelPhase::Ready {
             return None;
         }
-        let (key, state) = self
+        let slots = self.config.slots.max(1);
+        let (key, info) = self
             .replicas
             .iter_mut()
-            .find(|(_, s)| **s == ReplicaState::Idle)?;
-        *state = ReplicaState::Busy;
-        let mut job = self.queue.pop_front()?;
+            .filter(|(_, r)| !r.stopping && r.busy < slots)
+            .min_by_key(|(_, r)| r.busy)?;
+        let mut job = self
+            .queue
+            .pop_front()
+            .or_else(|| self.background.pop_front())?;
+        info.busy += 1;
         if let Some(started) = self.load_started {
             // The part of this job's wait that overlapped the load.
             let from = job.enqueued_at.max(started);
@@ -141,26 +234,55 @@ impl PoolState {
         self.last_load = Some(took);
     }
 
-    /// Loading failed: the model is failed and every waiting job is handed back.
+    /// The model failed (load, memory budget, repeated crashes): every waiting job is handed
+    /// back to be answered.
     pub(crate) fn fail(&mut self, reason: String, now: Instant) -> Vec<EngineJob> {
         self.phase = ModelPhase::Failed { reason };
         self.failed_at = Some(now);
-        self.draining = false;
-        self.queue.drain(..).collect()
+        self.queue
+            .drain(..)
+            .chain(self.background.drain(..))
+            .collect()
     }
 
-    pub(crate) fn add_replica(&mut self) -> ReplicaKey {
+    /// Hands back every waiting job without failing the model (a replica could not start
+    /// and none is running).
+    pub(crate) fn drain_queue(&mut self) -> Vec<EngineJob> {
+        self.queue
+            .drain(..)
+            .chain(self.background.drain(..))
+            .collect()
+    }
+
+    pub(crate) fn add_replica(&mut self, reason: &str) -> ReplicaKey {
         let key = ReplicaKey(self.next_key);
         self.next_key += 1;
-        self.replicas.insert(key, ReplicaState::Idle);
+        let from = self.live().count() as u32;
+        self.replicas.insert(
+            key,
+            ReplicaInfo {
+                busy: 0,
+                stopping: false,
+            },
+        );
+        self.record(from, from + 1, reason);
         key
     }
 
-    pub(crate) fn replica_idle(&mut self, key: ReplicaKey, now: Instant) {
-        if let Some(state @ ReplicaState::Busy) = self.replicas.get_mut(&key) {
-            *state = ReplicaState::Idle;
+    /// A replica finished one job.
+    pub(crate) fn slot_freed(&mut self, key: ReplicaKey, now: Instant) {
+        if let Some(info) = self.replicas.get_mut(&key) {
+            info.busy = info.busy.saturating_sub(1);
         }
         self.last_activity = now;
+    }
+
+    pub(crate) fn stopping(&mut self, key: ReplicaKey, reason: &str) {
+        let from = self.live().count() as u32;
+        if let Some(info) = self.replicas.get_mut(&key) {
+            info.stopping = true;
+            self.record(from, from - 1, reason);
+        }
     }
 
     pub(crate) fn replica_gone(&mut self, key: ReplicaKey) {
@@ -173,57 +295,48 @@ impl PoolState {
         self.restarts.on_failure(now)
     }
 
-    /// If the pool has been idle for its timeout, marks every replica as stopping and returns
-    /// them so that the actor can stop them.
-    pub(crate) fn expire_idle(&mut self, now: Instant) -> Vec<ReplicaKey> {
-        let idle = self.queue.is_empty()
-            && self.replicas.values().all(|s| *s == ReplicaState::Idle)
-            && now.duration_since(self.last_activity) >= self.config.idle_timeout();
-        if !idle || self.phase != ModelPhase::Ready {
-            return Vec::new();
-        }
-        self.draining = true;
-        self.replicas
-            .iter_mut()
-            .map(|(key, state)| {
-                *state = ReplicaState::Stopping;
-                *key
-            })
-            .collect()
-    }
-
     pub(crate) fn unloaded(&mut self) {
         self.phase = ModelPhase::Unloaded;
-        self.draining = false;
+        self.memory_bytes = 0;
     }
 
     pub(crate) fn can_restart_replica(&self) -> bool {
-        self.phase == ModelPhase::Ready && self.live_replicas() < self.config.max_replicas as usize
+        self.phase == ModelPhase::Ready && (self.live().count() as u32) < self.config.max_replicas
     }
 
-    fn live_replicas(&self) -> usize {
-        self.replicas
-            .values()
-            .filter(|s| **s != ReplicaState::Stopping)
-            .count()
+    pub(crate) fn has_live_replicas(&self) -> bool {
+        self.live().count() > 0
+    }
+
+    pub(crate) fn record(&mut self, from: u32, to: u32, reason: &str) {
+        tracing::info!(model = %self.config.id, from, to, %reason, "scaling");
+        self.last_scaling = Some(ScalingEvent {
+            at: SystemTime::now(),
+            from,
+            to,
+            reason: reason.to_owned(),
+        });
     }
 
     pub(crate) fn status(&self) -> ModelStatus {
+        let busy_slots = self.replicas.values().map(|r| r.busy).sum();
         ModelStatus {
             id: self.config.id.clone(),
             phase: self.phase.clone(),
-            replicas: self.live_replicas() as u32,
-            busy_replicas: self
-                .replicas
-                .values()
-                .filter(|s| **s == ReplicaState::Busy)
-                .count() as u32,
+            replicas: self.live().count() as u32,
+            busy_replicas: self.replicas.values().filter(|r| r.busy > 0).count() as u32,
+            slots_per_replica: self.config.slots,
+            busy_slots,
             queued: self.queue.len() as u32,
+            background_queued: self.background.len() as u32,
+            min_replicas: self.config.min_replicas,
             max_replicas: self.config.max_replicas,
             n_ctx: self.config.n_ctx,
             replica_restarts: self.restarts.total(),
             loads: self.loads,
             last_load_ms: self.last_load.map(|d| d.as_secs_f64() * 1000.0),
+            memory_bytes: self.memory_bytes,
+            last_scaling: self.last_scaling.clone(),
         }
     }
 }
@@ -232,7 +345,7 @@ impl PoolState {
 mod tests {
     use super::*;
     use crate::engine::EngineRequest;
-    use genrt_functions::{GenerationParams, RenderedPrompt};
+    use genrt_functions::{GenerationParams, OutputSpec, RenderedPrompt};
     use tokio::sync::oneshot;
 
     fn job(now: Instant) -> EngineJob {
@@ -244,108 +357,181 @@ mod tests {
                     user: "hi".into(),
                 },
                 params: GenerationParams::default().resolve(&GenerationParams::default()),
+                output: OutputSpec::Text,
                 deadline: now + Duration::from_secs(5),
                 fault: None,
             },
             enqueued_at: now,
             load_wait: Duration::ZERO,
+            low_priority: false,
+            stream: None,
             reply,
         }
     }
 
-    fn pool(capacity: usize, max_replicas: u32) -> (PoolState, Instant) {
+    fn pool(capacity: usize, slots: u32, max_replicas: u32) -> (PoolState, Instant) {
         let mut config = ModelConfig::new("m", "/models/m.gguf");
         config.queue_capacity = capacity;
+        config.slots = slots;
         config.max_replicas = max_replicas;
         config.idle_timeout_s = 10;
+        config.upscale_delay_ms = 500;
+        config.downscale_delay_s = 5;
         let now = Instant::now();
         (PoolState::new(config, RestartPolicy::default(), now), now)
     }
 
+    fn ready(p: &mut PoolState, now: Instant) {
+        p.load_started(now);
+        p.load_finished(Duration::from_millis(30));
+    }
+
     #[test]
-    fn first_job_loads_then_starts_a_replica_then_runs() {
-        let (mut p, now) = pool(4, 2);
-        assert_eq!(p.next_action(), Action::Nothing);
+    fn first_job_loads_then_starts_a_replica_at_once_then_runs() {
+        let (mut p, now) = pool(4, 2, 2);
+        assert_eq!(p.next_action(now), Action::Nothing);
         p.admit(job(now), now).unwrap();
-        assert_eq!(p.next_action(), Action::Load);
+        assert_eq!(p.next_action(now), Action::Load);
         p.load_started(now);
         assert_eq!(
-            p.next_action(),
+            p.next_action(now),
             Action::Nothing,
             "no second load while loading"
         );
         p.load_finished(Duration::from_millis(30));
-        assert_eq!(p.next_action(), Action::StartReplica);
-        let key = p.add_replica();
+        assert!(
+            matches!(p.next_action(now), Action::StartReplica { .. }),
+            "no delay from zero"
+        );
+        let key = p.add_replica("test");
         let (assigned, job) = p.next_assignment(now).unwrap();
         assert_eq!(assigned, key);
         assert_eq!(job.load_wait, Duration::from_millis(30));
-        assert_eq!(p.status().busy_replicas, 1);
+        assert_eq!(p.status().busy_slots, 1);
+        assert_eq!(p.status().last_scaling.unwrap().to, 1);
     }
 
     #[test]
-    fn the_queue_is_bounded() {
-        let (mut p, now) = pool(2, 1);
+    fn the_queue_is_bounded_and_background_work_has_its_own_bound() {
+        let (mut p, now) = pool(2, 1, 1);
         p.admit(job(now), now).unwrap();
         p.admit(job(now), now).unwrap();
         let (_, err) = p.admit(job(now), now).unwrap_err();
         assert_eq!(err, EngineError::Overloaded { queued: 2 });
+        let mut bg = job(now);
+        bg.low_priority = true;
+        p.admit(bg, now).unwrap();
     }
 
     #[test]
-    fn replicas_scale_up_only_to_the_maximum() {
-        let (mut p, now) = pool(8, 2);
-        p.load_started(now);
-        p.load_finished(Duration::ZERO);
-        for _ in 0..3 {
+    fn jobs_fill_slots_and_interactive_work_goes_first() {
+        let (mut p, now) = pool(8, 2, 1);
+        ready(&mut p, now);
+        let mut bg = job(now);
+        bg.low_priority = true;
+        p.admit(bg, now).unwrap();
+        p.admit(job(now), now).unwrap();
+        p.admit(job(now), now).unwrap();
+        p.add_replica("test");
+        let (_, first) = p.next_assignment(now).unwrap();
+        assert!(!first.low_priority);
+        let (_, second) = p.next_assignment(now).unwrap();
+        assert!(!second.low_priority);
+        assert!(p.next_assignment(now).is_none(), "both slots busy");
+        assert_eq!(p.status().background_queued, 1);
+    }
+
+    #[test]
+    fn scale_up_waits_for_the_upscale_delay_and_stops_at_the_maximum() {
+        let (mut p, now) = pool(16, 2, 3);
+        ready(&mut p, now);
+        for _ in 0..6 {
             p.admit(job(now), now).unwrap();
         }
-        assert_eq!(p.next_action(), Action::StartReplica);
-        p.add_replica();
-        assert!(p.next_assignment(now).is_some());
-        assert_eq!(p.next_action(), Action::StartReplica);
-        p.add_replica();
-        assert!(p.next_assignment(now).is_some());
+        assert!(matches!(p.next_action(now), Action::StartReplica { .. }));
+        p.add_replica("test");
+        while p.next_assignment(now).is_some() {}
         assert_eq!(
-            p.next_action(),
+            p.next_action(now),
             Action::Nothing,
-            "at max_replicas the job waits"
+            "4 waiting, but the delay has not passed"
         );
-        assert!(p.next_assignment(now).is_none());
+        let later = now + Duration::from_millis(600);
+        assert!(matches!(p.next_action(later), Action::StartReplica { .. }));
+        p.add_replica("test");
+        let later = later + Duration::from_millis(10);
+        assert_eq!(
+            p.next_action(later),
+            Action::Nothing,
+            "each step up waits its own delay"
+        );
+        let later = later + Duration::from_millis(600);
+        assert!(matches!(p.next_action(later), Action::StartReplica { .. }));
+        p.add_replica("test");
+        let later = later + Duration::from_secs(5);
+        assert_eq!(p.next_action(later), Action::Nothing, "at max_replicas");
     }
 
     #[test]
-    fn idle_pool_stops_replicas_then_unloads() {
-        let (mut p, now) = pool(4, 1);
+    fn idle_pool_scales_down_then_to_zero_then_unloads() {
+        let (mut p, now) = pool(8, 1, 2);
+        ready(&mut p, now);
+        let a = p.add_replica("test");
+        let b = p.add_replica("test");
         p.admit(job(now), now).unwrap();
-        p.load_started(now);
-        p.load_finished(Duration::ZERO);
-        let key = p.add_replica();
-        let _ = p.next_assignment(now).unwrap();
-        assert!(
-            p.expire_idle(now + Duration::from_secs(60)).is_empty(),
-            "busy replicas stay"
+        let (busy, _) = p.next_assignment(now).unwrap();
+        assert_eq!(
+            p.next_action(now),
+            Action::Nothing,
+            "downscale waits for its delay"
         );
-        p.replica_idle(key, now + Duration::from_secs(1));
-        assert!(
-            p.expire_idle(now + Duration::from_secs(5)).is_empty(),
+        let later = now + Duration::from_secs(6);
+        let Action::StopReplica { key, .. } = p.next_action(later) else {
+            panic!("expected a stop")
+        };
+        assert_ne!(key, busy, "a busy replica is never stopped");
+        p.stopping(key, "test");
+        p.replica_gone(key);
+        p.slot_freed(busy, later);
+        assert_eq!(
+            p.next_action(later + Duration::from_secs(5)),
+            Action::Nothing,
             "not idle long enough"
         );
-        assert_eq!(p.expire_idle(now + Duration::from_secs(12)), vec![key]);
+        let idle = later + Duration::from_secs(11);
+        let Action::StopReplica { key, .. } = p.next_action(idle) else {
+            panic!("expected a stop")
+        };
+        p.stopping(key, "idle");
         assert_eq!(
-            p.next_action(),
+            p.next_action(idle),
             Action::Nothing,
             "waits for the replica to stop"
         );
         p.replica_gone(key);
-        assert_eq!(p.next_action(), Action::Unload);
+        assert_eq!(p.next_action(idle), Action::Unload);
         p.unloaded();
         assert_eq!(p.status().phase, ModelPhase::Unloaded);
+        let _ = (a, b);
+    }
+
+    #[test]
+    fn min_replicas_keeps_the_model_loaded() {
+        let (mut p, now) = pool(8, 1, 2);
+        p.config.min_replicas = 1;
+        assert_eq!(p.next_action(now), Action::Load);
+        ready(&mut p, now);
+        assert!(matches!(p.next_action(now), Action::StartReplica { .. }));
+        p.add_replica("test");
+        assert_eq!(
+            p.next_action(now + Duration::from_secs(3600)),
+            Action::Nothing
+        );
     }
 
     #[test]
     fn a_failed_model_refuses_for_a_while_then_retries() {
-        let (mut p, now) = pool(4, 1);
+        let (mut p, now) = pool(4, 1, 1);
         p.admit(job(now), now).unwrap();
         p.load_started(now);
         let drained = p.fail("bad file".into(), now);
@@ -356,6 +542,6 @@ mod tests {
         ));
         let later = now + FAILED_RETRY_AFTER;
         p.admit(job(later), later).unwrap();
-        assert_eq!(p.next_action(), Action::Load);
+        assert_eq!(p.next_action(later), Action::Load);
     }
 }

@@ -75,7 +75,7 @@ impl Actor for ModelReplica {
                 }
             }
             ReplicaMsg::Engine(EngineEvent::Finished) => {
-                let _ = replica.pool.cast(PoolMsg::ReplicaIdle(replica.key));
+                let _ = replica.pool.cast(PoolMsg::SlotFreed(replica.key));
             }
             ReplicaMsg::Engine(EngineEvent::Died(reason)) => {
                 // Failing hands the decision to the pool, which restarts us with backoff.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use genrt_actors::{InvocationOutcome, ModelPhase, ModelStatus};
 use genrt_functions::{
     default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, GenerationParams,
-    ModelId, ModelTarget, Route, SpecError,
+    ModelId, ModelTarget, OutputSpec, Route, SpecError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,9 +32,59 @@ pub struct Params {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// 1.0 (the default) disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+}
+
+/// Constrains what the model may produce. `json` decodes only JSON that matches
+/// `json_schema` (any object without one) and the response carries it parsed; `grammar` takes a
+/// GBNF grammar with a `root` rule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "format", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputFormat {
+    Text,
+    Json {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        json_schema: Option<Value>,
+    },
+    Grammar {
+        grammar: String,
+    },
+}
+
+impl From<&OutputFormat> for OutputSpec {
+    fn from(o: &OutputFormat) -> Self {
+        match o {
+            OutputFormat::Text => OutputSpec::Text,
+            OutputFormat::Json { json_schema } => OutputSpec::Json {
+                json_schema: json_schema.clone(),
+            },
+            OutputFormat::Grammar { grammar } => OutputSpec::Grammar {
+                grammar: grammar.clone(),
+            },
+        }
+    }
+}
+
+impl From<&OutputSpec> for OutputFormat {
+    fn from(o: &OutputSpec) -> Self {
+        match o {
+            OutputSpec::Text => OutputFormat::Text,
+            OutputSpec::Json { json_schema } => OutputFormat::Json {
+                json_schema: json_schema.clone(),
+            },
+            OutputSpec::Grammar { grammar } => OutputFormat::Grammar {
+                grammar: grammar.clone(),
+            },
+        }
+    }
 }
 
 /// Choose the model from a field of the input: `input[field]` is looked up in `cases`.
@@ -84,6 +134,8 @@ pub struct FunctionDefinition {
     #[serde(default)]
     pub cache: CacheSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
     /// Seconds without invocations before the function's actor stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +149,8 @@ impl From<Params> for GenerationParams {
             temperature: p.temperature,
             top_p: p.top_p,
             top_k: p.top_k,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
             seed: p.seed,
             stop: p.stop,
         }
@@ -110,6 +164,8 @@ impl From<&GenerationParams> for Params {
             temperature: p.temperature,
             top_p: p.top_p,
             top_k: p.top_k,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
             seed: p.seed,
             stop: p.stop.clone(),
         }
@@ -152,6 +208,11 @@ impl FunctionDefinition {
                 enabled: self.cache.enabled,
                 ttl_s: self.cache.ttl_s,
             },
+            output: self
+                .output
+                .as_ref()
+                .map(OutputSpec::from)
+                .unwrap_or_default(),
             timeout_s: self.timeout_s.unwrap_or_else(default_timeout_s),
             idle_timeout_s: self.idle_timeout_s.unwrap_or_else(default_idle_timeout_s),
         })
@@ -185,6 +246,7 @@ impl FunctionDefinition {
                 enabled: spec.cache.enabled,
                 ttl_s: spec.cache.ttl_s,
             },
+            output: (!spec.output.is_text()).then(|| OutputFormat::from(&spec.output)),
             timeout_s: Some(spec.timeout_s),
             idle_timeout_s: Some(spec.idle_timeout_s),
         }
@@ -266,6 +328,10 @@ pub struct InvokeRequest {
     pub input: Value,
     #[serde(default)]
     pub params: Params,
+    /// Answer with Server-Sent Events: `token` events with text pieces, then `done` (the same
+    /// body as a synchronous response, without the text) or `error`.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 fn empty_object() -> Value {
@@ -275,11 +341,18 @@ fn empty_object() -> Value {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Output {
     pub text: String,
+    /// With JSON output: the parsed value, valid against the function's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub json: Option<Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageInfo {
     pub prompt_tokens: u32,
+    /// Prompt tokens served from the replica's prefix cache (the function's system prompt).
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
     pub completion_tokens: u32,
 }
 
@@ -288,6 +361,8 @@ pub struct TimingsInfo {
     /// Waiting for the model's weights to load (scale from zero).
     pub load_ms: f64,
     pub queue_ms: f64,
+    #[serde(default)]
+    pub prefill_ms: f64,
     pub ttft_ms: f64,
     pub total_ms: f64,
 }
@@ -314,15 +389,20 @@ impl InvokeResponse {
             version,
             model: o.model.as_str().to_owned(),
             finish_reason: o.finish_reason.as_str().to_owned(),
-            output: Output { text: o.text },
+            output: Output {
+                text: o.text,
+                json: o.json,
+            },
             usage: UsageInfo {
                 prompt_tokens: o.usage.prompt_tokens,
+                cached_prompt_tokens: o.usage.cached_prompt_tokens,
                 completion_tokens: o.usage.completion_tokens,
             },
             cache_hit: o.cache_hit,
             timings: TimingsInfo {
                 load_ms: o.timings.load_ms,
                 queue_ms: o.timings.queue_ms,
+                prefill_ms: o.timings.prefill_ms,
                 ttft_ms: o.timings.ttft_ms,
                 total_ms: o.timings.total_ms,
             },
@@ -366,7 +446,7 @@ impl From<InvocationRow> for InvocationRecord {
             model: r.model,
             status: r.status,
             input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
-            output: r.output_text.map(|text| Output { text }),
+            output: r.output_text.map(|text| Output { text, json: None }),
             finish_reason: r.finish_reason,
             error: r.error_code.map(|code| InvocationError {
                 code,
@@ -374,12 +454,14 @@ impl From<InvocationRow> for InvocationRecord {
             }),
             usage: UsageInfo {
                 prompt_tokens: r.prompt_tokens as u32,
+                cached_prompt_tokens: 0,
                 completion_tokens: r.completion_tokens as u32,
             },
             cache_hit: r.cache_hit,
             timings: TimingsInfo {
                 load_ms: r.load_ms,
                 queue_ms: r.queue_ms,
+                prefill_ms: 0.0,
                 ttft_ms: r.ttft_ms,
                 total_ms: r.total_ms,
             },
@@ -390,14 +472,30 @@ impl From<InvocationRow> for InvocationRecord {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct ScalingInfo {
+    pub at: DateTime<Utc>,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelInfo {
     pub id: String,
     /// `unloaded`, `loading`, `ready` or `failed`.
     pub state: String,
     pub replicas: u32,
     pub busy_replicas: u32,
+    pub slots_per_replica: u32,
+    pub busy_slots: u32,
     pub queued: u32,
+    /// Prewarming work waiting behind interactive invocations.
+    pub background_queued: u32,
+    pub min_replicas: u32,
     pub max_replicas: u32,
+    /// Weights and KV caches held against the memory budget.
+    pub memory_bytes: u64,
+    pub last_scaling: Option<ScalingInfo>,
     pub n_ctx: u32,
     /// Times the weights were loaded since start (each scale from zero adds one).
     pub loads: u64,
@@ -418,8 +516,19 @@ impl From<ModelStatus> for ModelInfo {
             state: s.phase.as_str().to_owned(),
             replicas: s.replicas,
             busy_replicas: s.busy_replicas,
+            slots_per_replica: s.slots_per_replica,
+            busy_slots: s.busy_slots,
             queued: s.queued,
+            background_queued: s.background_queued,
+            min_replicas: s.min_replicas,
             max_replicas: s.max_replicas,
+            memory_bytes: s.memory_bytes,
+            last_scaling: s.last_scaling.map(|e| ScalingInfo {
+                at: e.at.into(),
+                from: e.from,
+                to: e.to,
+                reason: e.reason,
+            }),
             n_ctx: s.n_ctx,
             loads: s.loads,
             replica_restarts: s.replica_restarts,
@@ -445,4 +554,51 @@ pub struct Readiness {
     pub status: String,
     pub database: bool,
     pub actors: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmRequest {
+    /// Inputs to run ahead of demand (at most 1000), at low priority, to fill the cache.
+    #[schema(value_type = Vec<Object>)]
+    pub inputs: Vec<Value>,
+    #[serde(default)]
+    pub params: Params,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrewarmResponse {
+    pub accepted: usize,
+}
+
+/// The `done` event of a streamed invocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamDone {
+    pub invocation_id: Uuid,
+    pub function: String,
+    pub version: u32,
+    pub model: String,
+    pub finish_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub json: Option<Value>,
+    pub usage: UsageInfo,
+    pub cache_hit: bool,
+    pub timings: TimingsInfo,
+}
+
+impl From<InvokeResponse> for StreamDone {
+    fn from(r: InvokeResponse) -> Self {
+        Self {
+            invocation_id: r.invocation_id,
+            function: r.function,
+            version: r.version,
+            model: r.model,
+            finish_reason: r.finish_reason,
+            json: r.output.json,
+            usage: r.usage,
+            cache_hit: r.cache_hit,
+            timings: r.timings,
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! Deploying and managing functions.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use actix_web::{web, HttpResponse};
-use genrt_functions::FunctionName;
+use genrt_actors::{DeployedFunction, Invocation, InvocationId};
+use genrt_functions::{FunctionName, GenerationParams};
 
 use crate::api::dto::{
-    DeployResponse, FunctionDefinition, FunctionDetail, FunctionList, FunctionSummary, VersionInfo,
-    VersionList,
+    DeployResponse, FunctionDefinition, FunctionDetail, FunctionList, FunctionSummary,
+    PrewarmRequest, PrewarmResponse, VersionInfo, VersionList,
 };
 use crate::api::no_content;
 use crate::app::AppState;
@@ -145,4 +149,93 @@ pub async fn delete(
     } else {
         Err(function_not_found(name.as_str()))
     }
+}
+
+/// Most inputs one prewarm request may carry.
+pub(crate) const MAX_PREWARM_INPUTS: usize = 1000;
+
+/// Run inputs ahead of demand, at low priority, so that their results are in the cache when
+/// asked for (hot topics prepared before the traffic arrives). Answers at once; the work runs
+/// in the background behind interactive invocations.
+#[utoipa::path(post, path = "/v1/functions/{name}/prewarm", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body = PrewarmRequest,
+    responses(
+        (status = 202, description = "Accepted; results will be cached", body = PrewarmResponse),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Too many inputs, or the function's results are not cached", body = ErrorBody),
+        (status = 503, description = "Too much prewarming already running; see Retry-After", body = ErrorBody)))]
+pub async fn prewarm(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: web::Json<PrewarmRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let name = function_name(&name)?;
+    let version = state
+        .store
+        .latest_version(&caller.tenant, &name)
+        .await?
+        .ok_or_else(|| function_not_found(name.as_str()))?;
+    let body = body.into_inner();
+    if body.inputs.is_empty() || body.inputs.len() > MAX_PREWARM_INPUTS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("give 1 to {MAX_PREWARM_INPUTS} inputs"),
+        )
+        .with_field("inputs"));
+    }
+    let params: GenerationParams = body.params.into();
+    let cached = version
+        .spec
+        .cache
+        .enabled
+        .unwrap_or_else(|| version.spec.params.resolve(&params).is_deterministic());
+    if !cached {
+        return Err(ApiError::new(
+            ErrorCode::NotCacheable,
+            "this function's results are not cached (sampled without a seed): prewarming would be lost; set cache.enabled or a seed",
+        ));
+    }
+    let permit = Arc::clone(&state.prewarm)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Overloaded,
+                "too many prewarm requests are running",
+            )
+        })?;
+    let accepted = body.inputs.len();
+    let function = Arc::new(DeployedFunction {
+        tenant: caller.tenant.clone(),
+        name: name.clone(),
+        version: version.version,
+        spec: version.spec,
+    });
+    let tree = Arc::clone(&state.tree);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut failed = 0;
+        // One at a time: prewarming never fills a model's queue, and interactive work still
+        // goes first there.
+        for input in body.inputs {
+            let invocation = Invocation {
+                id: InvocationId::new(),
+                function: Arc::clone(&function),
+                input,
+                params: params.clone(),
+                received_at: Instant::now(),
+                background: true,
+                stream: None,
+                fault: None,
+            };
+            if let Err(err) = tree.invoke(invocation).await {
+                failed += 1;
+                tracing::debug!(function = %function.name, error = %err, "prewarm input failed");
+            }
+        }
+        tracing::info!(tenant = %function.tenant, function = %function.name, accepted, failed, "prewarm done");
+    });
+    Ok(HttpResponse::Accepted().json(PrewarmResponse { accepted }))
 }

@@ -1,31 +1,41 @@
-//! Invoking a function synchronously.
+//! Invoking a function: synchronously, or streamed as Server-Sent Events.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_lab::sse::{Data, Event, Sse};
 use chrono::Utc;
-use genrt_actors::{DeployedFunction, Fault, Invocation, InvocationId, InvocationOutcome};
+use genrt_actors::{
+    stream_channel, DeployedFunction, Fault, Invocation, InvocationId, InvocationOutcome,
+    InvokeError,
+};
+use genrt_functions::{FunctionName, GenerationParams, TenantId};
 use sea_orm::Set;
 
-use crate::api::dto::{InvokeRequest, InvokeResponse};
+use crate::api::dto::{InvokeRequest, InvokeResponse, StreamDone};
 use crate::api::functions::{function_name, function_not_found};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::store::NewInvocation;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::store::{NewInvocation, StoredVersion};
 
-/// Run the latest version of a function on an input and wait for the text.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Run the latest version of a function on an input: wait for the text, or with
+/// `"stream": true` receive it as Server-Sent Events (`token`, then `done` or `error`).
+/// Closing a stream cancels its generation.
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke", security(("bearer" = [])),
     params(("name" = String, Path)),
     request_body = InvokeRequest,
     responses(
-        (status = 200, body = InvokeResponse),
+        (status = 200, description = "The result, or with `stream` an event stream (text/event-stream) of `token` events `{\"text\"}` ending with `done` (StreamDone) or `error` (ErrorBody)", body = InvokeResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "No such function for this tenant", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "Input fails the schema or a template, or params are out of range", body = ErrorBody),
+        (status = 502, description = "The output does not satisfy the function's output format", body = ErrorBody),
         (status = 503, description = "Model unavailable, overloaded or its replica failed; see Retry-After", body = ErrorBody),
         (status = 504, description = "The function's timeout passed", body = ErrorBody)))]
 pub async fn invoke(
@@ -43,60 +53,169 @@ pub async fn invoke(
         .await?
         .ok_or_else(|| function_not_found(name.as_str()))?;
     let body = body.into_inner();
-    let id = InvocationId::new();
-    let input_text = body.input.to_string();
-    let invocation = Invocation {
-        id,
+    let params: GenerationParams = body.params.into();
+    let call = Call::new(&caller.tenant, &name, &version, &body.input);
+    let mut invocation = Invocation {
+        id: call.id,
         function: Arc::new(DeployedFunction {
             tenant: caller.tenant.clone(),
             name: name.clone(),
             version: version.version,
-            spec: version.spec,
+            spec: version.spec.clone(),
         }),
         input: body.input,
-        params: body.params.into(),
+        params: params.clone(),
         received_at,
+        background: false,
+        stream: None,
         fault: fault(&request),
     };
-    let created_at = Utc::now();
-    let result = state.tree.invoke(invocation).await;
-    let mut record = NewInvocation {
-        id: Set(id.0),
-        tenant_id: Set(caller.tenant.as_str().to_owned()),
-        function_name: Set(name.as_str().to_owned()),
-        function_version: Set(version.version as i32),
-        input: Set(input_text),
-        created_at: Set(created_at),
-        completed_at: Set(Some(Utc::now())),
-        ..Default::default()
-    };
-    match result {
-        Ok(outcome) => {
-            fill_success(&mut record, &outcome);
-            // The record is written before answering, so the id returned can be read back.
-            if let Err(err) = state.store.record_invocation(record).await {
-                tracing::warn!(invocation = %id, error = %err, "invocation succeeded but its record was not stored");
-            }
-            Ok(HttpResponse::Ok().json(InvokeResponse::new(
-                id.0,
-                name.as_str(),
-                version.version,
-                outcome,
-            )))
-        }
-        Err(err) => {
-            let api = ApiError::from(err);
-            // Requests refused as invalid leave nothing behind; failures of accepted work are
-            // recorded so that they can be inspected.
-            if api.code.status().is_server_error() {
-                record.status = Set("failed".into());
-                record.error_code = Set(Some(api.code.as_str().to_owned()));
-                record.error_message = Set(Some(api.message.clone()));
-                if let Err(err) = state.store.record_invocation(record).await {
-                    tracing::warn!(invocation = %id, error = %err, "failed invocation not recorded");
+    if !body.stream {
+        let result = state.tree.invoke(invocation).await;
+        let response = call.complete(&state, result).await?;
+        return Ok(HttpResponse::Ok().json(response));
+    }
+
+    let max_tokens = version.spec.params.resolve(&params).max_tokens;
+    let (tokens_tx, mut tokens) = stream_channel(max_tokens);
+    invocation.stream = Some(tokens_tx);
+    // Pieces plus the final event; the forwarder below never has more in flight.
+    let (events, events_rx) = tokio::sync::mpsc::channel::<Event>(max_tokens as usize + 4);
+    let tree = Arc::clone(&state.tree);
+    tokio::spawn(async move {
+        let mut result = std::pin::pin!(tree.invoke(invocation));
+        let outcome = loop {
+            tokio::select! {
+                piece = tokens.recv() => match piece {
+                    Some(text) => {
+                        let event = token_event(&text);
+                        if events.send(event).await.is_err() {
+                            // The client left: dropping the token receiver (on return) is what
+                            // tells the engine to stop this sequence and free its slot.
+                            call.cancelled(&state).await;
+                            return;
+                        }
+                    }
+                    None => break result.await,
+                },
+                outcome = &mut result => {
+                    while let Ok(text) = tokens.try_recv() {
+                        let _ = events.send(token_event(&text)).await;
+                    }
+                    break outcome;
                 }
             }
-            Err(api)
+        };
+        let last = match call.complete(&state, outcome).await {
+            Ok(response) => Data::new_json(StreamDone::from(response)).map(|d| d.event("done")),
+            Err(err) => Data::new_json(ErrorBody {
+                error: ErrorDetail {
+                    code: err.code.as_str().to_owned(),
+                    message: err.message,
+                    field: err.field,
+                },
+            })
+            .map(|d| d.event("error")),
+        };
+        if let Ok(data) = last {
+            let _ = events.send(Event::Data(data)).await;
+        }
+    });
+    Ok(actix_web::Responder::respond_to(
+        Sse::from_infallible_receiver(events_rx).with_keep_alive(SSE_KEEP_ALIVE),
+        &request,
+    )
+    .map_into_boxed_body())
+}
+
+fn token_event(text: &str) -> Event {
+    let data = Data::new_json(serde_json::json!({ "text": text })).expect("a string serializes");
+    Event::Data(data.event("token"))
+}
+
+/// What is needed to record an invocation and answer it, whichever way it ends.
+struct Call {
+    id: InvocationId,
+    tenant: TenantId,
+    name: FunctionName,
+    version: u32,
+    input: String,
+    created_at: chrono::DateTime<Utc>,
+}
+
+impl Call {
+    fn new(
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: &StoredVersion,
+        input: &serde_json::Value,
+    ) -> Self {
+        Self {
+            id: InvocationId::new(),
+            tenant: tenant.clone(),
+            name: name.clone(),
+            version: version.version,
+            input: input.to_string(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn record(&self) -> NewInvocation {
+        NewInvocation {
+            id: Set(self.id.0),
+            tenant_id: Set(self.tenant.as_str().to_owned()),
+            function_name: Set(self.name.as_str().to_owned()),
+            function_version: Set(self.version as i32),
+            input: Set(self.input.clone()),
+            created_at: Set(self.created_at),
+            completed_at: Set(Some(Utc::now())),
+            ..Default::default()
+        }
+    }
+
+    /// Records the outcome (before answering, so that the id can be read back) and converts it.
+    /// Requests refused as invalid leave nothing behind; failures of accepted work are recorded.
+    async fn complete(
+        &self,
+        state: &AppState,
+        result: Result<InvocationOutcome, InvokeError>,
+    ) -> Result<InvokeResponse, ApiError> {
+        let mut record = self.record();
+        match result {
+            Ok(outcome) => {
+                fill_success(&mut record, &outcome);
+                self.store(state, record).await;
+                Ok(InvokeResponse::new(
+                    self.id.0,
+                    self.name.as_str(),
+                    self.version,
+                    outcome,
+                ))
+            }
+            Err(err) => {
+                let api = ApiError::from(err);
+                if api.code.status().is_server_error() {
+                    record.status = Set("failed".into());
+                    record.error_code = Set(Some(api.code.as_str().to_owned()));
+                    record.error_message = Set(Some(api.message.clone()));
+                    self.store(state, record).await;
+                }
+                Err(api)
+            }
+        }
+    }
+
+    async fn cancelled(&self, state: &AppState) {
+        let mut record = self.record();
+        record.status = Set("cancelled".into());
+        record.error_code = Set(Some("cancelled".into()));
+        record.error_message = Set(Some("the client closed the stream".into()));
+        self.store(state, record).await;
+    }
+
+    async fn store(&self, state: &AppState, record: NewInvocation) {
+        if let Err(err) = state.store.record_invocation(record).await {
+            tracing::warn!(invocation = %self.id, error = %err, "invocation record not stored");
         }
     }
 }

@@ -46,8 +46,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
                 web::get().to(functions::versions),
             )
             .route("/functions/{name}/invoke", web::post().to(invoke::invoke))
+            .route(
+                "/functions/{name}/prewarm",
+                web::post().to(functions::prewarm),
+            )
             .route("/invocations/{id}", web::get().to(invocations::get))
-            .route("/models", web::get().to(models::list)),
+            .route("/models", web::get().to(models::list))
+            .route("/models/{id}", web::get().to(models::get)),
     )
     .default_service(web::to(not_found));
 }

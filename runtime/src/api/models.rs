@@ -2,10 +2,12 @@
 
 use actix_web::{web, HttpResponse};
 
+use genrt_functions::ModelId;
+
 use crate::api::dto::{ModelInfo, ModelList};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 /// List registered models with their state (unloaded, loading, ready, failed) and replicas.
 #[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
@@ -21,4 +23,32 @@ pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRes
         .map(ModelInfo::from)
         .collect();
     Ok(HttpResponse::Ok().json(ModelList { models }))
+}
+
+/// One model: state, replicas, busy slots, queue depth, memory and the last scaling decision.
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ModelInfo),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ModelId::new(id.into_inner());
+    let status = state
+        .tree
+        .models()
+        .await
+        .into_iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("model `{id}` is not registered"),
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(ModelInfo::from(status)))
 }
