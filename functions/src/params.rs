@@ -29,6 +29,9 @@ pub struct GenerationParams {
     pub seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens until `max_tokens` (benchmarks, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 /// Fully resolved parameters. `Hash`-free on purpose: floats are keyed through
@@ -43,6 +46,7 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     pub seed: Option<u32>,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
 }
 
 impl GenerationParams {
@@ -114,6 +118,7 @@ impl GenerationParams {
             } else {
                 overrides.stop.clone()
             },
+            ignore_eos: overrides.ignore_eos.or(self.ignore_eos).unwrap_or(false),
         }
     }
 }
@@ -128,7 +133,7 @@ impl SamplingParams {
     /// An exact textual form of every parameter, for cache keys.
     pub fn cache_fingerprint(&self) -> String {
         format!(
-            "max_tokens={};temperature={:08x};top_p={:08x};top_k={};min_p={:08x};repeat={:08x};seed={:?};stop={:?}",
+            "max_tokens={};temperature={:08x};top_p={:08x};top_k={};min_p={:08x};repeat={:08x};seed={:?};stop={:?};ignore_eos={}",
             self.max_tokens,
             self.temperature.to_bits(),
             self.top_p.to_bits(),
@@ -136,7 +141,8 @@ impl SamplingParams {
             self.min_p.to_bits(),
             self.repeat_penalty.to_bits(),
             self.seed,
-            self.stop
+            self.stop,
+            self.ignore_eos
         )
     }
 }

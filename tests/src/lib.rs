@@ -240,3 +240,72 @@ pub fn token_with(tenant: &str, secret: &str, audience: &str, expires_in: i64) -
 pub fn token(tenant: &str) -> String {
     token_with(tenant, SECRET, "genrt", 3600)
 }
+
+/// What a streamed invocation sent: its text pieces, then its `done` or `error` event.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub status: u16,
+    pub pieces: Vec<String>,
+    pub done: Option<Value>,
+    pub error: Option<Value>,
+}
+
+impl Streamed {
+    pub fn text(&self) -> String {
+        self.pieces.concat()
+    }
+}
+
+impl TestServer {
+    /// Opens a streamed invocation; the caller reads (or drops) the events.
+    pub async fn open_stream(
+        &self,
+        token: &str,
+        name: &str,
+        mut body: Value,
+    ) -> (
+        u16,
+        impl futures_util::Stream<Item = eventsource_stream::Event> + Unpin,
+    ) {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        body["stream"] = json!(true);
+        let response = self
+            .client
+            .post(format!("{}/v1/functions/{name}/invoke", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|e| async move { e.ok() })
+            .boxed();
+        (status, events)
+    }
+
+    /// A whole streamed invocation.
+    pub async fn stream(&self, token: &str, name: &str, body: Value) -> Streamed {
+        use futures_util::StreamExt;
+        let (status, mut events) = self.open_stream(token, name, body).await;
+        let mut out = Streamed {
+            status,
+            ..Default::default()
+        };
+        while let Some(event) = events.next().await {
+            let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+            match event.event.as_str() {
+                "token" => out
+                    .pieces
+                    .push(data["text"].as_str().unwrap_or_default().to_owned()),
+                "done" => out.done = Some(data),
+                "error" => out.error = Some(data),
+                _ => {}
+            }
+        }
+        out
+    }
+}

@@ -159,9 +159,6 @@ impl Session for FakeSession {
             let kv = self.kv.entry(item.seq).or_default();
             assert_eq!(kv.len(), item.pos as usize, "positions are contiguous");
             kv.push(item.token);
-            if let Some(also) = item.also {
-                self.kv.entry(also).or_default().push(item.token);
-            }
         }
         Ok(())
     }

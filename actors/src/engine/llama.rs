@@ -14,6 +14,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
@@ -66,10 +67,13 @@ impl Backend for LlamaCppBackend {
             .map_err(|e| EngineError::Load(format!("{}: {e}", model.path.display())))?;
         // Models without an embedded chat template get a plain layout; see `format`.
         let template = loaded.chat_template(None).ok();
+        let vocab = loaded.vocab();
+        let eog_tokens = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
         Ok(Arc::new(LlamaWeights {
             backend: Arc::clone(&self.backend),
-            model: loaded,
             template,
+            eog_tokens,
+            model: loaded,
         }))
     }
 }
@@ -78,12 +82,13 @@ struct LlamaWeights {
     backend: Arc<LlamaBackend>,
     model: LlamaModel,
     template: Option<LlamaChatTemplate>,
+    /// Every end-of-generation token, masked out when `ignore_eos` is set.
+    eog_tokens: Vec<LlamaToken>,
 }
 
-/// KV cells of one replica: every slot's full context, plus one more context's worth shared
-/// by the cached prompt prefixes.
+/// KV cells of one replica: one full context for each slot and each cached prompt prefix.
 fn kv_cells(config: &ModelConfig) -> u32 {
-    config.n_ctx * (config.slots.max(1) + 1)
+    config.n_ctx * (config.slots.max(1) + PREFIX_ENTRIES as u32)
 }
 
 impl Weights for LlamaWeights {
@@ -107,8 +112,10 @@ impl Weights for LlamaWeights {
             .with_n_batch(N_BATCH)
             .with_n_ubatch(N_BATCH)
             .with_n_seq_max(slots + PREFIX_ENTRIES as u32)
-            // One cell pool for all sequences, so that a cached prefix is shared, not copied.
-            .with_kv_unified(true)
+            // One KV stream per sequence: a sequence's cells and attention arithmetic are then
+            // the same whatever else runs beside it, so batching never changes a greedy
+            // result. (A unified cache interleaves sequences' cells, which reorders float sums.)
+            .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = self
@@ -118,7 +125,7 @@ impl Weights for LlamaWeights {
         let mut session = LlamaSession {
             weights: self,
             ctx,
-            batch: LlamaBatch::new(N_BATCH as usize, 2),
+            batch: LlamaBatch::new(N_BATCH as usize, 1),
             samplers: HashMap::new(),
             slots: slots as usize,
             n_ctx: config.n_ctx,
@@ -239,6 +246,18 @@ impl Session for LlamaSession<'_> {
                     .map_err(|e| EngineError::Grammar(e.to_string()))?,
             );
         }
+        if p.ignore_eos {
+            let biases: Vec<LlamaLogitBias> = self
+                .weights
+                .eog_tokens
+                .iter()
+                .map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY))
+                .collect();
+            chain.push(LlamaSampler::logit_bias(
+                self.weights.model.n_vocab(),
+                &biases,
+            ));
+        }
         if p.repeat_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(
                 self.weights.model.n_vocab(),
@@ -266,14 +285,8 @@ impl Session for LlamaSession<'_> {
     fn decode(&mut self, items: &[BatchItem]) -> Result<(), EngineError> {
         self.batch.clear();
         for item in items {
-            let both = [item.seq, item.also.unwrap_or(item.seq)];
-            let seqs = if item.also.is_some() {
-                &both[..]
-            } else {
-                &both[..1]
-            };
             self.batch
-                .add(LlamaToken(item.token), item.pos, seqs, item.logits)
+                .add(LlamaToken(item.token), item.pos, &[item.seq], item.logits)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         self.ctx
@@ -301,8 +314,9 @@ impl Session for LlamaSession<'_> {
     }
 
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
-        let _ = self
-            .ctx
-            .kv_cache_seq_cp(from, to, Some(0), Some(len as u32));
+        // Sequences live in separate streams, which llama.cpp copies whole; the copy is then
+        // trimmed to the prefix. The buffer copy itself runs at the start of the next decode.
+        let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
+        let _ = self.ctx.kv_cache_seq_rm(to, Some(len as u32), None);
     }
 }

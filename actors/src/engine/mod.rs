@@ -93,8 +93,6 @@ pub struct BatchItem {
     pub token: TokenId,
     pub pos: i32,
     pub seq: SeqId,
-    /// A second sequence that shares this token's KV (a prompt prefix being cached).
-    pub also: Option<SeqId>,
     pub logits: bool,
 }
 
@@ -128,7 +126,7 @@ pub trait Session {
     fn sample(&mut self, seq: SeqId, batch_index: usize) -> Sampled;
     /// Drops a sequence's KV and sampler.
     fn end(&mut self, seq: SeqId);
-    /// Shares the first `len` positions of `from`'s KV with `to`.
+    /// Makes `to` hold exactly the first `len` positions of `from`'s KV.
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize);
 }
 

@@ -9,9 +9,9 @@
 //! join between steps; a sequence that finishes, is cancelled (its caller left, its deadline
 //! passed, the replica is stopping) or fails leaves at once and frees its slot and its KV.
 //!
-//! Prompt prefixes (the rendered system prompt of a function) are cached per context: the first
-//! sequence with a given prefix writes that prefix's KV to a spare sequence id as well as its
-//! own, in the same decode calls; later sequences copy it and prefill only the rest.
+//! Prompt prefixes (the rendered system prompt of a function) are cached per context: once the
+//! first sequence with a given prefix has it in its KV, the prefix is copied to a spare sequence
+//! id; later sequences copy it from there and prefill only the rest.
 
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::FinishReason;
 /// Prefixes shorter than this are cheaper to prefill than to manage.
 pub(crate) const MIN_PREFIX_TOKENS: usize = 16;
 /// Cached prefixes per context.
-pub(crate) const PREFIX_ENTRIES: usize = 4;
+pub(crate) const PREFIX_ENTRIES: usize = 2;
 
 struct Running {
     job: EngineJob,
@@ -57,19 +57,16 @@ struct PrefixEntry {
 pub(crate) struct Scheduler {
     slots: Vec<Option<Running>>,
     prefixes: Vec<Option<PrefixEntry>>,
-    /// Total prefix tokens cached, bounded by one sequence's context.
-    prefix_budget: usize,
     max_prefill_per_step: usize,
     clock: u64,
     batch: Vec<BatchItem>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(slots: usize, n_ctx_per_seq: usize, max_prefill_per_step: usize) -> Self {
+    pub(crate) fn new(slots: usize, max_prefill_per_step: usize) -> Self {
         Self {
             slots: (0..slots).map(|_| None).collect(),
             prefixes: (0..PREFIX_ENTRIES).map(|_| None).collect(),
-            prefix_budget: n_ctx_per_seq,
             max_prefill_per_step,
             clock: 0,
             batch: Vec::new(),
@@ -158,10 +155,8 @@ impl Scheduler {
             // An entry still being written is simply not used yet.
             return;
         }
-        // Make room: evict the least recently used finished entries.
-        while self.prefix_tokens() + key.len() > self.prefix_budget
-            || self.prefixes.iter().all(Option::is_some)
-        {
+        // Make room: evict the least recently used finished entry.
+        if self.prefixes.iter().all(Option::is_some) {
             let victim = self
                 .prefixes
                 .iter()
@@ -184,10 +179,6 @@ impl Scheduler {
             });
             running.filling = Some(entry_seq);
         }
-    }
-
-    fn prefix_tokens(&self) -> usize {
-        self.prefixes.iter().flatten().map(|e| e.tokens.len()).sum()
     }
 
     /// Runs one decode step. Returns how many jobs left the engine.
@@ -220,7 +211,6 @@ impl Scheduler {
                     token,
                     pos: r.n_past as i32,
                     seq: slot as SeqId,
-                    also: None,
                     logits: true,
                 });
             }
@@ -253,7 +243,6 @@ impl Scheduler {
                     token: r.tokens[pos],
                     pos: pos as i32,
                     seq: slot as SeqId,
-                    also: r.filling.filter(|_| pos < r.prefix_len),
                     logits: last,
                 });
             }
@@ -279,6 +268,7 @@ impl Scheduler {
                 if let Some(entry_seq) = r.filling {
                     if r.n_past >= r.prefix_len {
                         r.filling = None;
+                        session.copy_prefix(slot as SeqId, entry_seq, r.prefix_len);
                         if let Some(e) = self
                             .prefixes
                             .iter_mut()
@@ -446,7 +436,7 @@ mod tests {
     #[test]
     fn sequences_share_decode_steps_and_each_gets_its_own_text() {
         let mut session = FakeSession::new(4, 256, 64);
-        let mut s = Scheduler::new(4, 256, 32);
+        let mut s = Scheduler::new(4, 32);
         let (a, mut ra) = job(None, "alpha", 100);
         let (b, mut rb) = job(None, "bravo charlie", 100);
         assert_eq!(s.admit(&mut session, a), 0);
@@ -461,7 +451,7 @@ mod tests {
     #[test]
     fn a_long_prompt_is_prefilled_in_chunks_while_others_decode() {
         let mut session = FakeSession::new(2, 4096, 512);
-        let mut s = Scheduler::new(2, 4096, 16);
+        let mut s = Scheduler::new(2, 16);
         let (short, _r1) = job(None, "hi", 200);
         s.admit(&mut session, short);
         s.step(&mut session, false); // prefill of the short prompt
@@ -476,7 +466,7 @@ mod tests {
     #[test]
     fn max_tokens_stops_with_length_and_a_gone_caller_frees_the_slot() {
         let mut session = FakeSession::new(2, 256, 64);
-        let mut s = Scheduler::new(2, 256, 32);
+        let mut s = Scheduler::new(2, 32);
         let (a, mut ra) = job(None, "a long enough text", 3);
         s.admit(&mut session, a);
         run_until_idle(&mut s, &mut session);
@@ -499,7 +489,7 @@ mod tests {
     #[test]
     fn deadline_and_context_limits_are_enforced() {
         let mut session = FakeSession::new(1, 32, 64);
-        let mut s = Scheduler::new(1, 32, 32);
+        let mut s = Scheduler::new(1, 32);
         let (too_long, mut r) = job(None, &"y".repeat(40), 4);
         assert_eq!(s.admit(&mut session, too_long), 1);
         assert!(matches!(
@@ -518,7 +508,7 @@ mod tests {
     fn a_shared_system_prompt_is_prefilled_once() {
         let system = "You are a careful assistant who follows the house style.";
         let mut session = FakeSession::new(2, 512, 512);
-        let mut s = Scheduler::new(2, 512, 64);
+        let mut s = Scheduler::new(2, 64);
         let (a, mut ra) = job(Some(system), "first", 50);
         s.admit(&mut session, a);
         run_until_idle(&mut s, &mut session);
@@ -530,6 +520,6 @@ mod tests {
         let second = rb.try_recv().unwrap().unwrap();
         assert_eq!(second.text, "echo: second");
         assert_eq!(second.cached_prompt_tokens as usize, system.len() + 1);
-        assert_eq!(session.copies, 1);
+        assert_eq!(session.copies, 2, "one copy into the cache, one out of it");
     }
 }

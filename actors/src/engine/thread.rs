@@ -117,11 +117,7 @@ fn serve(
     prefill_chunk: usize,
     events: &dyn Fn(EngineEvent),
 ) {
-    let mut scheduler = Scheduler::new(
-        session.slots(),
-        session.n_ctx_per_seq() as usize,
-        prefill_chunk,
-    );
+    let mut scheduler = Scheduler::new(session.slots(), prefill_chunk);
     let finished = |n: usize| (0..n).for_each(|_| events(EngineEvent::Finished));
     let mut open = true;
     loop {

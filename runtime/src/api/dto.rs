@@ -40,6 +40,9 @@ pub struct Params {
     pub seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Generate exactly `max_tokens`, past end-of-generation (for load tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 /// Constrains what the model may produce. `json` decodes only JSON that matches
@@ -153,6 +156,7 @@ impl From<Params> for GenerationParams {
             repeat_penalty: p.repeat_penalty,
             seed: p.seed,
             stop: p.stop,
+            ignore_eos: p.ignore_eos,
         }
     }
 }
@@ -168,6 +172,7 @@ impl From<&GenerationParams> for Params {
             repeat_penalty: p.repeat_penalty,
             seed: p.seed,
             stop: p.stop.clone(),
+            ignore_eos: p.ignore_eos,
         }
     }
 }
