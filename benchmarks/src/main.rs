@@ -1,234 +1,511 @@
-//! `genrt-bench`: the runtime against raw llama.cpp, measured in the same run, with the same
-//! model, prompt, thread count and greedy decoding, so that only the ratio matters and the
-//! machine's speed cancels out.
+//! `genrt-bench`: the [engine] benchmarks. Every figure is a ratio against a baseline measured
+//! in the same run, on the same machine, with the same model and thread count; the results go
+//! to `benchmarks/RESULTS.md` and `benchmarks/results.svg`.
 //!
-//! * baseline: llama.cpp in-process through llama-cpp-2: chat template, tokenize, prefill,
-//!   decode until end of generation or `--max-tokens`.
-//! * genrt: one synchronous invocation at a time through the whole stack: HTTP, JWT, the
-//!   database lookup and record, the dispatcher, the function actor, the model pool, the
-//!   replica's engine thread. The response cache is disabled for the benchmark function.
-//!
-//! Runs alternate between the two so that drift (thermal, other load) hits both alike.
+//! Phases, in this order so that the in-process baselines do not disturb the memory figures:
+//! memory and cold start (genrt only, then raw), one stream, 16 streams, runtime overhead,
+//! cached path against a bare actix-web echo, prefix reuse, an open-loop run.
 
-use std::num::NonZeroU32;
+mod load;
+mod plot;
+mod raw;
+mod stats;
+
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use genrt_actors::ModelConfig;
 use genrt_runtime::Config;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
-use serde_json::json;
+use serde_json::{json, Value};
 
-const SYSTEM: &str = "You are a helpful assistant who writes long, detailed answers.";
-const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
+use load::Target;
+use stats::{median, peak_rss_mib, rss_mib, Latencies};
+
+const SYSTEM: &str = "You are a helpful assistant.";
+const MODEL: &str = "bench";
+const N_CTX: u32 = 1024;
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: PathBuf,
-    /// CPU threads, for both sides.
+    /// CPU threads, for genrt and the baselines alike.
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Tokens generated per stream.
     #[arg(long, default_value_t = 128)]
-    max_tokens: u32,
-    /// Measured runs of each side, after one warm-up run each.
+    tokens: u32,
+    /// Concurrent streams of the batched comparison.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Repetitions of each paired measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Where RESULTS.md and results.svg go.
+    #[arg(long, default_value = "benchmarks")]
+    out: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    tokens: u32,
-    seconds: f64,
+fn prompt(i: usize) -> String {
+    const SUBJECTS: [&str; 16] = [
+        "cats",
+        "the moon",
+        "bread",
+        "rivers",
+        "chess",
+        "volcanoes",
+        "tea",
+        "bicycles",
+        "owls",
+        "winter",
+        "jazz",
+        "glaciers",
+        "honey",
+        "robots",
+        "deserts",
+        "lanterns",
+    ];
+    format!("Write a long story about {}.", SUBJECTS[i % SUBJECTS.len()])
 }
 
-impl Sample {
-    fn tokens_per_s(self) -> f64 {
-        f64::from(self.tokens) / self.seconds
-    }
+fn stream_body(i: usize, tokens: u32) -> Value {
+    json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": tokens, "ignore_eos": true}})
 }
 
-struct Raw {
-    model: LlamaModel,
-    backend: std::sync::Arc<llama_cpp_2::llama_backend::LlamaBackend>,
-}
-
-impl Raw {
-    fn load(args: &Args) -> anyhow::Result<Self> {
-        let backend = genrt_actors::llama_backend()?;
-        let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default())
-            .context("loading the model")?;
-        Ok(Self { model, backend })
-    }
-
-    /// One generation, timed from the formatted prompt to the last token, as genrt's engine
-    /// does it: a fresh context state, the whole prompt prefilled, greedy decoding.
-    fn generate(&self, args: &Args) -> anyhow::Result<Sample> {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(2048))
-            .with_n_batch(512)
-            .with_n_threads(args.threads as i32)
-            .with_n_threads_batch(args.threads as i32);
-        let mut ctx = self.model.new_context(&self.backend, params)?;
-        let template = self.model.chat_template(None)?;
-        let messages = [
-            LlamaChatMessage::new("system".into(), SYSTEM.into())?,
-            LlamaChatMessage::new("user".into(), PROMPT.into())?,
-        ];
-        let started = Instant::now();
-        let text = self.model.apply_chat_template(&template, &messages, true)?;
-        let vocab = self.model.vocab();
-        let tokens = vocab.tokenize(text.as_bytes(), true, true);
-        let mut batch = LlamaBatch::new(512, 1);
-        for (i, t) in tokens.iter().enumerate() {
-            batch.add(*t, i as i32, &[0], i == tokens.len() - 1)?;
-        }
-        ctx.decode(&mut batch)?;
-        let mut sampler = LlamaSampler::greedy();
-        let mut pos = tokens.len() as i32;
-        let mut generated = 0;
-        while generated < args.max_tokens {
-            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
-            if vocab.is_eog(token) {
-                break;
-            }
-            let _piece = vocab.token_to_piece(token, false, None);
-            generated += 1;
-            batch.clear();
-            batch.add(token, pos, &[0], true)?;
-            pos += 1;
-            ctx.decode(&mut batch)?;
-        }
-        Ok(Sample {
-            tokens: generated,
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
-}
-
-struct Genrt {
+struct Bench {
     server: genrt_runtime::RunningServer,
-    client: reqwest::Client,
-    token: String,
-    base: String,
+    target: Target,
     _dir: PathBuf,
 }
 
-impl Genrt {
-    async fn start(args: &Args) -> anyhow::Result<Self> {
+impl Bench {
+    async fn start(args: Args) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("genrt-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut config = Config::default();
         config.server.port = 0;
         config.data_dir = dir.clone();
         config.auth.jwt_secret = "benchmark-secret-0123456789".into();
-        let mut model = ModelConfig::new("bench", &args.model);
+        let mut model = ModelConfig::new(MODEL, &args.model);
         model.threads = args.threads;
-        model.idle_timeout_s = 3600;
+        model.slots = args.streams as u32;
+        model.n_ctx = N_CTX;
+        model.idle_timeout_s = 2;
+        model.queue_capacity = 256;
         config.models = vec![model];
         let auth = genrt_runtime::auth::Authenticator::new(&config.auth);
         let token = auth.issue(&genrt_functions::TenantId::parse("bench")?);
         let server = genrt_runtime::start(config, false).await?;
-        let base = format!("http://{}", server.addr());
-        let client = reqwest::Client::new();
-        let deploy = client
-            .post(format!("{base}/v1/functions"))
-            .bearer_auth(&token)
-            .json(&json!({
-                "name": "bench",
-                "model": "bench",
-                "system": SYSTEM,
-                "prompt": PROMPT,
-                "params": {"max_tokens": args.max_tokens, "temperature": 0},
-                "cache": {"enabled": false}
-            }))
-            .send()
-            .await?;
-        if !deploy.status().is_success() {
-            bail!("deploy failed: {}", deploy.text().await?);
-        }
-        Ok(Self {
-            server,
-            client,
+        let target = Target {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            base: format!("http://{}", server.addr()),
             token,
-            base,
+        };
+        let bench = Self {
+            server,
+            target,
             _dir: dir,
-        })
+        };
+        bench
+            .deploy(
+                json!({"name": "stream", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
+            "params": {"temperature": 0}, "cache": {"enabled": false}}),
+            )
+            .await?;
+        bench
+            .deploy(
+                json!({"name": "cached", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
+            "params": {"temperature": 0, "max_tokens": 8}, "cache": {"ttl_s": 3600}}),
+            )
+            .await?;
+        Ok(bench)
     }
 
-    async fn invoke(&self) -> anyhow::Result<Sample> {
-        let started = Instant::now();
-        let response = self
+    async fn deploy(&self, definition: Value) -> anyhow::Result<()> {
+        let r = self
+            .target
             .client
-            .post(format!("{}/v1/functions/bench/invoke", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({"input": {}}))
+            .post(format!("{}/v1/functions", self.target.base))
+            .bearer_auth(&self.target.token)
+            .json(&definition)
             .send()
             .await?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await?;
-        let seconds = started.elapsed().as_secs_f64();
-        if !status.is_success() {
-            bail!("invoke failed: {body}");
+        if !r.status().is_success() {
+            bail!("deploy failed: {}", r.text().await?);
         }
-        Ok(Sample {
-            tokens: body["usage"]["completion_tokens"].as_u64().unwrap_or(0) as u32,
-            seconds,
-        })
+        Ok(())
+    }
+
+    async fn model_state(&self) -> Value {
+        let r = self
+            .target
+            .client
+            .get(format!("{}/v1/models/{MODEL}", self.target.base))
+            .bearer_auth(&self.target.token)
+            .send()
+            .await;
+        match r {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn wait_unloaded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.model_state().await["state"] == "unloaded" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+struct Row {
+    name: &'static str,
+    genrt: String,
+    baseline: String,
+    ratio: f64,
+    goal: &'static str,
+    met: bool,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.model.is_file() {
         bail!("{} is missing: run `make model`", args.model.display());
     }
-    let raw = Raw::load(&args)?;
-    let genrt = Genrt::start(&args).await?;
+    let (threads, tokens, streams, runs) = (args.threads, args.tokens, args.streams, args.runs);
+    let model_path = args.model.clone();
+    let out = args.out.clone();
+    let b = Bench::start(args).await?;
+    let mut rows = Vec::new();
+    let mut notes = String::new();
 
-    // Warm-up: page the weights in, start the replica, fill allocator caches.
-    raw.generate(&args)?;
-    genrt.invoke().await?;
+    // 1. Memory and cold start: genrt only; nothing else has touched llama.cpp yet.
+    let rss_before = rss_mib();
+    let mut cold = Vec::new();
+    let mut rss_loaded = 0.0;
+    let mut rss_after = Vec::new();
+    for i in 0..runs {
+        let s = b
+            .target
+            .stream(
+                "stream",
+                json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": 1}}),
+            )
+            .await;
+        if !s.ok {
+            bail!("cold start invocation failed");
+        }
+        cold.push(s.ttft_ms);
+        rss_loaded = f64::max(rss_loaded, rss_mib());
+        b.wait_unloaded().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rss_after.push(rss_mib());
+    }
+    let _ = writeln!(notes, "- RSS by scale-to-zero cycle (MiB): {}; before the first load {rss_before:.0}; the difference is paid once, on the first load (llama.cpp's thread pool and global state), and does not grow with cycles.",
+        rss_after.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "));
+    let rss_after = median(rss_after);
+    let mut raw_cold = Vec::new();
+    for i in 0..runs {
+        raw_cold.push(tokio::task::block_in_place(|| {
+            // The same context shape as a replica: a stream per slot plus two prefix streams.
+            raw::cold_first_token_ms(
+                &model_path,
+                threads,
+                streams as u32 + 2,
+                N_CTX,
+                SYSTEM,
+                &prompt(i),
+            )
+        })?);
+    }
+    let (cold, raw_cold) = (median(cold), median(raw_cold));
+    rows.push(Row {
+        name: "cold start to first token (ms)",
+        genrt: format!("{cold:.0}"),
+        baseline: format!("{raw_cold:.0} (in-process load, same context, prefill)"),
+        ratio: cold / raw_cold,
+        goal: "≤ 2.0×",
+        met: cold <= 2.0 * raw_cold,
+    });
+    let growth = (rss_after - rss_before) / rss_before;
+    rows.push(Row {
+        name: "RSS after scale to zero (MiB)",
+        genrt: format!("{rss_after:.0}"),
+        baseline: format!("{rss_before:.0} before load ({rss_loaded:.0} loaded)"),
+        ratio: rss_after / rss_before,
+        goal: "≤ 1.10×",
+        met: growth <= 0.10,
+    });
 
-    let (mut raw_tps, mut genrt_tps) = (Vec::new(), Vec::new());
-    let (mut raw_tokens, mut genrt_tokens) = (0, 0);
-    for _ in 0..args.runs {
-        let r = tokio::task::block_in_place(|| raw.generate(&args))?;
-        let g = genrt.invoke().await?;
-        raw_tokens = r.tokens;
-        genrt_tokens = g.tokens;
-        raw_tps.push(r.tokens_per_s());
-        genrt_tps.push(g.tokens_per_s());
+    // 2. One stream: decode rate after the first token, streamed over HTTP vs in-process.
+    let raw = tokio::task::block_in_place(|| raw::Raw::load(&model_path, threads))?;
+    let prompts: Vec<_> = (0..streams)
+        .map(|i| raw.tokens(SYSTEM, &prompt(i)))
+        .collect::<Result<_, _>>()?;
+    let warm = b.target.stream("stream", stream_body(0, 8)).await;
+    if !warm.ok {
+        bail!("warm-up failed");
     }
-    if raw_tokens != genrt_tokens {
-        eprintln!("note: token counts differ (raw {raw_tokens}, genrt {genrt_tokens})");
+    let (mut g1, mut r1) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        r1.push(
+            tokio::task::block_in_place(|| raw.batched(&prompts[..1], tokens))?.decode_tokens_per_s,
+        );
+        let s = b.target.stream("stream", stream_body(0, tokens)).await;
+        let window = (s.last_token_at.unwrap() - s.first_token_at.unwrap()).as_secs_f64();
+        g1.push((s.tokens - 1) as f64 / window);
     }
-    let (raw_m, genrt_m) = (median(raw_tps), median(genrt_tps));
-    println!(
-        "| measurement | tokens | tokens/s (median of {}) |",
-        args.runs
+    let (g1, r1) = (median(g1), median(r1));
+    rows.push(Row {
+        name: "1 stream, decode tokens/s",
+        genrt: format!("{g1:.1}"),
+        baseline: format!("{r1:.1} (raw llama.cpp)"),
+        ratio: g1 / r1,
+        goal: "≥ 0.95×",
+        met: g1 >= 0.95 * r1,
+    });
+
+    // 3. N concurrent streams: summed decode rate vs raw llama.cpp decoding N sequences in
+    // one batch.
+    let (mut gn, mut rn, mut e2e_tps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_report = None;
+    for _ in 0..runs {
+        rn.push(tokio::task::block_in_place(|| raw.batched(&prompts, tokens))?.decode_tokens_per_s);
+        let started = Instant::now();
+        let samples = futures_util::future::join_all(
+            (0..streams).map(|i| b.target.stream("stream", stream_body(i, tokens))),
+        )
+        .await;
+        let wall = started.elapsed().as_secs_f64();
+        if samples.iter().any(|s| !s.ok) {
+            bail!("a concurrent stream failed");
+        }
+        let first = samples
+            .iter()
+            .filter_map(|s| s.first_token_at)
+            .min()
+            .unwrap();
+        let last = samples
+            .iter()
+            .filter_map(|s| s.last_token_at)
+            .max()
+            .unwrap();
+        let decoded: u64 = samples.iter().map(|s| s.tokens - 1).sum();
+        gn.push(decoded as f64 / (last - first).as_secs_f64());
+        e2e_tps.push(samples.iter().map(|s| s.tokens).sum::<u64>() as f64 / wall);
+        last_report = Some(samples);
+    }
+    let (gn, rn) = (median(gn), median(rn));
+    rows.push(Row {
+        name: "16 streams, summed decode tokens/s",
+        genrt: format!("{gn:.1}"),
+        baseline: format!("{rn:.1} (raw, one batch)"),
+        ratio: gn / rn,
+        goal: "≥ 0.90×",
+        met: gn >= 0.90 * rn,
+    });
+    let mut ttft16 = Latencies::new();
+    let mut itl16 = Latencies::new();
+    for s in last_report.iter().flatten() {
+        ttft16.record_ms(s.ttft_ms);
+        s.itl_ms.iter().for_each(|g| itl16.record_ms(*g));
+    }
+    let _ = writeln!(notes, "- {streams} concurrent streams of {tokens} tokens: end-to-end {:.1} tokens/s including prefill; TTFT p50/p90/p99 {} ms; inter-token p50/p90/p99 {} ms.",
+        median(e2e_tps), ttft16.summary(), itl16.summary());
+    drop(raw);
+
+    // 4. Runtime overhead: client time minus the engine's own time, one short call at a time.
+    let mut overhead = Latencies::new();
+    let body = json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}});
+    for _ in 0..200 {
+        let t = Instant::now();
+        let Some(r) = b.target.invoke("stream", &body).await else {
+            bail!("invoke failed")
+        };
+        let client_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let timings = &r["timings"];
+        let model_ms =
+            timings["total_ms"].as_f64().unwrap() - timings["queue_ms"].as_f64().unwrap();
+        overhead.record_ms((client_ms - model_ms).max(0.0));
+    }
+    rows.push(Row {
+        name: "runtime overhead per invocation, p99 (ms)",
+        genrt: format!("{:.2}", overhead.p(0.99)),
+        baseline: "2 ms goal".into(),
+        ratio: overhead.p(0.99) / 2.0,
+        goal: "≤ 1.0× of 2 ms",
+        met: overhead.p(0.99) <= 2.0,
+    });
+    let _ = writeln!(notes, "- Runtime overhead p50/p90/p99: {} ms (HTTP, JWT, the cached function lookup, dispatcher, function actor, pool, engine hand-off both ways, the record handed to the writer).", overhead.summary());
+
+    // 5. Cached path against a bare actix-web JSON echo, 32 connections.
+    let cached_body = json!({"input": {"prompt": "Cached question."}});
+    b.target.invoke("cached", &cached_body).await;
+    let echo = echo_server().await?;
+    let (echo_rps, echo_lat) = load::request_loop(
+        &b.target.client,
+        &format!("http://{}/echo", echo.1),
+        None,
+        cached_body.clone(),
+        32,
+        Duration::from_secs(5),
+    )
+    .await;
+    echo.0.stop(true).await;
+    let url = format!("{}/v1/functions/cached/invoke", b.target.base);
+    let (cached_rps, cached_lat) = load::request_loop(
+        &b.target.client,
+        &url,
+        Some(&b.target.token),
+        cached_body,
+        32,
+        Duration::from_secs(5),
+    )
+    .await;
+    rows.push(Row {
+        name: "cached invocations, requests/s (32 conns)",
+        genrt: format!("{cached_rps:.0}"),
+        baseline: format!("{echo_rps:.0} (bare actix-web echo)"),
+        ratio: cached_rps / echo_rps,
+        goal: "≥ 0.25×",
+        met: cached_rps >= 0.25 * echo_rps,
+    });
+    rows.push(Row {
+        name: "cached invocations, p99 (ms)",
+        genrt: format!("{:.2}", cached_lat.p(0.99)),
+        baseline: format!("{:.2} (echo)", echo_lat.p(0.99)),
+        ratio: cached_lat.p(0.99) / 5.0,
+        goal: "≤ 5 ms",
+        met: cached_lat.p(0.99) <= 5.0,
+    });
+
+    // 6. Prefix reuse: TTFT with a ~300-token system prompt, first call (prefix prefilled)
+    // against later calls (prefix copied from the replica's cache).
+    let (mut miss, mut hit) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let system = format!(
+            "Reference {i}. {}",
+            "Answer carefully, cite the guide, keep the tone neutral and the sentences short. "
+                .repeat(18)
+        );
+        let name = format!("prefixed-{i}");
+        b.deploy(
+            json!({"name": name, "model": MODEL, "system": system, "prompt": "{{ prompt }}",
+            "params": {"temperature": 0, "max_tokens": 1}, "cache": {"enabled": false}}),
+        )
+        .await?;
+        let first = b
+            .target
+            .invoke(&name, &json!({"input": {"prompt": "First question?"}}))
+            .await
+            .unwrap();
+        let second = b
+            .target
+            .invoke(&name, &json!({"input": {"prompt": "Second question?"}}))
+            .await
+            .unwrap();
+        miss.push(first["timings"]["ttft_ms"].as_f64().unwrap());
+        hit.push(second["timings"]["ttft_ms"].as_f64().unwrap());
+        if i == 0 {
+            let _ = writeln!(notes, "- Prefix reuse: prompt {} tokens, of which {} came from the prefix cache on the second call.",
+                second["usage"]["prompt_tokens"], second["usage"]["cached_prompt_tokens"]);
+        }
+    }
+    let (miss, hit) = (median(miss), median(hit));
+    rows.push(Row {
+        name: "TTFT with a 300-token system prompt, warm prefix (ms)",
+        genrt: format!("{hit:.1}"),
+        baseline: format!("{miss:.1} (first call)"),
+        ratio: hit / miss,
+        goal: "≤ 0.50×",
+        met: hit <= 0.5 * miss,
+    });
+
+    // 7. Open loop: a fixed arrival rate, whatever the server does.
+    let open = load::open_loop(&b.target, "stream", 4.0, Duration::from_secs(10), |i| {
+        stream_body(i, 32)
+    })
+    .await;
+    let _ = writeln!(notes, "- Open loop, 4 requests/s for 10 s, 32 tokens each: {} requests ({} failed), {:.1} requests/s, {:.1} tokens/s; TTFT {} ms; inter-token {} ms; end-to-end {} ms (p50/p90/p99).",
+        open.requests, open.failed, open.requests_per_s(), open.tokens_per_s(), open.ttft.summary(), open.itl.summary(), open.e2e.summary());
+    let closed = load::closed_loop(&b.target, "stream", 8, 2, move |i| stream_body(i, 32)).await;
+    let _ = writeln!(notes, "- Closed loop, 8 clients × 2 requests, 32 tokens each: {:.1} requests/s, {:.1} tokens/s; TTFT {} ms; inter-token {} ms; end-to-end {} ms (p50/p90/p99).",
+        closed.requests_per_s(), closed.tokens_per_s(), closed.ttft.summary(), closed.itl.summary(), closed.e2e.summary());
+    let _ = writeln!(
+        notes,
+        "- Peak RSS of the benchmark process (genrt and the in-process baselines): {:.0} MiB.",
+        peak_rss_mib()
     );
-    println!("|---|---|---|");
-    println!("| raw llama.cpp, in-process, 1 sequence | {raw_tokens} | {raw_m:.1} |");
-    println!("| genrt, 1 invocation through HTTP | {genrt_tokens} | {genrt_m:.1} |");
-    println!("| **ratio genrt / raw** | | **{:.3}** |", genrt_m / raw_m);
-    println!();
-    println!(
-        "threads: {}, max_tokens: {}, greedy, cache off",
-        args.threads, args.max_tokens
+
+    b.server.stop().await?;
+    write_results(&out, &rows, &notes, threads, tokens, streams, runs)?;
+    Ok(())
+}
+
+async fn echo_server() -> anyhow::Result<(actix_web::dev::ServerHandle, std::net::SocketAddr)> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/echo",
+            web::post().to(|body: web::Json<Value>| async move {
+                HttpResponse::Ok().json(body.into_inner())
+            }),
+        )
+    })
+    .disable_signals()
+    .bind("127.0.0.1:0")?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((handle, addr))
+}
+
+fn write_results(
+    out: &std::path::Path,
+    rows: &[Row],
+    notes: &str,
+    threads: u32,
+    tokens: u32,
+    streams: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark results\n");
+    let _ = writeln!(md, "Produced by `make bench` (`cargo run --release -p genrt-benchmarks --bin genrt-bench`) on {}; {} CPU threads for genrt and the baselines alike, SmolLM2-135M-Instruct Q4_1, greedy decoding, {tokens} tokens per stream, {streams} streams, median of {runs} paired runs. Each ratio is genrt over the baseline measured in the same run.\n",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into()), threads);
+    let _ = writeln!(
+        md,
+        "| measurement | genrt | baseline | ratio | goal | met |"
     );
-    genrt.server.stop().await?;
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.3} | {} | {} |",
+            r.name,
+            r.genrt,
+            r.baseline,
+            r.ratio,
+            r.goal,
+            if r.met { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(md, "\n![ratios](results.svg)\n\n## Details\n\n{notes}");
+    std::fs::write(out.join("RESULTS.md"), md)?;
+    plot::ratios(
+        &out.join("results.svg"),
+        rows.iter().map(|r| (r.name, r.ratio, r.met)).collect(),
+    )?;
+    println!("{}", std::fs::read_to_string(out.join("RESULTS.md"))?);
     Ok(())
 }

@@ -13,7 +13,9 @@ use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
 use crate::auth::Authenticator;
 use crate::cache::MokaResponseCache;
 use crate::config::{Config, DEV_JWT_SECRET};
-use crate::store::Store;
+use crate::store::{Recorder, Store, StoredVersion};
+use genrt_functions::{FunctionName, TenantId};
+use moka::sync::Cache;
 
 const PREWARM_CONCURRENCY: usize = 4;
 
@@ -25,6 +27,35 @@ pub struct AppState {
     pub cache: Arc<MokaResponseCache>,
     /// Prewarm requests running at once; more are refused with `overloaded`.
     pub prewarm: Arc<tokio::sync::Semaphore>,
+    pub records: Recorder,
+    /// The latest version of recently invoked functions, so that the hot path reads no
+    /// database. Deploys and deletes on this node invalidate it; another node's are seen
+    /// within `VERSION_TTL`.
+    versions: Cache<(TenantId, FunctionName), Arc<StoredVersion>>,
+}
+
+const VERSION_TTL: Duration = Duration::from_secs(2);
+
+impl AppState {
+    pub async fn latest_version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Option<StoredVersion>, sea_orm::DbErr> {
+        let key = (tenant.clone(), name.clone());
+        if let Some(version) = self.versions.get(&key) {
+            return Ok(Some((*version).clone()));
+        }
+        let version = self.store.latest_version(tenant, name).await?;
+        if let Some(v) = &version {
+            self.versions.insert(key, Arc::new(v.clone()));
+        }
+        Ok(version)
+    }
+
+    pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
+        self.versions.invalidate(&(tenant.clone(), name.clone()));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +78,7 @@ pub struct RunningServer {
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
+    record_writer: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
@@ -60,6 +92,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
     store.sync_models(&config.models).await?;
+    let (records, record_writer) = Recorder::start(store.clone());
     let cache = Arc::new(MokaResponseCache::new(
         config.cache.max_entries,
         Duration::from_secs(config.cache.default_ttl_s),
@@ -82,6 +115,11 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         tree: Arc::new(tree),
         cache,
         prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
+        records,
+        versions: Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(VERSION_TTL)
+            .build(),
     });
     let auth = web::Data::new(Authenticator::new(&config.auth));
     let body_limit = config.server.body_limit_bytes;
@@ -116,6 +154,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         handle,
         server,
         state,
+        record_writer,
     })
 }
 
@@ -141,6 +180,8 @@ impl RunningServer {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.state.tree.shutdown().await;
+        self.state.records.flush().await;
+        self.record_writer.abort();
         self.state.store.clone().close().await;
         result
     }

@@ -312,9 +312,11 @@ async fn bad_input_is_refused_with_its_code_and_leaves_nothing(s: &TestServer) {
         .invoke(&t, "brief", json!({"input": {"title": "rain", "words": 5}}))
         .await;
     assert_eq!(status, 200, "{ok}");
-    let store = &s.server().state().store;
+    let state = s.server().state();
     let acme = tenant("acme");
-    let rows_before = store.count_invocations(&acme).await.unwrap();
+    state.records.flush().await;
+    let rows_before = state.store.count_invocations(&acme).await.unwrap();
+    assert_eq!(rows_before, 1, "the successful invocation is recorded");
 
     // Malformed JSON.
     let response = s
@@ -440,7 +442,11 @@ async fn bad_input_is_refused_with_its_code_and_leaves_nothing(s: &TestServer) {
     );
 
     // None of the rejected invocations was recorded.
-    assert_eq!(store.count_invocations(&acme).await.unwrap(), rows_before);
+    state.records.flush().await;
+    assert_eq!(
+        state.store.count_invocations(&acme).await.unwrap(),
+        rows_before
+    );
 
     // Rejected deploys leave no function and no version behind.
     let (status, got) = s
@@ -500,6 +506,8 @@ async fn openapi_and_probes(s: &TestServer) {
         ("/v1/functions/{name}/invoke", "post"),
         ("/v1/invocations/{id}", "get"),
         ("/v1/models", "get"),
+        ("/v1/models/{id}", "get"),
+        ("/v1/functions/{name}/prewarm", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ];
@@ -541,14 +549,20 @@ async fn the_example_functions_deploy_and_run(s: &TestServer) {
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("add a sample input for example `{name}` to this test"));
-        let (status, out) = s
-            .invoke(
-                &t,
-                &name,
-                json!({"input": input, "params": {"max_tokens": 24}}),
-            )
-            .await;
+        let (status, out) = s.invoke(&t, &name, json!({"input": input})).await;
         assert_eq!(status, 200, "{name}: {out}");
+        if definition_has_json_output(&dir, &name) {
+            let brief = &out["output"]["json"];
+            for field in ["title", "lede", "body"] {
+                assert!(brief[field].is_string(), "{name}: {out}");
+            }
+            assert!(
+                brief["tags"]
+                    .as_array()
+                    .is_some_and(|t| (2..=3).contains(&t.len())),
+                "{name}: {out}"
+            );
+        }
         assert!(
             !out["output"]["text"].as_str().unwrap().trim().is_empty(),
             "{name}: {out}"
@@ -556,4 +570,10 @@ async fn the_example_functions_deploy_and_run(s: &TestServer) {
         deployed += 1;
     }
     assert_eq!(deployed, inputs.len());
+}
+
+fn definition_has_json_output(dir: &std::path::Path, name: &str) -> bool {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+    let definition: Value = serde_json::from_str(&text).unwrap();
+    definition["output"]["format"] == "json"
 }

@@ -139,7 +139,7 @@ struct LlamaSession<'a> {
     weights: &'a LlamaWeights,
     ctx: LlamaContext<'a>,
     batch: LlamaBatch<'static>,
-    samplers: HashMap<SeqId, LlamaSampler>,
+    samplers: HashMap<SeqId, Sampler>,
     slots: usize,
     n_ctx: u32,
 }
@@ -184,6 +184,28 @@ impl LlamaSession<'_> {
             .map(|t| t.0)
             .collect()
     }
+}
+
+/// How one sequence picks its tokens.
+enum Sampler {
+    /// Plain greedy decoding reads the logits directly: llama.cpp's sampler chain would copy
+    /// the whole vocabulary into a candidate array first, for every sequence at every step.
+    Greedy {
+        ignore_eos: bool,
+    },
+    Chain(LlamaSampler),
+}
+
+/// The most likely token, skipping `excluded` ones; ties go to the lowest id, as in
+/// llama.cpp's greedy sampler.
+fn argmax(logits: &[f32], excluded: &[LlamaToken]) -> LlamaToken {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &logit) in logits.iter().enumerate() {
+        if best.is_none_or(|(_, b)| logit > b) && !excluded.contains(&LlamaToken(i as i32)) {
+            best = Some((i, logit));
+        }
+    }
+    LlamaToken(best.map_or(0, |(i, _)| i) as i32)
 }
 
 fn grammar_for(output: &OutputSpec) -> Result<Option<String>, EngineError> {
@@ -239,8 +261,18 @@ impl Session for LlamaSession<'_> {
         p: &SamplingParams,
         output: &OutputSpec,
     ) -> Result<(), EngineError> {
+        let grammar = grammar_for(output)?;
+        if p.temperature == 0.0 && grammar.is_none() && p.repeat_penalty == 1.0 {
+            self.samplers.insert(
+                seq,
+                Sampler::Greedy {
+                    ignore_eos: p.ignore_eos,
+                },
+            );
+            return Ok(());
+        }
         let mut chain = Vec::with_capacity(7);
-        if let Some(grammar) = grammar_for(output)? {
+        if let Some(grammar) = grammar {
             chain.push(
                 LlamaSampler::grammar(&self.weights.model, &grammar, "root")
                     .map_err(|e| EngineError::Grammar(e.to_string()))?,
@@ -278,7 +310,8 @@ impl Session for LlamaSession<'_> {
             chain.push(LlamaSampler::temp(p.temperature));
             chain.push(LlamaSampler::dist(p.seed.unwrap_or(RANDOM_SEED)));
         }
-        self.samplers.insert(seq, LlamaSampler::chain_simple(chain));
+        self.samplers
+            .insert(seq, Sampler::Chain(LlamaSampler::chain_simple(chain)));
         Ok(())
     }
 
@@ -299,7 +332,17 @@ impl Session for LlamaSession<'_> {
             .samplers
             .get_mut(&seq)
             .expect("sampler begun for sequence");
-        let token = sampler.sample(&self.ctx, batch_index as i32);
+        let token = match sampler {
+            Sampler::Chain(chain) => chain.sample(&self.ctx, batch_index as i32),
+            Sampler::Greedy { ignore_eos } => {
+                let eog: &[LlamaToken] = if *ignore_eos {
+                    &self.weights.eog_tokens
+                } else {
+                    &[]
+                };
+                argmax(self.ctx.get_logits_ith(batch_index as i32), eog)
+            }
+        };
         let vocab = self.weights.model.vocab();
         Sampled {
             token: token.0,
@@ -318,5 +361,17 @@ impl Session for LlamaSession<'_> {
         // trimmed to the prefix. The buffer copy itself runs at the start of the next decode.
         let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
         let _ = self.ctx.kv_cache_seq_rm(to, Some(len as u32), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_skips_excluded_tokens_and_prefers_the_lowest_id_on_ties() {
+        let logits = [0.1, 3.0, 3.0, 9.0];
+        assert_eq!(argmax(&logits, &[]), LlamaToken(3));
+        assert_eq!(argmax(&logits, &[LlamaToken(3)]), LlamaToken(1));
     }
 }

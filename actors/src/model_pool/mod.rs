@@ -198,6 +198,7 @@ impl Pool {
                     tracing::info!(model = %self.state.config.id, "model idle: weights freed");
                     self.weights = None;
                     self.state.unloaded();
+                    release_freed_memory();
                     break;
                 }
                 Action::Nothing => break,
@@ -325,4 +326,14 @@ impl Pool {
         self.replicas.remove(&key);
         Some(key)
     }
+}
+
+/// Hands the heap pages freed with the weights and KV caches back to the OS. glibc keeps
+/// freed memory for reuse, which would leave a scaled-to-zero process looking loaded.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) };
+    });
 }

@@ -50,6 +50,7 @@ pub async fn deploy(
     let spec = definition.to_spec()?;
     spec.validate(|m| state.tree.model(m).is_some())?;
     let deployment = state.store.deploy(&caller.tenant, &name, &spec).await?;
+    state.forget_version(&caller.tenant, &name);
     let response = DeployResponse {
         name: name.to_string(),
         version: deployment.version.version,
@@ -144,7 +145,9 @@ pub async fn delete(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = function_name(&name)?;
-    if state.store.delete_function(&caller.tenant, &name).await? {
+    let deleted = state.store.delete_function(&caller.tenant, &name).await?;
+    state.forget_version(&caller.tenant, &name);
+    if deleted {
         Ok(no_content())
     } else {
         Err(function_not_found(name.as_str()))
@@ -174,7 +177,6 @@ pub async fn prewarm(
 ) -> Result<HttpResponse, ApiError> {
     let name = function_name(&name)?;
     let version = state
-        .store
         .latest_version(&caller.tenant, &name)
         .await?
         .ok_or_else(|| function_not_found(name.as_str()))?;

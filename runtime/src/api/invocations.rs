@@ -28,8 +28,8 @@ pub async fn get(
     };
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let row = state
-        .store
-        .invocation(&caller.tenant, uuid)
+        .records
+        .get(&caller.tenant, uuid)
         .await?
         .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(InvocationRecord::from(row)))

@@ -11,14 +11,13 @@ use genrt_actors::{
     InvokeError,
 };
 use genrt_functions::{FunctionName, GenerationParams, TenantId};
-use sea_orm::Set;
 
 use crate::api::dto::{InvokeRequest, InvokeResponse, StreamDone};
 use crate::api::functions::{function_name, function_not_found};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
-use crate::store::{NewInvocation, StoredVersion};
+use crate::store::{InvocationRow, StoredVersion};
 
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -48,7 +47,6 @@ pub async fn invoke(
     let received_at = Instant::now();
     let name = function_name(&name)?;
     let version = state
-        .store
         .latest_version(&caller.tenant, &name)
         .await?
         .ok_or_else(|| function_not_found(name.as_str()))?;
@@ -160,45 +158,67 @@ impl Call {
         }
     }
 
-    fn record(&self) -> NewInvocation {
-        NewInvocation {
-            id: Set(self.id.0),
-            tenant_id: Set(self.tenant.as_str().to_owned()),
-            function_name: Set(self.name.as_str().to_owned()),
-            function_version: Set(self.version as i32),
-            input: Set(self.input.clone()),
-            created_at: Set(self.created_at),
-            completed_at: Set(Some(Utc::now())),
-            ..Default::default()
+    fn record(&self, status: &str) -> InvocationRow {
+        InvocationRow {
+            id: self.id.0,
+            tenant_id: self.tenant.as_str().to_owned(),
+            function_name: self.name.as_str().to_owned(),
+            function_version: self.version as i32,
+            model: None,
+            status: status.to_owned(),
+            input: self.input.clone(),
+            output_text: None,
+            finish_reason: None,
+            error_code: None,
+            error_message: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cache_hit: false,
+            load_ms: 0.0,
+            queue_ms: 0.0,
+            ttft_ms: 0.0,
+            total_ms: 0.0,
+            created_at: self.created_at,
+            completed_at: Some(Utc::now()),
         }
     }
 
-    /// Records the outcome (before answering, so that the id can be read back) and converts it.
-    /// Requests refused as invalid leave nothing behind; failures of accepted work are recorded.
+    /// Records the outcome and converts it. The record is handed to the write-behind recorder
+    /// before answering, so the returned id can be read back at once. Requests refused as
+    /// invalid leave nothing behind; failures of accepted work are recorded.
     async fn complete(
         &self,
         state: &AppState,
         result: Result<InvocationOutcome, InvokeError>,
     ) -> Result<InvokeResponse, ApiError> {
-        let mut record = self.record();
         match result {
-            Ok(outcome) => {
-                fill_success(&mut record, &outcome);
-                self.store(state, record).await;
+            Ok(o) => {
+                let mut row = self.record("succeeded");
+                row.model = Some(o.model.as_str().to_owned());
+                row.output_text = Some(o.text.clone());
+                row.finish_reason = Some(o.finish_reason.as_str().to_owned());
+                row.prompt_tokens = o.usage.prompt_tokens as i32;
+                row.completion_tokens = o.usage.completion_tokens as i32;
+                row.cache_hit = o.cache_hit;
+                row.load_ms = o.timings.load_ms;
+                row.queue_ms = o.timings.queue_ms;
+                row.ttft_ms = o.timings.ttft_ms;
+                row.total_ms = o.timings.total_ms;
+                state.records.record(row).await;
                 Ok(InvokeResponse::new(
                     self.id.0,
                     self.name.as_str(),
                     self.version,
-                    outcome,
+                    o,
                 ))
             }
             Err(err) => {
                 let api = ApiError::from(err);
                 if api.code.status().is_server_error() {
-                    record.status = Set("failed".into());
-                    record.error_code = Set(Some(api.code.as_str().to_owned()));
-                    record.error_message = Set(Some(api.message.clone()));
-                    self.store(state, record).await;
+                    let mut row = self.record("failed");
+                    row.error_code = Some(api.code.as_str().to_owned());
+                    row.error_message = Some(api.message.clone());
+                    state.records.record(row).await;
                 }
                 Err(api)
             }
@@ -206,32 +226,11 @@ impl Call {
     }
 
     async fn cancelled(&self, state: &AppState) {
-        let mut record = self.record();
-        record.status = Set("cancelled".into());
-        record.error_code = Set(Some("cancelled".into()));
-        record.error_message = Set(Some("the client closed the stream".into()));
-        self.store(state, record).await;
+        let mut row = self.record("cancelled");
+        row.error_code = Some("cancelled".into());
+        row.error_message = Some("the client closed the stream".into());
+        state.records.record(row).await;
     }
-
-    async fn store(&self, state: &AppState, record: NewInvocation) {
-        if let Err(err) = state.store.record_invocation(record).await {
-            tracing::warn!(invocation = %self.id, error = %err, "invocation record not stored");
-        }
-    }
-}
-
-fn fill_success(record: &mut NewInvocation, o: &InvocationOutcome) {
-    record.status = Set("succeeded".into());
-    record.model = Set(Some(o.model.as_str().to_owned()));
-    record.output_text = Set(Some(o.text.clone()));
-    record.finish_reason = Set(Some(o.finish_reason.as_str().to_owned()));
-    record.prompt_tokens = Set(o.usage.prompt_tokens as i32);
-    record.completion_tokens = Set(o.usage.completion_tokens as i32);
-    record.cache_hit = Set(o.cache_hit);
-    record.load_ms = Set(o.timings.load_ms);
-    record.queue_ms = Set(o.timings.queue_ms);
-    record.ttft_ms = Set(o.timings.ttft_ms);
-    record.total_ms = Set(o.timings.total_ms);
 }
 
 /// Test builds honour `X-Genrt-Fault: engine-panic`; release builds compile this away.

@@ -3,6 +3,9 @@
 //! function name without a tenant.
 
 pub mod entities;
+mod recorder;
+
+pub use recorder::Recorder;
 
 use std::time::Duration;
 
@@ -43,7 +46,6 @@ pub struct Deployment {
 
 pub type FunctionRow = function::Model;
 pub type InvocationRow = invocation::Model;
-pub type NewInvocation = invocation::ActiveModel;
 
 impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs migrations.
@@ -295,8 +297,9 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn record_invocation(&self, row: NewInvocation) -> Result<(), DbErr> {
-        invocation::Entity::insert(row)
+    pub async fn insert_invocations(&self, rows: Vec<InvocationRow>) -> Result<(), DbErr> {
+        let rows = rows.into_iter().map(invocation::ActiveModel::from);
+        invocation::Entity::insert_many(rows)
             .exec_without_returning(&self.db)
             .await?;
         Ok(())

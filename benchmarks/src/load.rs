@@ -1,0 +1,284 @@
+//! The load generator: streaming clients against a running genrt, closed loop (C clients,
+//! each sending its next request when the last one ends) or open loop (requests started at
+//! a fixed rate whatever the server does), and a plain request loop for the cached path and
+//! the echo baseline. Client-side timings: TTFT, inter-token latency, end-to-end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::stats::Latencies;
+
+#[derive(Clone)]
+pub struct Target {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+/// One streamed invocation as the client saw it.
+#[derive(Debug, Clone)]
+pub struct StreamSample {
+    pub ok: bool,
+    pub ttft_ms: f64,
+    pub e2e_ms: f64,
+    /// Gaps between consecutive token events.
+    pub itl_ms: Vec<f64>,
+    pub tokens: u64,
+    pub first_token_at: Option<Instant>,
+    pub last_token_at: Option<Instant>,
+    pub done: Option<Value>,
+}
+
+impl Target {
+    pub async fn stream(&self, function: &str, body: Value) -> StreamSample {
+        let mut body = body;
+        body["stream"] = json!(true);
+        let started = Instant::now();
+        let mut sample = StreamSample {
+            ok: false,
+            ttft_ms: 0.0,
+            e2e_ms: 0.0,
+            itl_ms: Vec::new(),
+            tokens: 0,
+            first_token_at: None,
+            last_token_at: None,
+            done: None,
+        };
+        let Ok(response) = self
+            .client
+            .post(format!("{}/v1/functions/{function}/invoke", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+        else {
+            return sample;
+        };
+        if !response.status().is_success() {
+            return sample;
+        }
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(Ok(event)) = events.next().await {
+            let now = Instant::now();
+            match event.event.as_str() {
+                "token" => {
+                    if let Some(last) = sample.last_token_at {
+                        sample.itl_ms.push((now - last).as_secs_f64() * 1000.0);
+                    } else {
+                        sample.ttft_ms = (now - started).as_secs_f64() * 1000.0;
+                        sample.first_token_at = Some(now);
+                    }
+                    sample.last_token_at = Some(now);
+                }
+                "done" => {
+                    let done: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    sample.tokens = done["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+                    sample.ok = true;
+                    sample.done = Some(done);
+                }
+                _ => {}
+            }
+        }
+        sample.e2e_ms = started.elapsed().as_secs_f64() * 1000.0;
+        sample
+    }
+
+    pub async fn invoke(&self, function: &str, body: &Value) -> Option<Value> {
+        let response = self
+            .client
+            .post(format!("{}/v1/functions/{function}/invoke", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+}
+
+/// The aggregate of a load run.
+pub struct LoadReport {
+    pub requests: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub tokens: u64,
+    pub ttft: Latencies,
+    pub itl: Latencies,
+    pub e2e: Latencies,
+}
+
+impl LoadReport {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            failed: 0,
+            seconds: 0.0,
+            tokens: 0,
+            ttft: Latencies::new(),
+            itl: Latencies::new(),
+            e2e: Latencies::new(),
+        }
+    }
+
+    fn add(&mut self, s: &StreamSample) {
+        self.requests += 1;
+        if !s.ok {
+            self.failed += 1;
+            return;
+        }
+        self.tokens += s.tokens;
+        self.ttft.record_ms(s.ttft_ms);
+        self.e2e.record_ms(s.e2e_ms);
+        for gap in &s.itl_ms {
+            self.itl.record_ms(*gap);
+        }
+    }
+
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds
+    }
+
+    pub fn requests_per_s(&self) -> f64 {
+        (self.requests - self.failed) as f64 / self.seconds
+    }
+}
+
+/// `clients` streaming clients, each running `per_client` invocations back to back; `body`
+/// makes the body of the i-th request.
+pub async fn closed_loop(
+    target: &Target,
+    function: &str,
+    clients: usize,
+    per_client: usize,
+    body: impl Fn(usize) -> Value + Send + Sync + 'static,
+) -> LoadReport {
+    let report = Arc::new(Mutex::new(LoadReport::new()));
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (target, report, body, function) = (
+                target.clone(),
+                Arc::clone(&report),
+                Arc::clone(&body),
+                function.to_owned(),
+            );
+            tokio::spawn(async move {
+                for i in 0..per_client {
+                    let sample = target.stream(&function, body(c * per_client + i)).await;
+                    report.lock().await.add(&sample);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut report = Arc::try_unwrap(report)
+        .ok()
+        .expect("tasks done")
+        .into_inner();
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Requests started at `rate` per second for `duration`, each streamed to its end.
+pub async fn open_loop(
+    target: &Target,
+    function: &str,
+    rate: f64,
+    duration: Duration,
+    body: impl Fn(usize) -> Value,
+) -> LoadReport {
+    let report = Arc::new(Mutex::new(LoadReport::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < duration {
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (target, report, function, b) = (
+            target.clone(),
+            Arc::clone(&report),
+            function.to_owned(),
+            body(i),
+        );
+        tasks.push(tokio::spawn(async move {
+            let sample = target.stream(&function, b).await;
+            report.lock().await.add(&sample);
+        }));
+        i += 1;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut report = Arc::try_unwrap(report)
+        .ok()
+        .expect("tasks done")
+        .into_inner();
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// `connections` clients sending plain POSTs back to back for `duration`; returns
+/// requests/s and latencies. Used for the cached path and for the bare echo baseline.
+pub async fn request_loop(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+    connections: usize,
+    duration: Duration,
+) -> (f64, Latencies) {
+    let latencies = Arc::new(Mutex::new(Latencies::new()));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, url, token, body, latencies) = (
+                client.clone(),
+                url.to_owned(),
+                token.map(str::to_owned),
+                body.clone(),
+                Arc::clone(&latencies),
+            );
+            tokio::spawn(async move {
+                let mut local = Vec::new();
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    let mut req = client.post(&url).json(&body);
+                    if let Some(token) = &token {
+                        req = req.bearer_auth(token);
+                    }
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            local.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        _ => {}
+                    }
+                }
+                let mut all = latencies.lock().await;
+                for ms in local {
+                    all.record_ms(ms);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let latencies = Arc::try_unwrap(latencies)
+        .ok()
+        .expect("tasks done")
+        .into_inner();
+    let rps = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    (rps, latencies)
+}
