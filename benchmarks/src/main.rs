@@ -190,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Memory and cold start: genrt only; nothing else has touched llama.cpp yet.
     let rss_before = rss_mib();
+    let mappings_before = stats::rss_by_mapping();
     let mut cold = Vec::new();
     let mut rss_loaded = 0.0;
     let mut rss_after = Vec::new();
@@ -213,6 +214,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(notes, "- RSS by scale-to-zero cycle (MiB): {}; before the first load {rss_before:.0}; the difference is paid once, on the first load (llama.cpp's thread pool and global state), and does not grow with cycles.",
         rss_after.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "));
     let rss_after = median(rss_after);
+    let profile = stats::grown(&mappings_before, &stats::rss_by_mapping());
+    let _ = writeln!(notes, "- Where the memory kept after scale to zero is (RSS growth by mapping since before the first load, from /proc/self/smaps): {}.",
+        profile.iter().map(|(k, d)| format!("{k} {:+.1} MiB", *d as f64 / 1024.0)).collect::<Vec<_>>().join("; "));
     let mut raw_cold = Vec::new();
     for i in 0..runs {
         raw_cold.push(tokio::task::block_in_place(|| {
