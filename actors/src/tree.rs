@@ -22,6 +22,8 @@ use crate::{Invocation, InvocationOutcome, InvokeError, ModelConfig, ModelStatus
 /// own deadline check (which frees the replica) normally fires first.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest the whole tree may take to stop.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(45);
 
 /// The current handles of the tree's long-lived actors. Only the root supervisor writes it,
 /// when it starts or restarts a child; everyone else reads.
@@ -197,11 +199,14 @@ impl ActorTree {
     }
 
     /// Stops the dispatcher, then the pools (which join their engine threads), then the root.
+    /// Each stop inside is bounded; so is the whole, so that shutdown always ends.
     pub async fn shutdown(&self) {
         self.root.stop(Some("shutdown".into()));
         let join = self.join.lock().expect("join lock").take();
         if let Some(join) = join {
-            let _ = join.await;
+            if tokio::time::timeout(SHUTDOWN_LIMIT, join).await.is_err() {
+                tracing::error!("actor tree did not stop within {SHUTDOWN_LIMIT:?}");
+            }
         }
     }
 }

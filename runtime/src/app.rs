@@ -35,6 +35,9 @@ pub struct AppState {
 }
 
 const VERSION_TTL: Duration = Duration::from_secs(2);
+const DB_CLOSE_LIMIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for invocation records to reach the database.
+const RECORD_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 impl AppState {
     pub async fn latest_version(
@@ -180,9 +183,18 @@ impl RunningServer {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.state.tree.shutdown().await;
-        self.state.records.flush().await;
+        let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
+        if unwritten > 0 {
+            tracing::error!(unwritten, "invocation records not written before shutdown");
+        }
         self.record_writer.abort();
-        self.state.store.clone().close().await;
+        // Closing waits for connections in use; never let that hold the process.
+        if tokio::time::timeout(DB_CLOSE_LIMIT, self.state.store.clone().close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database pool did not close within {DB_CLOSE_LIMIT:?}");
+        }
         result
     }
 

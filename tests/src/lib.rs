@@ -98,6 +98,13 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config, data: TempDir) -> Self {
+        // Server logs go to the test's captured output, shown when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,genrt_runtime=info,genrt_actors=info",
+            ))
+            .try_init();
         let server = genrt_runtime::start(config, false)
             .await
             .expect("server starts");

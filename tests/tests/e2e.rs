@@ -314,7 +314,14 @@ async fn bad_input_is_refused_with_its_code_and_leaves_nothing(s: &TestServer) {
     assert_eq!(status, 200, "{ok}");
     let state = s.server().state();
     let acme = tenant("acme");
-    state.records.flush().await;
+    assert_eq!(
+        state
+            .records
+            .flush(std::time::Duration::from_secs(10))
+            .await,
+        0,
+        "records written"
+    );
     let rows_before = state.store.count_invocations(&acme).await.unwrap();
     assert_eq!(rows_before, 1, "the successful invocation is recorded");
 
@@ -442,7 +449,14 @@ async fn bad_input_is_refused_with_its_code_and_leaves_nothing(s: &TestServer) {
     );
 
     // None of the rejected invocations was recorded.
-    state.records.flush().await;
+    assert_eq!(
+        state
+            .records
+            .flush(std::time::Duration::from_secs(10))
+            .await,
+        0,
+        "records written"
+    );
     assert_eq!(
         state.store.count_invocations(&acme).await.unwrap(),
         rows_before

@@ -36,7 +36,7 @@ pub(crate) struct PoolArgs {
 
 struct LiveReplica {
     actor: ActorRef<ReplicaMsg>,
-    _memory: Reservation,
+    memory: Reservation,
 }
 
 pub(crate) struct Pool {
@@ -168,7 +168,7 @@ impl Pool {
             + self
                 .replicas
                 .values()
-                .map(|r| r._memory.bytes())
+                .map(|r| r.memory.bytes())
                 .sum::<u64>();
         status
     }
@@ -271,13 +271,7 @@ impl Pool {
         match Actor::spawn_linked(None, ModelReplica, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), key);
-                self.replicas.insert(
-                    key,
-                    LiveReplica {
-                        actor,
-                        _memory: memory,
-                    },
-                );
+                self.replicas.insert(key, LiveReplica { actor, memory });
                 true
             }
             Err(err) => {

@@ -70,12 +70,15 @@ impl Recorder {
         }
     }
 
-    /// Waits until every record handed over so far is in the database.
-    pub async fn flush(&self) {
+    /// Waits until every record handed over so far is in the database, or `limit` passed;
+    /// returns how many are still unwritten.
+    pub async fn flush(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let written = self.written.notified();
-            if self.pending.lock().expect("pending lock").is_empty() {
-                return;
+            let left = self.pending.lock().expect("pending lock").len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), written).await;
         }
