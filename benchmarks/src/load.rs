@@ -179,15 +179,7 @@ pub async fn closed_loop(
             })
         })
         .collect();
-    for task in tasks {
-        let _ = task.await;
-    }
-    let mut report = Arc::try_unwrap(report)
-        .ok()
-        .expect("tasks done")
-        .into_inner();
-    report.seconds = started.elapsed().as_secs_f64();
-    report
+    collect(tasks, report, started).await
 }
 
 /// Requests started at `rate` per second for `duration`, each streamed to its end.
@@ -217,6 +209,15 @@ pub async fn open_loop(
         }));
         i += 1;
     }
+    collect(tasks, report, started).await
+}
+
+/// Waits for the clients, then closes the report with the run's duration.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    report: Arc<Mutex<LoadReport>>,
+    started: Instant,
+) -> LoadReport {
     for task in tasks {
         let _ = task.await;
     }

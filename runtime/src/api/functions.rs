@@ -15,11 +15,26 @@ use crate::api::no_content;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::store::StoredVersion;
 
 /// A name that cannot exist is reported like any missing function, so that probing names
 /// reveals nothing.
 pub(crate) fn function_name(raw: &str) -> Result<FunctionName, ApiError> {
     FunctionName::parse(raw).map_err(|_| function_not_found(raw))
+}
+
+/// The function a run-type request names, at the version invocations use.
+pub(crate) async fn runnable(
+    state: &AppState,
+    caller: &Caller,
+    raw_name: &str,
+) -> Result<(FunctionName, StoredVersion), ApiError> {
+    let name = function_name(raw_name)?;
+    let version = state
+        .latest_version(&caller.tenant, &name)
+        .await?
+        .ok_or_else(|| function_not_found(name.as_str()))?;
+    Ok((name, version))
 }
 
 pub(crate) fn function_not_found(name: &str) -> ApiError {
@@ -175,11 +190,7 @@ pub async fn prewarm(
     name: web::Path<String>,
     body: web::Json<PrewarmRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = function_name(&name)?;
-    let version = state
-        .latest_version(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| function_not_found(name.as_str()))?;
+    let (name, version) = runnable(&state, &caller, &name).await?;
     let body = body.into_inner();
     if body.inputs.is_empty() || body.inputs.len() > MAX_PREWARM_INPUTS {
         return Err(ApiError::new(

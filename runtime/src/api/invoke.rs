@@ -13,7 +13,7 @@ use genrt_actors::{
 use genrt_functions::{FunctionName, GenerationParams, TenantId};
 
 use crate::api::dto::{InvokeRequest, InvokeResponse, StreamDone};
-use crate::api::functions::{function_name, function_not_found};
+use crate::api::functions::runnable;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
@@ -45,11 +45,7 @@ pub async fn invoke(
     body: web::Json<InvokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let received_at = Instant::now();
-    let name = function_name(&name)?;
-    let version = state
-        .latest_version(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| function_not_found(name.as_str()))?;
+    let (name, version) = runnable(&state, &caller, &name).await?;
     let body = body.into_inner();
     let params: GenerationParams = body.params.into();
     let call = Call::new(&caller.tenant, &name, &version, &body.input);
