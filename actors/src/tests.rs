@@ -1,6 +1,6 @@
-//! Tests of the whole tree on the fake engine: dispatch, caching, routing, idleness and
-//! supervision, without llama.cpp. Each test builds its own isolated tree and shuts it down,
-//! failing if actors are left running.
+//! Tests of the whole tree on the fake engine: dispatch, caching, routing, idleness,
+//! supervision and fairness between tenants, without llama.cpp. Each test builds its own
+//! isolated tree and shuts it down, failing if actors are left running.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,7 +29,8 @@ impl ResponseCache for MapCache {
 }
 
 struct Harness {
-    tree: ActorTree,
+    /// Shared so that tests can invoke from spawned tasks, many at once.
+    tree: Arc<ActorTree>,
     backend: Arc<FakeBackend>,
 }
 
@@ -47,7 +48,10 @@ impl Harness {
         let tree = ActorTree::start(config, backend.clone(), Arc::new(MapCache::default()))
             .await
             .unwrap();
-        Self { tree, backend }
+        Self {
+            tree: Arc::new(tree),
+            backend,
+        }
     }
 
     async fn stop(self) {
@@ -68,8 +72,12 @@ fn model(id: &str, idle_s: u64) -> ModelConfig {
 }
 
 fn function(spec: serde_json::Value) -> Arc<DeployedFunction> {
+    function_of("acme", spec)
+}
+
+fn function_of(tenant: &str, spec: serde_json::Value) -> Arc<DeployedFunction> {
     Arc::new(DeployedFunction {
-        tenant: TenantId::parse("acme").unwrap(),
+        tenant: TenantId::parse(tenant).unwrap(),
         name: FunctionName::parse("f").unwrap(),
         version: 1,
         spec: serde_json::from_value(spec).unwrap(),
@@ -233,5 +241,50 @@ async fn a_model_that_cannot_load_is_reported_and_others_still_serve() {
     assert!(matches!(statuses[0].phase, ModelPhase::Failed { .. }));
     let good = function(json!({"model": "ok", "prompt": "x"}));
     assert!(h.tree.invoke(invocation(&good, json!({}))).await.is_ok());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_is_served_before_another_tenants_backlog() {
+    const FLOOD: u32 = 20;
+    let mut m = model("m", 60);
+    // One slot: jobs run one at a time, in the order the pool hands them out.
+    m.slots = 1;
+    let h = Harness::start(vec![m]).await;
+    h.backend.load_gate.close();
+    let flood = function_of("flood", json!({"model": "m", "prompt": "flood {{ n }}"}));
+    let quiet = function_of("quiet", json!({"model": "m", "prompt": "quiet"}));
+    let queued = |n: u32| {
+        let tree = Arc::clone(&h.tree);
+        move || {
+            let tree = Arc::clone(&tree);
+            async move { tree.models().await[0].queued == n }
+        }
+    };
+
+    let mut flooding = tokio::task::JoinSet::new();
+    for n in 0..FLOOD {
+        let (tree, inv) = (Arc::clone(&h.tree), invocation(&flood, json!({ "n": n })));
+        flooding.spawn(async move { tree.invoke(inv).await });
+    }
+    wait_until("the flood to be queued", queued(FLOOD)).await;
+    let tree = Arc::clone(&h.tree);
+    let inv = invocation(&quiet, json!({}));
+    let single = tokio::spawn(async move { tree.invoke(inv).await });
+    wait_until("the single invocation to be queued", queued(FLOOD + 1)).await;
+    h.backend.load_gate.open();
+
+    assert_eq!(single.await.unwrap().unwrap().text, "echo: quiet");
+    while let Some(done) = flooding.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let started = h.backend.started.lock().unwrap().clone();
+    assert_eq!(started.len(), FLOOD as usize + 1);
+    let at = started.iter().position(|p| p == "quiet").unwrap();
+    // In arrival order it would have been last; in turns it waits for one flood job at most.
+    assert!(
+        at <= 1,
+        "the single invocation started at {at}: {started:?}"
+    );
     h.stop().await;
 }

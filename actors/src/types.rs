@@ -162,9 +162,17 @@ pub struct ModelConfig {
     /// Seconds without work before the replicas stop and the weights are freed.
     #[serde(default = "default_model_idle_s")]
     pub idle_timeout_s: u64,
-    /// Invocations that may wait for a replica; more are refused with `overloaded`.
+    /// Invocations that may wait for a replica; more are refused with `overloaded`. Interactive
+    /// and background (prewarm) work are bounded apart, each by this.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Invocations of one tenant that may wait in each queue; more of that tenant's are
+    /// refused with `overloaded` while other tenants are still admitted up to
+    /// `queue_capacity`. 0 means half of `queue_capacity` (at least 1), so that by default one
+    /// tenant cannot fill the queue alone; `queue_capacity` or more leaves only the global
+    /// bound.
+    #[serde(default)]
+    pub tenant_queue_capacity: usize,
     /// Layers offloaded to a GPU when a GPU backend is present.
     #[serde(default)]
     pub n_gpu_layers: u32,
@@ -211,6 +219,7 @@ impl ModelConfig {
             downscale_delay_s: default_downscale_delay_s(),
             idle_timeout_s: default_model_idle_s(),
             queue_capacity: default_queue_capacity(),
+            tenant_queue_capacity: 0,
             n_gpu_layers: 0,
         }
     }
@@ -220,6 +229,16 @@ impl ModelConfig {
             self.target_ongoing
         } else {
             self.slots.max(1)
+        }
+    }
+
+    /// The per-tenant bound in effect: `tenant_queue_capacity`, or half of `queue_capacity`
+    /// (at least 1) when it is 0.
+    pub fn tenant_queue_capacity(&self) -> usize {
+        if self.tenant_queue_capacity > 0 {
+            self.tenant_queue_capacity
+        } else {
+            (self.queue_capacity / 2).max(1)
         }
     }
 

@@ -1,11 +1,13 @@
 //! A deterministic engine for fast unit tests of scheduling and supervision; the real engine
 //! is exercised by the end-to-end tests. Tokens are bytes; a sequence generates
 //! `echo: <user text>` one byte per step and then ends. A user text containing `PANIC` makes
-//! sampling panic.
+//! sampling panic. Tests can hold loads back ([`LoadGate`]) to queue work before any runs, and
+//! read the order in which engines started prompts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
 
@@ -20,6 +22,9 @@ const END: i32 = -1;
 pub(crate) struct FakeBackend {
     pub(crate) loads: AtomicU32,
     pub(crate) live_weights: Arc<AtomicU32>,
+    pub(crate) load_gate: LoadGate,
+    /// The user text of every prompt an engine of this backend started, in order.
+    pub(crate) started: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend for FakeBackend {
@@ -27,16 +32,55 @@ impl Backend for FakeBackend {
         if model.path.to_string_lossy().contains("missing") {
             return Err(EngineError::Load("no such file".into()));
         }
+        self.load_gate.pass();
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.live_weights.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(FakeWeights {
             live: Arc::clone(&self.live_weights),
+            started: Arc::clone(&self.started),
         }))
+    }
+}
+
+/// Holds loads back while closed, so that a test can fill a pool's queue before anything runs
+/// and then check the order in which it is served.
+#[derive(Default)]
+pub(crate) struct LoadGate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl LoadGate {
+    /// A load never waits longer than this, so that a test failing with the gate closed cannot
+    /// leave a blocked thread behind its runtime's shutdown.
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+
+    pub(crate) fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub(crate) fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    /// Called on the loading thread.
+    fn pass(&self) {
+        let until = Instant::now() + Self::MAX_WAIT;
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            closed = self.opened.wait_timeout(closed, left).unwrap().0;
+        }
     }
 }
 
 struct FakeWeights {
     live: Arc<AtomicU32>,
+    started: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for FakeWeights {
@@ -56,6 +100,7 @@ impl Weights for FakeWeights {
         serve: &mut dyn FnMut(&mut dyn Session),
     ) -> Result<(), EngineError> {
         let mut session = FakeSession::new(model.slots as usize, model.n_ctx, 512);
+        session.started = Some(Arc::clone(&self.started));
         serve(&mut session);
         Ok(())
     }
@@ -71,6 +116,9 @@ pub(crate) struct FakeSession {
     pub(crate) last_batch_len: usize,
     pub(crate) max_sequences_in_one_batch: usize,
     pub(crate) copies: usize,
+    /// Where to record the user text of each prompt as it starts (tokenizing is the first
+    /// thing the scheduler does with an admitted job).
+    started: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl FakeSession {
@@ -84,6 +132,7 @@ impl FakeSession {
             last_batch_len: 0,
             max_sequences_in_one_batch: 0,
             copies: 0,
+            started: None,
         }
     }
 
@@ -124,6 +173,9 @@ impl Session for FakeSession {
     }
 
     fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
+        if let Some(started) = &self.started {
+            started.lock().unwrap().push(prompt.user.clone());
+        }
         let system: Vec<i32> = prompt
             .system
             .as_deref()

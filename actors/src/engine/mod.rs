@@ -16,7 +16,7 @@ pub(crate) mod fake;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
+use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Fault, FinishReason, ModelConfig};
@@ -49,7 +49,8 @@ pub enum EngineError {
     Cancelled,
     #[error("engine crashed: {0}")]
     Crashed(String),
-    /// The model's admission queue is full.
+    /// The model's admission queue, or the caller's tenant's share of it, is full; `queued`
+    /// counts the jobs waiting in whichever bound refused.
     #[error("{queued} invocations already waiting")]
     Overloaded { queued: usize },
     /// Loading another replica would exceed the configured memory budget.
@@ -159,6 +160,9 @@ pub struct Completion {
 #[derive(Debug)]
 pub struct EngineJob {
     pub request: EngineRequest,
+    /// Whose work this is: the pool queues each tenant's jobs apart and serves tenants in
+    /// turn, so that one tenant's backlog cannot starve another.
+    pub tenant: TenantId,
     pub enqueued_at: Instant,
     pub load_wait: Duration,
     /// Background work (prewarming) waits behind every interactive job.

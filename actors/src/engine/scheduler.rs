@@ -381,7 +381,7 @@ fn reject(job: EngineJob, err: EngineError) -> usize {
 mod tests {
     use std::time::Duration;
 
-    use genrt_functions::{GenerationParams, OutputSpec, RenderedPrompt};
+    use genrt_functions::{GenerationParams, OutputSpec, RenderedPrompt, TenantId};
     use tokio::sync::oneshot;
 
     use super::*;
@@ -413,6 +413,7 @@ mod tests {
                 deadline: Instant::now() + Duration::from_secs(30),
                 fault: None,
             },
+            tenant: TenantId::parse("acme").unwrap(),
             enqueued_at: Instant::now(),
             load_wait: Duration::ZERO,
             low_priority: false,

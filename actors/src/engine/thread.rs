@@ -84,6 +84,10 @@ impl EngineThread {
         }
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "the refused job comes back whole so that its caller can still be answered"
+    )]
     pub(crate) fn submit(&self, job: EngineJob) -> Result<(), EngineJob> {
         match self.jobs.as_ref().map(|tx| tx.try_send(job)) {
             Some(Ok(())) => Ok(()),

@@ -6,6 +6,11 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::model_pool::PoolMsg;
 use crate::{Invocation, InvocationOutcome, InvokeError};
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an `Invoke`: boxing it would cost an allocation per \
+              invocation to shrink the rare small ones"
+)]
 pub(crate) enum FunctionMsg {
     /// Run the function once on the model the dispatcher chose.
     Invoke {

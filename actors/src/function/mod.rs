@@ -21,7 +21,7 @@ use crate::model_pool::PoolMsg;
 use crate::{
     DeployedFunction, Invocation, InvocationOutcome, InvokeError, ResponseCache, Timings, Usage,
 };
-use genrt_functions::PreparedFunction;
+use genrt_functions::{PreparedFunction, TenantId};
 
 pub(crate) struct FunctionActor;
 
@@ -142,6 +142,7 @@ impl Function {
         };
         let submit = Submission {
             request,
+            tenant: invocation.tenant().clone(),
             enqueued_at: received_at,
             low_priority: invocation.background,
             stream: invocation.stream,
@@ -175,6 +176,7 @@ impl Function {
 /// A job as the function actor hands it to a pool, kept so that it can be handed again.
 struct Submission {
     request: EngineRequest,
+    tenant: TenantId,
     enqueued_at: Instant,
     low_priority: bool,
     stream: Option<tokio::sync::mpsc::Sender<String>>,
@@ -192,6 +194,7 @@ impl Submission {
             let (tx, rx) = oneshot::channel();
             let job = EngineJob {
                 request: self.request.clone(),
+                tenant: self.tenant.clone(),
                 enqueued_at: self.enqueued_at,
                 load_wait: std::time::Duration::ZERO,
                 low_priority: self.low_priority,

@@ -1,8 +1,9 @@
 //! One `ModelPool` per registered model. It loads the weights on first need (within the
 //! memory budget), scales `ModelReplica` children between `min_replicas` and `max_replicas`
-//! with the load, feeds their slots from bounded queues, restarts the ones that fail, and when
-//! idle stops them all and frees the weights (scale to zero).
+//! with the load, feeds their slots from bounded queues that serve tenants in turn, restarts
+//! the ones that fail, and when idle stops them all and frees the weights (scale to zero).
 
+mod fair;
 mod messages;
 mod state;
 

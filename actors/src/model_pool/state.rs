@@ -2,6 +2,11 @@
 //! replica, and the autoscaling decision. Synchronous and free of IO so that scheduling and
 //! scaling can be tested directly.
 //!
+//! Queueing policy: interactive and background (prewarm) work wait in two fair queues, one
+//! FIFO per tenant served in turn (see [`FairQueue`]); background work runs only when no
+//! interactive work waits. A job leaves its queue only for a free replica slot, so the fair
+//! order alone decides who runs next. Admission bounds are on [`PoolState::admit`].
+//!
 //! Scaling policy: the desired replica count is `ceil(ongoing / target_ongoing)`, where
 //! `ongoing` counts running and queued invocations, clamped to `[min_replicas, max_replicas]`.
 //! From zero a replica starts at once (the caller is waiting for a cold start anyway); further
@@ -10,9 +15,12 @@
 //! last one (down to `min_replicas`) only after `idle_timeout_s` without any work; when no
 //! replica is left the weights are freed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use genrt_functions::TenantId;
+
+use super::fair::FairQueue;
 use crate::engine::{EngineError, EngineJob};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
 use crate::{ModelConfig, ModelPhase, ModelStatus, ScalingEvent};
@@ -42,9 +50,9 @@ pub(crate) enum Action {
 pub(crate) struct PoolState {
     pub(crate) config: ModelConfig,
     pub(crate) phase: ModelPhase,
-    queue: VecDeque<EngineJob>,
+    queue: FairQueue<TenantId, EngineJob>,
     /// Background work (prewarming): served only when `queue` is empty.
-    background: VecDeque<EngineJob>,
+    background: FairQueue<TenantId, EngineJob>,
     replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
     next_key: u64,
     last_activity: Instant,
@@ -65,8 +73,8 @@ impl PoolState {
         Self {
             config,
             phase: ModelPhase::Unloaded,
-            queue: VecDeque::new(),
-            background: VecDeque::new(),
+            queue: FairQueue::new(),
+            background: FairQueue::new(),
             replicas: BTreeMap::new(),
             next_key: 0,
             last_activity: now,
@@ -82,7 +90,20 @@ impl PoolState {
         }
     }
 
-    /// Admits a job to its bounded queue, or hands it back with the reason it was refused.
+    /// Admits a job to its queue, or hands it back with the reason it was refused.
+    ///
+    /// Overload policy, applied to the interactive and the background queue each on its own:
+    /// - a queue holds at most `queue_capacity` jobs of all tenants together;
+    /// - it holds at most `tenant_queue_capacity()` jobs of any one tenant (by default half of
+    ///   `queue_capacity`), so a tenant flooding the model is refused at its own bound while
+    ///   other tenants are still admitted;
+    /// - a refused job is answered at once with `Overloaded` (503 with Retry-After at the
+    ///   edge), its `queued` being the count of the bound that refused it. Nothing is parked
+    ///   and nothing already admitted is pushed out to make room.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the refused job comes back whole so that the actor can answer it"
+    )]
     pub(crate) fn admit(
         &mut self,
         job: EngineJob,
@@ -103,11 +124,15 @@ impl PoolState {
         } else {
             &mut self.queue
         };
-        if queue.len() >= self.config.queue_capacity {
-            let queued = queue.len();
+        let queued = queue.len();
+        if queued >= self.config.queue_capacity {
             return Err((job, EngineError::Overloaded { queued }));
         }
-        queue.push_back(job);
+        let queued = queue.len_of(&job.tenant);
+        if queued >= self.config.tenant_queue_capacity() {
+            return Err((job, EngineError::Overloaded { queued }));
+        }
+        queue.push(job.tenant.clone(), job);
         self.last_activity = now;
         Ok(())
     }
@@ -195,8 +220,10 @@ impl PoolState {
         Action::Nothing
     }
 
-    /// Pairs the oldest waiting job (interactive before background) with the least busy
-    /// replica that has a free slot.
+    /// Pairs the next waiting job (interactive before background, tenants in turn within
+    /// each) with the least busy replica that has a free slot. Without a free slot nothing
+    /// leaves the queue: a replica is never handed a job it would have to queue itself, where
+    /// the order would no longer be fair.
     pub(crate) fn next_assignment(&mut self, now: Instant) -> Option<(ReplicaKey, EngineJob)> {
         if self.phase != ModelPhase::Ready {
             return None;
@@ -207,10 +234,7 @@ impl PoolState {
             .iter_mut()
             .filter(|(_, r)| !r.stopping && r.busy < slots)
             .min_by_key(|(_, r)| r.busy)?;
-        let mut job = self
-            .queue
-            .pop_front()
-            .or_else(|| self.background.pop_front())?;
+        let mut job = self.queue.pop().or_else(|| self.background.pop())?;
         info.busy += 1;
         if let Some(started) = self.load_started {
             // The part of this job's wait that overlapped the load.
@@ -239,19 +263,15 @@ impl PoolState {
     pub(crate) fn fail(&mut self, reason: String, now: Instant) -> Vec<EngineJob> {
         self.phase = ModelPhase::Failed { reason };
         self.failed_at = Some(now);
-        self.queue
-            .drain(..)
-            .chain(self.background.drain(..))
-            .collect()
+        self.drain_queue()
     }
 
     /// Hands back every waiting job without failing the model (a replica could not start
     /// and none is running).
     pub(crate) fn drain_queue(&mut self) -> Vec<EngineJob> {
-        self.queue
-            .drain(..)
-            .chain(self.background.drain(..))
-            .collect()
+        let mut jobs = self.queue.drain();
+        jobs.extend(self.background.drain());
+        jobs
     }
 
     pub(crate) fn add_replica(&mut self, reason: &str) -> ReplicaKey {
@@ -349,18 +369,24 @@ mod tests {
     use tokio::sync::oneshot;
 
     fn job(now: Instant) -> EngineJob {
+        job_of("acme", "hi", now)
+    }
+
+    /// A job of `tenant` whose prompt is `label`, so that tests can tell jobs apart.
+    fn job_of(tenant: &str, label: &str, now: Instant) -> EngineJob {
         let (reply, _rx) = oneshot::channel();
         EngineJob {
             request: EngineRequest {
                 prompt: RenderedPrompt {
                     system: None,
-                    user: "hi".into(),
+                    user: label.into(),
                 },
                 params: GenerationParams::default().resolve(&GenerationParams::default()),
                 output: OutputSpec::Text,
                 deadline: now + Duration::from_secs(5),
                 fault: None,
             },
+            tenant: TenantId::parse(tenant).unwrap(),
             enqueued_at: now,
             load_wait: Duration::ZERO,
             low_priority: false,
@@ -411,16 +437,148 @@ mod tests {
         assert_eq!(p.status().last_scaling.unwrap().to, 1);
     }
 
+    fn background(mut job: EngineJob) -> EngineJob {
+        job.low_priority = true;
+        job
+    }
+
+    /// Hands out jobs one at a time through a single one-slot replica, freeing the slot after
+    /// each, and returns their labels in the order they were dispatched.
+    fn dispatch_all(p: &mut PoolState, now: Instant) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some((key, job)) = p.next_assignment(now) {
+            assert!(p.next_assignment(now).is_none(), "one slot, one job");
+            order.push(job.request.prompt.user);
+            p.slot_freed(key, now);
+        }
+        order
+    }
+
     #[test]
     fn the_queue_is_bounded_and_background_work_has_its_own_bound() {
         let (mut p, now) = pool(2, 1, 1);
-        p.admit(job(now), now).unwrap();
-        p.admit(job(now), now).unwrap();
-        let (_, err) = p.admit(job(now), now).unwrap_err();
+        p.admit(job_of("a", "1", now), now).unwrap();
+        p.admit(job_of("b", "2", now), now).unwrap();
+        let (_, err) = p.admit(job_of("c", "3", now), now).unwrap_err();
         assert_eq!(err, EngineError::Overloaded { queued: 2 });
-        let mut bg = job(now);
-        bg.low_priority = true;
-        p.admit(bg, now).unwrap();
+        p.admit(background(job_of("c", "4", now)), now).unwrap();
+    }
+
+    #[test]
+    fn a_tenant_at_its_bound_is_refused_while_others_are_admitted() {
+        let (mut p, now) = pool(4, 1, 1);
+        assert_eq!(p.config.tenant_queue_capacity(), 2, "half by default");
+        p.admit(job_of("a", "a1", now), now).unwrap();
+        p.admit(job_of("a", "a2", now), now).unwrap();
+        let (refused, err) = p.admit(job_of("a", "a3", now), now).unwrap_err();
+        assert_eq!(err, EngineError::Overloaded { queued: 2 });
+        assert_eq!(refused.request.prompt.user, "a3");
+        p.admit(job_of("b", "b1", now), now).unwrap();
+        p.admit(job_of("b", "b2", now), now).unwrap();
+        // Both tenants at their share: the global bound now refuses a third tenant.
+        let (_, err) = p.admit(job_of("c", "c1", now), now).unwrap_err();
+        assert_eq!(err, EngineError::Overloaded { queued: 4 });
+        // The tenant bound is per queue: a's prewarming is still admitted.
+        p.admit(background(job_of("a", "a-bg", now)), now).unwrap();
+        assert_eq!(p.status().queued, 4);
+        assert_eq!(p.status().background_queued, 1);
+        // Once one of a's jobs runs, a may queue again.
+        ready(&mut p, now);
+        p.add_replica("test");
+        let (_, first) = p.next_assignment(now).unwrap();
+        assert_eq!(first.request.prompt.user, "a1");
+        p.admit(job_of("a", "a3", now), now).unwrap();
+    }
+
+    #[test]
+    fn the_tenant_bound_can_be_set_and_is_at_least_one() {
+        let (mut p, now) = pool(1, 1, 1);
+        assert_eq!(p.config.tenant_queue_capacity(), 1);
+        p.config.queue_capacity = 10;
+        p.config.tenant_queue_capacity = 3;
+        for i in 0..3 {
+            p.admit(job_of("a", &i.to_string(), now), now).unwrap();
+        }
+        let (_, err) = p.admit(job_of("a", "3", now), now).unwrap_err();
+        assert_eq!(err, EngineError::Overloaded { queued: 3 });
+    }
+
+    #[test]
+    fn a_tenant_behind_a_long_backlog_is_among_the_next_two_dispatched() {
+        let (mut p, now) = pool(256, 1, 1);
+        ready(&mut p, now);
+        p.add_replica("test");
+        for i in 0..100 {
+            p.admit(job_of("a", &format!("a{i}"), now), now).unwrap();
+        }
+        p.admit(job_of("b", "b", now), now).unwrap();
+        let order = dispatch_all(&mut p, now);
+        assert_eq!(order.len(), 101);
+        let b_at = order.iter().position(|l| l == "b").unwrap();
+        assert!(b_at < 2, "b dispatched at {b_at}: {:?}", &order[..3]);
+    }
+
+    #[test]
+    fn each_tenant_keeps_its_own_order_while_tenants_take_turns() {
+        let (mut p, now) = pool(64, 1, 1);
+        ready(&mut p, now);
+        p.add_replica("test");
+        for (tenant, label) in [
+            ("a", "a0"),
+            ("a", "a1"),
+            ("b", "b0"),
+            ("a", "a2"),
+            ("b", "b1"),
+            ("a", "a3"),
+        ] {
+            p.admit(job_of(tenant, label, now), now).unwrap();
+        }
+        assert_eq!(
+            dispatch_all(&mut p, now),
+            ["a0", "b0", "a1", "b1", "a2", "a3"]
+        );
+    }
+
+    #[test]
+    fn background_runs_only_when_no_interactive_work_waits_and_is_fair_too() {
+        let (mut p, now) = pool(64, 1, 1);
+        ready(&mut p, now);
+        for label in ["a-bg0", "a-bg1", "a-bg2"] {
+            p.admit(background(job_of("a", label, now)), now).unwrap();
+        }
+        p.admit(background(job_of("b", "b-bg0", now)), now).unwrap();
+        p.admit(job_of("c", "c0", now), now).unwrap();
+        p.admit(job_of("a", "a0", now), now).unwrap();
+        p.add_replica("test");
+        let (key, first) = p.next_assignment(now).unwrap();
+        assert_eq!(first.request.prompt.user, "c0");
+        p.slot_freed(key, now);
+        // Interactive work arriving while background work waits still goes first.
+        p.admit(job_of("b", "b0", now), now).unwrap();
+        assert_eq!(
+            dispatch_all(&mut p, now),
+            ["a0", "b0", "a-bg0", "b-bg0", "a-bg1", "a-bg2"]
+        );
+    }
+
+    #[test]
+    fn a_failure_hands_back_every_tenants_waiting_jobs() {
+        let (mut p, now) = pool(8, 1, 1);
+        p.admit(job_of("a", "a0", now), now).unwrap();
+        p.admit(job_of("b", "b0", now), now).unwrap();
+        p.admit(background(job_of("a", "a-bg", now)), now).unwrap();
+        let drained: Vec<String> = p
+            .drain_queue()
+            .into_iter()
+            .map(|j| j.request.prompt.user)
+            .collect();
+        assert_eq!(drained, ["a0", "b0", "a-bg"]);
+        assert_eq!((p.status().queued, p.status().background_queued), (0, 0));
+        assert_eq!(
+            p.next_action(now),
+            Action::Nothing,
+            "nothing left to load for"
+        );
     }
 
     #[test]

@@ -2,8 +2,13 @@
 
 use crate::engine::{EngineEvent, EngineJob};
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "each job passes once as `Run` and once as an `Engine` event: boxing the job \
+              would cost an allocation per job to shrink events that are no more frequent"
+)]
 pub(crate) enum ReplicaMsg {
-    /// Run one job; only sent when the pool knows this replica is idle.
+    /// Run one job; only sent when the pool knows this replica has a free slot.
     Run(EngineJob),
     /// Reported by this replica's engine thread.
     Engine(EngineEvent),
