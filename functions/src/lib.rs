@@ -18,4 +18,5 @@ pub use prepared::{PreparedFunction, RenderedPrompt};
 pub use routing::Route;
 pub use spec::{
     default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget, OutputSpec,
+    WebhookTarget, WEBHOOK_EVENTS,
 };

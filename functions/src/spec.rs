@@ -80,6 +80,56 @@ pub struct FunctionSpec {
     pub timeout_s: u32,
     #[serde(default = "default_idle_timeout_s")]
     pub idle_timeout_s: u32,
+    /// Where results of asynchronous invocations are announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// A callback for results: events are POSTed to `url`, signed (Standard Webhooks). Whether a
+/// URL may be called at all (the SSRF guard) is decided by the runtime, which knows the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Event types: `invocation.succeeded`, `invocation.failed`, `invocation.started`. Empty
+    /// means the first two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+pub const WEBHOOK_EVENTS: [&str; 3] = [
+    "invocation.succeeded",
+    "invocation.failed",
+    "invocation.started",
+];
+
+impl WebhookTarget {
+    /// The events this target receives, defaults applied.
+    pub fn wants(&self, event: &str) -> bool {
+        if self.events.is_empty() {
+            return event != "invocation.started";
+        }
+        self.events.iter().any(|e| e == event)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.url.is_empty() || self.url.len() > 2048 {
+            return Err(SpecError::invalid(
+                "webhook.url",
+                "must be 1-2048 characters",
+            ));
+        }
+        if let Some(e) = self
+            .events
+            .iter()
+            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+        {
+            return Err(SpecError::invalid(
+                "webhook.events",
+                format!("unknown event `{e}`; known: {}", WEBHOOK_EVENTS.join(", ")),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub fn default_timeout_s() -> u32 {
@@ -91,6 +141,14 @@ pub fn default_idle_timeout_s() -> u32 {
 }
 
 impl FunctionSpec {
+    /// Every model an invocation of this function can run on.
+    pub fn models(&self) -> Vec<&ModelId> {
+        match &self.target {
+            ModelTarget::Model(m) => vec![m],
+            ModelTarget::Route(r) => r.targets().collect(),
+        }
+    }
+
     /// Checks everything that can be checked without running the function: templates and
     /// schema compile, parameters are in range, every model it can reach is registered.
     pub fn validate(&self, is_registered: impl Fn(&ModelId) -> bool) -> Result<(), SpecError> {
@@ -165,6 +223,9 @@ impl FunctionSpec {
                 "idle_timeout_s",
                 "must be between 1 and 86400",
             ));
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate()?;
         }
         // Compiling is the only reliable syntax check for templates and schemas.
         PreparedFunction::new(self.clone()).map(|_| ())

@@ -13,7 +13,10 @@ use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
 use crate::auth::Authenticator;
 use crate::cache::MokaResponseCache;
 use crate::config::{Config, DEV_JWT_SECRET};
+use crate::error::ApiError;
+use crate::queue::JobQueue;
 use crate::store::{Recorder, Store, StoredVersion};
+use crate::tenancy::Tenancy;
 use genrt_functions::{FunctionName, TenantId};
 use moka::sync::Cache;
 
@@ -28,6 +31,10 @@ pub struct AppState {
     /// Prewarm requests running at once; more are refused with `overloaded`.
     pub prewarm: Arc<tokio::sync::Semaphore>,
     pub records: Recorder,
+    pub tenancy: Tenancy,
+    pub queue: JobQueue,
+    /// Wakes the webhook delivery loop when new deliveries were committed on this node.
+    deliveries: tokio::sync::Notify,
     /// The latest version of recently invoked functions, so that the hot path reads no
     /// database. Deploys and deletes on this node invalidate it; another node's are seen
     /// within `VERSION_TTL`.
@@ -56,6 +63,20 @@ impl AppState {
         Ok(version)
     }
 
+    pub fn deliveries_wake(&self) {
+        self.deliveries.notify_one();
+    }
+
+    pub async fn deliveries_woken(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.deliveries.notified()).await;
+    }
+
+    /// Refuses callback URLs the SSRF guard forbids.
+    pub fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
+        let _ = url;
+        Ok(())
+    }
+
     pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
         self.versions.invalidate(&(tenant.clone(), name.clone()));
     }
@@ -82,6 +103,7 @@ pub struct RunningServer {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
     record_writer: tokio::task::JoinHandle<()>,
+    queue_runner: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
@@ -114,18 +136,34 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     .map_err(|e| StartError::Actors(e.to_string()))?;
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
-        store,
+        store: store.clone(),
         tree: Arc::new(tree),
         cache,
         prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
         records,
+        tenancy: Tenancy::new(store.clone(), config.tenancy.clone()),
+        queue: JobQueue::new(config.node_id(), config.queue.clone()),
+        deliveries: tokio::sync::Notify::new(),
         versions: Cache::builder()
             .max_capacity(10_000)
             .time_to_live(VERSION_TTL)
             .build(),
     });
+    if state.store.backend() == sea_orm::DatabaseBackend::Sqlite {
+        // An SQLite database belongs to one process: whatever a previous run left running
+        // is this node's to redo, with no lease to wait for.
+        let n = state.store.reclaim_leases(true).await?;
+        if n > 0 {
+            tracing::warn!(
+                reclaimed = n,
+                "requeued invocations left running by a previous run"
+            );
+        }
+    }
+    let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
     let auth = web::Data::new(Authenticator::new(&config.auth));
     let body_limit = config.server.body_limit_bytes;
+    let batch_limit = config.queue.batch_body_limit_bytes;
     let app_state = state.clone();
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let mut server = HttpServer::new(move || {
@@ -133,7 +171,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
             .app_data(app_state.clone())
             .app_data(auth.clone())
             .wrap(tracing_actix_web_lite())
-            .configure(|cfg| crate::api::configure(cfg, body_limit))
+            .configure(|cfg| crate::api::configure(cfg, body_limit, batch_limit))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .bind(&addr)
@@ -158,6 +196,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         server,
         state,
         record_writer,
+        queue_runner,
     })
 }
 
@@ -182,6 +221,9 @@ impl RunningServer {
             .server
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // Leased async work goes back to the queue before the actors stop under it.
+        crate::queue::release(&self.state).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.queue_runner).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
         if unwritten > 0 {

@@ -26,7 +26,82 @@ pub struct Config {
     pub cache: CacheConfig,
     pub supervision: SupervisionConfig,
     pub engine: EngineConfig,
+    pub tenancy: TenancyConfig,
+    pub queue: QueueConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Defaults for tenants whose settings leave a limit unset. A tenant's own settings (admin
+/// API) take precedence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenancyConfig {
+    /// Sustained requests per second per tenant; 0 disables the rate limit.
+    pub rate_limit_rps: f64,
+    /// Requests a tenant may send at once above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Synchronous and streaming invocations a tenant may have running at once; 0 is no cap.
+    pub max_concurrency: u32,
+    /// Prompt plus completion tokens per calendar month (UTC); 0 is no budget.
+    pub monthly_token_budget: u64,
+    /// How long tenant settings and API keys are cached; a change made on another node is
+    /// seen within this time (changes made on this node are seen at once).
+    pub cache_ttl_s: u64,
+}
+
+/// The durable queue of asynchronous invocations (async mode, batches, triggers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queued invocations this node runs at once.
+    pub concurrency: usize,
+    /// How long a claimed invocation stays leased without a heartbeat; another node reclaims
+    /// it after that.
+    pub lease_s: u64,
+    /// How often idle workers look for queued work that another node enqueued.
+    pub poll_ms: u64,
+    /// Attempts, the first included, before a retryable failure becomes final.
+    pub max_attempts: u32,
+    /// Backoff before retry n is `retry_base_ms * 2^(n-1)`, capped at `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Inputs in one batch, at most.
+    pub max_batch_inputs: usize,
+    /// Largest batch request body.
+    pub batch_body_limit_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_s: u64,
+    /// This node's name in leases; empty means host name, process id and a random suffix.
+    pub node_id: String,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_rps: 50.0,
+            rate_limit_burst: 100,
+            max_concurrency: 64,
+            monthly_token_budget: 0,
+            cache_ttl_s: 5,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease_s: 30,
+            poll_ms: 500,
+            max_attempts: 3,
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
+            max_batch_inputs: 10_000,
+            batch_body_limit_bytes: 32 * 1024 * 1024,
+            idempotency_ttl_s: 24 * 3600,
+            node_id: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +174,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             supervision: SupervisionConfig::default(),
             engine: EngineConfig::default(),
+            tenancy: TenancyConfig::default(),
+            queue: QueueConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -265,6 +342,19 @@ impl Config {
                 ));
             }
         }
+        let q = &self.queue;
+        if q.concurrency == 0 || q.lease_s < 2 || q.max_attempts == 0 || q.poll_ms == 0 {
+            return invalid(
+                "queue: concurrency, max_attempts and poll_ms must be at least 1, lease_s at least 2"
+                    .into(),
+            );
+        }
+        if q.max_batch_inputs == 0 || q.max_batch_inputs > 100_000 {
+            return invalid("queue.max_batch_inputs must be between 1 and 100000".into());
+        }
+        if self.tenancy.rate_limit_rps < 0.0 || !self.tenancy.rate_limit_rps.is_finite() {
+            return invalid("tenancy.rate_limit_rps must be a non-negative number".into());
+        }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024".into());
         }
@@ -298,6 +388,18 @@ impl Config {
             })
             .unwrap_or(8 * 1024 * 1024);
         total_kib * 1024 / 10 * 8
+    }
+
+    /// The name this node writes into the leases it takes.
+    pub fn node_id(&self) -> String {
+        if !self.queue.node_id.is_empty() {
+            return self.queue.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "genrt".into());
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        format!("{host}-{}-{suffix}", std::process::id())
     }
 
     pub fn restart_policy(&self) -> RestartPolicy {

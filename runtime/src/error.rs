@@ -18,6 +18,10 @@ macro_rules! error_codes {
         impl ErrorCode {
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
 
+            pub fn parse(raw: &str) -> Option<ErrorCode> {
+                Self::ALL.iter().copied().find(|c| c.as_str() == raw)
+            }
+
             pub fn as_str(self) -> &'static str {
                 match self { $(ErrorCode::$variant => $code),* }
             }
@@ -42,6 +46,26 @@ error_codes! {
     MissingCredentials => ("missing_credentials", UNAUTHORIZED, None),
     InvalidToken => ("invalid_token", UNAUTHORIZED, None),
     TokenExpired => ("token_expired", UNAUTHORIZED, None),
+    InvalidApiKey => ("invalid_api_key", UNAUTHORIZED, None),
+    InvalidSignature => ("invalid_signature", UNAUTHORIZED, None),
+    StaleWebhook => ("stale_webhook", UNAUTHORIZED, None),
+    InsufficientScope => ("insufficient_scope", FORBIDDEN, None),
+    TenantDisabled => ("tenant_disabled", FORBIDDEN, None),
+    ModelNotAllowed => ("model_not_allowed", FORBIDDEN, None),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, Some(1)),
+    ConcurrencyLimited => ("concurrency_limited", TOO_MANY_REQUESTS, Some(1)),
+    QuotaExhausted => ("quota_exhausted", TOO_MANY_REQUESTS, Some(3600)),
+    IdempotencyKeyReused => ("idempotency_key_reused", CONFLICT, None),
+    IdempotencyInProgress => ("idempotency_in_progress", CONFLICT, Some(1)),
+    NotCancellable => ("not_cancellable", CONFLICT, None),
+    ReplayedWebhook => ("replayed_webhook", CONFLICT, None),
+    TenantNotFound => ("tenant_not_found", NOT_FOUND, None),
+    TenantExists => ("tenant_exists", CONFLICT, None),
+    ApiKeyNotFound => ("api_key_not_found", NOT_FOUND, None),
+    BatchNotFound => ("batch_not_found", NOT_FOUND, None),
+    TriggerNotFound => ("trigger_not_found", NOT_FOUND, None),
+    DeliveryNotFound => ("delivery_not_found", NOT_FOUND, None),
+    CallbackUrlForbidden => ("callback_url_forbidden", UNPROCESSABLE_ENTITY, None),
     NotFound => ("not_found", NOT_FOUND, None),
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, None),
     FunctionNotFound => ("function_not_found", NOT_FOUND, None),
@@ -74,6 +98,8 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    /// Overrides the code's Retry-After when the wait is known (a rate limit's next token).
+    pub retry_after: Option<u32>,
 }
 
 /// The error envelope, as documented in the OpenAPI description.
@@ -97,7 +123,13 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -118,7 +150,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let Some(seconds) = self.code.retry_after() {
+        if let Some(seconds) = self.retry_after.or(self.code.retry_after()) {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         if self.code.status() == StatusCode::UNAUTHORIZED {
@@ -210,7 +242,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
-            if code.status() == StatusCode::SERVICE_UNAVAILABLE {
+            if code.status() == StatusCode::SERVICE_UNAVAILABLE
+                || code.status() == StatusCode::TOO_MANY_REQUESTS
+            {
                 assert!(
                     code.retry_after().is_some(),
                     "{} lacks Retry-After",

@@ -9,7 +9,9 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod queue;
 pub mod store;
+pub mod tenancy;
 
 pub use app::{start, AppState, RunningServer, StartError};
 pub use config::Config;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use genrt_actors::{InvocationOutcome, ModelPhase, ModelStatus};
 use genrt_functions::{
     default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, GenerationParams,
-    ModelId, ModelTarget, OutputSpec, Route, SpecError,
+    ModelId, ModelTarget, OutputSpec, Route, SpecError, WebhookTarget,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -143,6 +143,39 @@ pub struct FunctionDefinition {
     /// Seconds without invocations before the function's actor stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u32>,
+    /// Where asynchronous results are announced (signed per Standard Webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// A callback for results of asynchronous invocations.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookSpec {
+    /// An http(s) URL; private, loopback and metadata addresses are refused unless the
+    /// operator allowlists them.
+    pub url: String,
+    /// `invocation.succeeded`, `invocation.failed`, `invocation.started`; empty means the
+    /// first two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+impl From<&WebhookSpec> for WebhookTarget {
+    fn from(w: &WebhookSpec) -> Self {
+        WebhookTarget {
+            url: w.url.clone(),
+            events: w.events.clone(),
+        }
+    }
+}
+
+impl From<&WebhookTarget> for WebhookSpec {
+    fn from(w: &WebhookTarget) -> Self {
+        WebhookSpec {
+            url: w.url.clone(),
+            events: w.events.clone(),
+        }
+    }
 }
 
 impl From<Params> for GenerationParams {
@@ -220,6 +253,7 @@ impl FunctionDefinition {
                 .unwrap_or_default(),
             timeout_s: self.timeout_s.unwrap_or_else(default_timeout_s),
             idle_timeout_s: self.idle_timeout_s.unwrap_or_else(default_idle_timeout_s),
+            webhook: self.webhook.as_ref().map(WebhookTarget::from),
         })
     }
 
@@ -254,6 +288,7 @@ impl FunctionDefinition {
             output: (!spec.output.is_text()).then(|| OutputFormat::from(&spec.output)),
             timeout_s: Some(spec.timeout_s),
             idle_timeout_s: Some(spec.idle_timeout_s),
+            webhook: spec.webhook.as_ref().map(WebhookSpec::from),
         }
     }
 }
@@ -324,7 +359,7 @@ pub struct VersionList {
     pub versions: Vec<VersionInfo>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeRequest {
     /// Values for the templates; checked against the function's `input_schema`.
@@ -337,6 +372,33 @@ pub struct InvokeRequest {
     /// body as a synchronous response, without the text) or `error`.
     #[serde(default)]
     pub stream: bool,
+    /// `sync` (the default) waits for the result; `async` answers 202 with an invocation id as
+    /// soon as the invocation is committed, and runs it from the durable queue. The header
+    /// `Prefer: respond-async` does the same.
+    #[serde(default)]
+    pub mode: InvokeMode,
+    /// For async invocations: where to announce the result, overriding the function's own
+    /// webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+/// The answer to an accepted asynchronous invocation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AsyncAccepted {
+    pub invocation_id: Uuid,
+    /// `queued`, or the current status when an `Idempotency-Key` replayed an earlier request.
+    pub status: String,
+    pub function: String,
+    pub version: u32,
 }
 
 fn empty_object() -> Value {
@@ -428,8 +490,16 @@ pub struct InvocationRecord {
     pub function: String,
     pub version: u32,
     pub model: Option<String>,
-    /// `succeeded` or `failed`.
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
+    /// `sync`, `stream`, `async`, `batch` or `trigger`.
+    pub mode: String,
+    /// Attempts made so far (async work is retried after retryable failures).
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<u32>,
     #[schema(value_type = Object)]
     pub input: Value,
     pub output: Option<Output>,
@@ -450,8 +520,15 @@ impl From<InvocationRow> for InvocationRecord {
             version: r.function_version as u32,
             model: r.model,
             status: r.status,
+            mode: r.mode,
+            attempts: r.attempts.max(0) as u32,
+            batch_id: r.batch_id,
+            batch_index: r.batch_index.map(|i| i.max(0) as u32),
             input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
-            output: r.output_text.map(|text| Output { text, json: None }),
+            output: r.output_text.map(|text| Output {
+                text,
+                json: r.output_json.and_then(|j| serde_json::from_str(&j).ok()),
+            }),
             finish_reason: r.finish_reason,
             error: r.error_code.map(|code| InvocationError {
                 code,
@@ -606,4 +683,11 @@ impl From<InvokeResponse> for StreamDone {
             timings: r.timings,
         }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvocationPage {
+    pub invocations: Vec<InvocationRecord>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }

@@ -13,9 +13,12 @@ use crate::api::dto::{
 };
 use crate::api::no_content;
 use crate::app::AppState;
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::store::StoredVersion;
+use crate::tenancy::{Caller, Scope};
+
+/// Reading function definitions is open to whoever deploys or invokes them.
+pub(crate) const READ: [Scope; 2] = [Scope::FunctionsWrite, Scope::FunctionsInvoke];
 
 /// A name that cannot exist is reported like any missing function, so that probing names
 /// reveals nothing.
@@ -60,10 +63,27 @@ pub async fn deploy(
     caller: Caller,
     body: web::Json<FunctionDefinition>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::FunctionsWrite)?;
     let definition = body.into_inner();
     let name = FunctionName::parse(&definition.name)?;
     let spec = definition.to_spec()?;
     spec.validate(|m| state.tree.model(m).is_some())?;
+    if let Some(model) = spec
+        .models()
+        .into_iter()
+        .find(|m| !caller.limits.allows_model(m.as_str()))
+    {
+        return Err(ApiError::new(
+            ErrorCode::ModelNotAllowed,
+            format!("this tenant may not use model `{model}`"),
+        )
+        .with_field("model"));
+    }
+    if let Some(webhook) = &spec.webhook {
+        state
+            .check_callback_url(&webhook.url)
+            .map_err(|e| e.with_field("webhook.url"))?;
+    }
     let deployment = state.store.deploy(&caller.tenant, &name, &spec).await?;
     state.forget_version(&caller.tenant, &name);
     let response = DeployResponse {
@@ -84,6 +104,7 @@ pub async fn deploy(
 #[utoipa::path(get, path = "/v1/functions", tag = "functions", security(("bearer" = [])),
     responses((status = 200, body = FunctionList), (status = 401, body = ErrorBody)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
     let rows = state.store.list_functions(&caller.tenant).await?;
     Ok(HttpResponse::Ok().json(FunctionList {
         functions: rows.iter().map(FunctionSummary::from).collect(),
@@ -102,6 +123,7 @@ pub async fn get(
     caller: Caller,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
     let name = function_name(&name)?;
     let row = state
         .store
@@ -133,6 +155,7 @@ pub async fn versions(
     caller: Caller,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
     let name = function_name(&name)?;
     let versions = state
         .store
@@ -159,6 +182,7 @@ pub async fn delete(
     caller: Caller,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::FunctionsWrite)?;
     let name = function_name(&name)?;
     let deleted = state.store.delete_function(&caller.tenant, &name).await?;
     state.forget_version(&caller.tenant, &name);
@@ -190,6 +214,7 @@ pub async fn prewarm(
     name: web::Path<String>,
     body: web::Json<PrewarmRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::FunctionsInvoke)?;
     let (name, version) = runnable(&state, &caller, &name).await?;
     let body = body.into_inner();
     if body.inputs.is_empty() || body.inputs.len() > MAX_PREWARM_INPUTS {

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_lab::sse::{Data, Event, Sse};
 use chrono::Utc;
@@ -12,12 +14,16 @@ use genrt_actors::{
 };
 use genrt_functions::{FunctionName, GenerationParams, TenantId};
 
-use crate::api::dto::{InvokeRequest, InvokeResponse, StreamDone};
+use crate::api::dto::{
+    AsyncAccepted, InvocationRecord, InvokeMode, InvokeRequest, InvokeResponse, Output, StreamDone,
+    TimingsInfo, UsageInfo,
+};
 use crate::api::functions::runnable;
 use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody, ErrorDetail};
-use crate::store::{InvocationRow, StoredVersion};
+use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+use crate::queue::NewJob;
+use crate::store::{InvocationRow, KeyClaim, StoredVersion};
+use crate::tenancy::{Caller, Scope};
 
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -44,11 +50,56 @@ pub async fn invoke(
     request: HttpRequest,
     body: web::Json<InvokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::FunctionsInvoke)?;
     let received_at = Instant::now();
     let (name, version) = runnable(&state, &caller, &name).await?;
+    admit(&state, &caller, &version).await?;
     let body = body.into_inner();
-    let params: GenerationParams = body.params.into();
-    let call = Call::new(&caller.tenant, &name, &version, &body.input);
+    let key = idempotency_key(&request)?;
+    if body.mode == InvokeMode::Async || prefers_async(&request) {
+        if body.stream {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "an asynchronous invocation cannot stream; read it with GET /v1/invocations/{id} or a webhook",
+            )
+            .with_field("stream"));
+        }
+        return enqueue(&state, &caller, &name, &version, body, key).await;
+    }
+    if body.webhook.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`webhook` applies to asynchronous invocations (`\"mode\": \"async\"`)",
+        )
+        .with_field("webhook"));
+    }
+    let permit = state
+        .tenancy
+        .limits
+        .acquire(&caller.tenant, &caller.limits)?;
+    let params: GenerationParams = body.params.clone().into();
+    let mut call = Call::new(&caller.tenant, &name, &version, &body.input);
+    call.mode = if body.stream { "stream" } else { "sync" };
+    if let Some(key) = key {
+        let hash = request_hash(&name, &body);
+        let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
+        match state
+            .store
+            .claim_idempotency_key(
+                caller.tenant.as_str(),
+                &key,
+                &hash,
+                call.id.0,
+                ttl,
+                Vec::new(),
+            )
+            .await?
+        {
+            KeyClaim::Fresh => call.key = Some(key),
+            KeyClaim::Replay(id) => return replay(&state, &caller, id).await,
+            KeyClaim::Conflict => return Err(key_reused()),
+        }
+    }
     let mut invocation = Invocation {
         id: call.id,
         function: Arc::new(DeployedFunction {
@@ -66,6 +117,7 @@ pub async fn invoke(
     };
     if !body.stream {
         let result = state.tree.invoke(invocation).await;
+        drop(permit);
         let response = call.complete(&state, result).await?;
         return Ok(HttpResponse::Ok().json(response));
     }
@@ -77,6 +129,8 @@ pub async fn invoke(
     let (events, events_rx) = tokio::sync::mpsc::channel::<Event>(max_tokens as usize + 4);
     let tree = Arc::clone(&state.tree);
     tokio::spawn(async move {
+        // The tenant's concurrency place is held until the stream ends, however it ends.
+        let _permit = permit;
         let mut result = std::pin::pin!(tree.invoke(invocation));
         let outcome = loop {
             tokio::select! {
@@ -135,6 +189,9 @@ struct Call {
     version: u32,
     input: String,
     created_at: chrono::DateTime<Utc>,
+    mode: &'static str,
+    /// The `Idempotency-Key` this call claimed, released if the request is refused.
+    key: Option<String>,
 }
 
 impl Call {
@@ -151,6 +208,8 @@ impl Call {
             version: version.version,
             input: input.to_string(),
             created_at: Utc::now(),
+            mode: "sync",
+            key: None,
         }
     }
 
@@ -176,6 +235,21 @@ impl Call {
             total_ms: 0.0,
             created_at: self.created_at,
             completed_at: Some(Utc::now()),
+            mode: self.mode.to_owned(),
+            params: None,
+            attempts: 1,
+            max_attempts: 1,
+            run_after: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+            started_at: Some(self.created_at),
+            batch_id: None,
+            batch_index: None,
+            callback_url: None,
+            callback_events: None,
+            output_json: None,
+            traceparent: None,
         }
     }
 
@@ -200,6 +274,11 @@ impl Call {
                 row.queue_ms = o.timings.queue_ms;
                 row.ttft_ms = o.timings.ttft_ms;
                 row.total_ms = o.timings.total_ms;
+                row.output_json = o.json.as_ref().map(|j| j.to_string());
+                state.tenancy.record_usage(
+                    &self.tenant,
+                    u64::from(o.usage.prompt_tokens + o.usage.completion_tokens),
+                );
                 state.records.record(row).await;
                 Ok(InvokeResponse::new(
                     self.id.0,
@@ -215,6 +294,15 @@ impl Call {
                     row.error_code = Some(api.code.as_str().to_owned());
                     row.error_message = Some(api.message.clone());
                     state.records.record(row).await;
+                } else if let Some(key) = &self.key {
+                    // Refused, nothing accepted: the key may be used again for a fixed request.
+                    if let Err(err) = state
+                        .store
+                        .release_idempotency_key(self.tenant.as_str(), key)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "releasing an idempotency key failed");
+                    }
                 }
                 Err(api)
             }
@@ -241,4 +329,236 @@ fn fault(request: &HttpRequest) -> Option<Fault> {
 #[cfg(not(feature = "fault-injection"))]
 fn fault(_request: &HttpRequest) -> Option<Fault> {
     None
+}
+
+/// Checks made before any work is accepted: the tenant may use the function's models and
+/// has budget left.
+pub(crate) async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    version: &StoredVersion,
+) -> Result<(), ApiError> {
+    if let Some(model) = version
+        .spec
+        .models()
+        .into_iter()
+        .find(|m| !caller.limits.allows_model(m.as_str()))
+    {
+        return Err(ApiError::new(
+            ErrorCode::ModelNotAllowed,
+            format!("this tenant may not use model `{model}`"),
+        ));
+    }
+    state
+        .tenancy
+        .check_budget(&caller.tenant, &caller.limits)
+        .await
+}
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 255;
+
+pub(crate) fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).unwrap_or_default();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("Idempotency-Key must be 1-{MAX_KEY_LEN} printable characters"),
+        )
+        .with_field("Idempotency-Key"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn prefers_async(request: &HttpRequest) -> bool {
+    request.headers().get_all("prefer").any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+    })
+}
+
+/// What makes two requests "the same" for an idempotency key: the function and the body.
+/// serde_json writes object keys sorted, so equal bodies hash equally.
+pub(crate) fn request_hash(name: &FunctionName, body: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(&(name.as_str(), body)).expect("request serializes");
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used with a different request",
+    )
+    .with_field("Idempotency-Key")
+}
+
+/// The answer an earlier request with the same key got.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    id: uuid::Uuid,
+) -> Result<HttpResponse, ApiError> {
+    let Some(row) = state.records.get(&caller.tenant, id).await? else {
+        return Err(ApiError::new(
+            ErrorCode::IdempotencyInProgress,
+            "a request with this Idempotency-Key is still running",
+        ));
+    };
+    match row.status.as_str() {
+        "succeeded" => {
+            let record = InvocationRecord::from(row);
+            Ok(HttpResponse::Ok()
+                .insert_header(("idempotent-replayed", "true"))
+                .json(InvokeResponse {
+                    invocation_id: record.invocation_id,
+                    function: record.function,
+                    version: record.version,
+                    model: record.model.unwrap_or_default(),
+                    output: record.output.unwrap_or(Output {
+                        text: String::new(),
+                        json: None,
+                    }),
+                    finish_reason: record.finish_reason.unwrap_or_default(),
+                    usage: UsageInfo { ..record.usage },
+                    cache_hit: record.cache_hit,
+                    timings: TimingsInfo { ..record.timings },
+                }))
+        }
+        "queued" | "running" => Err(ApiError::new(
+            ErrorCode::IdempotencyInProgress,
+            "a request with this Idempotency-Key is still running",
+        )),
+        _ => {
+            let code = row
+                .error_code
+                .as_deref()
+                .and_then(ErrorCode::parse)
+                .unwrap_or(ErrorCode::Internal);
+            Err(ApiError::new(code, row.error_message.unwrap_or_default()))
+        }
+    }
+}
+
+/// Checks that an async invocation can run before accepting it, so that bad input is refused
+/// now (422) rather than failing later in the queue.
+pub(crate) fn precheck(
+    version: &StoredVersion,
+    prepared: &genrt_functions::PreparedFunction,
+    input: &serde_json::Value,
+    params: &GenerationParams,
+) -> Result<(), ApiError> {
+    let _ = version;
+    params
+        .validate_override()
+        .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
+    prepared
+        .render(input)
+        .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
+    Ok(())
+}
+
+/// The callback an async invocation announces its result to: its own, else its function's.
+/// The URL must pass the SSRF guard now, and does again (by address) at each delivery.
+pub(crate) fn callback(
+    state: &AppState,
+    own: Option<&crate::api::dto::WebhookSpec>,
+    version: &StoredVersion,
+) -> Result<Option<genrt_functions::WebhookTarget>, ApiError> {
+    let target = match own {
+        Some(w) => {
+            let t = genrt_functions::WebhookTarget::from(w);
+            t.validate().map_err(ApiError::from)?;
+            Some(t)
+        }
+        None => version.spec.webhook.clone(),
+    };
+    if let Some(t) = &target {
+        state.check_callback_url(&t.url)?;
+    }
+    Ok(target)
+}
+
+/// Commits one async invocation (with its idempotency key, when given) and answers 202.
+async fn enqueue(
+    state: &AppState,
+    caller: &Caller,
+    name: &FunctionName,
+    version: &StoredVersion,
+    body: InvokeRequest,
+    key: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let params: GenerationParams = body.params.clone().into();
+    let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
+    precheck(version, &prepared, &body.input, &params)?;
+    let webhook = callback(state, body.webhook.as_ref(), version)?;
+    let params_json = serde_json::to_value(&body.params).expect("params serialize");
+    let row = state.queue.row(NewJob {
+        tenant: &caller.tenant,
+        function: name,
+        version: version.version,
+        input: &body.input,
+        params: &params_json,
+        mode: "async",
+        webhook: webhook.as_ref(),
+        batch: None,
+    });
+    let id = row.id;
+    let mut status = "queued".to_owned();
+    match key {
+        Some(key) => {
+            let hash = request_hash(name, &body);
+            let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
+            match state
+                .store
+                .claim_idempotency_key(caller.tenant.as_str(), &key, &hash, id, ttl, vec![row])
+                .await?
+            {
+                KeyClaim::Fresh => {}
+                KeyClaim::Replay(earlier) => {
+                    let row = state
+                        .records
+                        .get(&caller.tenant, earlier)
+                        .await?
+                        .ok_or_else(|| ApiError::internal("idempotency key without invocation"))?;
+                    status = row.status;
+                    return Ok(accepted(
+                        earlier,
+                        name,
+                        row.function_version as u32,
+                        &status,
+                        true,
+                    ));
+                }
+                KeyClaim::Conflict => return Err(key_reused()),
+            }
+        }
+        None => state.store.enqueue(vec![row]).await?,
+    }
+    state.queue.wake();
+    Ok(accepted(id, name, version.version, &status, false))
+}
+
+fn accepted(
+    id: uuid::Uuid,
+    name: &FunctionName,
+    version: u32,
+    status: &str,
+    replayed: bool,
+) -> HttpResponse {
+    let mut response = HttpResponse::Accepted();
+    response.insert_header(("location", format!("/v1/invocations/{id}")));
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    response.json(AsyncAccepted {
+        invocation_id: id,
+        status: status.to_owned(),
+        function: name.as_str().to_owned(),
+        version,
+    })
 }

@@ -1,13 +1,17 @@
 //! The HTTP API, version 1. Handlers are thin: parse, authenticate, call the store or the
 //! actor tree, convert. Every error leaves through [`crate::error::ApiError`].
 
+mod batches;
 pub mod dto;
 mod functions;
 mod health;
 mod invocations;
 mod invoke;
+mod keys;
 mod models;
 pub mod openapi;
+mod tenants;
+mod usage;
 
 use actix_web::error::{JsonPayloadError, PathError};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -15,7 +19,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::error::{ApiError, ErrorCode};
 
 /// Registers every route. Used by the server and by in-process tests alike.
-pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize, batch_limit: usize) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(body_limit)
@@ -25,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
             .error_handler(json_error),
     )
     .app_data(web::PathConfig::default().error_handler(path_error))
+    .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PayloadConfig::default().limit(body_limit))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
@@ -50,7 +55,37 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
                 "/functions/{name}/prewarm",
                 web::post().to(functions::prewarm),
             )
+            .service(
+                web::resource("/functions/{name}/batches")
+                    // Batches are large by nature; they get their own body limit.
+                    .app_data(web::PayloadConfig::default().limit(batch_limit))
+                    .route(web::post().to(batches::create)),
+            )
+            .route("/batches/{id}", web::get().to(batches::get))
+            .route("/batches/{id}/results", web::get().to(batches::results))
+            .route("/invocations", web::get().to(invocations::list))
             .route("/invocations/{id}", web::get().to(invocations::get))
+            .route(
+                "/invocations/{id}/cancel",
+                web::post().to(invocations::cancel),
+            )
+            .route("/usage", web::get().to(usage::get))
+            .service(
+                web::resource("/api-keys")
+                    .route(web::post().to(keys::create))
+                    .route(web::get().to(keys::list)),
+            )
+            .route("/api-keys/{id}", web::delete().to(keys::revoke))
+            .service(
+                web::resource("/admin/tenants")
+                    .route(web::post().to(tenants::create))
+                    .route(web::get().to(tenants::list)),
+            )
+            .service(
+                web::resource("/admin/tenants/{id}")
+                    .route(web::get().to(tenants::get))
+                    .route(web::patch().to(tenants::update)),
+            )
             .route("/models", web::get().to(models::list))
             .route("/models/{id}", web::get().to(models::get)),
     )
@@ -88,6 +123,14 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
         ),
     };
     api.into()
+}
+
+fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("bad query string: {err}"),
+    )
+    .into()
 }
 
 fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {

@@ -5,16 +5,18 @@ use actix_web::{web, HttpResponse};
 use genrt_functions::ModelId;
 
 use crate::api::dto::{ModelInfo, ModelList};
+use crate::api::functions::READ;
 use crate::app::AppState;
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::tenancy::Caller;
 
 /// List registered models with their state (unloaded, loading, ready, failed) and replicas.
 #[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
     responses(
         (status = 200, body = ModelList),
         (status = 401, body = ErrorBody)))]
-pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
     let models = state
         .tree
         .models()
@@ -34,9 +36,10 @@ pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRes
         (status = 404, body = ErrorBody)))]
 pub async fn get(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
     let id = ModelId::new(id.into_inner());
     let status = state
         .tree

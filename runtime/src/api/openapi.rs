@@ -5,7 +5,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{dto, functions, health, invocations, invoke, models};
+use crate::api::{
+    batches, dto, functions, health, invocations, invoke, keys, models, tenants, usage,
+};
 use crate::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -22,6 +24,19 @@ use crate::error::{ErrorBody, ErrorDetail};
         functions::prewarm,
         invoke::invoke,
         invocations::get,
+        invocations::list,
+        invocations::cancel,
+        batches::create,
+        batches::get,
+        batches::results,
+        usage::get,
+        keys::create,
+        keys::list,
+        keys::revoke,
+        tenants::create,
+        tenants::list,
+        tenants::get,
+        tenants::update,
         models::list,
         models::get,
     ),
@@ -54,6 +69,24 @@ use crate::error::{ErrorBody, ErrorDetail};
         dto::StreamDone,
         dto::Health,
         dto::Readiness,
+        dto::InvokeMode,
+        dto::AsyncAccepted,
+        dto::WebhookSpec,
+        dto::InvocationPage,
+        batches::BatchRequest,
+        batches::BatchInfo,
+        batches::BatchResultLine,
+        usage::UsageEntry,
+        usage::UsageReport,
+        keys::CreateApiKey,
+        keys::ApiKeyInfo,
+        keys::CreatedApiKey,
+        keys::ApiKeyList,
+        tenants::TenantLimitsBody,
+        tenants::CreateTenant,
+        tenants::UpdateTenant,
+        tenants::TenantInfo,
+        tenants::TenantList,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -61,6 +94,10 @@ use crate::error::{ErrorBody, ErrorDetail};
         (name = "invoke", description = "Run functions"),
         (name = "invocations", description = "Stored invocation records"),
         (name = "models", description = "Registered models"),
+        (name = "batches", description = "Many inputs at once, run from the durable queue"),
+        (name = "usage", description = "What a tenant used"),
+        (name = "api-keys", description = "A tenant's API keys"),
+        (name = "admin", description = "Tenants and their limits (scope `admin`)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -76,7 +113,7 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
+                    .bearer_format("JWT or API key (grt_...)")
                     .build(),
             ),
         );

@@ -2,10 +2,24 @@
 //! that reads tenant data filters on the tenant: there is no function here that takes a
 //! function name without a tenant.
 
+mod batches;
+mod deliveries;
 pub mod entities;
+mod idempotency;
+mod jobs;
 mod recorder;
+mod tenants;
+mod triggers;
+mod usage;
 
+pub use batches::BatchRow;
+pub use deliveries::{AttemptRow, DeliveryNext};
+pub use idempotency::KeyClaim;
+pub use jobs::{DeliveryRow, InvocationFilter, JobEnd};
 pub use recorder::Recorder;
+pub use tenants::{ApiKeyRow, TenantRow, TenantSettings};
+pub use triggers::TriggerRow;
+pub use usage::{UsageGroup, UsageRow};
 
 use std::time::Duration;
 
@@ -111,6 +125,7 @@ impl Store {
             id: Set(tenant.as_str().to_owned()),
             disabled: Set(false),
             created_at: Set(Utc::now()),
+            ..Default::default()
         };
         tenant::Entity::insert(row)
             .on_conflict(
@@ -248,6 +263,25 @@ impl Store {
         function_version::Entity::find()
             .filter(function_version::Column::FunctionId.eq(f.id))
             .filter(function_version::Column::Version.eq(f.latest_version))
+            .one(&self.db)
+            .await?
+            .map(decode_version)
+            .transpose()
+    }
+
+    /// One version of a function, as queued work pinned it.
+    pub async fn version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: u32,
+    ) -> Result<Option<StoredVersion>, DbErr> {
+        let Some(f) = self.function(tenant, name).await? else {
+            return Ok(None);
+        };
+        function_version::Entity::find()
+            .filter(function_version::Column::FunctionId.eq(f.id))
+            .filter(function_version::Column::Version.eq(version as i32))
             .one(&self.db)
             .await?
             .map(decode_version)

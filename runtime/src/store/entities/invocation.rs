@@ -25,6 +25,27 @@ pub struct Model {
     pub total_ms: f64,
     pub created_at: ChronoDateTimeUtc,
     pub completed_at: Option<ChronoDateTimeUtc>,
+    /// `sync`, `stream`, `async`, `batch` or `trigger`.
+    pub mode: String,
+    /// The generation parameters of a queued invocation, as JSON text.
+    pub params: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// A queued invocation is not claimed before this time (retry backoff).
+    pub run_after: Option<ChronoDateTimeUtc>,
+    /// The node holding a running invocation, and until when.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<ChronoDateTimeUtc>,
+    pub cancel_requested: bool,
+    pub started_at: Option<ChronoDateTimeUtc>,
+    pub batch_id: Option<Uuid>,
+    pub batch_index: Option<i32>,
+    pub callback_url: Option<String>,
+    /// Space-separated event types the callback wants.
+    pub callback_events: Option<String>,
+    /// The parsed output of a function with JSON output, as JSON text.
+    pub output_json: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

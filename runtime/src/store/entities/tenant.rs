@@ -7,6 +7,14 @@ pub struct Model {
     pub id: String,
     pub disabled: bool,
     pub created_at: ChronoDateTimeUtc,
+    /// Requests per second; `None` uses the configured default.
+    pub rate_limit_rps: Option<f64>,
+    pub rate_limit_burst: Option<i32>,
+    pub max_concurrency: Option<i32>,
+    pub monthly_token_budget: Option<i64>,
+    /// JSON array of model ids; `None` allows every model.
+    pub allowed_models: Option<String>,
+    pub updated_at: Option<ChronoDateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,440 @@
+//! The durable queue of asynchronous invocations, kept in the `invocations` table itself so
+//! that the row the API reads is the row the workers lease: there is one source of truth for
+//! an invocation's status, and enqueueing is one insert committed before the client gets its
+//! id.
+//!
+//! Leasing: a worker claims due `queued` rows by setting `status = running`, its node id and a
+//! lease expiry in one UPDATE ... RETURNING (on Postgres the candidate rows are locked with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent nodes never claim the same row; SQLite serialises
+//! writers, and its database belongs to one process). Every later write to a leased row is
+//! guarded by `lease_owner = me AND status = running`, so a node whose lease was reclaimed
+//! cannot overwrite the result of the node that took over: each invocation ends once.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QuerySelect, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::entities::{invocation, webhook_delivery};
+use super::{InvocationRow, Store};
+
+pub type DeliveryRow = webhook_delivery::Model;
+
+/// How a leased invocation ended, as written back.
+#[derive(Debug, Clone)]
+pub enum JobEnd {
+    /// The finished row (status `succeeded`, `failed` or `cancelled` with outputs or error).
+    Done(Box<InvocationRow>),
+    /// Back to the queue, due at `run_after`, with the error that made it retry.
+    Retry {
+        run_after: DateTime<Utc>,
+        error_code: String,
+        error_message: String,
+        /// False when the failure was not the invocation's fault (overload), so that it does
+        /// not use up an attempt.
+        count_attempt: bool,
+    },
+}
+
+impl Store {
+    pub fn backend(&self) -> DatabaseBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Commits queued invocations (one transaction, so a batch is all or nothing).
+    pub async fn enqueue(&self, rows: Vec<InvocationRow>) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        // Chunks keep each statement under SQLite's bound-parameter limit.
+        for chunk in rows.chunks(500) {
+            invocation::Entity::insert_many(
+                chunk.iter().cloned().map(invocation::ActiveModel::from),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        txn.commit().await
+    }
+
+    /// Tenants with due queued work, so that claims can take from each in turn.
+    pub async fn tenants_with_queued_work(&self, now: DateTime<Utc>) -> Result<Vec<String>, DbErr> {
+        #[derive(FromQueryResult)]
+        struct T {
+            tenant_id: String,
+        }
+        let rows = invocation::Entity::find()
+            .select_only()
+            .column(invocation::Column::TenantId)
+            .distinct()
+            .filter(invocation::Column::Status.eq("queued"))
+            .filter(
+                invocation::Column::RunAfter
+                    .is_null()
+                    .or(invocation::Column::RunAfter.lte(now)),
+            )
+            .limit(256)
+            .into_model::<T>()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|t| t.tenant_id).collect())
+    }
+
+    /// Leases up to `limit` due queued invocations of one tenant, oldest first.
+    pub async fn claim(
+        &self,
+        tenant: &str,
+        node: &str,
+        limit: u64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<InvocationRow>, DbErr> {
+        let now = Utc::now();
+        let expires = now + ChronoDuration::from_std(lease).unwrap_or_default();
+        let mut due = Query::select();
+        due.column(invocation::Column::Id)
+            .from(invocation::Entity)
+            .and_where(invocation::Column::Status.eq("queued"))
+            .and_where(invocation::Column::TenantId.eq(tenant))
+            .and_where(
+                invocation::Column::RunAfter
+                    .is_null()
+                    .or(invocation::Column::RunAfter.lte(now)),
+            )
+            .order_by(invocation::Column::Id, sea_orm::Order::Asc)
+            .limit(limit);
+        if self.backend() == DatabaseBackend::Postgres {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let update = Query::update()
+            .table(invocation::Entity)
+            .value(invocation::Column::Status, "running")
+            .value(invocation::Column::LeaseOwner, node)
+            .value(invocation::Column::LeaseExpiresAt, expires)
+            .value(
+                invocation::Column::Attempts,
+                Expr::col(invocation::Column::Attempts).add(1),
+            )
+            .value(
+                invocation::Column::StartedAt,
+                Expr::col(invocation::Column::StartedAt).if_null(now),
+            )
+            .and_where(invocation::Column::Id.in_subquery(due))
+            // Checked again: on Postgres the subquery's snapshot may predate a concurrent
+            // claim that committed while this statement waited.
+            .and_where(invocation::Column::Status.eq("queued"))
+            .returning_all()
+            .to_owned();
+        let statement = self.backend().build(&update);
+        let mut rows = InvocationRow::find_by_statement(statement)
+            .all(&self.db)
+            .await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Extends this node's leases; returns the ids among them whose cancellation was asked
+    /// for (possibly through another node).
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        ids: &[Uuid],
+        lease: std::time::Duration,
+    ) -> Result<Vec<Uuid>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires = Utc::now() + ChronoDuration::from_std(lease).unwrap_or_default();
+        invocation::Entity::update_many()
+            .col_expr(invocation::Column::LeaseExpiresAt, Expr::value(expires))
+            .filter(invocation::Column::LeaseOwner.eq(node))
+            .filter(invocation::Column::Status.eq("running"))
+            .filter(invocation::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        self.cancel_requested(node, ids).await
+    }
+
+    pub async fn cancel_requested(&self, node: &str, ids: &[Uuid]) -> Result<Vec<Uuid>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(FromQueryResult)]
+        struct Id {
+            id: Uuid,
+        }
+        let rows = invocation::Entity::find()
+            .select_only()
+            .column(invocation::Column::Id)
+            .filter(invocation::Column::LeaseOwner.eq(node))
+            .filter(invocation::Column::Status.eq("running"))
+            .filter(invocation::Column::CancelRequested.eq(true))
+            .filter(invocation::Column::Id.is_in(ids.iter().copied()))
+            .into_model::<Id>()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Writes how a leased invocation ended, with the webhook deliveries it causes, in one
+    /// transaction. Returns false (and writes nothing) when this node no longer holds the
+    /// lease: whoever reclaimed it will finish it.
+    pub async fn finish_job(
+        &self,
+        id: Uuid,
+        node: &str,
+        end: JobEnd,
+        deliveries: Vec<DeliveryRow>,
+    ) -> Result<bool, DbErr> {
+        let txn = self.db.begin().await?;
+        let mut update = invocation::Entity::update_many()
+            .col_expr(invocation::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(
+                invocation::Column::LeaseExpiresAt,
+                Expr::value(None::<DateTime<Utc>>),
+            );
+        match &end {
+            JobEnd::Done(row) => {
+                update = update
+                    .col_expr(invocation::Column::Status, Expr::value(row.status.clone()))
+                    .col_expr(invocation::Column::Model, Expr::value(row.model.clone()))
+                    .col_expr(
+                        invocation::Column::OutputText,
+                        Expr::value(row.output_text.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::OutputJson,
+                        Expr::value(row.output_json.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::FinishReason,
+                        Expr::value(row.finish_reason.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::ErrorCode,
+                        Expr::value(row.error_code.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::ErrorMessage,
+                        Expr::value(row.error_message.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::PromptTokens,
+                        Expr::value(row.prompt_tokens),
+                    )
+                    .col_expr(
+                        invocation::Column::CompletionTokens,
+                        Expr::value(row.completion_tokens),
+                    )
+                    .col_expr(invocation::Column::CacheHit, Expr::value(row.cache_hit))
+                    .col_expr(invocation::Column::LoadMs, Expr::value(row.load_ms))
+                    .col_expr(invocation::Column::QueueMs, Expr::value(row.queue_ms))
+                    .col_expr(invocation::Column::TtftMs, Expr::value(row.ttft_ms))
+                    .col_expr(invocation::Column::TotalMs, Expr::value(row.total_ms))
+                    .col_expr(
+                        invocation::Column::CompletedAt,
+                        Expr::value(row.completed_at),
+                    );
+            }
+            JobEnd::Retry {
+                run_after,
+                error_code,
+                error_message,
+                count_attempt,
+            } => {
+                update = update
+                    .col_expr(invocation::Column::Status, Expr::value("queued"))
+                    .col_expr(invocation::Column::RunAfter, Expr::value(*run_after))
+                    .col_expr(
+                        invocation::Column::ErrorCode,
+                        Expr::value(error_code.clone()),
+                    )
+                    .col_expr(
+                        invocation::Column::ErrorMessage,
+                        Expr::value(error_message.clone()),
+                    );
+                if !count_attempt {
+                    update = update.col_expr(
+                        invocation::Column::Attempts,
+                        Expr::col(invocation::Column::Attempts).sub(1),
+                    );
+                }
+            }
+        }
+        let result = update
+            .filter(invocation::Column::Id.eq(id))
+            .filter(invocation::Column::LeaseOwner.eq(node))
+            .filter(invocation::Column::Status.eq("running"))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        if !deliveries.is_empty() {
+            webhook_delivery::Entity::insert_many(
+                deliveries
+                    .into_iter()
+                    .map(webhook_delivery::ActiveModel::from),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Puts back expired leases (their holder died or lost the database). With `everyone`,
+    /// every running async invocation is put back: used at start on SQLite, whose database
+    /// only this process uses, so whatever was running belonged to a previous run of it.
+    /// An invocation that has used all its attempts fails instead, so that work that kills
+    /// its node cannot loop forever.
+    pub async fn reclaim_leases(&self, everyone: bool) -> Result<u64, DbErr> {
+        let now = Utc::now();
+        let expired = |q: sea_orm::UpdateMany<invocation::Entity>| {
+            let q = q
+                .filter(invocation::Column::Status.eq("running"))
+                .filter(invocation::Column::Mode.ne("sync"))
+                .filter(invocation::Column::Mode.ne("stream"));
+            if everyone {
+                q
+            } else {
+                q.filter(invocation::Column::LeaseExpiresAt.lt(now))
+            }
+        };
+        let failed = expired(invocation::Entity::update_many())
+            .filter(
+                Expr::col(invocation::Column::Attempts)
+                    .gte(Expr::col(invocation::Column::MaxAttempts)),
+            )
+            .col_expr(invocation::Column::Status, Expr::value("failed"))
+            .col_expr(invocation::Column::ErrorCode, Expr::value("lease_expired"))
+            .col_expr(
+                invocation::Column::ErrorMessage,
+                Expr::value("the node running it stopped answering on every attempt"),
+            )
+            .col_expr(invocation::Column::CompletedAt, Expr::value(now))
+            .col_expr(invocation::Column::LeaseOwner, Expr::value(None::<String>))
+            .exec(&self.db)
+            .await?;
+        let requeued = expired(invocation::Entity::update_many())
+            .col_expr(invocation::Column::Status, Expr::value("queued"))
+            .col_expr(invocation::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(
+                invocation::Column::LeaseExpiresAt,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(failed.rows_affected + requeued.rows_affected)
+    }
+
+    /// Hands this node's leases back at shutdown, without using up an attempt.
+    pub async fn release_leases(&self, node: &str) -> Result<u64, DbErr> {
+        let result = invocation::Entity::update_many()
+            .col_expr(invocation::Column::Status, Expr::value("queued"))
+            .col_expr(invocation::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(
+                invocation::Column::LeaseExpiresAt,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .col_expr(
+                invocation::Column::Attempts,
+                Expr::col(invocation::Column::Attempts).sub(1),
+            )
+            .filter(invocation::Column::LeaseOwner.eq(node))
+            .filter(invocation::Column::Status.eq("running"))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Cancels a queued invocation at once, or asks for a running one to stop. Returns the
+    /// row as it now is, or `None` when the tenant has no such invocation.
+    pub async fn request_cancel(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<InvocationRow>, DbErr> {
+        let now = Utc::now();
+        invocation::Entity::update_many()
+            .col_expr(invocation::Column::Status, Expr::value("cancelled"))
+            .col_expr(invocation::Column::CancelRequested, Expr::value(true))
+            .col_expr(invocation::Column::ErrorCode, Expr::value("cancelled"))
+            .col_expr(
+                invocation::Column::ErrorMessage,
+                Expr::value("cancelled before it started"),
+            )
+            .col_expr(invocation::Column::CompletedAt, Expr::value(now))
+            .filter(invocation::Column::Id.eq(id))
+            .filter(invocation::Column::TenantId.eq(tenant))
+            .filter(invocation::Column::Status.eq("queued"))
+            .exec(&self.db)
+            .await?;
+        invocation::Entity::update_many()
+            .col_expr(invocation::Column::CancelRequested, Expr::value(true))
+            .filter(invocation::Column::Id.eq(id))
+            .filter(invocation::Column::TenantId.eq(tenant))
+            .filter(invocation::Column::Status.eq("running"))
+            .exec(&self.db)
+            .await?;
+        invocation::Entity::find_by_id(id)
+            .filter(invocation::Column::TenantId.eq(tenant))
+            .one(&self.db)
+            .await
+    }
+}
+
+impl Store {
+    pub async fn insert_deliveries(&self, rows: Vec<DeliveryRow>) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        webhook_delivery::Entity::insert_many(
+            rows.into_iter().map(webhook_delivery::ActiveModel::from),
+        )
+        .exec_without_returning(&self.db)
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Filters of an invocation listing.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    pub function: Option<String>,
+    pub status: Option<String>,
+    pub batch: Option<Uuid>,
+    /// Only invocations older than this id (ids are time-ordered UUIDv7).
+    pub before: Option<Uuid>,
+}
+
+impl Store {
+    /// A tenant's invocations, newest first.
+    pub async fn list_invocations(
+        &self,
+        tenant: &str,
+        filter: &InvocationFilter,
+        limit: u64,
+    ) -> Result<Vec<InvocationRow>, DbErr> {
+        use sea_orm::QueryOrder;
+        let mut query = invocation::Entity::find().filter(invocation::Column::TenantId.eq(tenant));
+        if let Some(f) = &filter.function {
+            query = query.filter(invocation::Column::FunctionName.eq(f.as_str()));
+        }
+        if let Some(s) = &filter.status {
+            query = query.filter(invocation::Column::Status.eq(s.as_str()));
+        }
+        if let Some(b) = filter.batch {
+            query = query.filter(invocation::Column::BatchId.eq(b));
+        }
+        if let Some(before) = filter.before {
+            query = query.filter(invocation::Column::Id.lt(before));
+        }
+        query
+            .order_by_desc(invocation::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+}

@@ -1,0 +1,272 @@
+//! Per-tenant admission: a token-bucket rate limit (governor's GCRA), a cap on invocations
+//! running at once, and a monthly token budget. All three are decided at the edge, before any
+//! work is queued, and answered with 429 and a Retry-After.
+//!
+//! The counters live in this process. With several nodes each enforces the rate limit and the
+//! concurrency cap on its own share of traffic; the budget is read from the database (the sum
+//! of recorded usage) and refreshed every `BUDGET_REFRESH`, so nodes agree within that time.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, Utc};
+use genrt_functions::TenantId;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The limits in force for one tenant: its own settings over the configured defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantLimits {
+    pub disabled: bool,
+    /// 0 disables the rate limit.
+    pub rate_limit_rps: f64,
+    pub rate_limit_burst: u32,
+    /// 0 is no cap.
+    pub max_concurrency: u32,
+    /// 0 is no budget.
+    pub monthly_token_budget: u64,
+    /// `None` allows every model.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl TenantLimits {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+}
+
+/// How long a tenant's budget use, read from the database, is trusted before rereading.
+const BUDGET_REFRESH: Duration = Duration::from_secs(30);
+
+struct Bucket {
+    rps: f64,
+    burst: u32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+#[derive(Clone, Copy)]
+struct Meter {
+    month: (i32, u32),
+    used: u64,
+    read_at: Instant,
+}
+
+#[derive(Default)]
+pub struct Limits {
+    buckets: Mutex<HashMap<TenantId, Bucket>>,
+    running: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
+    meters: Mutex<HashMap<TenantId, Meter>>,
+}
+
+/// One running invocation counted against its tenant's cap; dropping it (however the request
+/// ends) frees the place.
+pub struct ConcurrencyPermit {
+    counter: Arc<AtomicU32>,
+}
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn this_month() -> (i32, u32) {
+    let now = Utc::now();
+    (now.year(), now.month())
+}
+
+impl Limits {
+    /// Takes one request from the tenant's bucket.
+    pub fn check_rate(&self, tenant: &TenantId, limits: &TenantLimits) -> Result<(), ApiError> {
+        if limits.rate_limit_rps <= 0.0 {
+            return Ok(());
+        }
+        let mut buckets = self.buckets.lock().expect("buckets lock");
+        let stale = buckets
+            .get(tenant)
+            .is_none_or(|b| b.rps != limits.rate_limit_rps || b.burst != limits.rate_limit_burst);
+        if stale {
+            let period = Duration::from_secs_f64(1.0 / limits.rate_limit_rps);
+            let burst = NonZeroU32::new(limits.rate_limit_burst.max(1)).expect("at least 1");
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+                .allow_burst(burst);
+            buckets.insert(
+                tenant.clone(),
+                Bucket {
+                    rps: limits.rate_limit_rps,
+                    burst: limits.rate_limit_burst,
+                    limiter: RateLimiter::direct(quota),
+                },
+            );
+        }
+        let bucket = buckets.get(tenant).expect("inserted above");
+        bucket.limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit of {} requests/s (burst {}) exceeded",
+                    limits.rate_limit_rps, limits.rate_limit_burst
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u32)
+        })
+    }
+
+    /// Counts one more running invocation, unless the tenant is at its cap.
+    pub fn acquire(
+        &self,
+        tenant: &TenantId,
+        limits: &TenantLimits,
+    ) -> Result<ConcurrencyPermit, ApiError> {
+        let counter = Arc::clone(
+            self.running
+                .lock()
+                .expect("running lock")
+                .entry(tenant.clone())
+                .or_default(),
+        );
+        let cap = if limits.max_concurrency == 0 {
+            u32::MAX
+        } else {
+            limits.max_concurrency
+        };
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::ConcurrencyLimited,
+                    format!("at most {cap} invocations may run at once for this tenant"),
+                )
+            })?;
+        Ok(ConcurrencyPermit { counter })
+    }
+
+    pub fn running(&self, tenant: &TenantId) -> u32 {
+        self.running
+            .lock()
+            .expect("running lock")
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// The tokens used this month as last known, or `None` when it must be read again.
+    pub fn known_usage(&self, tenant: &TenantId) -> Option<u64> {
+        let meters = self.meters.lock().expect("meters lock");
+        let m = meters.get(tenant)?;
+        (m.month == this_month() && m.read_at.elapsed() < BUDGET_REFRESH).then_some(m.used)
+    }
+
+    pub fn set_usage(&self, tenant: &TenantId, used: u64) {
+        self.meters.lock().expect("meters lock").insert(
+            tenant.clone(),
+            Meter {
+                month: this_month(),
+                used,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    /// Adds tokens just spent, so that the budget holds between rereads.
+    pub fn add_usage(&self, tenant: &TenantId, tokens: u64) {
+        if let Some(m) = self.meters.lock().expect("meters lock").get_mut(tenant) {
+            if m.month == this_month() {
+                m.used += tokens;
+            }
+        }
+    }
+
+    pub fn check_budget(limits: &TenantLimits, used: u64) -> Result<(), ApiError> {
+        if limits.monthly_token_budget == 0 || used < limits.monthly_token_budget {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let (y, m) = if now.month() == 12 {
+            (now.year() + 1, 1)
+        } else {
+            (now.year(), now.month() + 1)
+        };
+        let next = chrono::NaiveDate::from_ymd_opt(y, m, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|d| d.and_utc());
+        let wait = next.map_or(3600, |n| (n - now).num_seconds().max(1) as u32);
+        Err(ApiError::new(
+            ErrorCode::QuotaExhausted,
+            format!(
+                "the monthly budget of {} tokens is used up ({used} used)",
+                limits.monthly_token_budget
+            ),
+        )
+        .retry_after(wait))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> TenantLimits {
+        TenantLimits {
+            disabled: false,
+            rate_limit_rps: 1.0,
+            rate_limit_burst: 3,
+            max_concurrency: 2,
+            monthly_token_budget: 100,
+            allowed_models: None,
+        }
+    }
+
+    #[test]
+    fn the_bucket_allows_its_burst_then_refuses_with_a_wait() {
+        let l = Limits::default();
+        let t = TenantId::parse("acme").unwrap();
+        for _ in 0..3 {
+            l.check_rate(&t, &limits()).unwrap();
+        }
+        let err = l.check_rate(&t, &limits()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        assert_eq!(err.retry_after, Some(1));
+        // Another tenant has its own bucket.
+        l.check_rate(&TenantId::parse("other").unwrap(), &limits())
+            .unwrap();
+    }
+
+    #[test]
+    fn permits_count_running_work_and_free_on_drop() {
+        let l = Limits::default();
+        let t = TenantId::parse("acme").unwrap();
+        let a = l.acquire(&t, &limits()).unwrap();
+        let _b = l.acquire(&t, &limits()).unwrap();
+        assert_eq!(
+            l.acquire(&t, &limits()).err().unwrap().code,
+            ErrorCode::ConcurrencyLimited
+        );
+        drop(a);
+        assert_eq!(l.running(&t), 1);
+        l.acquire(&t, &limits()).unwrap();
+    }
+
+    #[test]
+    fn the_budget_refuses_once_used_up() {
+        Limits::check_budget(&limits(), 99).unwrap();
+        let err = Limits::check_budget(&limits(), 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::QuotaExhausted);
+        assert!(err.retry_after.unwrap() >= 1);
+        let unlimited = TenantLimits {
+            monthly_token_budget: 0,
+            ..limits()
+        };
+        Limits::check_budget(&unlimited, u64::MAX).unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! Who is calling and what they may do: credentials (JWTs and API keys) resolve to a
+//! [`Caller`] with its tenant and scopes; the tenant's settings decide whether and how much it
+//! may call (disabled tenants, rate limit, concurrency cap, monthly token budget, allowed
+//! models).
+
+mod caller;
+pub mod keys;
+pub mod limits;
+pub mod scopes;
+
+pub use caller::Caller;
+pub use limits::{ConcurrencyPermit, Limits, TenantLimits};
+pub use scopes::{Scope, Scopes};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Datelike, TimeZone, Utc};
+use genrt_functions::TenantId;
+use moka::sync::Cache;
+use sea_orm::DbErr;
+use uuid::Uuid;
+
+use crate::config::TenancyConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::store::{ApiKeyRow, Store, TenantRow};
+
+/// A verified API key.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub key_id: Uuid,
+    pub tenant: TenantId,
+    pub scopes: Scopes,
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+pub struct Tenancy {
+    store: Store,
+    defaults: TenancyConfig,
+    pub limits: Limits,
+    settings: Cache<TenantId, Arc<TenantLimits>>,
+    /// Keys by the hash of their secret; `None` caches "no such key" so that a flood of bad
+    /// keys does not reach the database each time.
+    keys: Cache<String, Option<Arc<KeyGrant>>>,
+}
+
+impl Tenancy {
+    pub fn new(store: Store, defaults: TenancyConfig) -> Self {
+        let ttl = Duration::from_secs(defaults.cache_ttl_s.max(1));
+        Self {
+            store,
+            defaults,
+            limits: Limits::default(),
+            settings: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// The limits in force for a tenant. A tenant without a row (a JWT for a tenant nobody
+    /// created yet) gets the defaults.
+    pub async fn limits_of(&self, tenant: &TenantId) -> Result<Arc<TenantLimits>, DbErr> {
+        if let Some(l) = self.settings.get(tenant) {
+            return Ok(l);
+        }
+        let row = self.store.tenant(tenant).await?;
+        let limits = Arc::new(self.resolve(row.as_ref()));
+        self.settings.insert(tenant.clone(), Arc::clone(&limits));
+        Ok(limits)
+    }
+
+    pub fn resolve(&self, row: Option<&TenantRow>) -> TenantLimits {
+        let d = &self.defaults;
+        TenantLimits {
+            disabled: row.is_some_and(|r| r.disabled),
+            rate_limit_rps: row
+                .and_then(|r| r.rate_limit_rps)
+                .unwrap_or(d.rate_limit_rps),
+            rate_limit_burst: row
+                .and_then(|r| r.rate_limit_burst)
+                .map_or(d.rate_limit_burst, |v| v.max(0) as u32),
+            max_concurrency: row
+                .and_then(|r| r.max_concurrency)
+                .map_or(d.max_concurrency, |v| v.max(0) as u32),
+            monthly_token_budget: row
+                .and_then(|r| r.monthly_token_budget)
+                .map_or(d.monthly_token_budget, |v| v.max(0) as u64),
+            allowed_models: row
+                .and_then(|r| r.allowed_models.as_deref())
+                .and_then(|m| serde_json::from_str(m).ok()),
+        }
+    }
+
+    /// Called after a tenant's settings change on this node.
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        self.settings.invalidate(tenant);
+    }
+
+    pub async fn verify_key(&self, secret: &str) -> Result<Arc<KeyGrant>, ApiError> {
+        let hash = keys::hash(secret);
+        let grant = match self.keys.get(&hash) {
+            Some(grant) => grant,
+            None => {
+                let row = self.store.api_key_by_hash(&hash).await?;
+                let grant = row.filter(|k| k.revoked_at.is_none()).and_then(grant_of);
+                let grant = grant.map(Arc::new);
+                if let Some(g) = &grant {
+                    // Best effort, once per cache load: a listing shows roughly when a key was
+                    // last used without a write on every request.
+                    let store = self.store.clone();
+                    let id = g.key_id;
+                    tokio::spawn(async move {
+                        let _ = store.touch_api_key(id).await;
+                    });
+                }
+                self.keys.insert(hash, grant.clone());
+                grant
+            }
+        };
+        let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "the API key is not valid");
+        let grant = grant.ok_or_else(invalid)?;
+        if grant.expires_at.is_some_and(|e| e <= Utc::now()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "the API key has expired",
+            ));
+        }
+        Ok(grant)
+    }
+
+    /// Called after a key is revoked on this node.
+    pub fn forget_key(&self, row: &ApiKeyRow) {
+        self.keys.invalidate(&row.hash);
+    }
+
+    /// Tokens the tenant used this calendar month (UTC).
+    pub async fn usage_this_month(&self, tenant: &TenantId) -> Result<u64, DbErr> {
+        if let Some(used) = self.limits.known_usage(tenant) {
+            return Ok(used);
+        }
+        let now = Utc::now();
+        let start = Utc
+            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+            .single()
+            .unwrap_or(now);
+        let used = self.store.tokens_since(tenant, start).await?;
+        self.limits.set_usage(tenant, used);
+        Ok(used)
+    }
+
+    /// Refuses new work once the monthly budget is used up.
+    pub async fn check_budget(
+        &self,
+        tenant: &TenantId,
+        limits: &TenantLimits,
+    ) -> Result<(), ApiError> {
+        if limits.monthly_token_budget == 0 {
+            return Ok(());
+        }
+        let used = self.usage_this_month(tenant).await?;
+        Limits::check_budget(limits, used)
+    }
+
+    pub fn record_usage(&self, tenant: &TenantId, tokens: u64) {
+        self.limits.add_usage(tenant, tokens);
+    }
+}
+
+fn grant_of(row: ApiKeyRow) -> Option<KeyGrant> {
+    Some(KeyGrant {
+        key_id: row.id,
+        tenant: TenantId::parse(&row.tenant_id).ok()?,
+        scopes: Scopes::parse_lenient(row.scopes.split_whitespace()),
+        expires_at: row.expires_at,
+    })
+}
