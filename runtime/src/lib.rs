@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod store;
+pub mod webhooks;
 
 pub use app::{start, AppState, RunningServer, StartError};
 pub use config::Config;
