@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages genrt needs, only those missing: cmake and libclang to build
-# llama.cpp through llama-cpp-2, PostgreSQL for the end-to-end tests, curl for `make run`.
+# llama.cpp through llama-cpp-2, PostgreSQL for the end-to-end tests, curl for `make run`, Node
+# and npm for the webhook signature interop test (tests/node).
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 if ! command -v python3 >/dev/null 2>&1; then
   missing+=(python3 python3-pip)
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -12,6 +12,7 @@ pub mod error;
 pub mod queue;
 pub mod store;
 pub mod tenancy;
+pub mod webhooks;
 
 pub use app::{start, AppState, RunningServer, StartError};
 pub use config::Config;

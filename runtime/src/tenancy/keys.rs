@@ -3,8 +3,7 @@
 //! which is enough because the secret is random (no salt or slow hash is needed against
 //! guessing, unlike passwords).
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::distr::{Alphanumeric, Distribution};
 use sha2::{Digest, Sha256};
 
 pub const KEY_PREFIX: &str = "grt_";
@@ -13,8 +12,8 @@ const SECRET_CHARS: usize = 40;
 const DISPLAY_CHARS: usize = 12;
 
 pub fn generate() -> String {
-    let random: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
+    let random: String = Alphanumeric
+        .sample_iter(rand::rng())
         .take(SECRET_CHARS)
         .map(char::from)
         .collect();
