@@ -13,10 +13,11 @@ use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
 use crate::auth::Authenticator;
 use crate::cache::MokaResponseCache;
 use crate::config::{Config, DEV_JWT_SECRET};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
 use crate::store::{Recorder, Store, StoredVersion};
 use crate::tenancy::Tenancy;
+use crate::webhooks::ssrf::{http_client, UrlGuard};
 use genrt_functions::{FunctionName, TenantId};
 use moka::sync::Cache;
 
@@ -33,6 +34,10 @@ pub struct AppState {
     pub records: Recorder,
     pub tenancy: Tenancy,
     pub queue: JobQueue,
+    /// Keeps callbacks away from internal addresses (`webhooks.allow_private` excepted).
+    pub url_guard: Arc<UrlGuard>,
+    /// The client webhooks are sent with: guarded resolver, no redirects, timeouts.
+    pub http: reqwest::Client,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
     deliveries: tokio::sync::Notify,
     /// The latest version of recently invoked functions, so that the hot path reads no
@@ -71,10 +76,16 @@ impl AppState {
         let _ = tokio::time::timeout(limit, self.deliveries.notified()).await;
     }
 
-    /// Refuses callback URLs the SSRF guard forbids.
+    /// Refuses callback URLs the SSRF guard forbids. Host names are resolved again, and
+    /// checked, at every delivery.
     pub fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
-        let _ = url;
-        Ok(())
+        self.url_guard.check_url(url).map(|_| ()).map_err(|err| {
+            ApiError::new(
+                ErrorCode::CallbackUrlForbidden,
+                format!("the callback URL is refused: {err}"),
+            )
+            .with_field("webhook.url")
+        })
     }
 
     pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
@@ -104,6 +115,7 @@ pub struct RunningServer {
     state: web::Data<AppState>,
     record_writer: tokio::task::JoinHandle<()>,
     queue_runner: tokio::task::JoinHandle<()>,
+    delivery_runner: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
@@ -134,6 +146,12 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     )
     .await
     .map_err(|e| StartError::Actors(e.to_string()))?;
+    let url_guard = Arc::new(
+        config
+            .webhooks
+            .url_guard()
+            .map_err(|e| StartError::Actors(format!("webhooks: {e}")))?,
+    );
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: store.clone(),
@@ -144,6 +162,9 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         tenancy: Tenancy::new(store.clone(), config.tenancy.clone()),
         queue: JobQueue::new(config.node_id(), config.queue.clone()),
         deliveries: tokio::sync::Notify::new(),
+        url_guard: Arc::clone(&url_guard),
+        http: http_client(url_guard, config.webhooks.timeout())
+            .map_err(|e| StartError::Actors(format!("webhook client: {e}")))?,
         versions: Cache::builder()
             .max_capacity(10_000)
             .time_to_live(VERSION_TTL)
@@ -161,6 +182,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         }
     }
     let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
+    let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone()));
     let auth = web::Data::new(Authenticator::new(&config.auth));
     let body_limit = config.server.body_limit_bytes;
     let batch_limit = config.queue.batch_body_limit_bytes;
@@ -197,6 +219,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         state,
         record_writer,
         queue_runner,
+        delivery_runner,
     })
 }
 
@@ -224,6 +247,9 @@ impl RunningServer {
         // Leased async work goes back to the queue before the actors stop under it.
         crate::queue::release(&self.state).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.queue_runner).await;
+        // Deliveries in flight finish or their leases expire; either way they are retried.
+        self.state.deliveries_wake();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.delivery_runner).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
         if unwritten > 0 {

@@ -10,6 +10,8 @@ use figment::Figment;
 use genrt_actors::{ModelConfig, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::webhooks::WebhookConfig;
+
 pub const DEFAULT_MODEL_ID: &str = "smollm2-135m";
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Used only when no secret is configured, so that a laptop start needs no set-up; the
@@ -28,6 +30,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub tenancy: TenancyConfig,
     pub queue: QueueConfig,
+    pub webhooks: WebhookConfig,
     pub models: Vec<ModelConfig>,
 }
 
@@ -176,6 +179,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             tenancy: TenancyConfig::default(),
             queue: QueueConfig::default(),
+            webhooks: WebhookConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -354,6 +358,9 @@ impl Config {
         }
         if self.tenancy.rate_limit_rps < 0.0 || !self.tenancy.rate_limit_rps.is_finite() {
             return invalid("tenancy.rate_limit_rps must be a non-negative number".into());
+        }
+        if let Err(err) = self.webhooks.validate() {
+            return invalid(err.to_string());
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024".into());

@@ -2,6 +2,7 @@
 //! keeps callback URLs away from internal addresses ([`ssrf`]), their configuration and the
 //! retry schedule. Storage, delivery workers and HTTP routes build on these elsewhere.
 
+pub mod delivery;
 pub mod signing;
 pub mod ssrf;
 
