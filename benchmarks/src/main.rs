@@ -96,8 +96,11 @@ impl Bench {
         model.idle_timeout_s = 2;
         model.queue_capacity = 256;
         config.models = vec![model];
-        let auth = genrt_runtime::auth::Authenticator::new(&config.auth);
-        let token = auth.issue(&genrt_functions::TenantId::parse("bench")?);
+        let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(
+            &genrt_functions::TenantId::parse("bench")?,
+            genrt_runtime::auth::DEFAULT_TENANT_SCOPES,
+            std::time::Duration::from_secs(config.auth.token_ttl_s),
+        );
         let server = genrt_runtime::start(config, false).await?;
         let target = Target {
             client: reqwest::Client::builder()

@@ -10,9 +10,9 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::MokaResponseCache;
-use crate::config::{Config, DEV_JWT_SECRET};
+use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
 use crate::store::{Recorder, Store, StoredVersion};
@@ -101,6 +101,8 @@ pub enum StartError {
     Engine(#[from] genrt_actors::EngineError),
     #[error("actors: {0}")]
     Actors(String),
+    #[error("auth: {0}")]
+    Auth(#[from] AuthSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -121,11 +123,18 @@ pub struct RunningServer {
 /// Starts everything and returns once the server is listening. With `handle_signals`,
 /// SIGINT/SIGTERM begin a graceful stop; in-process tests leave it off.
 pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer, StartError> {
-    if config.auth.jwt_secret == DEV_JWT_SECRET {
+    if config.auth.jwt_secret == DEV_JWT_SECRET
+        && config
+            .auth
+            .allowed_algorithms
+            .contains(&JwtAlgorithm::HS256)
+    {
         tracing::warn!(
             "auth.jwt_secret is the development default; set GENRT_JWT_SECRET in production"
         );
     }
+    // First, because an unreachable JWKS URL should stop the start before anything is opened.
+    let auth = web::Data::new(Authenticator::new(&config.auth).await?);
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
     store.sync_models(&config.models).await?;
@@ -183,7 +192,6 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     }
     let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
     let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone()));
-    let auth = web::Data::new(Authenticator::new(&config.auth));
     let body_limit = config.server.body_limit_bytes;
     let batch_limit = config.queue.batch_body_limit_bytes;
     let app_state = state.clone();

@@ -17,6 +17,8 @@ pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Used only when no secret is configured, so that a laptop start needs no set-up; the
 /// server logs a warning when it runs with it.
 pub const DEV_JWT_SECRET: &str = "genrt-development-secret-change-me";
+const MAX_JWT_LEEWAY_S: u64 = 300;
+const MIN_JWKS_REFRESH_S: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -141,14 +143,48 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret shared with whoever issues tokens.
+    /// HS256 secret shared with whoever issues tokens; `genrt token` signs with it.
     pub jwt_secret: String,
+    /// Required `iss` of every token.
     pub issuer: String,
+    /// Required `aud` of every token.
     pub audience: String,
-    /// Lifetime of tokens printed by `genrt token`.
+    /// Lifetime of tokens printed by `genrt token` unless `--ttl-s` says otherwise.
     pub token_ttl_s: u64,
-    /// Clock skew tolerated when checking `exp`.
+    /// Clock skew tolerated when checking `exp` and `nbf`.
     pub leeway_s: u64,
+    /// The algorithms a token may be signed with; any other, `none` included, is refused.
+    pub allowed_algorithms: Vec<JwtAlgorithm>,
+    /// Public keys, in PEM files, for RS256 and ES256 tokens.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS document on disk, read once at start.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS document fetched at start (failure stops the start) and every
+    /// `jwks_refresh_s` after (failure keeps the keys in use).
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_s: u64,
+}
+
+/// The JWT signature algorithms genrt knows how to verify.
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// One asymmetric public key. Tokens name it by `kid`; a token without `kid` may use it only
+/// when it is the sole key of its algorithm, and a key without `kid` serves only such tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `RS256` or `ES256`: the only algorithm this key verifies.
+    pub alg: JwtAlgorithm,
+    /// SPKI (`BEGIN PUBLIC KEY`) PEM; for RS256 a PKCS#1 `BEGIN RSA PUBLIC KEY` also works.
+    pub pem_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +251,15 @@ impl Default for AuthConfig {
             audience: "genrt".into(),
             token_ttl_s: 24 * 3600,
             leeway_s: 30,
+            allowed_algorithms: vec![
+                JwtAlgorithm::HS256,
+                JwtAlgorithm::RS256,
+                JwtAlgorithm::ES256,
+            ],
+            public_keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_s: 300,
         }
     }
 }
@@ -313,9 +358,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.auth.jwt_secret.len() < 16 {
-            return invalid("auth.jwt_secret must be at least 16 bytes".into());
-        }
+        self.validate_auth()?;
         if self.models.is_empty() {
             return invalid("at least one model must be registered".into());
         }
@@ -366,6 +409,63 @@ impl Config {
             return invalid("server.body_limit_bytes must be at least 1024".into());
         }
         Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let auth = &self.auth;
+        // Checked even when HS256 is not accepted, because `genrt token` still signs with it.
+        if auth.jwt_secret.len() < 16 {
+            return invalid("auth.jwt_secret must be at least 16 bytes".into());
+        }
+        if auth.allowed_algorithms.is_empty() {
+            return invalid("auth.allowed_algorithms must name at least one algorithm".into());
+        }
+        if auth.issuer.is_empty() || auth.audience.is_empty() {
+            return invalid("auth.issuer and auth.audience must not be empty".into());
+        }
+        if auth.token_ttl_s == 0 {
+            return invalid("auth.token_ttl_s must be at least 1".into());
+        }
+        // A large leeway would keep expired tokens alive; it is for clock skew only.
+        if auth.leeway_s > MAX_JWT_LEEWAY_S {
+            return invalid(format!("auth.leeway_s must be at most {MAX_JWT_LEEWAY_S}"));
+        }
+        let mut kids = std::collections::HashSet::new();
+        for key in &auth.public_keys {
+            let file = key.pem_file.display();
+            if key.alg == JwtAlgorithm::HS256 {
+                return invalid(format!(
+                    "auth.public_keys ({file}): alg must be RS256 or ES256; HS256 uses auth.jwt_secret"
+                ));
+            }
+            if !auth.allowed_algorithms.contains(&key.alg) {
+                return invalid(format!(
+                    "auth.public_keys ({file}): {:?} is not in auth.allowed_algorithms",
+                    key.alg
+                ));
+            }
+            if let Some(kid) = &key.kid {
+                if !kids.insert(kid) {
+                    return invalid(format!("auth.public_keys: kid `{kid}` is used twice"));
+                }
+            }
+        }
+        if let Some(url) = &auth.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return invalid(format!("auth.jwks_url `{url}` must be an http(s) URL"));
+            }
+            // Identity providers rotate keys over hours; refreshing more often only adds load.
+            if auth.jwks_refresh_s < MIN_JWKS_REFRESH_S {
+                return invalid(format!(
+                    "auth.jwks_refresh_s must be at least {MIN_JWKS_REFRESH_S}"
+                ));
+            }
+        }
+        // Parsing the key files here makes a bad file a configuration error that names it,
+        // rather than every token failing later.
+        crate::auth::jwt::check_key_files(auth)
+            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))
     }
 
     pub fn database_url(&self) -> String {

@@ -1,11 +1,12 @@
 //! The `genrt` binary: `serve`, `migrate`, `token` and `openapi`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use genrt_functions::TenantId;
-use genrt_runtime::auth::Authenticator;
+use genrt_runtime::auth::{TokenIssuer, ALL_SCOPES, DEFAULT_TENANT_SCOPES};
 use genrt_runtime::config::{Config, Overrides};
 use genrt_runtime::store::Store;
 use tracing_subscriber::EnvFilter;
@@ -52,10 +53,16 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Print a bearer token for a tenant, signed with the configured secret.
+    /// Print a bearer token for a tenant, signed (HS256) with the configured secret.
     Token {
         #[arg(long)]
         tenant: String,
+        /// A scope to grant; repeat for several. Default: every tenant scope but `admin`.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds. Default: `auth.token_ttl_s`.
+        #[arg(long)]
+        ttl_s: Option<u64>,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -92,9 +99,28 @@ async fn main() -> anyhow::Result<()> {
             Store::connect(&config).await?;
             eprintln!("migrations applied");
         }
-        Command::Token { tenant } => {
+        Command::Token {
+            tenant,
+            scopes,
+            ttl_s,
+        } => {
             let tenant = TenantId::parse(&tenant)?;
-            println!("{}", Authenticator::new(&config.auth).issue(&tenant));
+            if let Some(unknown) = scopes.iter().find(|s| !ALL_SCOPES.contains(&s.as_str())) {
+                anyhow::bail!(
+                    "unknown scope `{unknown}`; known scopes: {}",
+                    ALL_SCOPES.join(", ")
+                );
+            }
+            let scopes: Vec<&str> = if scopes.is_empty() {
+                DEFAULT_TENANT_SCOPES.to_vec()
+            } else {
+                scopes.iter().map(String::as_str).collect()
+            };
+            let ttl = Duration::from_secs(ttl_s.unwrap_or(config.auth.token_ttl_s));
+            println!(
+                "{}",
+                TokenIssuer::new(&config.auth).issue(&tenant, &scopes, ttl)
+            );
         }
         Command::Openapi => {
             println!(

@@ -115,6 +115,8 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
 }
 
 fn verify_jwt(auth: &Authenticator, token: &str) -> Result<(TenantId, Scopes), ApiError> {
-    let tenant = auth.verify(token)?;
-    Ok((tenant, Scopes::tenant_default()))
+    let verified = auth.verify(token)?;
+    // Identity providers put other services' scopes in tokens too: unknown ones are ignored.
+    let scopes = Scopes::parse_lenient(verified.scopes.iter().map(String::as_str));
+    Ok((verified.tenant, scopes))
 }

@@ -145,6 +145,14 @@ mod tests {
     }
 
     #[test]
+    fn the_token_scope_names_are_these() {
+        let names: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, crate::auth::ALL_SCOPES);
+        let defaults: Vec<&str> = Scope::TENANT_DEFAULT.iter().map(|s| s.as_str()).collect();
+        assert_eq!(defaults, crate::auth::DEFAULT_TENANT_SCOPES);
+    }
+
+    #[test]
     fn the_tenant_default_excludes_admin_and_subsets_hold() {
         let d = Scopes::tenant_default();
         assert!(!d.contains(Scope::Admin));
