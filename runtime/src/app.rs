@@ -193,7 +193,11 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
     let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone()));
     let body_limit = config.server.body_limit_bytes;
-    let batch_limit = config.queue.batch_body_limit_bytes;
+    let limits = crate::api::BodyLimits {
+        body: body_limit,
+        batch: config.queue.batch_body_limit_bytes,
+        hook: config.webhooks.max_payload_bytes,
+    };
     let app_state = state.clone();
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let mut server = HttpServer::new(move || {
@@ -201,7 +205,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
             .app_data(app_state.clone())
             .app_data(auth.clone())
             .wrap(tracing_actix_web_lite())
-            .configure(|cfg| crate::api::configure(cfg, body_limit, batch_limit))
+            .configure(|cfg| crate::api::configure(cfg, limits))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .bind(&addr)

@@ -11,15 +11,30 @@ mod keys;
 mod models;
 pub mod openapi;
 mod tenants;
+mod triggers;
 mod usage;
+mod webhooks;
 
 use actix_web::error::{JsonPayloadError, PathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, ErrorCode};
 
+/// Largest accepted bodies: ordinary requests, batches, incoming webhooks.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub body: usize,
+    pub batch: usize,
+    pub hook: usize,
+}
+
 /// Registers every route. Used by the server and by in-process tests alike.
-pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize, batch_limit: usize) {
+pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
+    let BodyLimits {
+        body: body_limit,
+        batch: batch_limit,
+        hook: hook_limit,
+    } = limits;
     cfg.app_data(
         web::JsonConfig::default()
             .limit(body_limit)
@@ -34,6 +49,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize, batch_limit: u
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/openapi.json", web::get().to(openapi::document))
+    .service(
+        web::resource("/hooks/{id}")
+            .app_data(web::PayloadConfig::default().limit(hook_limit))
+            .route(web::post().to(triggers::receive)),
+    )
     .service(
         web::scope("/v1")
             .service(
@@ -70,6 +90,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize, batch_limit: u
                 web::post().to(invocations::cancel),
             )
             .route("/usage", web::get().to(usage::get))
+            .service(
+                web::resource("/functions/{name}/triggers")
+                    .route(web::post().to(triggers::create))
+                    .route(web::get().to(triggers::list)),
+            )
+            .route("/triggers/{id}", web::delete().to(triggers::delete))
+            .route("/webhooks/secret", web::get().to(webhooks::secret))
+            .route("/webhooks/secret/rotate", web::post().to(webhooks::rotate))
+            .route("/webhooks/deliveries", web::get().to(webhooks::deliveries))
+            .route(
+                "/webhooks/deliveries/{id}/redeliver",
+                web::post().to(webhooks::redeliver),
+            )
             .service(
                 web::resource("/api-keys")
                     .route(web::post().to(keys::create))

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, functions, health, invocations, invoke, keys, models, tenants, usage,
+    batches, dto, functions, health, invocations, invoke, keys, models, tenants, triggers, usage,
+    webhooks,
 };
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -37,6 +38,14 @@ use crate::error::{ErrorBody, ErrorDetail};
         tenants::list,
         tenants::get,
         tenants::update,
+        webhooks::secret,
+        webhooks::rotate,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        triggers::create,
+        triggers::list,
+        triggers::delete,
+        triggers::receive,
         models::list,
         models::get,
     ),
@@ -87,6 +96,15 @@ use crate::error::{ErrorBody, ErrorDetail};
         tenants::UpdateTenant,
         tenants::TenantInfo,
         tenants::TenantList,
+        webhooks::WebhookSecrets,
+        webhooks::RotateSecret,
+        webhooks::AttemptInfo,
+        webhooks::DeliveryInfo,
+        webhooks::DeliveryList,
+        triggers::SignatureScheme,
+        triggers::CreateTrigger,
+        triggers::TriggerInfo,
+        triggers::TriggerList,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -97,6 +115,8 @@ use crate::error::{ErrorBody, ErrorDetail};
         (name = "batches", description = "Many inputs at once, run from the durable queue"),
         (name = "usage", description = "What a tenant used"),
         (name = "api-keys", description = "A tenant's API keys"),
+        (name = "webhooks", description = "Signed result webhooks: secrets and deliveries"),
+        (name = "triggers", description = "Incoming signed webhooks that start functions"),
         (name = "admin", description = "Tenants and their limits (scope `admin`)"),
         (name = "health", description = "Probes"),
     )

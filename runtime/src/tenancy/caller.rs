@@ -19,6 +19,8 @@ use crate::error::{ApiError, ErrorCode};
 pub enum Credential {
     Jwt,
     ApiKey(Uuid),
+    /// A signed incoming webhook acting for the trigger's tenant.
+    Trigger,
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ pub mod keys;
 pub mod limits;
 pub mod scopes;
 
-pub use caller::Caller;
+pub use caller::{Caller, Credential};
 pub use limits::{ConcurrencyPermit, Limits, TenantLimits};
 pub use scopes::{Scope, Scopes};
 
