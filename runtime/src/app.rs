@@ -78,14 +78,20 @@ impl AppState {
 
     /// Refuses callback URLs the SSRF guard forbids. Host names are resolved again, and
     /// checked, at every delivery.
-    pub fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
-        self.url_guard.check_url(url).map(|_| ()).map_err(|err| {
+    pub async fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
+        let refused = |err: crate::webhooks::ssrf::SsrfError| {
             ApiError::new(
                 ErrorCode::CallbackUrlForbidden,
                 format!("the callback URL is refused: {err}"),
             )
             .with_field("webhook.url")
-        })
+        };
+        let parsed = self.url_guard.check_url(url).map_err(refused)?;
+        if let Some(url::Host::Domain(host)) = parsed.host() {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            self.url_guard.resolve(host, port).await.map_err(refused)?;
+        }
+        Ok(())
     }
 
     pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {

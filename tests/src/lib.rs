@@ -2,6 +2,7 @@
 //! SmolLM2 GGUF) started in-process on a free port, on SQLite or on a throwaway Postgres
 //! cluster, driven over real HTTP.
 
+pub mod node;
 pub mod postgres;
 
 use std::path::PathBuf;

@@ -2,71 +2,16 @@
 //! ways, so that a mistake shared by our signer and our verifier cannot pass unnoticed. Node
 //! runs `tests/node/webhooks.mjs`; its packages are installed with `npm ci` on first use.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use genrt_runtime::webhooks::signing::{
     generate_secret, sign, verify_standard, SignedHeaders, VerifyError, DEFAULT_TOLERANCE,
 };
+use genrt_tests::node::{node, node_sign};
 use serde_json::{json, Value};
 
 /// Not ASCII on purpose: both sides must sign the UTF-8 bytes, not characters.
 const BODY: &str = r#"{"type":"invocation.completed","data":{"output":"héllo, wörld 🌍"}}"#;
-
-fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node")
-}
-
-/// Checks for node once per test binary and installs the locked packages if they are missing;
-/// the tests run in parallel and must not run `npm ci` over each other.
-fn node_ready() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let version = Command::new("node").arg("--version").output();
-        assert!(
-            version.as_ref().is_ok_and(|out| out.status.success()),
-            "node is required for the webhook interop tests and was not found on PATH; \
-             `scripts/install-deps.sh` (run by `make test`) installs nodejs and npm"
-        );
-        if !node_dir().join("node_modules/standardwebhooks").is_dir() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-                .arg(node_dir())
-                .status()
-                .expect("npm is required to install tests/node's packages and was not found");
-            assert!(status.success(), "`npm ci --prefix tests/node` failed");
-        }
-    });
-}
-
-/// Runs `node webhooks.mjs <command>` with `input` on stdin and returns its JSON answer.
-fn node(command: &str, input: Value) -> Value {
-    node_ready();
-    let mut child = Command::new("node")
-        .arg(node_dir().join("webhooks.mjs"))
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "node webhooks.mjs {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("node answered JSON")
-}
 
 fn node_verify(secret: &str, headers: &SignedHeaders, body: &str) -> Value {
     let headers: serde_json::Map<String, Value> = headers
@@ -78,20 +23,6 @@ fn node_verify(secret: &str, headers: &SignedHeaders, body: &str) -> Value {
         "verify",
         json!({ "secret": secret, "headers": headers, "body": body }),
     )
-}
-
-/// Headers signed by the npm package, as pairs for our verifier.
-fn node_sign(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> Vec<(String, String)> {
-    let answer = node(
-        "sign",
-        json!({ "secret": secret, "msg_id": msg_id, "timestamp": timestamp, "body": body }),
-    );
-    answer["headers"]
-        .as_object()
-        .expect("headers object")
-        .iter()
-        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
-        .collect()
 }
 
 fn now() -> i64 {

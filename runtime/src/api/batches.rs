@@ -149,7 +149,7 @@ pub async fn create(
             e
         })?;
     }
-    let webhook = callback(&state, batch.webhook.as_ref(), &version)?;
+    let webhook = callback(&state, batch.webhook.as_ref(), &version).await?;
     let params_json = serde_json::to_value(&batch.params).expect("params serialize");
     let id = Uuid::now_v7();
     let rows: Vec<_> = batch

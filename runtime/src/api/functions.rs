@@ -82,6 +82,7 @@ pub async fn deploy(
     if let Some(webhook) = &spec.webhook {
         state
             .check_callback_url(&webhook.url)
+            .await
             .map_err(|e| e.with_field("webhook.url"))?;
     }
     let deployment = state.store.deploy(&caller.tenant, &name, &spec).await?;

@@ -464,7 +464,7 @@ pub(crate) fn precheck(
 
 /// The callback an async invocation announces its result to: its own, else its function's.
 /// The URL must pass the SSRF guard now, and does again (by address) at each delivery.
-pub(crate) fn callback(
+pub(crate) async fn callback(
     state: &AppState,
     own: Option<&crate::api::dto::WebhookSpec>,
     version: &StoredVersion,
@@ -478,7 +478,7 @@ pub(crate) fn callback(
         None => version.spec.webhook.clone(),
     };
     if let Some(t) = &target {
-        state.check_callback_url(&t.url)?;
+        state.check_callback_url(&t.url).await?;
     }
     Ok(target)
 }
@@ -495,7 +495,7 @@ async fn enqueue(
     let params: GenerationParams = body.params.clone().into();
     let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
     precheck(version, &prepared, &body.input, &params)?;
-    let webhook = callback(state, body.webhook.as_ref(), version)?;
+    let webhook = callback(state, body.webhook.as_ref(), version).await?;
     let params_json = serde_json::to_value(&body.params).expect("params serialize");
     let row = state.queue.row(NewJob {
         tenant: &caller.tenant,

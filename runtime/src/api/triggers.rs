@@ -140,7 +140,7 @@ pub async fn create(
     params
         .validate_override()
         .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
-    callback(&state, body.webhook.as_ref(), &version)?;
+    callback(&state, body.webhook.as_ref(), &version).await?;
     let secret = signing::generate_secret();
     let config = TriggerConfig {
         input_map: body.input_map,
@@ -332,7 +332,7 @@ pub async fn receive(
     let params: GenerationParams = config.params.clone().into();
     let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
     precheck(&version, &prepared, &input, &params)?;
-    let webhook = callback(&state, config.webhook.as_ref(), &version)?;
+    let webhook = callback(&state, config.webhook.as_ref(), &version).await?;
     let params_json = serde_json::to_value(&config.params).expect("params serialize");
     let row = state.queue.row(NewJob {
         tenant: &tenant,
