@@ -17,6 +17,8 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
   missing+=(python3 python3-pip)
 fi
+# openssl computes GitHub-style signatures independently of our code in the webhook tests.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi

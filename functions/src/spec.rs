@@ -21,22 +21,13 @@ pub enum ModelTarget {
 /// Response caching. Unset, deterministic generations (temperature 0 or a fixed seed) are
 /// cached and sampled ones are not; `Some(true)` caches sampled ones too, which suits
 /// functions whose variety does not matter (hot-topic prewarming); `Some(false)` never caches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CachePolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Seconds an entry lives; `None` uses the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
-}
-
-impl Default for CachePolicy {
-    fn default() -> Self {
-        Self {
-            enabled: None,
-            ttl_s: None,
-        }
-    }
 }
 
 /// What the model must produce. `Json` and `Grammar` constrain decoding itself, so the text is

@@ -100,10 +100,7 @@ async fn sixteen_concurrent_streams_match_their_solo_runs() {
             "stream {i} ({}) differs from its solo run: cross-talk between sequences",
             prompts[i]
         );
-        assert_eq!(
-            done["usage"]["completion_tokens"].as_u64().unwrap() as usize > 0,
-            true
-        );
+        assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     }
     // Slots are released by messages from the engine thread, just after the answers.
     s.eventually(
