@@ -288,3 +288,41 @@ async fn a_tenant_is_served_before_another_tenants_backlog() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn work_whose_caller_left_is_dropped_not_finished() {
+    let h = Harness::start(vec![model("m", 60)]).await;
+    h.backend.load_gate.close();
+    let f = function(json!({"model": "m", "prompt": "Hello {{ who }}"}));
+    let tree = Arc::clone(&h.tree);
+    let inv = invocation(&f, json!({"who": "nobody"}));
+    let caller = tokio::spawn(async move { tree.invoke(inv).await });
+    let tree = Arc::clone(&h.tree);
+    wait_until("the invocation to be queued", || {
+        let tree = Arc::clone(&tree);
+        async move { tree.models().await[0].queued == 1 }
+    })
+    .await;
+    // The caller goes away (a cancelled asynchronous invocation); the function actor notices
+    // within its check interval and withdraws the job.
+    caller.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.backend.load_gate.open();
+    wait_until("the job to leave the engine", || {
+        let tree = Arc::clone(&tree);
+        async move {
+            let m = &tree.models().await[0];
+            m.loads == 1 && m.queued == 0 && m.busy_slots == 0
+        }
+    })
+    .await;
+    // Had it been generated anyway, its result would now be in the cache.
+    let again = h
+        .tree
+        .invoke(invocation(&f, json!({"who": "nobody"})))
+        .await
+        .unwrap();
+    assert!(!again.cache_hit, "the abandoned job ran to its end");
+    assert_eq!(again.text, "echo: Hello nobody");
+    h.stop().await;
+}

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use genrt_actors::ModelConfig;
 use genrt_runtime::{Config, RunningServer};
-use reqwest::{Client, Method, Response};
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 
 pub use postgres::PgCluster;
@@ -98,6 +99,14 @@ impl TestServer {
         Self::start_with(Self::config(&db, &data), data).await
     }
 
+    /// [`Self::config`] changed by `adjust` before the server starts.
+    pub async fn start_adjusted(db: Db, adjust: impl FnOnce(&mut Config)) -> Self {
+        let data = TempDir::new("genrt-e2e");
+        let mut config = Self::config(&db, &data);
+        adjust(&mut config);
+        Self::start_with(config, data).await
+    }
+
     pub async fn start_with(config: Config, data: TempDir) -> Self {
         // Server logs go to the test's captured output, shown when a test fails.
         let _ = tracing_subscriber::fmt()
@@ -152,6 +161,13 @@ impl TestServer {
     ) -> (u16, Value) {
         let response = self.request(method, path, Some(token), body).await;
         read(response).await
+    }
+
+    /// A request to send with [`reply`], for when headers matter (either way).
+    pub fn build(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
     }
 
     pub async fn deploy(&self, token: &str, definition: Value) -> (u16, Value) {
@@ -212,6 +228,36 @@ pub async fn read(response: Response) -> (u16, Value) {
     (status, body)
 }
 
+/// A response with its headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+}
+
+pub async fn reply(request: RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request sent");
+    let headers = response.headers().clone();
+    let (status, body) = read(response).await;
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
 #[derive(serde::Serialize)]
 struct Claims<'a> {
     tenant: &'a str,
@@ -219,9 +265,11 @@ struct Claims<'a> {
     iat: u64,
     iss: &'a str,
     aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -236,6 +284,7 @@ pub fn token_with(tenant: &str, secret: &str, audience: &str, expires_in: i64) -
         iat: now(),
         iss: "genrt",
         aud: audience,
+        scope: None,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -247,6 +296,60 @@ pub fn token_with(tenant: &str, secret: &str, audience: &str, expires_in: i64) -
 
 pub fn token(tenant: &str) -> String {
     token_with(tenant, SECRET, "genrt", 3600)
+}
+
+/// A token carrying exactly `scopes` in its `scope` claim (none at all when empty: a token that
+/// names its scopes gets only those, unlike one without the claim).
+pub fn token_scoped(tenant: &str, scopes: &[&str]) -> String {
+    let claims = Claims {
+        tenant,
+        exp: now() + 3600,
+        iat: now(),
+        iss: "genrt",
+        aud: "genrt",
+        scope: Some(scopes.join(" ")),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The operator: a token with the `admin` scope (and nothing else).
+pub fn admin_token() -> String {
+    token_scoped("operator", &["admin"])
+}
+
+/// The JWT test keys of the runtime crate (`runtime/tests/fixtures`).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../runtime/tests/fixtures")
+        .join(name)
+}
+
+/// Claims genrt accepts, for tokens signed by hand; change them to make bad ones.
+pub fn claims(tenant: &str) -> Value {
+    json!({
+        "tenant": tenant,
+        "iss": "genrt",
+        "aud": "genrt",
+        "iat": now(),
+        "exp": now() + 3600,
+    })
+}
+
+/// Signs `claims` with `alg` and `key`, naming `kid` in the header when given.
+pub fn sign(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: &Value,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
 }
 
 /// What a streamed invocation sent: its text pieces, then its `done` or `error` event.

@@ -154,7 +154,18 @@ impl Function {
         let (cache_key, cache_ttl) = (plan.cache_key, plan.cache_ttl);
         // Waiting happens off the actor, so one slow generation never delays the next call.
         tokio::spawn(async move {
-            let outcome = match submit.run(&model).await {
+            let completion = tokio::select! {
+                completion = submit.run(&model) => completion,
+                // Nobody waits for the answer any more (a cancelled asynchronous invocation, a
+                // client that hung up): dropping the submission closes the engine job's reply
+                // channel, which the engine checks before every decode step, so the slot is
+                // freed now instead of after generating text that nobody will read.
+                () = caller_left(&reply) => {
+                    let _ = me.cast(FunctionMsg::Finished);
+                    return;
+                }
+            };
+            let outcome = match completion {
                 Ok(done) => finish(done, &prepared, model, received_at).inspect(|outcome| {
                     if let Some(key) = cache_key {
                         let value = CachedCompletion {
@@ -170,6 +181,23 @@ impl Function {
             let _ = reply.send(outcome);
             let _ = me.cast(FunctionMsg::Finished);
         });
+    }
+}
+
+/// How often a waiting invocation looks whether its caller is still there. The engine stops a
+/// sequence within one decode step of learning it; this bounds how late it learns.
+const CALLER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Resolves once the caller dropped its end of `reply`. ractor's reply port can only be asked,
+/// not awaited, hence the polling.
+async fn caller_left<T>(reply: &RpcReplyPort<T>) {
+    let mut every = tokio::time::interval(CALLER_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if reply.is_closed() {
+            return;
+        }
     }
 }
 
