@@ -1,9 +1,12 @@
 //! End-to-end test harness: a real genrt (actix-web, the actor tree, llama.cpp with the
 //! SmolLM2 GGUF) started in-process on a free port, on SQLite or on a throwaway Postgres
-//! cluster, driven over real HTTP.
+//! cluster, driven over real HTTP. [`process`] runs the `genrt` binary as a child instead,
+//! for tests that kill and restart it; [`receiver`] stands in for a webhook endpoint.
 
 pub mod node;
 pub mod postgres;
+pub mod process;
+pub mod receiver;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +18,8 @@ use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 
 pub use postgres::PgCluster;
+pub use process::ServerProcess;
+pub use receiver::WebhookReceiver;
 
 pub const SECRET: &str = "end-to-end-test-secret-0123456789";
 pub const MODEL: &str = "smollm2-135m";

@@ -53,7 +53,11 @@ impl Store {
             .value(webhook_delivery::Column::LeaseOwner, node)
             .value(webhook_delivery::Column::LeaseExpiresAt, expires)
             .value(webhook_delivery::Column::UpdatedAt, now)
-            .and_where(webhook_delivery::Column::Id.in_subquery(due))
+            .and_where(super::jobs::claimed_ids(
+                self.backend(),
+                webhook_delivery::Column::Id,
+                due,
+            ))
             .and_where(webhook_delivery::Column::Status.eq("pending"))
             .returning_all()
             .to_owned();

@@ -11,7 +11,10 @@
 //! cannot overwrite the result of the node that took over: each invocation ends once.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::sea_query::{Expr, LockBehavior, LockType, Query};
+use sea_orm::sea_query::{
+    Expr, IntoColumnRef, LockBehavior, LockType, Query, SelectStatement, SimpleExpr,
+    SubQueryStatement,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult,
     QueryFilter, QuerySelect, TransactionTrait,
@@ -22,6 +25,35 @@ use super::entities::{invocation, webhook_delivery};
 use super::{InvocationRow, Store};
 
 pub type DeliveryRow = webhook_delivery::Model;
+
+/// `column IN (due)`, for an UPDATE that leases the rows `due` selects (with `LIMIT n` and,
+/// on Postgres, `FOR UPDATE SKIP LOCKED`), such that at most `n` rows are leased.
+///
+/// On Postgres, `id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` can update more than `n`
+/// rows: on a small or freshly created table the planner picks a nested-loop semi join that
+/// runs the subquery again for every row it scans, and each run skips the rows the statement
+/// has just updated (they are locked now) and locks the next ones. A node then leased work
+/// far beyond its `queue.concurrency` (19 rows for a limit of 8 right after start, found by
+/// the crash test), which breaks the concurrency bound and the fair share between tenants,
+/// and leaves leased work waiting in the model's queue while its function timeout runs.
+/// `ARRAY(...)` is an init plan: evaluated once, before the update scans. SQLite evaluates
+/// `IN (SELECT ...)` once already.
+pub(super) fn claimed_ids(
+    backend: DatabaseBackend,
+    column: impl IntoColumnRef,
+    due: SelectStatement,
+) -> SimpleExpr {
+    match backend {
+        DatabaseBackend::Postgres => Expr::cust_with_exprs(
+            "$1 = ANY(ARRAY $2)",
+            [
+                Expr::col(column).into(),
+                SimpleExpr::SubQuery(None, Box::new(SubQueryStatement::SelectStatement(due))),
+            ],
+        ),
+        _ => Expr::col(column).in_subquery(due),
+    }
+}
 
 /// How a leased invocation ended, as written back.
 #[derive(Debug, Clone)]
@@ -119,7 +151,7 @@ impl Store {
                 invocation::Column::StartedAt,
                 Expr::col(invocation::Column::StartedAt).if_null(now),
             )
-            .and_where(invocation::Column::Id.in_subquery(due))
+            .and_where(claimed_ids(self.backend(), invocation::Column::Id, due))
             // Checked again: on Postgres the subquery's snapshot may predate a concurrent
             // claim that committed while this statement waited.
             .and_where(invocation::Column::Status.eq("queued"))
@@ -436,5 +468,54 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
+
+    use super::*;
+
+    fn lease_update(backend: DatabaseBackend) -> sea_orm::sea_query::UpdateStatement {
+        let mut due = Query::select();
+        due.column(invocation::Column::Id)
+            .from(invocation::Entity)
+            .and_where(invocation::Column::Status.eq("queued"))
+            .and_where(invocation::Column::TenantId.eq("acme"))
+            .limit(8);
+        if backend == DatabaseBackend::Postgres {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        Query::update()
+            .table(invocation::Entity)
+            .value(invocation::Column::LeaseOwner, "node-a")
+            .and_where(claimed_ids(backend, invocation::Column::Id, due))
+            .and_where(invocation::Column::Status.eq("queued"))
+            .to_owned()
+    }
+
+    #[test]
+    fn postgres_leases_select_their_rows_once_in_an_init_plan() {
+        let (sql, values) = lease_update(DatabaseBackend::Postgres).build(PostgresQueryBuilder);
+        assert!(
+            sql.contains(r#""id" = ANY(ARRAY (SELECT "id" FROM "invocations" WHERE "#),
+            "{sql}"
+        );
+        assert!(sql.contains("LIMIT $4 FOR UPDATE SKIP LOCKED))"), "{sql}");
+        // The subquery's values are bound in order with the statement's own.
+        assert!(sql.ends_with(r#""status" = $5"#), "{sql}");
+        assert_eq!(values.0.len(), 5);
+    }
+
+    #[test]
+    fn sqlite_leases_keep_the_plain_subquery() {
+        let (sql, values) = lease_update(DatabaseBackend::Sqlite).build(SqliteQueryBuilder);
+        assert!(
+            sql.contains(r#""id" IN (SELECT "id" FROM "invocations" WHERE "#),
+            "{sql}"
+        );
+        assert!(!sql.contains("ARRAY"), "{sql}");
+        assert_eq!(values.0.len(), 5);
     }
 }
