@@ -188,11 +188,12 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     if state.store.backend() == sea_orm::DatabaseBackend::Sqlite {
         // An SQLite database belongs to one process: whatever a previous run left running
         // is this node's to redo, with no lease to wait for.
-        let n = state.store.reclaim_leases(true).await?;
+        let n =
+            state.store.reclaim_leases(true).await? + state.store.reclaim_deliveries(true).await?;
         if n > 0 {
             tracing::warn!(
                 reclaimed = n,
-                "requeued invocations left running by a previous run"
+                "requeued invocations and deliveries left running by a previous run"
             );
         }
     }

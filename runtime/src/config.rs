@@ -58,7 +58,8 @@ pub struct TenancyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Queued invocations this node runs at once.
+    /// Queued invocations this node runs at once. Keep it near the slots the models have: a
+    /// claimed invocation's `timeout_s` runs while it waits in its model's queue.
     pub concurrency: usize,
     /// How long a claimed invocation stays leased without a heartbeat; another node reclaims
     /// it after that.
@@ -95,7 +96,7 @@ impl Default for TenancyConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 8,
             lease_s: 30,
             poll_ms: 500,
             max_attempts: 3,

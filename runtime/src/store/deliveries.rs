@@ -67,16 +67,20 @@ impl Store {
             .await
     }
 
-    /// Deliveries whose sender died go back to pending.
-    pub async fn reclaim_deliveries(&self) -> Result<u64, DbErr> {
-        let result = webhook_delivery::Entity::update_many()
+    /// Deliveries whose sender died go back to pending. With `everyone`, all deliveries in
+    /// flight do (at start on SQLite, whose database only this process uses).
+    pub async fn reclaim_deliveries(&self, everyone: bool) -> Result<u64, DbErr> {
+        let mut update = webhook_delivery::Entity::update_many();
+        if !everyone {
+            update = update.filter(webhook_delivery::Column::LeaseExpiresAt.lt(Utc::now()));
+        }
+        let result = update
             .col_expr(webhook_delivery::Column::Status, Expr::value("pending"))
             .col_expr(
                 webhook_delivery::Column::LeaseOwner,
                 Expr::value(None::<String>),
             )
             .filter(webhook_delivery::Column::Status.eq("delivering"))
-            .filter(webhook_delivery::Column::LeaseExpiresAt.lt(Utc::now()))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected)
@@ -255,7 +259,10 @@ impl Store {
         if !rows.is_empty() {
             return Ok(rows.into_iter().map(|r| r.secret).collect());
         }
-        self.rotate_webhook_secret(tenant, generate(), std::time::Duration::ZERO)
+        // Two first deliveries of a new tenant may race to create its secret; with an overlap
+        // the loser's secret does not expire at once, so both keep signing and whichever a
+        // message was signed with still verifies.
+        self.rotate_webhook_secret(tenant, generate(), std::time::Duration::from_secs(86_400))
             .await
     }
 

@@ -32,7 +32,7 @@ pub async fn run(state: web::Data<AppState>) {
     while !state.queue.stopping() {
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
-            if let Err(err) = state.store.reclaim_deliveries().await {
+            if let Err(err) = state.store.reclaim_deliveries(false).await {
                 tracing::warn!(error = %err, "reclaiming deliveries failed");
             }
             let horizon = Utc::now()
