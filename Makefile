@@ -11,6 +11,9 @@ run: deps model build
 
 ## The whole test suite: unit, actor and end-to-end tests on SQLite and Postgres.
 test: deps model
+	@# The crash test runs the real binary as a process; building it with the workspace's
+	@# features first means the test build reuses every artifact.
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --all-targets
 
 ## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).

@@ -55,14 +55,8 @@ pub fn genrt_binary() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         eprintln!("{} is missing; building it", binary.display());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "genrt-runtime",
-                "--bin",
-                "genrt",
-            ])
+            // The workspace's features, as `make test` builds it, so nothing else rebuilds.
+            .args(["build", "--release", "--workspace", "--bins"])
             .current_dir(&root)
             .env("CARGO_TARGET_DIR", &target)
             .status()

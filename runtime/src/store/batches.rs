@@ -23,13 +23,7 @@ impl Store {
         batch::Entity::insert(batch::ActiveModel::from(batch))
             .exec_without_returning(&txn)
             .await?;
-        for chunk in rows.chunks(500) {
-            invocation::Entity::insert_many(
-                chunk.iter().cloned().map(invocation::ActiveModel::from),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        }
+        super::jobs::insert_invocations_in(&txn, rows).await?;
         txn.commit().await
     }
 

@@ -245,19 +245,9 @@ impl Store {
         tenant: &str,
         generate: impl Fn() -> String,
     ) -> Result<Vec<String>, DbErr> {
-        let now = Utc::now();
-        let rows = webhook_secret::Entity::find()
-            .filter(webhook_secret::Column::TenantId.eq(tenant))
-            .filter(
-                webhook_secret::Column::ExpiresAt
-                    .is_null()
-                    .or(webhook_secret::Column::ExpiresAt.gt(now)),
-            )
-            .order_by_desc(webhook_secret::Column::Id)
-            .all(&self.db)
-            .await?;
-        if !rows.is_empty() {
-            return Ok(rows.into_iter().map(|r| r.secret).collect());
+        let secrets = self.live_secrets(tenant).await?;
+        if !secrets.is_empty() {
+            return Ok(secrets);
         }
         // Two first deliveries of a new tenant may race to create its secret; with an overlap
         // the loser's secret does not expire at once, so both keep signing and whichever a
@@ -295,12 +285,17 @@ impl Store {
         .exec_without_returning(&txn)
         .await?;
         txn.commit().await?;
+        self.live_secrets(tenant).await
+    }
+
+    /// A tenant's unexpired secrets, newest first.
+    async fn live_secrets(&self, tenant: &str) -> Result<Vec<String>, DbErr> {
         let rows = webhook_secret::Entity::find()
             .filter(webhook_secret::Column::TenantId.eq(tenant))
             .filter(
                 webhook_secret::Column::ExpiresAt
                     .is_null()
-                    .or(webhook_secret::Column::ExpiresAt.gt(now)),
+                    .or(webhook_secret::Column::ExpiresAt.gt(Utc::now())),
             )
             .order_by_desc(webhook_secret::Column::Id)
             .all(&self.db)

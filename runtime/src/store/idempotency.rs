@@ -6,7 +6,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
 use uuid::Uuid;
 
-use super::entities::{idempotency_key, invocation};
+use super::entities::idempotency_key;
 use super::{InvocationRow, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +89,7 @@ impl Store {
         ))
         .exec_without_returning(&txn)
         .await?;
-        for chunk in rows.chunks(500) {
-            invocation::Entity::insert_many(
-                chunk.iter().cloned().map(invocation::ActiveModel::from),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        }
+        super::jobs::insert_invocations_in(&txn, rows).await?;
         txn.commit().await?;
         Ok(KeyClaim::Fresh)
     }

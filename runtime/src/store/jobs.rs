@@ -71,6 +71,20 @@ pub enum JobEnd {
     },
 }
 
+/// Inserts invocation rows within a transaction, in chunks that keep each statement under
+/// SQLite's bound-parameter limit.
+pub(super) async fn insert_invocations_in(
+    txn: &sea_orm::DatabaseTransaction,
+    rows: Vec<InvocationRow>,
+) -> Result<(), DbErr> {
+    for chunk in rows.chunks(500) {
+        invocation::Entity::insert_many(chunk.iter().cloned().map(invocation::ActiveModel::from))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn backend(&self) -> DatabaseBackend {
         self.db.get_database_backend()
@@ -79,14 +93,7 @@ impl Store {
     /// Commits queued invocations (one transaction, so a batch is all or nothing).
     pub async fn enqueue(&self, rows: Vec<InvocationRow>) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
-        // Chunks keep each statement under SQLite's bound-parameter limit.
-        for chunk in rows.chunks(500) {
-            invocation::Entity::insert_many(
-                chunk.iter().cloned().map(invocation::ActiveModel::from),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        }
+        insert_invocations_in(&txn, rows).await?;
         txn.commit().await
     }
 
