@@ -139,7 +139,7 @@ pub async fn create(
     let params: GenerationParams = batch.params.clone().into();
     let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
     for (i, input) in batch.inputs.iter().enumerate() {
-        precheck(&version, &prepared, input, &params).map_err(|mut e| {
+        precheck(&prepared, input, &params).map_err(|mut e| {
             e.field = Some(format!(
                 "inputs[{i}]{}",
                 e.field

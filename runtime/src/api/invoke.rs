@@ -16,7 +16,6 @@ use genrt_functions::{FunctionName, GenerationParams, TenantId};
 
 use crate::api::dto::{
     AsyncAccepted, InvocationRecord, InvokeMode, InvokeRequest, InvokeResponse, Output, StreamDone,
-    TimingsInfo, UsageInfo,
 };
 use crate::api::functions::runnable;
 use crate::app::AppState;
@@ -424,9 +423,9 @@ async fn replay(
                         json: None,
                     }),
                     finish_reason: record.finish_reason.unwrap_or_default(),
-                    usage: UsageInfo { ..record.usage },
+                    usage: record.usage,
                     cache_hit: record.cache_hit,
-                    timings: TimingsInfo { ..record.timings },
+                    timings: record.timings,
                 }))
         }
         "queued" | "running" => Err(ApiError::new(
@@ -447,12 +446,10 @@ async fn replay(
 /// Checks that an async invocation can run before accepting it, so that bad input is refused
 /// now (422) rather than failing later in the queue.
 pub(crate) fn precheck(
-    version: &StoredVersion,
     prepared: &genrt_functions::PreparedFunction,
     input: &serde_json::Value,
     params: &GenerationParams,
 ) -> Result<(), ApiError> {
-    let _ = version;
     params
         .validate_override()
         .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
@@ -494,7 +491,7 @@ async fn enqueue(
 ) -> Result<HttpResponse, ApiError> {
     let params: GenerationParams = body.params.clone().into();
     let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
-    precheck(version, &prepared, &body.input, &params)?;
+    precheck(&prepared, &body.input, &params)?;
     let webhook = callback(state, body.webhook.as_ref(), version).await?;
     let params_json = serde_json::to_value(&body.params).expect("params serialize");
     let row = state.queue.row(NewJob {

@@ -331,7 +331,7 @@ pub async fn receive(
     admit(&state, &caller, &version).await?;
     let params: GenerationParams = config.params.clone().into();
     let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
-    precheck(&version, &prepared, &input, &params)?;
+    precheck(&prepared, &input, &params)?;
     let webhook = callback(&state, config.webhook.as_ref(), &version).await?;
     let params_json = serde_json::to_value(&config.params).expect("params serialize");
     let row = state.queue.row(NewJob {
