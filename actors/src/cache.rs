@@ -26,15 +26,24 @@ impl CacheKey {
         params: &SamplingParams,
     ) -> Self {
         let mut hasher = Sha256::new();
+        let (version, fingerprint) = (version.to_string(), params.cache_fingerprint());
+        let history = prompt
+            .history
+            .iter()
+            .flat_map(|turn| [turn.role.as_str(), turn.content.as_str()]);
         // Lengths before each part keep ("ab","c") and ("a","bc") apart.
         for part in [
             function,
-            &version.to_string(),
+            &version,
             model.as_str(),
             prompt.system.as_deref().unwrap_or("\u{0}none"),
             &prompt.user,
-            &params.cache_fingerprint(),
-        ] {
+            if prompt.raw { "raw" } else { "chat" },
+            &fingerprint,
+        ]
+        .into_iter()
+        .chain(history)
+        {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
@@ -67,8 +76,8 @@ mod tests {
     fn keys_separate_tenants_and_parts() {
         let params = GenerationParams::default().resolve(&GenerationParams::default());
         let prompt = RenderedPrompt {
-            system: None,
             user: "hi".into(),
+            ..RenderedPrompt::default()
         };
         let m = ModelId::new("m");
         let a = TenantId::parse("a").unwrap();

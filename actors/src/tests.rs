@@ -97,6 +97,7 @@ fn invocation(f: &Arc<DeployedFunction>, input: serde_json::Value) -> Invocation
         background: false,
         stream: None,
         fault: None,
+        conversation: None,
     }
 }
 

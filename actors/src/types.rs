@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use genrt_functions::{FunctionName, FunctionSpec, GenerationParams, ModelId, TenantId};
+use genrt_functions::{
+    Conversation, FunctionName, FunctionSpec, GenerationParams, ModelId, TenantId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -60,6 +62,8 @@ pub struct Invocation {
     /// When set, text pieces are sent here as they are generated.
     pub stream: Option<tokio::sync::mpsc::Sender<String>>,
     pub fault: Option<Fault>,
+    /// Earlier turns and a system message given by the caller (the OpenAI-compatible API).
+    pub conversation: Option<Arc<Conversation>>,
 }
 
 impl Invocation {

@@ -45,6 +45,12 @@ impl FunctionName {
         }
     }
 
+    /// The built-in pass-through function that serves a model directly (the OpenAI-compatible
+    /// API with a model id). The colon keeps it apart from every name `parse` accepts.
+    pub fn model_passthrough(model: &ModelId) -> Self {
+        Self(format!("model:{}", model.as_str()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -14,7 +14,7 @@ mod spec;
 pub use error::{InputError, SpecError};
 pub use ids::{FunctionName, ModelId, TenantId};
 pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
-pub use prepared::{PreparedFunction, RenderedPrompt};
+pub use prepared::{ChatRole, ChatTurn, Conversation, PreparedFunction, RenderedPrompt};
 pub use routing::Route;
 pub use spec::{
     default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget, OutputSpec,

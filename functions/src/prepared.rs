@@ -10,10 +10,59 @@ const SYSTEM: &str = "system";
 const PROMPT: &str = "prompt";
 
 /// The messages a function produces for one input, before the model's chat template.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RenderedPrompt {
     pub system: Option<String>,
+    /// Earlier turns of a conversation the caller supplied, oldest first, between the system
+    /// message and `user`.
+    pub history: Vec<ChatTurn>,
     pub user: String,
+    /// `user` goes to the model as it is, without the chat template (text completion).
+    pub raw: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatRole {
+    User,
+    Assistant,
+}
+
+impl ChatRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+/// One earlier message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChatTurn {
+    pub role: ChatRole,
+    pub content: String,
+}
+
+/// A conversation the caller gives whole (the OpenAI-compatible API), placed around what the
+/// function's own templates render: its turns come before the rendered prompt, and its system
+/// message is used only when the function has no system template, so that a function's
+/// instructions cannot be replaced by a caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    pub system: Option<String>,
+    pub history: Vec<ChatTurn>,
+    pub raw: bool,
+}
+
+impl Conversation {
+    pub fn wrap(&self, mut prompt: RenderedPrompt) -> RenderedPrompt {
+        if prompt.system.is_none() {
+            prompt.system.clone_from(&self.system);
+        }
+        prompt.history.clone_from(&self.history);
+        prompt.raw = self.raw;
+        prompt
+    }
 }
 
 pub struct PreparedFunction {
@@ -124,6 +173,7 @@ impl PreparedFunction {
         Ok(RenderedPrompt {
             system,
             user: render(PROMPT)?,
+            ..RenderedPrompt::default()
         })
     }
 }

@@ -211,6 +211,8 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         App::new()
             .app_data(app_state.clone())
             .app_data(auth.clone())
+            // The logger wraps the request-id middleware so that it logs the id.
+            .wrap(actix_web::middleware::from_fn(request_id))
             .wrap(tracing_actix_web_lite())
             .configure(|cfg| crate::api::configure(cfg, limits))
     })
@@ -242,9 +244,38 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     })
 }
 
-/// Request logging: method, path, status and latency at debug level.
+/// Request logging: method, path, status, latency and request id at debug level.
 fn tracing_actix_web_lite() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").log_target("genrt::http")
+    actix_web::middleware::Logger::new("%r %s %Dms %{x-request-id}o").log_target("genrt::http")
+}
+
+const REQUEST_ID: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("x-request-id");
+
+/// Every response carries `X-Request-Id`: the caller's own when it sent a sane one (so a
+/// gateway's id follows the request through), else a new UUID. Clients report it with errors.
+async fn request_id(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let given = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        })
+        .cloned();
+    let id = given.unwrap_or_else(|| {
+        actix_web::http::header::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .expect("a UUID is a valid header value")
+    });
+    let mut response = next.call(req).await?;
+    response.headers_mut().insert(REQUEST_ID, id);
+    Ok(response)
 }
 
 impl RunningServer {

@@ -79,6 +79,7 @@ error_codes! {
     UnknownModel => ("unknown_model", UNPROCESSABLE_ENTITY, None),
     InvalidOutputSpec => ("invalid_output_spec", UNPROCESSABLE_ENTITY, None),
     NotCacheable => ("not_cacheable", UNPROCESSABLE_ENTITY, None),
+    EmbeddingsNotSupported => ("embeddings_not_supported", BAD_REQUEST, None),
     InvalidOutput => ("invalid_output", BAD_GATEWAY, None),
     InsufficientMemory => ("insufficient_memory", SERVICE_UNAVAILABLE, Some(30)),
     ModelNotFound => ("model_not_found", NOT_FOUND, None),
@@ -111,10 +112,30 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `function_not_found`.
+    #[schema(schema_with = error_code_ref)]
     pub code: String,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// The codes are an enum in the OpenAPI document, so that generated clients (the SDK's types)
+/// get every code the server can answer with, from this one table.
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("Stable machine-readable error code."))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {}
+
+fn error_code_ref() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("ErrorCode")
 }
 
 impl ApiError {

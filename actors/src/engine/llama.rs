@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
-use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
+use genrt_functions::{ChatTurn, OutputSpec, RenderedPrompt, SamplingParams};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -145,30 +145,36 @@ struct LlamaSession<'a> {
 }
 
 impl LlamaSession<'_> {
-    fn format(&self, system: Option<&str>, user: Option<&str>) -> Result<String, EngineError> {
+    fn format(
+        &self,
+        system: Option<&str>,
+        history: &[ChatTurn],
+        user: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let turns = system
+            .map(|s| ("system", s))
+            .into_iter()
+            .chain(
+                history
+                    .iter()
+                    .map(|t| (t.role.as_str(), t.content.as_str())),
+            )
+            .chain(user.map(|u| ("user", u)));
         let Some(template) = &self.weights.template else {
+            // A model without a chat template gets the turns as plain paragraphs.
             let mut text = String::new();
-            if let Some(system) = system {
-                text.push_str(system);
+            for (_, content) in turns {
+                text.push_str(content);
                 text.push_str("\n\n");
-            }
-            if let Some(user) = user {
-                text.push_str(user);
-                text.push('\n');
             }
             return Ok(text);
         };
-        let message = |role: &str, content: &str| {
-            LlamaChatMessage::new(role.to_owned(), content.to_owned())
-                .map_err(|e| EngineError::Decode(format!("invalid chat message: {e}")))
-        };
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = system {
-            messages.push(message("system", system)?);
-        }
-        if let Some(user) = user {
-            messages.push(message("user", user)?);
-        }
+        let messages = turns
+            .map(|(role, content)| {
+                LlamaChatMessage::new(role.to_owned(), content.to_owned())
+                    .map_err(|e| EngineError::Decode(format!("invalid chat message: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.weights
             .model
             .apply_chat_template(template, &messages, user.is_some())
@@ -237,13 +243,23 @@ impl Session for LlamaSession<'_> {
     }
 
     fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
-        let full = self.format(prompt.system.as_deref(), Some(&prompt.user))?;
+        if prompt.raw {
+            return Ok(Tokenized {
+                tokens: self.tokens(&prompt.user),
+                prefix_len: 0,
+            });
+        }
+        let full = self.format(
+            prompt.system.as_deref(),
+            &prompt.history,
+            Some(&prompt.user),
+        )?;
         let tokens = self.tokens(&full);
         let prefix_len = match &prompt.system {
             Some(system) => {
                 // The tokens of the system turn alone, as far as they agree with the full
                 // prompt's: tokenization may merge differently at the boundary.
-                let alone = self.tokens(&self.format(Some(system), None)?);
+                let alone = self.tokens(&self.format(Some(system), &[], None)?);
                 alone
                     .iter()
                     .zip(&tokens)

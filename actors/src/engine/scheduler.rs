@@ -407,6 +407,7 @@ mod tests {
                 prompt: RenderedPrompt {
                     system: system.map(str::to_owned),
                     user: user.to_owned(),
+                    ..RenderedPrompt::default()
                 },
                 params: params.resolve(&GenerationParams::default()),
                 output: OutputSpec::Text,

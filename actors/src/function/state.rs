@@ -69,7 +69,10 @@ impl FunctionState {
                 n_ctx,
             });
         }
-        let prompt = self.prepared.render(&invocation.input)?;
+        let mut prompt = self.prepared.render(&invocation.input)?;
+        if let Some(conversation) = &invocation.conversation {
+            prompt = conversation.wrap(prompt);
+        }
         let cacheable = spec
             .cache
             .enabled
@@ -152,6 +155,7 @@ mod tests {
             background: false,
             stream: None,
             fault: None,
+            conversation: None,
         }
     }
 

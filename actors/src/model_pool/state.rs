@@ -378,8 +378,8 @@ mod tests {
         EngineJob {
             request: EngineRequest {
                 prompt: RenderedPrompt {
-                    system: None,
                     user: label.into(),
+                    ..RenderedPrompt::default()
                 },
                 params: GenerationParams::default().resolve(&GenerationParams::default()),
                 output: OutputSpec::Text,

@@ -268,6 +268,7 @@ pub async fn prewarm(
                 background: true,
                 stream: None,
                 fault: None,
+                conversation: None,
             };
             if let Err(err) = tree.invoke(invocation).await {
                 failed += 1;

@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 use crate::queue::NewJob;
 use crate::store::{InvocationRow, KeyClaim, StoredVersion};
-use crate::tenancy::{Caller, Scope};
+use crate::tenancy::{Caller, ConcurrencyPermit, Scope};
 
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -77,7 +77,7 @@ pub async fn invoke(
         .limits
         .acquire(&caller.tenant, &caller.limits)?;
     let params: GenerationParams = body.params.clone().into();
-    let mut call = Call::new(&caller.tenant, &name, &version, &body.input);
+    let mut call = Call::new(&caller.tenant, &name, version.version, &body.input);
     call.mode = if body.stream { "stream" } else { "sync" };
     if let Some(key) = key {
         let hash = request_hash(&name, &body);
@@ -99,7 +99,7 @@ pub async fn invoke(
             KeyClaim::Conflict => return Err(key_reused()),
         }
     }
-    let mut invocation = Invocation {
+    let invocation = Invocation {
         id: call.id,
         function: Arc::new(DeployedFunction {
             tenant: caller.tenant.clone(),
@@ -113,6 +113,7 @@ pub async fn invoke(
         background: false,
         stream: None,
         fault: fault(&request),
+        conversation: None,
     };
     if !body.stream {
         let result = state.tree.invoke(invocation).await;
@@ -122,10 +123,60 @@ pub async fn invoke(
     }
 
     let max_tokens = version.spec.params.resolve(&params).max_tokens;
+    let events = stream(
+        state.into_inner(),
+        invocation,
+        call,
+        permit,
+        max_tokens,
+        |text| vec![token_event(text)],
+        |result| {
+            let last = match result {
+                Ok(response) => Data::new_json(StreamDone::from(response)).map(|d| d.event("done")),
+                Err(err) => Data::new_json(ErrorBody {
+                    error: ErrorDetail {
+                        code: err.code.as_str().to_owned(),
+                        message: err.message,
+                        field: err.field,
+                    },
+                })
+                .map(|d| d.event("error")),
+            };
+            last.map(Event::Data).into_iter().collect()
+        },
+    );
+    Ok(sse(events, &request))
+}
+
+/// Answers with the events of `events` as Server-Sent Events.
+pub(crate) fn sse(
+    events: tokio::sync::mpsc::Receiver<Event>,
+    request: &HttpRequest,
+) -> HttpResponse {
+    actix_web::Responder::respond_to(
+        Sse::from_infallible_receiver(events).with_keep_alive(SSE_KEEP_ALIVE),
+        request,
+    )
+    .map_into_boxed_body()
+}
+
+/// Runs a streamed invocation on its own task and returns its events: those `piece` makes of
+/// every text piece, then those `end` makes of the recorded outcome. When the client leaves,
+/// the generation is cancelled and recorded so. Both the native and the OpenAI-compatible API
+/// stream through here; they differ only in the shape of the events.
+pub(crate) fn stream(
+    state: Arc<AppState>,
+    mut invocation: Invocation,
+    call: Call,
+    permit: ConcurrencyPermit,
+    max_tokens: u32,
+    piece: impl Fn(&str) -> Vec<Event> + Send + 'static,
+    end: impl FnOnce(Result<InvokeResponse, ApiError>) -> Vec<Event> + Send + 'static,
+) -> tokio::sync::mpsc::Receiver<Event> {
     let (tokens_tx, mut tokens) = stream_channel(max_tokens);
     invocation.stream = Some(tokens_tx);
-    // Pieces plus the final event; the forwarder below never has more in flight.
-    let (events, events_rx) = tokio::sync::mpsc::channel::<Event>(max_tokens as usize + 4);
+    // Pieces plus the final events; the forwarder below never has more in flight.
+    let (events, events_rx) = tokio::sync::mpsc::channel::<Event>(max_tokens as usize + 8);
     let tree = Arc::clone(&state.tree);
     tokio::spawn(async move {
         // The tenant's concurrency place is held until the stream ends, however it ends.
@@ -133,46 +184,34 @@ pub async fn invoke(
         let mut result = std::pin::pin!(tree.invoke(invocation));
         let outcome = loop {
             tokio::select! {
-                piece = tokens.recv() => match piece {
+                text = tokens.recv() => match text {
                     Some(text) => {
-                        let event = token_event(&text);
-                        if events.send(event).await.is_err() {
-                            // The client left: dropping the token receiver (on return) is what
-                            // tells the engine to stop this sequence and free its slot.
-                            call.cancelled(&state).await;
-                            return;
+                        for event in piece(&text) {
+                            if events.send(event).await.is_err() {
+                                // The client left: dropping the token receiver (on return) is
+                                // what tells the engine to stop this sequence and free its slot.
+                                call.cancelled(&state).await;
+                                return;
+                            }
                         }
                     }
                     None => break result.await,
                 },
                 outcome = &mut result => {
                     while let Ok(text) = tokens.try_recv() {
-                        let _ = events.send(token_event(&text)).await;
+                        for event in piece(&text) {
+                            let _ = events.send(event).await;
+                        }
                     }
                     break outcome;
                 }
             }
         };
-        let last = match call.complete(&state, outcome).await {
-            Ok(response) => Data::new_json(StreamDone::from(response)).map(|d| d.event("done")),
-            Err(err) => Data::new_json(ErrorBody {
-                error: ErrorDetail {
-                    code: err.code.as_str().to_owned(),
-                    message: err.message,
-                    field: err.field,
-                },
-            })
-            .map(|d| d.event("error")),
-        };
-        if let Ok(data) = last {
-            let _ = events.send(Event::Data(data)).await;
+        for event in end(call.complete(&state, outcome).await) {
+            let _ = events.send(event).await;
         }
     });
-    Ok(actix_web::Responder::respond_to(
-        Sse::from_infallible_receiver(events_rx).with_keep_alive(SSE_KEEP_ALIVE),
-        &request,
-    )
-    .map_into_boxed_body())
+    events_rx
 }
 
 fn token_event(text: &str) -> Event {
@@ -181,30 +220,30 @@ fn token_event(text: &str) -> Event {
 }
 
 /// What is needed to record an invocation and answer it, whichever way it ends.
-struct Call {
-    id: InvocationId,
+pub(crate) struct Call {
+    pub(crate) id: InvocationId,
     tenant: TenantId,
     name: FunctionName,
     version: u32,
     input: String,
     created_at: chrono::DateTime<Utc>,
-    mode: &'static str,
+    pub(crate) mode: &'static str,
     /// The `Idempotency-Key` this call claimed, released if the request is refused.
     key: Option<String>,
 }
 
 impl Call {
-    fn new(
+    pub(crate) fn new(
         tenant: &TenantId,
         name: &FunctionName,
-        version: &StoredVersion,
+        version: u32,
         input: &serde_json::Value,
     ) -> Self {
         Self {
             id: InvocationId::new(),
             tenant: tenant.clone(),
             name: name.clone(),
-            version: version.version,
+            version,
             input: input.to_string(),
             created_at: Utc::now(),
             mode: "sync",
@@ -255,7 +294,7 @@ impl Call {
     /// Records the outcome and converts it. The record is handed to the write-behind recorder
     /// before answering, so the returned id can be read back at once. Requests refused as
     /// invalid leave nothing behind; failures of accepted work are recorded.
-    async fn complete(
+    pub(crate) async fn complete(
         &self,
         state: &AppState,
         result: Result<InvocationOutcome, InvokeError>,
@@ -318,7 +357,7 @@ impl Call {
 
 /// Test builds honour `X-Genrt-Fault: engine-panic`; release builds compile this away.
 #[cfg(feature = "fault-injection")]
-fn fault(request: &HttpRequest) -> Option<Fault> {
+pub(crate) fn fault(request: &HttpRequest) -> Option<Fault> {
     match request.headers().get("x-genrt-fault")?.to_str().ok()? {
         "engine-panic" => Some(Fault::EnginePanic),
         _ => None,
@@ -326,7 +365,7 @@ fn fault(request: &HttpRequest) -> Option<Fault> {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fault(_request: &HttpRequest) -> Option<Fault> {
+pub(crate) fn fault(_request: &HttpRequest) -> Option<Fault> {
     None
 }
 

@@ -9,6 +9,7 @@ mod invocations;
 mod invoke;
 mod keys;
 mod models;
+pub mod openai;
 pub mod openapi;
 mod tenants;
 mod triggers;
@@ -122,6 +123,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
             .route("/models", web::get().to(models::list))
             .route("/models/{id}", web::get().to(models::get)),
     )
+    .configure(|cfg| openai::configure(cfg, body_limit))
     .default_service(web::to(not_found));
 }
 
@@ -132,8 +134,13 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
-fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    let api = match &err {
+fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
+    json_error_to_api(err, req).into()
+}
+
+/// What a body that cannot be read as the expected JSON gets.
+pub(crate) fn json_error_to_api(err: JsonPayloadError, _req: &HttpRequest) -> ApiError {
+    match &err {
         JsonPayloadError::Overflow { limit }
         | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -154,8 +161,7 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
             ErrorCode::InvalidJson,
             format!("cannot read the request body: {other}"),
         ),
-    };
-    api.into()
+    }
 }
 
 fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {

@@ -6,10 +6,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, functions, health, invocations, invoke, keys, models, tenants, triggers, usage,
-    webhooks,
+    batches, dto, functions, health, invocations, invoke, keys, models, openai, tenants, triggers,
+    usage, webhooks,
 };
-use crate::error::{ErrorBody, ErrorDetail};
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,10 +48,15 @@ use crate::error::{ErrorBody, ErrorDetail};
         triggers::receive,
         models::list,
         models::get,
+        openai::models,
+        openai::chat_completions,
+        openai::completions,
+        openai::embeddings,
     ),
     components(schemas(
         ErrorBody,
         ErrorDetail,
+        ErrorCode,
         dto::Params,
         dto::RouteSpec,
         dto::CacheSpec,
@@ -105,6 +110,27 @@ use crate::error::{ErrorBody, ErrorDetail};
         triggers::CreateTrigger,
         triggers::TriggerInfo,
         triggers::TriggerList,
+        openai::ChatCompletionRequest,
+        openai::ChatMessage,
+        openai::StreamOptions,
+        openai::ResponseFormat,
+        openai::JsonSchemaFormat,
+        openai::CompletionRequest,
+        openai::EmbeddingRequest,
+        openai::ChatCompletion,
+        openai::ChatChoice,
+        openai::AssistantMessage,
+        openai::ChatCompletionChunk,
+        openai::ChunkChoice,
+        openai::Delta,
+        openai::TextCompletion,
+        openai::TextChoice,
+        openai::CompletionUsage,
+        openai::PromptTokensDetails,
+        openai::ModelObject,
+        openai::ModelListObject,
+        openai::OpenAiErrorBody,
+        openai::OpenAiErrorDetail,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -118,6 +144,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         (name = "webhooks", description = "Signed result webhooks: secrets and deliveries"),
         (name = "triggers", description = "Incoming signed webhooks that start functions"),
         (name = "admin", description = "Tenants and their limits (scope `admin`)"),
+        (name = "openai", description = "OpenAI-compatible API: point an OpenAI client's base URL at /openai/v1"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -184,6 +211,10 @@ mod tests {
         ("patch", "/v1/admin/tenants/{id}"),
         ("get", "/v1/models"),
         ("get", "/v1/models/{id}"),
+        ("get", "/openai/v1/models"),
+        ("post", "/openai/v1/chat/completions"),
+        ("post", "/openai/v1/completions"),
+        ("post", "/openai/v1/embeddings"),
     ];
 
     #[test]

@@ -202,6 +202,7 @@ async fn execute(
         background: true,
         stream: None,
         fault: None,
+        conversation: None,
     };
     state
         .tree

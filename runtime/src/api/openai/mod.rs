@@ -1,0 +1,611 @@
+//! The OpenAI-compatible API under `/openai/v1`: applications written for OpenAI's API work by
+//! pointing their base URL here. `model` is a registered model id (served by a pass-through
+//! function, with the caller's messages as they are) or the name of one of the caller's
+//! functions (whose templates, schema and output constraint then apply). Same credentials as
+//! the native API; errors in OpenAI's shape.
+
+mod plan;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_lab::sse::{Data, Event};
+use chrono::Utc;
+use futures_util::future::join_all;
+use genrt_actors::{DeployedFunction, Invocation};
+use genrt_functions::{Conversation, FunctionName, GenerationParams, ModelId, OutputSpec};
+use serde_json::Value;
+
+use crate::api::dto::InvokeResponse;
+use crate::api::functions::{runnable, READ};
+use crate::api::invoke::{admit, fault, sse, stream, Call};
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::{Caller, Scope};
+
+use wire::{unsupported, Prompt};
+pub use wire::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChatMessage, ChunkChoice, CommonFields, CompletionRequest, CompletionUsage, Delta,
+    EmbeddingRequest, JsonSchemaFormat, ModelListObject, ModelObject, OpenAiError, OpenAiErrorBody,
+    OpenAiErrorDetail, PromptTokensDetails, ResponseFormat, StreamOptions, TextChoice,
+    TextCompletion,
+};
+
+/// When registered models came to be, as far as clients can tell: when the routes were
+/// registered (the server's start).
+static STARTED: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| Utc::now().timestamp());
+
+/// Registers the routes under `/openai/v1`, with OpenAI-shaped errors for bad bodies and
+/// unknown paths too.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    std::sync::LazyLock::force(&STARTED);
+    cfg.service(
+        web::scope("/openai/v1")
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(body_limit)
+                    .content_type(|_| true)
+                    .content_type_required(false)
+                    .error_handler(|err, req| {
+                        OpenAiError(crate::api::json_error_to_api(err, req)).into()
+                    }),
+            )
+            .route("/models", web::get().to(models))
+            .route("/chat/completions", web::post().to(chat_completions))
+            .route("/completions", web::post().to(completions))
+            .route("/embeddings", web::post().to(embeddings))
+            .default_service(web::to(|req: HttpRequest| async move {
+                Err::<HttpResponse, _>(OpenAiError(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no route for {} {}", req.method(), req.path()),
+                )))
+            })),
+    );
+}
+
+/// The caller's functions and the registered models it may use.
+#[utoipa::path(get, path = "/openai/v1/models", tag = "openai", security(("bearer" = [])),
+    responses(
+        (status = 200, body = ModelListObject),
+        (status = 401, body = OpenAiErrorBody)))]
+pub async fn models(
+    state: web::Data<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> Result<HttpResponse, OpenAiError> {
+    let caller = caller?;
+    caller.require_any(&READ)?;
+    let started = *STARTED;
+    let mut data: Vec<ModelObject> = state
+        .tree
+        .model_configs()
+        .iter()
+        .filter(|m| caller.limits.allows_model(m.id.as_str()))
+        .map(|m| ModelObject {
+            id: m.id.as_str().to_owned(),
+            object: "model",
+            created: started,
+            owned_by: "genrt".to_owned(),
+        })
+        .collect();
+    let functions = state
+        .store
+        .list_functions(&caller.tenant)
+        .await
+        .map_err(ApiError::from)?;
+    data.extend(functions.into_iter().map(|f| ModelObject {
+        id: f.name,
+        object: "model",
+        created: f.created_at.timestamp(),
+        owned_by: caller.tenant.as_str().to_owned(),
+    }));
+    Ok(HttpResponse::Ok().json(ModelListObject {
+        object: "list",
+        data,
+    }))
+}
+
+/// Chat completion, or with `stream` a stream of `chat.completion.chunk` events ending with
+/// `data: [DONE]`.
+#[utoipa::path(post, path = "/openai/v1/chat/completions", tag = "openai", security(("bearer" = [])),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream` an event stream (text/event-stream) of ChatCompletionChunk ending with `[DONE]`", body = ChatCompletion),
+        (status = 400, body = OpenAiErrorBody),
+        (status = 401, body = OpenAiErrorBody),
+        (status = 404, description = "Neither a registered model nor one of the caller's functions", body = OpenAiErrorBody),
+        (status = 429, body = OpenAiErrorBody),
+        (status = 503, body = OpenAiErrorBody)))]
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    caller: Result<Caller, ApiError>,
+    request: HttpRequest,
+    body: web::Json<ChatCompletionRequest>,
+) -> Result<HttpResponse, OpenAiError> {
+    let caller = caller?;
+    caller.require(Scope::FunctionsInvoke)?;
+    let body = body.into_inner();
+    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(unsupported("tools", "tools are not supported"));
+    }
+    if body.logprobs == Some(true) {
+        return Err(unsupported("logprobs", "`logprobs` is not supported"));
+    }
+    let common = &body.common;
+    let n = plan::choices(common.n, common.stream)?;
+    let params = plan::params(common, body.max_completion_tokens.or(common.max_tokens))?;
+    let (conversation, last) = plan::conversation(&body.messages)?;
+    let output = plan::output(body.response_format.as_ref());
+    let target = resolve(&state, &caller, &body.model, output).await?;
+    let runs = vec![(target.input(&last), conversation); n as usize];
+    let chunks = Chunks::new(Kind::Chat, body.model.clone());
+    if common.stream {
+        return start_stream(
+            &state, &caller, &request, target, runs, params, chunks, common,
+        );
+    }
+    let responses = run_all(&state, &caller, &request, &target, runs, params).await?;
+    let (choices, usage) = choices(responses, |index, r| ChatChoice {
+        index,
+        message: AssistantMessage {
+            role: "assistant",
+            content: r.output.text,
+            refusal: None,
+        },
+        finish_reason: plan::finish_reason(&r.finish_reason),
+        logprobs: None,
+    });
+    Ok(HttpResponse::Ok().json(ChatCompletion {
+        id: chunks.id,
+        object: "chat.completion",
+        created: chunks.created,
+        model: chunks.model,
+        choices,
+        usage,
+        system_fingerprint: None,
+    }))
+}
+
+/// Text completion: the prompt goes to a model as it is (no chat template); with a function
+/// as `model` it is the function's input. With `stream`, `text_completion` chunks and
+/// `data: [DONE]`.
+#[utoipa::path(post, path = "/openai/v1/completions", tag = "openai", security(("bearer" = [])),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream` an event stream of TextCompletion chunks ending with `[DONE]`", body = TextCompletion),
+        (status = 400, body = OpenAiErrorBody),
+        (status = 401, body = OpenAiErrorBody),
+        (status = 404, body = OpenAiErrorBody),
+        (status = 429, body = OpenAiErrorBody),
+        (status = 503, body = OpenAiErrorBody)))]
+pub async fn completions(
+    state: web::Data<AppState>,
+    caller: Result<Caller, ApiError>,
+    request: HttpRequest,
+    body: web::Json<CompletionRequest>,
+) -> Result<HttpResponse, OpenAiError> {
+    let caller = caller?;
+    caller.require(Scope::FunctionsInvoke)?;
+    let body = body.into_inner();
+    if body.echo == Some(true) {
+        return Err(unsupported("echo", "`echo` is not supported"));
+    }
+    if body.suffix.is_some() {
+        return Err(unsupported("suffix", "`suffix` is not supported"));
+    }
+    if body.logprobs.is_some() {
+        return Err(unsupported("logprobs", "`logprobs` is not supported"));
+    }
+    if body.best_of.is_some_and(|b| b > 1) {
+        return Err(unsupported("best_of", "`best_of` above 1 is not supported"));
+    }
+    let prompts = match body.prompt {
+        Prompt::One(p) => vec![p],
+        Prompt::Many(ps) if !ps.is_empty() => ps,
+        Prompt::Many(_) => return Err(unsupported("prompt", "`prompt` must not be empty")),
+        Prompt::Tokens(_) => {
+            return Err(unsupported(
+                "prompt",
+                "token arrays are not supported: send the prompt as text",
+            ))
+        }
+    };
+    let common = &body.common;
+    let n = plan::choices(common.n, common.stream)?;
+    if common.stream && prompts.len() > 1 {
+        return Err(unsupported("prompt", "streaming takes one prompt"));
+    }
+    if prompts.len() as u32 * n > plan::MAX_CHOICES {
+        return Err(unsupported(
+            "n",
+            format!("prompts × n must be at most {}", plan::MAX_CHOICES),
+        ));
+    }
+    let params = plan::params(common, common.max_tokens)?;
+    let target = resolve(&state, &caller, &body.model, OutputSpec::Text).await?;
+    // A model gets the prompt without a chat template; a function renders its own messages.
+    let conversation = Conversation {
+        raw: target.passthrough,
+        ..Conversation::default()
+    };
+    let runs: Vec<(Value, Conversation)> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p, n as usize))
+        .map(|p| (target.input(p), conversation.clone()))
+        .collect();
+    let chunks = Chunks::new(Kind::Text, body.model.clone());
+    if common.stream {
+        return start_stream(
+            &state, &caller, &request, target, runs, params, chunks, common,
+        );
+    }
+    let responses = run_all(&state, &caller, &request, &target, runs, params).await?;
+    let (choices, usage) = choices(responses, |index, r| TextChoice {
+        index,
+        text: r.output.text,
+        finish_reason: Some(plan::finish_reason(&r.finish_reason)),
+        logprobs: None,
+    });
+    Ok(HttpResponse::Ok().json(TextCompletion {
+        id: chunks.id,
+        object: "text_completion",
+        created: chunks.created,
+        model: chunks.model,
+        choices,
+        usage: Some(usage),
+        system_fingerprint: None,
+    }))
+}
+
+/// Embeddings. No registered model produces them yet (the served GGUF models are generative,
+/// and genrt's engines keep one generation context per replica), so every request gets a
+/// clear 400 naming the model, after the same checks as the other routes.
+#[utoipa::path(post, path = "/openai/v1/embeddings", tag = "openai", security(("bearer" = [])),
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 400, description = "The model does not produce embeddings", body = OpenAiErrorBody),
+        (status = 401, body = OpenAiErrorBody),
+        (status = 404, body = OpenAiErrorBody)))]
+pub async fn embeddings(
+    state: web::Data<AppState>,
+    caller: Result<Caller, ApiError>,
+    body: web::Json<EmbeddingRequest>,
+) -> Result<HttpResponse, OpenAiError> {
+    let caller = caller?;
+    caller.require(Scope::FunctionsInvoke)?;
+    let body = body.into_inner();
+    let known_model = state
+        .tree
+        .model(&ModelId::new(body.model.as_str()))
+        .is_some();
+    if !known_model {
+        return Err(model_not_found(&body.model).into());
+    }
+    Err(OpenAiError(
+        ApiError::new(
+            ErrorCode::EmbeddingsNotSupported,
+            format!(
+                "model `{}` does not produce embeddings: it is served for generation only",
+                body.model
+            ),
+        )
+        .with_field("model"),
+    ))
+}
+
+/// What a request's `model` names, made runnable.
+struct Target {
+    function: Arc<DeployedFunction>,
+    /// A registered model served as it is, rather than a function of the caller's.
+    passthrough: bool,
+}
+
+impl Target {
+    fn input(&self, text: &str) -> Value {
+        if self.passthrough {
+            plan::passthrough_input(text)
+        } else {
+            plan::function_input(&self.function.spec, text)
+        }
+    }
+}
+
+fn model_not_found(model: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ModelNotFound,
+        format!("the model `{model}` does not exist: it is neither a registered model nor one of your functions"),
+    )
+    .with_field("model")
+}
+
+/// A registered model id wins over a function of the same name: model ids are the same for
+/// every tenant, so a client's meaning of `model` does not depend on what a tenant deployed.
+async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    output: OutputSpec,
+) -> Result<Target, OpenAiError> {
+    let id = ModelId::new(model);
+    if state.tree.model(&id).is_some() {
+        if !caller.limits.allows_model(model) {
+            return Err(ApiError::new(
+                ErrorCode::ModelNotAllowed,
+                format!("this tenant may not use model `{model}`"),
+            )
+            .with_field("model")
+            .into());
+        }
+        state
+            .tenancy
+            .check_budget(&caller.tenant, &caller.limits)
+            .await?;
+        let spec = plan::passthrough_spec(&id, output, genrt_functions::default_timeout_s());
+        // The output constraint is part of the spec, so each distinct one is its own
+        // pass-through "version": an actor never serves a spec other than its own.
+        let version = u32::from_str_radix(&spec.digest()[..8], 16).expect("a hex digest");
+        return Ok(Target {
+            function: Arc::new(DeployedFunction {
+                tenant: caller.tenant.clone(),
+                name: FunctionName::model_passthrough(&id),
+                version,
+                spec,
+            }),
+            passthrough: true,
+        });
+    }
+    let raw = model;
+    if FunctionName::parse(raw).is_err() {
+        return Err(model_not_found(raw).into());
+    }
+    let (name, version) = runnable(state, caller, raw).await.map_err(|e| {
+        if e.code == ErrorCode::FunctionNotFound {
+            model_not_found(raw)
+        } else {
+            e
+        }
+    })?;
+    if !output.is_text() && version.spec.output != output {
+        return Err(unsupported(
+            "response_format",
+            format!(
+                "function `{name}` defines its own output; `response_format` applies to models"
+            ),
+        ));
+    }
+    admit(state, caller, &version).await?;
+    Ok(Target {
+        function: Arc::new(DeployedFunction {
+            tenant: caller.tenant.clone(),
+            name,
+            version: version.version,
+            spec: version.spec,
+        }),
+        passthrough: false,
+    })
+}
+
+fn invocation(
+    target: &Target,
+    request: &HttpRequest,
+    call: &Call,
+    input: Value,
+    conversation: Conversation,
+    params: GenerationParams,
+) -> Invocation {
+    Invocation {
+        id: call.id,
+        function: Arc::clone(&target.function),
+        input,
+        params,
+        received_at: Instant::now(),
+        background: false,
+        stream: None,
+        fault: fault(request),
+        conversation: Some(Arc::new(conversation)),
+    }
+}
+
+/// Runs every choice at once under one concurrency place; any failure fails the request.
+async fn run_all(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    request: &HttpRequest,
+    target: &Target,
+    runs: Vec<(Value, Conversation)>,
+    params: GenerationParams,
+) -> Result<Vec<InvokeResponse>, OpenAiError> {
+    let _permit = state
+        .tenancy
+        .limits
+        .acquire(&caller.tenant, &caller.limits)?;
+    let f = &target.function;
+    let results = join_all(runs.into_iter().map(|(input, conversation)| {
+        let call = Call::new(&caller.tenant, &f.name, f.version, &input);
+        let invocation = invocation(target, request, &call, input, conversation, params.clone());
+        async move {
+            let outcome = state.tree.invoke(invocation).await;
+            call.complete(state, outcome).await
+        }
+    }))
+    .await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(OpenAiError)
+}
+
+/// The choices of a non-streamed answer, numbered, and their usage summed.
+fn choices<T>(
+    responses: Vec<InvokeResponse>,
+    choice: impl Fn(u32, InvokeResponse) -> T,
+) -> (Vec<T>, CompletionUsage) {
+    let mut usage = CompletionUsage::default();
+    let choices = responses
+        .into_iter()
+        .zip(0..)
+        .map(|(r, index)| {
+            usage.add(
+                r.usage.prompt_tokens,
+                r.usage.cached_prompt_tokens,
+                r.usage.completion_tokens,
+            );
+            choice(index, r)
+        })
+        .collect();
+    (choices, usage)
+}
+
+/// Streams the one run of `runs` as OpenAI chunks: text pieces, a last chunk with the finish
+/// reason, the usage when asked for, and `[DONE]`; an error after the start is a data line
+/// with OpenAI's error body, as OpenAI's clients expect.
+#[allow(clippy::too_many_arguments)]
+fn start_stream(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    request: &HttpRequest,
+    target: Target,
+    runs: Vec<(Value, Conversation)>,
+    params: GenerationParams,
+    chunks: Chunks,
+    common: &CommonFields,
+) -> Result<HttpResponse, OpenAiError> {
+    let (input, conversation) = runs.into_iter().next().expect("one run to stream");
+    let permit = state
+        .tenancy
+        .limits
+        .acquire(&caller.tenant, &caller.limits)?;
+    let f = &target.function;
+    let max_tokens = f.spec.params.resolve(&params).max_tokens;
+    let mut call = Call::new(&caller.tenant, &f.name, f.version, &input);
+    call.mode = "stream";
+    let invocation = invocation(&target, request, &call, input, conversation, params);
+    let include_usage = common.include_usage();
+    let first = AtomicBool::new(true);
+    let end = chunks.clone();
+    let events = stream(
+        state.clone().into_inner(),
+        invocation,
+        call,
+        permit,
+        max_tokens,
+        move |text| vec![chunks.piece(text, first.swap(false, Ordering::Relaxed))],
+        move |result| match result {
+            Ok(response) => {
+                let mut events = vec![end.last(plan::finish_reason(&response.finish_reason))];
+                if include_usage {
+                    let (_, usage) = choices(vec![response], |_, _| ());
+                    events.push(end.usage(usage));
+                }
+                events.push(Event::Data(Data::new("[DONE]")));
+                events
+            }
+            Err(err) => vec![
+                data(&OpenAiError(err).body()),
+                Event::Data(Data::new("[DONE]")),
+            ],
+        },
+    );
+    Ok(sse(events, request))
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// One response's id, model and time, and the chunks of its stream.
+#[derive(Clone)]
+struct Chunks {
+    kind: Kind,
+    id: String,
+    model: String,
+    created: i64,
+}
+
+impl Chunks {
+    fn new(kind: Kind, model: String) -> Self {
+        let prefix = match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Text => "cmpl",
+        };
+        Self {
+            kind,
+            id: format!("{prefix}-{}", uuid::Uuid::now_v7().simple()),
+            model,
+            created: Utc::now().timestamp(),
+        }
+    }
+
+    /// A piece of text; the first chat chunk also names the role, as OpenAI's do.
+    fn piece(&self, text: &str, first: bool) -> Event {
+        self.chunk(Some(text.to_owned()), first, None, None)
+    }
+
+    fn last(&self, finish_reason: String) -> Event {
+        self.chunk(None, false, Some(finish_reason), None)
+    }
+
+    /// The extra last chunk `include_usage` asks for: no choices, the usage.
+    fn usage(&self, usage: CompletionUsage) -> Event {
+        self.chunk(None, false, None, Some(usage))
+    }
+
+    fn chunk(
+        &self,
+        text: Option<String>,
+        first: bool,
+        finish_reason: Option<String>,
+        usage: Option<CompletionUsage>,
+    ) -> Event {
+        let with_choice = usage.is_none();
+        match self.kind {
+            Kind::Chat => data(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: with_choice
+                    .then(|| ChunkChoice {
+                        index: 0,
+                        delta: Delta {
+                            role: first.then_some("assistant"),
+                            content: text,
+                        },
+                        finish_reason,
+                        logprobs: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                usage,
+                system_fingerprint: None,
+            }),
+            Kind::Text => data(&TextCompletion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: with_choice
+                    .then(|| TextChoice {
+                        index: 0,
+                        text: text.unwrap_or_default(),
+                        finish_reason,
+                        logprobs: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                usage,
+                system_fingerprint: None,
+            }),
+        }
+    }
+}
+
+/// OpenAI's streams are bare `data:` lines, without event names.
+fn data(value: &impl serde::Serialize) -> Event {
+    Event::Data(Data::new_json(value).expect("a chunk serializes"))
+}
