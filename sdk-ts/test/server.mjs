@@ -13,6 +13,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
+/**
+ * The environment for genrt: it reads every GENRT_* variable as configuration and refuses
+ * unknown keys, so the SDK's own (GENRT_BIN, GENRT_TOKEN, GENRT_BASE_URL...) must not reach it.
+ * The configuration comes from the generated file instead.
+ */
+export function genrtEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('GENRT_')));
+}
+
 const sdkRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const repoRoot = path.resolve(sdkRoot, '..');
 
@@ -79,7 +88,7 @@ export async function startServer(options = {}) {
   const log = createWriteStream(logPath);
   const child = spawn(GENRT_BIN, ['serve', '--config', configPath], {
     cwd: dataDir,
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    env: { ...genrtEnv(), RUST_LOG: process.env.RUST_LOG ?? 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stdout.pipe(log);
@@ -100,7 +109,7 @@ export async function startServer(options = {}) {
     async token(tenant, scopes = []) {
       const args = ['token', '--config', configPath, '--tenant', tenant, '--jwt-secret', secret];
       for (const scope of scopes) args.push('--scope', scope);
-      const { stdout } = await promisify(execFile)(GENRT_BIN, args, { cwd: dataDir });
+      const { stdout } = await promisify(execFile)(GENRT_BIN, args, { cwd: dataDir, env: genrtEnv() });
       return stdout.trim();
     },
     async logs() {
