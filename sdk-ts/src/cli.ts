@@ -63,7 +63,8 @@ async function main(): Promise<number> {
 
 function describe(err: unknown): string {
   if (err instanceof APIError) {
-    return `${err.status ?? ''} ${err.code ?? 'error'}: ${err.message}${err.field ? ` (field: ${err.field})` : ''}`.trim();
+    // The message already reads `401 invalid_token: ...`.
+    return `${err.message}${err.field ? ` (field: ${err.field})` : ''}${err.requestId ? ` [request ${err.requestId}]` : ''}`;
   }
   return err instanceof Error ? err.message : String(err);
 }

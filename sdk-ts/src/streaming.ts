@@ -25,6 +25,8 @@ export type StreamEvent = TokenEvent | DoneEvent;
  */
 export class InvocationStream implements AsyncIterable<StreamEvent> {
   readonly #controller = new AbortController();
+  readonly #userSignal: AbortSignal | undefined;
+  readonly #onUserAbort = () => this.#controller.abort(this.#userSignal?.reason);
   readonly #response: Promise<Response>;
   #consumed = false;
   #done: DoneEvent | undefined;
@@ -32,8 +34,9 @@ export class InvocationStream implements AsyncIterable<StreamEvent> {
 
   /** @internal */
   constructor(open: (signal: AbortSignal) => Promise<Response>, signal?: AbortSignal) {
+    this.#userSignal = signal;
     if (signal?.aborted) this.#controller.abort(signal.reason);
-    else signal?.addEventListener('abort', () => this.#controller.abort(signal.reason), { once: true });
+    else signal?.addEventListener('abort', this.#onUserAbort, { once: true });
     this.#response = open(this.#controller.signal);
     // Failures surface on iteration; this keeps an unread stream from an unhandled rejection.
     this.#response.catch(() => {});
@@ -59,7 +62,13 @@ export class InvocationStream implements AsyncIterable<StreamEvent> {
   async *[Symbol.asyncIterator](): AsyncIterator<StreamEvent> {
     if (this.#consumed) throw new GenrtError('a stream can be iterated only once');
     this.#consumed = true;
-    const response = await this.#response;
+    let response: Response;
+    try {
+      response = await this.#response;
+    } catch (err) {
+      this.#userSignal?.removeEventListener('abort', this.#onUserAbort);
+      throw err;
+    }
     if (!response.body) throw new GenrtError('the stream response has no body');
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -91,6 +100,7 @@ export class InvocationStream implements AsyncIterable<StreamEvent> {
     } finally {
       // On break, abort or error: closing the connection is what cancels the generation.
       if (!finished) this.#controller.abort();
+      this.#userSignal?.removeEventListener('abort', this.#onUserAbort);
       await reader.cancel().catch(() => {});
     }
   }

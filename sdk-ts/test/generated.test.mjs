@@ -22,3 +22,13 @@ test('ERROR_CODES lists exactly the codes of runtime/src/error.rs, in order', as
   assert.ok(codes.length > 10, 'parsed the table');
   assert.deepEqual([...ERROR_CODES], codes);
 });
+
+test('ERROR_CODES matches the OpenAPI ErrorCode enum, once the document has one', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const { genrtEnv } = await import('../scripts/generate.mjs');
+  const bin = process.env.GENRT_BIN ?? path.resolve(sdkRoot, '../target/release/genrt');
+  const doc = JSON.parse(execFileSync(bin, ['openapi'], { encoding: 'utf8', env: genrtEnv() }));
+  const schema = doc.components?.schemas?.ErrorCode;
+  if (!schema?.enum) return t.skip('the OpenAPI document has no ErrorCode enum yet');
+  assert.deepEqual([...ERROR_CODES].sort(), [...schema.enum].sort());
+});
