@@ -1,6 +1,8 @@
 // The HTTP core shared by every resource: authentication, the per-attempt timeout, retries with
 // jittered exponential backoff that honour Retry-After, and mapping error responses to the
 // GenrtError hierarchy. Uses the platform's fetch (Node >= 18), so it has no HTTP dependency.
+// The retry loop is written here rather than taken from a retry library because its policy is
+// genrt's (which 409 is transient, Retry-After's cap, which creates may repeat) and it is short.
 import {
   APIConnectionError,
   APIError,
