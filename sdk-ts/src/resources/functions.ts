@@ -1,0 +1,40 @@
+import type { APIClient, RequestOptions } from '../core.js';
+import type { DeployResponse, FunctionDefinition, FunctionDetail, FunctionSummary, Params, VersionInfo } from '../types.js';
+
+const fn = (name: string) => `/v1/functions/${encodeURIComponent(name)}`;
+
+export class Functions {
+  constructor(private readonly client: APIClient) {}
+
+  /**
+   * Deploys a definition. The server compares it with the latest version: a changed one
+   * becomes a new version (`created: true`), an identical one returns the latest
+   * (`created: false`), so deploying on every start is safe.
+   */
+  deploy(definition: FunctionDefinition, options?: RequestOptions): Promise<DeployResponse> {
+    return this.client.post('/v1/functions', definition, options);
+  }
+
+  async list(options?: RequestOptions): Promise<FunctionSummary[]> {
+    return (await this.client.get<{ functions: FunctionSummary[] }>('/v1/functions', undefined, options)).functions;
+  }
+
+  get(name: string, options?: RequestOptions): Promise<FunctionDetail> {
+    return this.client.get(fn(name), undefined, options);
+  }
+
+  /** Every version, oldest first. */
+  async versions(name: string, options?: RequestOptions): Promise<VersionInfo[]> {
+    return (await this.client.get<{ versions: VersionInfo[] }>(`${fn(name)}/versions`, undefined, options)).versions;
+  }
+
+  /** Deletes the function and all its versions (its invocation records are kept). */
+  delete(name: string, options?: RequestOptions): Promise<void> {
+    return this.client.delete(fn(name), options);
+  }
+
+  /** Runs inputs in the background so that their results are cached ahead of demand. */
+  prewarm(name: string, inputs: unknown[], params?: Params, options?: RequestOptions): Promise<{ accepted: number }> {
+    return this.client.post(`${fn(name)}/prewarm`, { inputs, params }, options);
+  }
+}
