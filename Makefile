@@ -3,18 +3,24 @@ SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: run test deps model build bench fmt lint clean
+.PHONY: run test test-sdk deps model build bench fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
 run: deps model build
 	@scripts/run.sh
 
-## The whole test suite: unit, actor and end-to-end tests on SQLite and Postgres.
+## The whole test suite: unit, actor and end-to-end tests on SQLite and Postgres, then the
+## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
 test: deps model
 	@# The crash test runs the real binary as a process; building it with the workspace's
 	@# features first means the test build reuses every artifact.
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --all-targets
+	bash sdk-ts/scripts/test.sh
+
+## Only the SDK's checks and tests (needs the binaries of `cargo build --release --workspace --bins`).
+test-sdk: deps model
+	bash sdk-ts/scripts/test.sh
 
 ## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).
 deps:

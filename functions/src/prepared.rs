@@ -52,6 +52,10 @@ pub struct Conversation {
     pub system: Option<String>,
     pub history: Vec<ChatTurn>,
     pub raw: bool,
+    /// Structured output cut short by `max_tokens` is returned as it is (finish reason
+    /// `length`) instead of failing as invalid output: OpenAI's API behaves so, and its
+    /// clients check the finish reason.
+    pub cut_output_ok: bool,
 }
 
 impl Conversation {

@@ -20,6 +20,20 @@ pub const DEV_JWT_SECRET: &str = "genrt-development-secret-change-me";
 const MAX_JWT_LEEWAY_S: u64 = 300;
 const MIN_JWKS_REFRESH_S: u64 = 10;
 
+/// The top-level keys of [`Config`] that the environment may set (`GENRT_<SECTION>__<KEY>`).
+const CONFIG_SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "auth",
+    "cache",
+    "supervision",
+    "engine",
+    "tenancy",
+    "queue",
+    "webhooks",
+    "models",
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -331,6 +345,13 @@ impl Config {
                     "HOST",
                     "DATA_DIR",
                 ])
+                // Only variables naming a configuration section are configuration: other
+                // GENRT_* variables (the SDK's GENRT_TOKEN, a script's GENRT_BIN) belong to
+                // other programs and must not stop the server from starting.
+                .filter(|key| {
+                    let section = key.as_str().split("__").next().unwrap_or_default();
+                    CONFIG_SECTIONS.contains(&section)
+                })
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(Box::new)?;

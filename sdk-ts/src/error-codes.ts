@@ -1,7 +1,7 @@
 // The server's stable error codes. They come from the one error table of the runtime
 // (runtime/src/error.rs); a test compares this list with that table so that the two never
-// drift. When the OpenAPI document carries an `ErrorCode` schema, the generated type is used
-// instead (see `ErrorCode` below), and this list only serves as the runtime value.
+// drift. The type comes from the OpenAPI document's `ErrorCode` schema (see `ErrorCode`
+// below); this list is the runtime value.
 import type { components } from './generated/openapi.js';
 
 export const ERROR_CODES = [
@@ -45,6 +45,7 @@ export const ERROR_CODES = [
   'unknown_model',
   'invalid_output_spec',
   'not_cacheable',
+  'embeddings_not_supported',
   'invalid_output',
   'insufficient_memory',
   'model_not_found',

@@ -14,9 +14,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 /**
- * The environment for genrt: it reads every GENRT_* variable as configuration and refuses
- * unknown keys, so the SDK's own (GENRT_BIN, GENRT_TOKEN, GENRT_BASE_URL...) must not reach it.
- * The configuration comes from the generated file instead.
+ * The environment for genrt: without GENRT_* variables, so that a developer's configuration
+ * (GENRT_DATABASE_URL, GENRT_SERVER__PORT...) cannot reach the throwaway test server.
  */
 export function genrtEnv() {
   return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('GENRT_')));

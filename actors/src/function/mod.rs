@@ -111,6 +111,10 @@ impl Function {
         reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,
     ) {
         let received_at = invocation.received_at;
+        let cut_output_ok = invocation
+            .conversation
+            .as_ref()
+            .is_some_and(|c| c.cut_output_ok);
         let prepared = self.state.prepared();
         if let Some(hit) = plan.cache_key.as_ref().and_then(|k| self.cache.get(k)) {
             if let Some(stream) = &invocation.stream {
@@ -166,16 +170,18 @@ impl Function {
                 }
             };
             let outcome = match completion {
-                Ok(done) => finish(done, &prepared, model, received_at).inspect(|outcome| {
-                    if let Some(key) = cache_key {
-                        let value = CachedCompletion {
-                            text: outcome.text.clone(),
-                            usage: outcome.usage,
-                            finish_reason: outcome.finish_reason,
-                        };
-                        cache.insert(key, value, cache_ttl);
-                    }
-                }),
+                Ok(done) => {
+                    finish(done, &prepared, model, received_at, cut_output_ok).inspect(|outcome| {
+                        if let Some(key) = cache_key {
+                            let value = CachedCompletion {
+                                text: outcome.text.clone(),
+                                usage: outcome.usage,
+                                finish_reason: outcome.finish_reason,
+                            };
+                            cache.insert(key, value, cache_ttl);
+                        }
+                    })
+                }
                 Err(err) => Err(err),
             };
             let _ = reply.send(outcome);
@@ -254,15 +260,21 @@ fn finish(
     prepared: &PreparedFunction,
     model: genrt_functions::ModelId,
     received_at: Instant,
+    cut_output_ok: bool,
 ) -> Result<InvocationOutcome, InvokeError> {
-    let json = prepared.parse_output(&done.text).map_err(|reason| {
-        let hint = if done.finish_reason == crate::FinishReason::Length {
-            " (generation stopped at max_tokens: raise it)"
-        } else {
-            ""
-        };
-        InvokeError::InvalidOutput(format!("{reason}{hint}"))
-    })?;
+    let cut = done.finish_reason == crate::FinishReason::Length;
+    let json = match prepared.parse_output(&done.text) {
+        Ok(json) => json,
+        Err(_) if cut && cut_output_ok => None,
+        Err(reason) => {
+            let hint = if cut {
+                " (generation stopped at max_tokens: raise it)"
+            } else {
+                ""
+            };
+            return Err(InvokeError::InvalidOutput(format!("{reason}{hint}")));
+        }
+    };
     let now = Instant::now();
     Ok(InvocationOutcome {
         model,

@@ -2,6 +2,7 @@
 //! TypeScript SDK's types are generated from it.
 
 use actix_web::HttpResponse;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -132,7 +133,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         openai::OpenAiErrorBody,
         openai::OpenAiErrorDetail,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &UniqueOperationIds),
     tags(
         (name = "functions", description = "Deploy and manage functions"),
         (name = "invoke", description = "Run functions"),
@@ -169,6 +170,65 @@ impl Modify for BearerAuth {
 
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// utoipa names each operation after its handler, so several are `list`, `get` or `create`;
+/// OpenAPI requires unique operationIds (generators refuse duplicates). Duplicates get their
+/// tag as a prefix (`functions_list`, `invocations_get`); unique ones are kept.
+struct UniqueOperationIds;
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let ids = openapi
+            .paths
+            .paths
+            .values()
+            .flat_map(operations)
+            .filter_map(|op| op.operation_id.clone());
+        for id in ids {
+            *counts.entry(id).or_default() += 1;
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for op in operations_mut(item) {
+                let Some(id) = &op.operation_id else { continue };
+                if counts[id] > 1 {
+                    let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+                    op.operation_id = Some(format!("{}_{id}", tag.unwrap_or_default()));
+                }
+            }
+        }
+    }
+}
+
+fn operations(item: &PathItem) -> impl Iterator<Item = &Operation> {
+    [
+        &item.get,
+        &item.put,
+        &item.post,
+        &item.delete,
+        &item.options,
+        &item.head,
+        &item.patch,
+        &item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[cfg(test)]
@@ -216,6 +276,23 @@ mod tests {
         ("post", "/openai/v1/completions"),
         ("post", "/openai/v1/embeddings"),
     ];
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|p| p.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "duplicate operationIds");
+        assert!(ids.contains(&"functions_list") && ids.contains(&"chat_completions"));
+    }
 
     #[test]
     fn every_route_is_documented() {

@@ -39,6 +39,85 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/openai/v1/chat/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Chat completion, or with `stream` a stream of `chat.completion.chunk` events ending with
+         *     `data: [DONE]`.
+         */
+        post: operations["chat_completions"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Text completion: the prompt goes to a model as it is (no chat template); with a function
+         *     as `model` it is the function's input. With `stream`, `text_completion` chunks and
+         *     `data: [DONE]`.
+         */
+        post: operations["completions"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/embeddings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Embeddings. No registered model produces them yet (the served GGUF models are generative,
+         *     and genrt's engines keep one generation context per replica), so every request gets a
+         *     clear 400 naming the model, after the same checks as the other routes.
+         */
+        post: operations["embeddings"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's functions and the registered models it may use. */
+        get: operations["models"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/readyz": {
         parameters: {
             query?: never;
@@ -530,6 +609,12 @@ export interface components {
         ApiKeyList: {
             api_keys: components["schemas"]["ApiKeyInfo"][];
         };
+        AssistantMessage: {
+            content: string;
+            refusal?: string | null;
+            /** @description `assistant` */
+            role: string;
+        };
         /** @description The answer to an accepted asynchronous invocation. */
         AsyncAccepted: {
             function: string;
@@ -596,6 +681,131 @@ export interface components {
             /** Format: int64 */
             ttl_s?: number | null;
         };
+        ChatChoice: {
+            /** @description `stop` or `length`. */
+            finish_reason: string;
+            /** Format: int32 */
+            index: number;
+            logprobs?: Record<string, unknown> | null;
+            message: components["schemas"]["AssistantMessage"];
+        };
+        ChatCompletion: {
+            choices: components["schemas"]["ChatChoice"][];
+            /** Format: int64 */
+            created: number;
+            id: string;
+            model: string;
+            /** @description `chat.completion` */
+            object: string;
+            system_fingerprint?: string | null;
+            usage: components["schemas"]["CompletionUsage"];
+        };
+        ChatCompletionChunk: {
+            choices: components["schemas"]["ChunkChoice"][];
+            /** Format: int64 */
+            created: number;
+            id: string;
+            model: string;
+            /** @description `chat.completion.chunk` */
+            object: string;
+            system_fingerprint?: string | null;
+            usage?: null | components["schemas"]["CompletionUsage"];
+        };
+        /** @description `POST /openai/v1/chat/completions`. */
+        ChatCompletionRequest: components["schemas"]["CommonFields"] & {
+            /** @description Not supported; refused when true. */
+            logprobs?: boolean | null;
+            /**
+             * Format: int32
+             * @description Wins over `max_tokens`.
+             */
+            max_completion_tokens?: number | null;
+            messages: components["schemas"]["ChatMessage"][];
+            /** @description A registered model id, or the name of one of the caller's functions. */
+            model: string;
+            response_format?: null | components["schemas"]["ResponseFormat"];
+            /** @description Not supported; refused unless empty. */
+            tools?: Record<string, unknown>[] | null;
+        };
+        ChatMessage: {
+            /** @description A string, or an array of `{"type": "text", "text": ...}` parts. */
+            content?: Record<string, unknown> | null;
+            name?: string | null;
+            /** @description `system`, `developer`, `user` or `assistant`. */
+            role: string;
+            /** @description Tool calls are not supported; a message carrying them is refused. */
+            tool_calls?: Record<string, unknown>[] | null;
+        };
+        ChunkChoice: {
+            delta: components["schemas"]["Delta"];
+            finish_reason?: string | null;
+            /** Format: int32 */
+            index: number;
+            logprobs?: Record<string, unknown> | null;
+        };
+        /** @description The fields both generation endpoints take. */
+        CommonFields: {
+            /**
+             * Format: float
+             * @description Accepted only as 0.
+             */
+            frequency_penalty?: number | null;
+            /** @description Not supported; refused unless empty. */
+            logit_bias?: Record<string, unknown> | null;
+            /** Format: int32 */
+            max_tokens?: number | null;
+            /**
+             * Format: int32
+             * @description Choices to generate, 1-8; streaming takes only 1.
+             */
+            n?: number | null;
+            /**
+             * Format: float
+             * @description Accepted only as 0.
+             */
+            presence_penalty?: number | null;
+            /** Format: int64 */
+            seed?: number | null;
+            /** @description One stop string or up to 8. */
+            stop?: Record<string, unknown> | null;
+            stream?: boolean;
+            stream_options?: null | components["schemas"]["StreamOptions"];
+            /** Format: float */
+            temperature?: number | null;
+            /** Format: float */
+            top_p?: number | null;
+            /** @description An end-user id; accepted for compatibility, recorded nowhere. */
+            user?: string | null;
+        };
+        /** @description `POST /openai/v1/completions` (legacy text completion). */
+        CompletionRequest: components["schemas"]["CommonFields"] & {
+            /**
+             * Format: int32
+             * @description Not supported; refused above 1.
+             */
+            best_of?: number | null;
+            /** @description Not supported; refused when true. */
+            echo?: boolean | null;
+            /**
+             * Format: int32
+             * @description Not supported; refused unless null.
+             */
+            logprobs?: number | null;
+            model: string;
+            /** @description A string, or an array of strings (each one a separate choice). */
+            prompt: Record<string, unknown>;
+            /** @description Not supported; refused unless null. */
+            suffix?: string | null;
+        };
+        CompletionUsage: {
+            /** Format: int32 */
+            completion_tokens: number;
+            /** Format: int32 */
+            prompt_tokens: number;
+            prompt_tokens_details: components["schemas"]["PromptTokensDetails"];
+            /** Format: int32 */
+            total_tokens: number;
+        };
         CreateApiKey: {
             /**
              * Format: date-time
@@ -654,6 +864,10 @@ export interface components {
         DeliveryList: {
             deliveries: components["schemas"]["DeliveryInfo"][];
         };
+        Delta: {
+            content?: string | null;
+            role?: string | null;
+        };
         DeployResponse: {
             /** @description False when the definition was identical to the latest version. */
             created: boolean;
@@ -662,13 +876,26 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        /** @description `POST /openai/v1/embeddings`. */
+        EmbeddingRequest: {
+            /** Format: int32 */
+            dimensions?: number | null;
+            encoding_format?: string | null;
+            input: Record<string, unknown>;
+            model: string;
+            user?: string | null;
+        };
         /** @description The error envelope, as documented in the OpenAPI description. */
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
         };
+        /**
+         * @description Stable machine-readable error code.
+         * @enum {string}
+         */
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
-            /** @description Stable machine-readable code, e.g. `function_not_found`. */
-            code: string;
+            code: components["schemas"]["ErrorCode"];
             field?: string | null;
             message: string;
         };
@@ -792,6 +1019,13 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        JsonSchemaFormat: {
+            description?: string | null;
+            name: string;
+            schema?: Record<string, unknown> | null;
+            /** @description Decoding is always constrained by the schema; `strict` changes nothing. */
+            strict?: boolean | null;
+        };
         ModelInfo: {
             /**
              * Format: int32
@@ -837,6 +1071,36 @@ export interface components {
         };
         ModelList: {
             models: components["schemas"]["ModelInfo"][];
+        };
+        ModelListObject: {
+            data: components["schemas"]["ModelObject"][];
+            /** @description `list` */
+            object: string;
+        };
+        ModelObject: {
+            /** Format: int64 */
+            created: number;
+            id: string;
+            /** @description `model` */
+            object: string;
+            /** @description `genrt` for registered models, the tenant for its functions. */
+            owned_by: string;
+        };
+        /** @description OpenAI's error envelope, used on every `/openai/v1` route. */
+        OpenAiErrorBody: {
+            error: components["schemas"]["OpenAiErrorDetail"];
+        };
+        OpenAiErrorDetail: {
+            /** @description genrt's own error code (`model_not_found`, `rate_limited`, ...). */
+            code: string;
+            message: string;
+            /** @description The request field at fault, when there is one. */
+            param?: string | null;
+            /**
+             * @description `invalid_request_error`, `authentication_error`, `permission_error`,
+             *     `not_found_error`, `rate_limit_error` or `server_error`.
+             */
+            type: string;
         };
         Output: {
             /** @description With JSON output: the parsed value, valid against the function's schema. */
@@ -891,11 +1155,27 @@ export interface components {
         PrewarmResponse: {
             accepted: number;
         };
+        PromptTokensDetails: {
+            /** Format: int32 */
+            cached_tokens: number;
+        };
         Readiness: {
             actors: boolean;
             database: boolean;
             /** @description `ready` or `not_ready`. */
             status: string;
+        };
+        /** @description Structured output, mapped onto genrt's constrained decoding. */
+        ResponseFormat: {
+            /** @enum {string} */
+            type: "text";
+        } | {
+            /** @enum {string} */
+            type: "json_object";
+        } | {
+            json_schema: components["schemas"]["JsonSchemaFormat"];
+            /** @enum {string} */
+            type: "json_schema";
         };
         RotateSecret: {
             /**
@@ -937,6 +1217,10 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        StreamOptions: {
+            /** @description Send a last chunk with the usage of the whole request (and empty `choices`). */
+            include_usage?: boolean;
+        };
         TenantInfo: components["schemas"]["TenantLimitsBody"] & {
             /** Format: date-time */
             created_at: string;
@@ -969,6 +1253,25 @@ export interface components {
         };
         TenantList: {
             tenants: components["schemas"]["TenantInfo"][];
+        };
+        TextChoice: {
+            /** @description `stop` or `length`; null in stream chunks before the last. */
+            finish_reason?: string | null;
+            /** Format: int32 */
+            index: number;
+            logprobs?: Record<string, unknown> | null;
+            text: string;
+        };
+        TextCompletion: {
+            choices: components["schemas"]["TextChoice"][];
+            /** Format: int64 */
+            created: number;
+            id: string;
+            model: string;
+            /** @description `text_completion` */
+            object: string;
+            system_fingerprint?: string | null;
+            usage?: null | components["schemas"]["CompletionUsage"];
         };
         TimingsInfo: {
             /**
@@ -1190,6 +1493,202 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    chat_completions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChatCompletionRequest"];
+            };
+        };
+        responses: {
+            /** @description The completion, or with `stream` an event stream (text/event-stream) of ChatCompletionChunk ending with `[DONE]` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChatCompletion"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description Neither a registered model nor one of the caller's functions */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+        };
+    };
+    completions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CompletionRequest"];
+            };
+        };
+        responses: {
+            /** @description The completion, or with `stream` an event stream of TextCompletion chunks ending with `[DONE]` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TextCompletion"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+        };
+    };
+    embeddings: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmbeddingRequest"];
+            };
+        };
+        responses: {
+            /** @description The model does not produce embeddings */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+        };
+    };
+    models: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelListObject"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
         };

@@ -405,7 +405,10 @@ fn invocation(
         background: false,
         stream: None,
         fault: fault(request),
-        conversation: Some(Arc::new(conversation)),
+        conversation: Some(Arc::new(Conversation {
+            cut_output_ok: true,
+            ..conversation
+        })),
     }
 }
 

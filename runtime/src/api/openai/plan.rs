@@ -119,7 +119,7 @@ pub fn conversation(messages: &[ChatMessage]) -> Result<(Conversation, String), 
     let conversation = Conversation {
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         history: turns,
-        raw: false,
+        ..Conversation::default()
     };
     Ok((conversation, last))
 }
