@@ -11,6 +11,7 @@
 
 mod cache;
 mod dispatcher;
+mod embeddings;
 pub mod engine;
 mod error;
 mod function;
@@ -26,7 +27,7 @@ mod types;
 mod tests;
 
 pub use cache::{CacheKey, CachedCompletion, ResponseCache};
-pub use engine::{llama_backend, stream_channel, Backend, EngineError, LlamaCppBackend};
+pub use engine::{llama_backend, stream_channel, Backend, Embedding, EngineError, LlamaCppBackend};
 pub use error::InvokeError;
 pub use memory::{MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;

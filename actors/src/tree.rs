@@ -11,7 +11,8 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::oneshot;
 
 use crate::dispatcher::DispatcherMsg;
-use crate::engine::Backend;
+use crate::embeddings::EmbeddingService;
+use crate::engine::{Backend, Embedding};
 use crate::memory::MemoryBudget;
 use crate::model_pool::PoolMsg;
 use crate::root::{RootArgs, RootMsg, RootSupervisor};
@@ -78,6 +79,8 @@ pub struct ActorTree {
     join: Mutex<Option<JoinHandle<()>>>,
     directory: Arc<Directory>,
     models: Vec<ModelConfig>,
+    /// One per model configured with `embeddings = true`.
+    embeddings: BTreeMap<ModelId, EmbeddingService>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,15 @@ impl ActorTree {
         cache: Arc<dyn ResponseCache>,
     ) -> Result<Self, StartError> {
         let directory = Arc::new(Directory::default());
+        let embeddings = config
+            .models
+            .iter()
+            .filter(|m| m.embeddings)
+            .map(|m| {
+                let service = EmbeddingService::new(m.clone(), Arc::clone(&backend));
+                (m.id.clone(), service)
+            })
+            .collect();
         let args = RootArgs {
             models: config.models.clone(),
             backend,
@@ -107,7 +119,21 @@ impl ActorTree {
             join: Mutex::new(Some(join)),
             directory,
             models: config.models,
+            embeddings,
         })
+    }
+
+    /// Embeds `texts` with `model`, which must be configured with `embeddings = true`.
+    pub async fn embed(
+        &self,
+        model: &ModelId,
+        texts: Vec<String>,
+    ) -> Result<Vec<Embedding>, InvokeError> {
+        let service = self
+            .embeddings
+            .get(model)
+            .ok_or_else(|| InvokeError::UnknownModel(model.clone()))?;
+        service.embed(texts).await
     }
 
     pub fn model(&self, id: &ModelId) -> Option<&ModelConfig> {

@@ -180,6 +180,10 @@ pub struct ModelConfig {
     /// Layers offloaded to a GPU when a GPU backend is present.
     #[serde(default)]
     pub n_gpu_layers: u32,
+    /// Also serve embeddings (mean-pooled, L2-normalised hidden states) from this model, on a
+    /// context of their own; see `embeddings.rs`.
+    #[serde(default)]
+    pub embeddings: bool,
 }
 
 fn default_n_ctx() -> u32 {
@@ -225,6 +229,7 @@ impl ModelConfig {
             queue_capacity: default_queue_capacity(),
             tenant_queue_capacity: 0,
             n_gpu_layers: 0,
+            embeddings: false,
         }
     }
 

@@ -247,8 +247,40 @@ test('errors come in OpenAI’s shape and map to the client’s classes', async 
     }),
     (err) => err instanceof OpenAI.BadRequestError && err.param === 'tools',
   );
+  // The test server's second model is not configured for embeddings.
   await assert.rejects(
-    openai.embeddings.create({ model: MODEL_ID, input: 'hello' }),
+    openai.embeddings.create({ model: 'smollm2-135m-fashion', input: 'hello' }),
     (err) => err instanceof OpenAI.BadRequestError && err.code === 'embeddings_not_supported',
+  );
+});
+
+test('embeddings: unit vectors, closer for closer meanings, in both encodings', async () => {
+  const input = ['The cat sat on the mat.', 'A kitten rested on the rug.', 'Quarterly revenue rose by five percent.'];
+  // The official client asks for base64 by default and decodes it.
+  const response = await openai.embeddings.create({ model: MODEL_ID, input });
+  assert.equal(response.object, 'list');
+  assert.equal(response.data.length, 3);
+  assert.deepEqual(response.data.map((d) => d.index), [0, 1, 2]);
+  const vectors = response.data.map((d) => d.embedding);
+  const dot = (a, b) => a.reduce((sum, x, i) => sum + x * b[i], 0);
+  for (const v of vectors) {
+    assert.ok(v.length >= 64, `${v.length} dimensions`);
+    assert.ok(Math.abs(dot(v, v) - 1) < 1e-3, 'unit length');
+  }
+  assert.ok(dot(vectors[0], vectors[1]) > dot(vectors[0], vectors[2]), 'cat is closer to kitten than to revenue');
+  assert.ok(response.usage.prompt_tokens >= 15);
+
+  // Floats, as asked, equal the base64 ones; embedding is deterministic.
+  const floats = await openai.embeddings.create({ model: MODEL_ID, input: input[0], encoding_format: 'float' });
+  assert.equal(floats.data.length, 1);
+  floats.data[0].embedding.forEach((x, i) => assert.ok(Math.abs(x - vectors[0][i]) < 1e-5));
+
+  await assert.rejects(
+    openai.embeddings.create({ model: MODEL_ID, input: ['fine', ''] }),
+    (err) => err instanceof OpenAI.BadRequestError && err.param === 'input[1]',
+  );
+  await assert.rejects(
+    openai.embeddings.create({ model: MODEL_ID, input: 'x', dimensions: 3 }),
+    (err) => err instanceof OpenAI.BadRequestError && err.param === 'dimensions',
   );
 });

@@ -43,7 +43,7 @@ export async function freePort() {
 
 function config({ dataDir, port, secret, slots, extra }) {
   // threads = 1: with more, generation stalled on the shared 2-core machine the tests run on.
-  const model = (id, s) => `
+  const model = (id, s, more = '') => `
 [[models]]
 id = "${id}"
 path = ${JSON.stringify(MODEL_PATH)}
@@ -52,7 +52,7 @@ slots = ${s}
 threads = 1
 min_replicas = 0
 max_replicas = 1
-`;
+${more}`;
   return `data_dir = ${JSON.stringify(dataDir)}
 
 [server]
@@ -68,7 +68,7 @@ jwt_secret = "${secret}"
 concurrency = ${slots}
 poll_ms = 100
 ${extra ?? ''}
-${model(MODEL_ID, slots)}
+${model(MODEL_ID, slots, 'embeddings = true')}
 # The product-description example routes fashion products to this id.
 ${model('smollm2-135m-fashion', 1)}`;
 }

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
 use genrt_functions::{ChatTurn, OutputSpec, RenderedPrompt, SamplingParams};
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -19,7 +19,10 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
 use super::scheduler::PREFIX_ENTRIES;
-use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, Tokenized, Weights};
+use super::{
+    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, Tokenized,
+    Weights,
+};
 use crate::ModelConfig;
 
 const N_BATCH: u32 = 512;
@@ -133,6 +136,36 @@ impl Weights for LlamaWeights {
         serve(&mut session);
         Ok(())
     }
+
+    fn run_embeddings(
+        &self,
+        config: &ModelConfig,
+        serve: &mut dyn FnMut(&mut dyn Embedder),
+    ) -> Result<(), EngineError> {
+        let threads = config.threads() as i32;
+        // Mean pooling needs a whole text in one micro-batch, so both batch sizes are the
+        // context: a text longer than that is refused rather than split.
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(config.n_ctx))
+            .with_n_batch(config.n_ctx)
+            .with_n_ubatch(config.n_ctx)
+            .with_n_seq_max(1)
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = self
+            .model
+            .new_context(&self.backend, params)
+            .map_err(|e| EngineError::Load(format!("cannot create embedding context: {e}")))?;
+        let mut embedder = LlamaEmbedder {
+            weights: self,
+            ctx,
+            n_ctx: config.n_ctx,
+        };
+        serve(&mut embedder);
+        Ok(())
+    }
 }
 
 struct LlamaSession<'a> {
@@ -189,6 +222,56 @@ impl LlamaSession<'_> {
             .into_iter()
             .map(|t| t.0)
             .collect()
+    }
+}
+
+struct LlamaEmbedder<'a> {
+    weights: &'a LlamaWeights,
+    ctx: LlamaContext<'a>,
+    n_ctx: u32,
+}
+
+impl Embedder for LlamaEmbedder<'_> {
+    fn embed(&mut self, text: &str) -> Result<Embedding, EngineError> {
+        let tokens: Vec<i32> = self
+            .weights
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), true, false)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        if tokens.len() as u32 > self.n_ctx {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: tokens.len() as u32,
+                max_tokens: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+        for (i, &t) in tokens.iter().enumerate() {
+            batch
+                .add(LlamaToken(t), i as i32, &[0], true)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        self.ctx.clear_kv_cache();
+        self.ctx
+            .decode(&mut batch)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        let pooled = self
+            .ctx
+            .embeddings_seq_ith(0)
+            .map_err(|e| EngineError::Decode(format!("no pooled embedding: {e}")))?;
+        let norm = pooled
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::EPSILON);
+        Ok(Embedding {
+            vector: pooled.iter().map(|x| x / norm).collect(),
+            tokens: tokens.len() as u32,
+        })
     }
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Fault, FinishReason, ModelConfig};
 
 pub use llama::{llama_backend, LlamaCppBackend};
+
 pub(crate) use thread::{EngineEvent, EngineThread};
 
 /// A token id of the model's vocabulary.
@@ -78,6 +79,31 @@ pub trait Weights: Send + Sync + 'static {
         model: &ModelConfig,
         serve: &mut dyn FnMut(&mut dyn Session),
     ) -> Result<(), EngineError>;
+
+    /// Like `run_session`, for an embedding context. Engines without one say so.
+    fn run_embeddings(
+        &self,
+        model: &ModelConfig,
+        serve: &mut dyn FnMut(&mut dyn Embedder),
+    ) -> Result<(), EngineError> {
+        let _ = serve;
+        Err(EngineError::Load(format!(
+            "model `{}` has no embedding engine",
+            model.id
+        )))
+    }
+}
+
+/// One text's embedding: a unit vector, and the tokens it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    pub tokens: u32,
+}
+
+/// An embedding context, used on its own thread.
+pub trait Embedder {
+    fn embed(&mut self, text: &str) -> Result<Embedding, EngineError>;
 }
 
 /// A prompt as tokens, with how many leading tokens come from the system prompt alone (the

@@ -90,9 +90,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Embeddings. No registered model produces them yet (the served GGUF models are generative,
-         *     and genrt's engines keep one generation context per replica), so every request gets a
-         *     clear 400 naming the model, after the same checks as the other routes.
+         * Embeddings from a model configured with `embeddings = true`: mean-pooled, unit-length
+         *     hidden states. Other models answer 400 `embeddings_not_supported`.
          */
         post: operations["embeddings"];
         delete?: never;
@@ -876,14 +875,45 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        /** @description `POST /openai/v1/embeddings` answer. */
+        EmbeddingList: {
+            data: components["schemas"]["EmbeddingObject"][];
+            model: string;
+            /** @description `list` */
+            object: string;
+            usage: components["schemas"]["EmbeddingUsage"];
+        };
+        EmbeddingObject: {
+            /**
+             * @description Unit-length floats, or with `encoding_format: "base64"` their little-endian f32 bytes
+             *     in base64.
+             */
+            embedding: Record<string, unknown>;
+            /** Format: int32 */
+            index: number;
+            /** @description `embedding` */
+            object: string;
+        };
         /** @description `POST /openai/v1/embeddings`. */
         EmbeddingRequest: {
-            /** Format: int32 */
+            /**
+             * Format: int32
+             * @description Must be the model's own width when given.
+             */
             dimensions?: number | null;
+            /** @description `float` (the default) or `base64`. */
             encoding_format?: string | null;
+            /** @description A string or an array of up to 256 strings. */
             input: Record<string, unknown>;
+            /** @description A registered model configured with `embeddings = true`. */
             model: string;
             user?: string | null;
+        };
+        EmbeddingUsage: {
+            /** Format: int32 */
+            prompt_tokens: number;
+            /** Format: int32 */
+            total_tokens: number;
         };
         /** @description The error envelope, as documented in the OpenAPI description. */
         ErrorBody: {
@@ -1639,7 +1669,15 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The model does not produce embeddings */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmbeddingList"];
+                };
+            };
+            /** @description Bad input, or the model does not produce embeddings */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1657,6 +1695,22 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -30,9 +30,9 @@ use wire::{unsupported, Prompt};
 pub use wire::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChatMessage, ChunkChoice, CommonFields, CompletionRequest, CompletionUsage, Delta,
-    EmbeddingRequest, JsonSchemaFormat, ModelListObject, ModelObject, OpenAiError, OpenAiErrorBody,
-    OpenAiErrorDetail, PromptTokensDetails, ResponseFormat, StreamOptions, TextChoice,
-    TextCompletion,
+    EmbeddingList, EmbeddingObject, EmbeddingRequest, EmbeddingUsage, JsonSchemaFormat,
+    ModelListObject, ModelObject, OpenAiError, OpenAiErrorBody, OpenAiErrorDetail,
+    PromptTokensDetails, ResponseFormat, StreamOptions, TextChoice, TextCompletion,
 };
 
 /// When registered models came to be, as far as clients can tell: when the routes were
@@ -260,15 +260,17 @@ pub async fn completions(
     }))
 }
 
-/// Embeddings. No registered model produces them yet (the served GGUF models are generative,
-/// and genrt's engines keep one generation context per replica), so every request gets a
-/// clear 400 naming the model, after the same checks as the other routes.
+/// Embeddings from a model configured with `embeddings = true`: mean-pooled, unit-length
+/// hidden states. Other models answer 400 `embeddings_not_supported`.
 #[utoipa::path(post, path = "/openai/v1/embeddings", tag = "openai", security(("bearer" = [])),
     request_body = EmbeddingRequest,
     responses(
-        (status = 400, description = "The model does not produce embeddings", body = OpenAiErrorBody),
+        (status = 200, body = EmbeddingList),
+        (status = 400, description = "Bad input, or the model does not produce embeddings", body = OpenAiErrorBody),
         (status = 401, body = OpenAiErrorBody),
-        (status = 404, body = OpenAiErrorBody)))]
+        (status = 404, body = OpenAiErrorBody),
+        (status = 429, body = OpenAiErrorBody),
+        (status = 503, body = OpenAiErrorBody)))]
 pub async fn embeddings(
     state: web::Data<AppState>,
     caller: Result<Caller, ApiError>,
@@ -277,23 +279,73 @@ pub async fn embeddings(
     let caller = caller?;
     caller.require(Scope::FunctionsInvoke)?;
     let body = body.into_inner();
-    let known_model = state
-        .tree
-        .model(&ModelId::new(body.model.as_str()))
-        .is_some();
-    if !known_model {
+    let id = ModelId::new(body.model.as_str());
+    let Some(model) = state.tree.model(&id) else {
         return Err(model_not_found(&body.model).into());
+    };
+    if !model.embeddings {
+        return Err(OpenAiError(
+            ApiError::new(
+                ErrorCode::EmbeddingsNotSupported,
+                format!(
+                    "model `{}` does not serve embeddings (its configuration does not set `embeddings = true`)",
+                    body.model
+                ),
+            )
+            .with_field("model"),
+        ));
     }
-    Err(OpenAiError(
-        ApiError::new(
-            ErrorCode::EmbeddingsNotSupported,
-            format!(
-                "model `{}` does not produce embeddings: it is served for generation only",
-                body.model
-            ),
+    if !caller.limits.allows_model(id.as_str()) {
+        return Err(ApiError::new(
+            ErrorCode::ModelNotAllowed,
+            format!("this tenant may not use model `{id}`"),
         )
-        .with_field("model"),
-    ))
+        .with_field("model")
+        .into());
+    }
+    let texts = plan::embedding_inputs(&body.input)?;
+    // Checked before any work, so that a bad format costs nothing.
+    plan::encode_embedding(&[], body.encoding_format.as_deref())?;
+    state
+        .tenancy
+        .check_budget(&caller.tenant, &caller.limits)
+        .await?;
+    let _permit = state
+        .tenancy
+        .limits
+        .acquire(&caller.tenant, &caller.limits)?;
+    let embeddings = state.tree.embed(&id, texts).await.map_err(ApiError::from)?;
+    let width = embeddings.first().map_or(0, |e| e.vector.len());
+    if let Some(d) = body.dimensions.filter(|&d| d as usize != width) {
+        return Err(unsupported(
+            "dimensions",
+            format!("model `{id}` gives {width} dimensions, not {d}"),
+        ));
+    }
+    let tokens: u32 = embeddings.iter().map(|e| e.tokens).sum();
+    state
+        .tenancy
+        .record_usage(&caller.tenant, u64::from(tokens));
+    let data = embeddings
+        .iter()
+        .zip(0..)
+        .map(|(e, index)| {
+            Ok(EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: plan::encode_embedding(&e.vector, body.encoding_format.as_deref())?,
+            })
+        })
+        .collect::<Result<_, OpenAiError>>()?;
+    Ok(HttpResponse::Ok().json(EmbeddingList {
+        object: "list",
+        data,
+        model: body.model,
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
 }
 
 /// What a request's `model` names, made runnable.

@@ -222,6 +222,57 @@ pub fn output(format: Option<&ResponseFormat>) -> OutputSpec {
     }
 }
 
+/// Most texts one embeddings request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 256;
+
+/// The texts of an embeddings request: one string or an array of non-empty strings.
+pub fn embedding_inputs(input: &Value) -> Result<Vec<String>, OpenAiError> {
+    let texts: Vec<&Value> = match input {
+        Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    if texts.is_empty() || texts.len() > MAX_EMBEDDING_INPUTS {
+        return Err(unsupported(
+            "input",
+            format!("`input` must hold 1 to {MAX_EMBEDDING_INPUTS} texts"),
+        ));
+    }
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| match text {
+            Value::String(s) if !s.is_empty() => Ok(s.clone()),
+            Value::String(_) => Err(unsupported(
+                &format!("input[{i}]"),
+                "an input text is empty",
+            )),
+            _ => Err(unsupported(
+                &format!("input[{i}]"),
+                "inputs must be text; token arrays are not supported",
+            )),
+        })
+        .collect()
+}
+
+/// An embedding as OpenAI's clients ask for it: floats, or base64 of little-endian f32 (what
+/// the official clients request by default, being a quarter of the size).
+pub fn encode_embedding(vector: &[f32], format: Option<&str>) -> Result<Value, OpenAiError> {
+    use base64::Engine as _;
+    match format {
+        None | Some("float") => Ok(json!(vector)),
+        Some("base64") => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Ok(Value::String(
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            ))
+        }
+        Some(other) => Err(unsupported(
+            "encoding_format",
+            format!("`encoding_format` `{other}` is not supported: use float or base64"),
+        )),
+    }
+}
+
 /// OpenAI knows `stop` and `length`; a stop sequence is a `stop` there.
 pub fn finish_reason(genrt: &str) -> String {
     match genrt {
@@ -354,6 +405,26 @@ mod tests {
             }),
             "temperature"
         );
+    }
+
+    #[test]
+    fn embedding_inputs_and_encodings() {
+        assert_eq!(embedding_inputs(&json!("a")).unwrap(), vec!["a"]);
+        assert_eq!(
+            embedding_inputs(&json!(["a", "b"])).unwrap(),
+            vec!["a", "b"]
+        );
+        let field = |v: Value| embedding_inputs(&v).unwrap_err().0.field.unwrap();
+        assert_eq!(field(json!([])), "input");
+        assert_eq!(field(json!(["a", ""])), "input[1]");
+        assert_eq!(field(json!([[1, 2]])), "input[0]");
+        assert_eq!(encode_embedding(&[0.5], None).unwrap(), json!([0.5]));
+        // 0.5f32 is 0x3F000000: little-endian bytes 00 00 00 3F.
+        assert_eq!(
+            encode_embedding(&[0.5], Some("base64")).unwrap(),
+            json!("AAAAPw==")
+        );
+        assert!(encode_embedding(&[0.5], Some("int8")).is_err());
     }
 
     #[test]

@@ -104,15 +104,46 @@ impl CommonFields {
 /// `POST /openai/v1/embeddings`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
+    /// A registered model configured with `embeddings = true`.
     pub model: String,
+    /// A string or an array of up to 256 strings.
     #[schema(value_type = Object)]
     pub input: Value,
+    /// `float` (the default) or `base64`.
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Must be the model's own width when given.
     #[serde(default)]
     pub dimensions: Option<u32>,
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// `POST /openai/v1/embeddings` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// `list`
+    pub object: &'static str,
+    pub data: Vec<EmbeddingObject>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingObject {
+    /// `embedding`
+    pub object: &'static str,
+    pub index: u32,
+    /// Unit-length floats, or with `encoding_format: "base64"` their little-endian f32 bytes
+    /// in base64.
+    #[schema(value_type = Object)]
+    pub embedding: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
