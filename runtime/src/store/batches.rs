@@ -3,7 +3,6 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -19,7 +18,7 @@ impl Store {
         batch: BatchRow,
         rows: Vec<InvocationRow>,
     ) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         batch::Entity::insert(batch::ActiveModel::from(batch))
             .exec_without_returning(&txn)
             .await?;

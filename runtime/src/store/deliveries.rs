@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -95,7 +95,7 @@ impl Store {
         next: DeliveryNext,
     ) -> Result<bool, DbErr> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let (status, next_at) = match &next {
             DeliveryNext::Succeeded => ("succeeded", delivery.next_attempt_at),
             DeliveryNext::Retry(at) => ("pending", *at),
@@ -265,7 +265,7 @@ impl Store {
         overlap: std::time::Duration,
     ) -> Result<Vec<String>, DbErr> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         webhook_secret::Entity::update_many()
             .col_expr(
                 webhook_secret::Column::ExpiresAt,

@@ -3,7 +3,7 @@
 //! committed in one transaction, so a key never points at work that was not accepted.
 
 use chrono::{Duration as ChronoDuration, Utc};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, SqlErr};
 use uuid::Uuid;
 
 use super::entities::idempotency_key;
@@ -59,7 +59,7 @@ impl Store {
         rows: Vec<InvocationRow>,
     ) -> Result<KeyClaim, DbErr> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let existing = idempotency_key::Entity::find_by_id((tenant.to_owned(), key.to_owned()))
             .one(&txn)
             .await?;

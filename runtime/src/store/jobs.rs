@@ -17,7 +17,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QuerySelect, TransactionTrait,
+    QueryFilter, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -92,7 +92,7 @@ impl Store {
 
     /// Commits queued invocations (one transaction, so a batch is all or nothing).
     pub async fn enqueue(&self, rows: Vec<InvocationRow>) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         insert_invocations_in(&txn, rows).await?;
         txn.commit().await
     }
@@ -225,7 +225,7 @@ impl Store {
         end: JobEnd,
         deliveries: Vec<DeliveryRow>,
     ) -> Result<bool, DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let mut update = invocation::Entity::update_many()
             .col_expr(invocation::Column::LeaseOwner, Expr::value(None::<String>))
             .col_expr(

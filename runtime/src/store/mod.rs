@@ -30,7 +30,8 @@ use genrt_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, QueryFilter, QueryOrder, Set, SqlErr, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, SqlErr,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -85,6 +86,20 @@ impl Store {
         let store = Self { db };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock first: a
+    /// deferred transaction that reads and then writes cannot wait for the lock (SQLite answers
+    /// `SQLITE_BUSY` at once when another connection committed since its read, e.g. the
+    /// invocation recorder), whereas a first statement that writes waits out the busy timeout.
+    /// sqlx offers no `BEGIN IMMEDIATE` through sea-orm, hence a write that changes nothing.
+    pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let txn = self.db.begin().await?;
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            txn.execute_unprepared("DELETE FROM tenants WHERE 0")
+                .await?;
+        }
+        Ok(txn)
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -172,7 +187,7 @@ impl Store {
         let digest = spec.digest();
         let spec_json = serde_json::to_string(spec).map_err(|e| DbErr::Custom(e.to_string()))?;
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         Self::ensure_tenant(&txn, tenant).await?;
         let existing = function::Entity::find()
             .filter(function::Column::TenantId.eq(tenant.as_str()))
@@ -313,7 +328,7 @@ impl Store {
         tenant: &TenantId,
         name: &FunctionName,
     ) -> Result<bool, DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let found = function::Entity::find()
             .filter(function::Column::TenantId.eq(tenant.as_str()))
             .filter(function::Column::Name.eq(name.as_str()))

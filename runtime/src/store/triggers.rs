@@ -1,7 +1,7 @@
 //! Incoming webhook triggers and the message ids they accepted (replay protection).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr};
 
 use super::entities::{invocation, trigger, trigger_receipt};
 use super::{InvocationRow, Store};
@@ -54,7 +54,7 @@ impl Store {
         message_id: &str,
         row: InvocationRow,
     ) -> Result<bool, DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let receipt = trigger_receipt::ActiveModel::from(trigger_receipt::Model {
             trigger_id: trigger_id.to_owned(),
             message_id: message_id.to_owned(),
