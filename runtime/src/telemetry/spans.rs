@@ -40,12 +40,11 @@ pub fn invocation_span(labels: &InvocationLabels, id: uuid::Uuid) -> tracing::Sp
         target: "genrt_runtime::invoke",
         "invoke",
         otel.name = %format!("invoke {}", labels.function),
-        otel.kind = "internal",
         otel.status_code = Empty,
         gen_ai.operation.name = "chat",
         genrt.tenant = %labels.tenant,
         genrt.function = %labels.function,
-        genrt.function.version = labels.version,
+        genrt.function.version = i64::from(labels.version),
         genrt.invocation.id = %id,
         genrt.mode = labels.mode,
     )
@@ -80,7 +79,7 @@ pub fn record_outcome(
         }
     };
     let model = o.model.to_string();
-    span.record("otel.name", format!("chat {model}"));
+    rename(span, format!("chat {model}"));
     span.set_attribute("gen_ai.request.model", model.clone());
     span.set_attribute("gen_ai.response.model", model.clone());
     span.set_attribute(
@@ -232,6 +231,14 @@ fn phase_spans(
     let function = function_cx.span();
     function.set_status(Status::Ok);
     function.end_with_timestamp(end);
+}
+
+/// Renames a span once what names it is known. `otel.name` recorded late reaches only a span
+/// that has not started yet (one that has no child yet), so the started span is renamed.
+pub fn rename(span: &tracing::Span, name: String) {
+    if !span.is_disabled() {
+        span.context().span().update_name(name);
+    }
 }
 
 /// The W3C `traceparent` of a span, when tracing is on.

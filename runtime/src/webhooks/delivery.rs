@@ -96,7 +96,7 @@ async fn deliver(state: &AppState, delivery: DeliveryRow) {
         .instrument(span.clone())
         .await;
     if let Some(code) = status_code {
-        span.record("http.response.status_code", code);
+        span.record("http.response.status_code", i64::from(code));
     }
     let failed_so_far = delivery.attempts as usize + 1;
     let config = &state.config.webhooks;
