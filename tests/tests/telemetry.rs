@@ -132,8 +132,7 @@ async fn one_invocation_is_one_trace_with_genai_attributes_and_metrics_arrive() 
     // Every span of the invocation is in the caller's trace, from this service.
     assert!(spans.iter().all(|s| s.service == SERVICE), "{spans:?}");
 
-    let route = format!("POST /v1/functions/{{name}}/invoke");
-    let http = one(&spans, &route);
+    let http = one(&spans, "POST /v1/functions/{name}/invoke");
     assert_eq!(
         http.parent_id(),
         caller_span,
