@@ -38,6 +38,8 @@ pub struct AppState {
     pub url_guard: Arc<UrlGuard>,
     /// The client webhooks are sent with: guarded resolver, no redirects, timeouts.
     pub http: reqwest::Client,
+    /// This node's metrics (`GET /metrics`, and OTLP when configured).
+    pub metrics: Arc<crate::telemetry::Metrics>,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
     deliveries: tokio::sync::Notify,
     /// The latest version of recently invoked functions, so that the hot path reads no
@@ -109,6 +111,8 @@ pub enum StartError {
     Actors(String),
     #[error("auth: {0}")]
     Auth(#[from] AuthSetupError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::MetricsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -124,6 +128,7 @@ pub struct RunningServer {
     record_writer: tokio::task::JoinHandle<()>,
     queue_runner: tokio::task::JoinHandle<()>,
     delivery_runner: tokio::task::JoinHandle<()>,
+    metrics_sampler: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
@@ -145,9 +150,11 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     let store = Store::connect(&config).await?;
     store.sync_models(&config.models).await?;
     let (records, record_writer) = Recorder::start(store.clone());
+    let metrics = crate::telemetry::Metrics::new(&config.telemetry)?;
     let cache = Arc::new(MokaResponseCache::new(
         config.cache.max_entries,
         Duration::from_secs(config.cache.default_ttl_s),
+        Arc::clone(&metrics),
     ));
     let backend = Arc::new(LlamaCppBackend::new()?);
     let tree = ActorTree::start(
@@ -174,6 +181,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         cache,
         prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
         records,
+        metrics,
         tenancy: Tenancy::new(store.clone(), config.tenancy.clone()),
         queue: JobQueue::new(config.node_id(), config.queue.clone()),
         deliveries: tokio::sync::Notify::new(),
@@ -199,6 +207,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     }
     let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
     let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone()));
+    let metrics_sampler = tokio::spawn(crate::telemetry::sample(state.clone()));
     let body_limit = config.server.body_limit_bytes;
     let limits = crate::api::BodyLimits {
         body: body_limit,
@@ -214,6 +223,10 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
             // The logger wraps the request-id middleware so that it logs the id.
             .wrap(actix_web::middleware::from_fn(request_id))
             .wrap(tracing_actix_web_lite())
+            // Outermost, so that the server span covers everything the request does.
+            .wrap(actix_web::middleware::from_fn(
+                crate::telemetry::http_server_span,
+            ))
             .configure(|cfg| crate::api::configure(cfg, limits))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
@@ -241,6 +254,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         record_writer,
         queue_runner,
         delivery_runner,
+        metrics_sampler,
     })
 }
 
@@ -313,6 +327,9 @@ impl RunningServer {
         {
             tracing::warn!("database pool did not close within {DB_CLOSE_LIMIT:?}");
         }
+        // Last, so that the final OTLP export includes the shutdown itself.
+        self.metrics_sampler.abort();
+        self.state.metrics.shutdown().await;
         result
     }
 

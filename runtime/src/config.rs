@@ -10,6 +10,7 @@ use figment::Figment;
 use genrt_actors::{ModelConfig, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::TelemetryConfig;
 use crate::webhooks::WebhookConfig;
 
 pub const DEFAULT_MODEL_ID: &str = "smollm2-135m";
@@ -31,6 +32,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "tenancy",
     "queue",
     "webhooks",
+    "telemetry",
     "models",
 ];
 
@@ -47,6 +49,7 @@ pub struct Config {
     pub tenancy: TenancyConfig,
     pub queue: QueueConfig,
     pub webhooks: WebhookConfig,
+    pub telemetry: TelemetryConfig,
     pub models: Vec<ModelConfig>,
 }
 
@@ -231,6 +234,7 @@ impl Default for Config {
             tenancy: TenancyConfig::default(),
             queue: QueueConfig::default(),
             webhooks: WebhookConfig::default(),
+            telemetry: TelemetryConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -355,6 +359,10 @@ impl Config {
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(Box::new)?;
+        config
+            .telemetry
+            .apply_otel_env(|name| std::env::var(name).ok())
+            .map_err(ConfigError::Invalid)?;
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -381,6 +389,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.validate_auth()?;
+        self.telemetry.validate().map_err(ConfigError::Invalid)?;
         if self.models.is_empty() {
             return invalid("at least one model must be registered".into());
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod queue;
 pub mod store;
+pub mod telemetry;
 pub mod tenancy;
 pub mod webhooks;
 

@@ -70,13 +70,6 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let o = cli.overrides;
     let overrides = Overrides {
@@ -87,13 +80,24 @@ async fn main() -> anyhow::Result<()> {
         jwt_secret: o.jwt_secret,
     };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
+    // After the configuration, which says where traces go; the server exports them only.
+    let mut telemetry = config.telemetry.clone();
+    if !matches!(cli.command, Command::Serve) {
+        telemetry.otlp_endpoint = None;
+    }
+    let traces = genrt_runtime::telemetry::init_tracing(
+        &telemetry,
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,sqlx=warn")),
+    )
+    .context("telemetry")?;
     match cli.command {
         Command::Serve => {
             let server = genrt_runtime::start(config, true).await?;
-            server
-                .wait()
-                .await
-                .context("server stopped with an error")?;
+            let stopped = server.wait().await;
+            // Spans of the shutdown itself are exported too.
+            traces.shutdown().await;
+            stopped.context("server stopped with an error")?;
         }
         Command::Migrate => {
             Store::connect(&config).await?;

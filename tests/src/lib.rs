@@ -4,6 +4,7 @@
 //! for tests that kill and restart it; [`receiver`] stands in for a webhook endpoint.
 
 pub mod node;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod receiver;

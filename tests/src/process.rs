@@ -114,6 +114,8 @@ pub struct ServerProcess {
     log: PathBuf,
     child: Option<Child>,
     port: u16,
+    /// Extra environment variables of the child (say `OTEL_*`).
+    env: Vec<(String, String)>,
     pub client: Client,
 }
 
@@ -121,6 +123,11 @@ impl ServerProcess {
     /// Writes `config` to `dir/genrt.toml`, starts the server on a free port with its output
     /// in `dir/genrt.log`, and returns once `/readyz` answers 200.
     pub async fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables for the child.
+    pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join("genrt.toml");
         std::fs::write(&config_path, config).expect("write the server configuration");
         let mut server = Self {
@@ -130,6 +137,10 @@ impl ServerProcess {
             log: dir.join("genrt.log"),
             child: None,
             port: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             client: Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -229,10 +240,12 @@ impl ServerProcess {
         // The configuration file must be the whole story: a developer's GENRT_* variables
         // (say GENRT_DATABASE_URL) would otherwise override it.
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("GENRT_") {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("GENRT_") || name_text.starts_with("OTEL_") {
                 command.env_remove(name);
             }
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command.spawn().expect("start genrt")
     }
 

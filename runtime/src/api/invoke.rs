@@ -77,8 +77,9 @@ pub async fn invoke(
         .limits
         .acquire(&caller.tenant, &caller.limits)?;
     let params: GenerationParams = body.params.clone().into();
-    let mut call = Call::new(&caller.tenant, &name, version.version, &body.input);
+    let mut call = Call::new(&state, &caller.tenant, &name, version.version, &body.input);
     call.mode = if body.stream { "stream" } else { "sync" };
+    call.request_params(&version.spec.params.resolve(&params));
     if let Some(key) = key {
         let hash = request_hash(&name, &body);
         let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
@@ -230,17 +231,35 @@ pub(crate) struct Call {
     pub(crate) mode: &'static str,
     /// The `Idempotency-Key` this call claimed, released if the request is refused.
     key: Option<String>,
+    /// The dispatch span: a child of the request's, parent of the actor tree's phases.
+    span: tracing::Span,
+    opened: std::time::SystemTime,
+    metrics: Arc<crate::telemetry::Metrics>,
+    _in_flight: crate::telemetry::InFlight,
 }
 
 impl Call {
     pub(crate) fn new(
+        state: &AppState,
         tenant: &TenantId,
         name: &FunctionName,
         version: u32,
         input: &serde_json::Value,
     ) -> Self {
+        let id = InvocationId::new();
+        let labels = crate::telemetry::InvocationLabels {
+            tenant: tenant.as_str().to_owned(),
+            function: name.as_str().to_owned(),
+            version,
+            mode: "sync",
+        };
+        let span = crate::telemetry::invocation_span(&labels, id.0);
         Self {
-            id: InvocationId::new(),
+            id,
+            span,
+            opened: std::time::SystemTime::now(),
+            metrics: Arc::clone(&state.metrics),
+            _in_flight: state.metrics.in_flight(),
             tenant: tenant.clone(),
             name: name.clone(),
             version,
@@ -248,6 +267,32 @@ impl Call {
             created_at: Utc::now(),
             mode: "sync",
             key: None,
+        }
+    }
+
+    /// The resolved sampling parameters, as the GenAI conventions' request attributes.
+    pub(crate) fn request_params(&self, p: &genrt_functions::SamplingParams) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        self.span
+            .set_attribute("gen_ai.request.max_tokens", i64::from(p.max_tokens));
+        self.span
+            .set_attribute("gen_ai.request.temperature", f64::from(p.temperature));
+        self.span
+            .set_attribute("gen_ai.request.top_p", f64::from(p.top_p));
+        self.span
+            .set_attribute("gen_ai.request.top_k", i64::from(p.top_k));
+        if let Some(seed) = p.seed {
+            self.span
+                .set_attribute("gen_ai.request.seed", i64::from(seed));
+        }
+    }
+
+    fn labels(&self) -> crate::telemetry::InvocationLabels {
+        crate::telemetry::InvocationLabels {
+            tenant: self.tenant.as_str().to_owned(),
+            function: self.name.as_str().to_owned(),
+            version: self.version,
+            mode: self.mode,
         }
     }
 
@@ -299,6 +344,16 @@ impl Call {
         state: &AppState,
         result: Result<InvocationOutcome, InvokeError>,
     ) -> Result<InvokeResponse, ApiError> {
+        let outcome = result
+            .as_ref()
+            .map_err(|e| ApiError::from(e.clone()).code.as_str());
+        crate::telemetry::record_outcome(
+            &self.metrics,
+            &self.span,
+            self.opened,
+            &self.labels(),
+            outcome,
+        );
         match result {
             Ok(o) => {
                 let mut row = self.record("succeeded");

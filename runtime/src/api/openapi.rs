@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, functions, health, invocations, invoke, keys, models, openai, tenants, triggers,
-    usage, webhooks,
+    batches, dto, functions, health, invocations, invoke, keys, metrics, models, openai, tenants,
+    triggers, usage, webhooks,
 };
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
@@ -18,6 +18,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
     paths(
         health::healthz,
         health::readyz,
+        metrics::metrics,
         functions::deploy,
         functions::list,
         functions::get,
@@ -243,6 +244,7 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("get", "/healthz"),
         ("get", "/readyz"),
+        ("get", "/metrics"),
         ("post", "/hooks/{id}"),
         ("post", "/v1/functions"),
         ("get", "/v1/functions"),

@@ -41,7 +41,9 @@ pub fn delivery_rows(event: &str, row: &InvocationRow) -> Vec<DeliveryRow> {
         lease_expires_at: None,
         last_status: None,
         last_error: None,
-        traceparent: row.traceparent.clone(),
+        // The run's span when there is one (the delivery joins the run's trace), else the
+        // enqueuing request's.
+        traceparent: crate::telemetry::current_traceparent().or_else(|| row.traceparent.clone()),
         created_at: now,
         updated_at: now,
     }]

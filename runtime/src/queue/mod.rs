@@ -108,7 +108,8 @@ impl JobQueue {
                 }
             }),
             output_json: None,
-            traceparent: None,
+            // The enqueuing request's span: the run links back to it.
+            traceparent: crate::telemetry::current_traceparent(),
         }
     }
 

@@ -7,6 +7,8 @@ use chrono::Utc;
 use genrt_actors::{DeployedFunction, Invocation, InvocationId, InvokeError};
 use genrt_functions::{FunctionName, GenerationParams, TenantId};
 use tokio::sync::Notify;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::events::delivery_rows;
 use crate::api::dto::Params;
@@ -19,7 +21,26 @@ enum Ran {
     Cancelled,
 }
 
+/// Runs one leased invocation in a trace of its own (a queued run is not part of the request
+/// that enqueued it, which has long been answered), linked to the enqueuing request's span.
 pub(super) async fn run_job(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
+    let span = tracing::info_span!(
+        target: "genrt_runtime::queue",
+        "run",
+        otel.name = %format!("run {}", row.function_name),
+        otel.kind = "consumer",
+        genrt.tenant = %row.tenant_id,
+        genrt.function = %row.function_name,
+        genrt.invocation.id = %row.id,
+        genrt.attempt = row.attempts,
+    );
+    // A root span, whatever the caller's current span is.
+    let _ = span.set_parent(opentelemetry::Context::new());
+    crate::telemetry::link_to_traceparent(&span, row.traceparent.as_deref());
+    run_leased(state, row, cancel).instrument(span).await
+}
+
+async fn run_leased(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
     let id = row.id;
     let ran = tokio::select! {
         result = execute(state, &row) => Ran::Finished(result),
@@ -204,9 +225,27 @@ async fn execute(
         fault: None,
         conversation: None,
     };
-    state
+    let labels = crate::telemetry::InvocationLabels {
+        tenant: row.tenant_id.clone(),
+        function: row.function_name.clone(),
+        version: row.function_version as u32,
+        mode: "async",
+    };
+    let span = crate::telemetry::invocation_span(&labels, row.id);
+    let opened = std::time::SystemTime::now();
+    let _in_flight = state.metrics.in_flight();
+    let result = state
         .tree
         .invoke(invocation)
+        .instrument(span.clone())
         .await
-        .map_err(|e: InvokeError| ApiError::from(e))
+        .map_err(|e: InvokeError| ApiError::from(e));
+    crate::telemetry::record_outcome(
+        &state.metrics,
+        &span,
+        opened,
+        &labels,
+        result.as_ref().map_err(|e| e.code.as_str()),
+    );
+    result
 }

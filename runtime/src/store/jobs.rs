@@ -97,6 +97,15 @@ impl Store {
         txn.commit().await
     }
 
+    /// Queued invocations of every tenant and node: the queue depth an autoscaler reads.
+    pub async fn count_queued(&self) -> Result<u64, DbErr> {
+        use sea_orm::PaginatorTrait;
+        invocation::Entity::find()
+            .filter(invocation::Column::Status.eq("queued"))
+            .count(&self.db)
+            .await
+    }
+
     /// Tenants with due queued work, so that claims can take from each in turn.
     pub async fn tenants_with_queued_work(&self, now: DateTime<Utc>) -> Result<Vec<String>, DbErr> {
         #[derive(FromQueryResult)]

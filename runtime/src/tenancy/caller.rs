@@ -52,7 +52,24 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move { authenticate(&req).await })
+        let span = tracing::info_span!(
+            target: "genrt_runtime::auth",
+            "auth",
+            genrt.tenant = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let caller = authenticate(&req).await;
+                let span = tracing::Span::current();
+                match &caller {
+                    Ok(c) => span.record("genrt.tenant", c.tenant.as_str()),
+                    Err(_) => span.record("otel.status_code", "ERROR"),
+                };
+                caller
+            },
+            span,
+        ))
     }
 }
 

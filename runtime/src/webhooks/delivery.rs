@@ -3,6 +3,9 @@
 //! attempt, and schedules the next one from the retry schedule. A 2xx ends it; 410 Gone
 //! disables the endpoint for the tenant; anything else (another status, a timeout, a refused
 //! connection) is retried until the schedule is used up.
+//!
+//! Each attempt is a client span in the trace of the run that caused the event (the
+//! delivery's stored `traceparent`), and the request carries that span's own `traceparent`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +13,8 @@ use std::time::{Duration, Instant};
 use actix_web::web;
 use chrono::Utc;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::next_attempt_delay;
 use super::signing::{self, SignedHeaders};
@@ -71,7 +76,28 @@ pub async fn run(state: web::Data<AppState>) {
 
 async fn deliver(state: &AppState, delivery: DeliveryRow) {
     let started = Instant::now();
-    let (status_code, error) = attempt(state, &delivery).await;
+    let span = tracing::info_span!(
+        target: "genrt_runtime::webhooks",
+        "webhook",
+        otel.name = %format!("webhook {}", delivery.event),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.response.status_code = tracing::field::Empty,
+        genrt.tenant = %delivery.tenant_id,
+        genrt.invocation.id = %delivery.invocation_id,
+        genrt.webhook.event = %delivery.event,
+        genrt.webhook.attempt = delivery.attempts + 1,
+    );
+    let _ = span.set_parent(crate::telemetry::parent_from_traceparent(
+        delivery.traceparent.as_deref(),
+    ));
+    let (status_code, error) = attempt(state, &delivery, &span)
+        .instrument(span.clone())
+        .await;
+    if let Some(code) = status_code {
+        span.record("http.response.status_code", i64::from(code));
+    }
     let failed_so_far = delivery.attempts as usize + 1;
     let config = &state.config.webhooks;
     let next = match status_code {
@@ -90,6 +116,16 @@ async fn deliver(state: &AppState, delivery: DeliveryRow) {
             None => DeliveryNext::Failed,
         },
     };
+    let outcome = match &next {
+        DeliveryNext::Succeeded => "delivered",
+        DeliveryNext::Disabled => "disabled",
+        DeliveryNext::Retry(_) => "retry",
+        DeliveryNext::Failed => "failed",
+    };
+    if outcome != "delivered" {
+        span.record("otel.status_code", "ERROR");
+    }
+    state.metrics.webhook_delivery(outcome);
     let record = AttemptRow {
         id: 0,
         delivery_id: delivery.id.clone(),
@@ -112,7 +148,11 @@ async fn deliver(state: &AppState, delivery: DeliveryRow) {
 const DISABLED: &str = "the endpoint is disabled (it answered 410 Gone)";
 
 /// One POST. Returns the status, or the reason there was none.
-async fn attempt(state: &AppState, d: &DeliveryRow) -> (Option<u16>, Option<String>) {
+async fn attempt(
+    state: &AppState,
+    d: &DeliveryRow,
+    span: &tracing::Span,
+) -> (Option<u16>, Option<String>) {
     match state.store.endpoint_disabled(&d.tenant_id, &d.url).await {
         Ok(true) => return (None, Some(DISABLED.into())),
         Ok(false) => {}
@@ -148,7 +188,9 @@ async fn attempt(state: &AppState, d: &DeliveryRow) -> (Option<u16>, Option<Stri
     for (name, value) in signed.pairs() {
         request = request.header(name, value);
     }
-    if let Some(tp) = &d.traceparent {
+    // This attempt's own span, so that the receiver's work nests under it; the stored
+    // context when tracing is off here.
+    if let Some(tp) = crate::telemetry::traceparent_of(span).or_else(|| d.traceparent.clone()) {
         request = request.header("traceparent", tp);
     }
     match request.send().await {

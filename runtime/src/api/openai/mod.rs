@@ -479,7 +479,8 @@ async fn run_all(
         .acquire(&caller.tenant, &caller.limits)?;
     let f = &target.function;
     let results = join_all(runs.into_iter().map(|(input, conversation)| {
-        let call = Call::new(&caller.tenant, &f.name, f.version, &input);
+        let call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
+        call.request_params(&f.spec.params.resolve(&params));
         let invocation = invocation(target, request, &call, input, conversation, params.clone());
         async move {
             let outcome = state.tree.invoke(invocation).await;
@@ -535,8 +536,9 @@ fn start_stream(
         .acquire(&caller.tenant, &caller.limits)?;
     let f = &target.function;
     let max_tokens = f.spec.params.resolve(&params).max_tokens;
-    let mut call = Call::new(&caller.tenant, &f.name, f.version, &input);
+    let mut call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
     call.mode = "stream";
+    call.request_params(&f.spec.params.resolve(&params));
     let invocation = invocation(&target, request, &call, input, conversation, params);
     let include_usage = common.include_usage();
     let first = AtomicBool::new(true);
