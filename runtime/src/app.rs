@@ -1,6 +1,8 @@
 //! Assembling and running the server: database, cache, actor tree, HTTP. Shutdown order:
-//! stop accepting and drain HTTP requests (up to `server.shutdown_timeout_s`), stop the
-//! actor tree (dispatcher, then pools, which join their engine threads), close the database.
+//! stop claiming queued work and accepting connections, drain HTTP requests and streams (up
+//! to `server.shutdown_timeout_s`), hand leased async work back to the queue, stop the actor
+//! tree (dispatcher, then pools, which join their engine threads), flush the invocation
+//! records and telemetry, close the database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
