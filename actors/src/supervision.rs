@@ -12,6 +12,10 @@ pub struct RestartPolicy {
     /// Delay before the first restart; doubled for each recent restart, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// A replica whose engine thread has work but makes no progress (no decode step ends) for
+    /// this long is declared hung: its jobs are answered `replica_failed` and the replica
+    /// fails to its pool, which replaces it like a crashed one. Zero turns the watchdog off.
+    pub engine_hang_timeout: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -21,6 +25,9 @@ impl Default for RestartPolicy {
             window: Duration::from_secs(60),
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            // Far above the longest legitimate step (a full prefill chunk on a slow CPU), so
+            // that only a thread that is really stuck trips it.
+            engine_hang_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -89,6 +96,7 @@ mod tests {
             window: Duration::from_secs(10),
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(250),
+            ..RestartPolicy::default()
         };
         let mut budget = RestartBudget::new(policy);
         let t0 = Instant::now();

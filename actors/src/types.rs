@@ -47,6 +47,9 @@ pub struct DeployedFunction {
 pub enum Fault {
     /// The engine thread panics while serving this invocation.
     EnginePanic,
+    /// The engine thread stops making progress while serving this invocation, as a step stuck
+    /// inside llama.cpp would; only the watchdog ends it.
+    EngineHang,
 }
 
 /// A request to run a function once.

@@ -1,6 +1,8 @@
 //! Assembling and running the server: database, cache, actor tree, HTTP. Shutdown order:
-//! stop accepting and drain HTTP requests (up to `server.shutdown_timeout_s`), stop the
-//! actor tree (dispatcher, then pools, which join their engine threads), close the database.
+//! stop claiming queued work and accepting connections, drain HTTP requests and streams (up
+//! to `server.shutdown_timeout_s`), hand leased async work back to the queue, stop the actor
+//! tree (dispatcher, then pools, which join their engine threads), flush the invocation
+//! records and telemetry, close the database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -238,12 +240,15 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
-    if !handle_signals {
-        server = server.disable_signals();
-    }
+    // Signals are handled here rather than by actix, so that the async queue stops claiming
+    // at the signal, not only after the HTTP drain.
+    server = server.disable_signals();
     let bound = server.addrs()[0];
     let server = server.run();
     let handle = server.handle();
+    if handle_signals {
+        tokio::spawn(stop_on_signal(handle.clone(), state.clone()));
+    }
     let server = tokio::spawn(server);
     tracing::info!(addr = %bound, "genrt listening");
     Ok(RunningServer {
@@ -256,6 +261,32 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         delivery_runner,
         metrics_sampler,
     })
+}
+
+/// Waits for SIGTERM or SIGINT, then begins the graceful stop that [`RunningServer::wait`]
+/// completes.
+async fn stop_on_signal(handle: ServerHandle, state: web::Data<AppState>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!(
+        drain_s = state.config.server.shutdown_timeout_s,
+        "shutdown signal: no new connections or queued work; draining"
+    );
+    state.queue.drain();
+    handle.stop(true).await;
 }
 
 /// Request logging: method, path, status, latency and request id at debug level.
@@ -335,6 +366,7 @@ impl RunningServer {
 
     /// Graceful stop: in-flight requests finish first.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.state.queue.drain();
         self.handle.stop(true).await;
         self.wait().await
     }

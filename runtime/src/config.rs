@@ -64,6 +64,9 @@ pub struct TenancyConfig {
     pub rate_limit_burst: u32,
     /// Synchronous and streaming invocations a tenant may have running at once; 0 is no cap.
     pub max_concurrency: u32,
+    /// Streams a tenant may have open at once (each also counts against `max_concurrency`);
+    /// 0 is no cap. More get 429 `concurrency_limited`.
+    pub max_concurrent_streams: u32,
     /// Prompt plus completion tokens per calendar month (UTC); 0 is no budget.
     pub monthly_token_budget: u64,
     /// How long tenant settings and API keys are cached; a change made on another node is
@@ -104,6 +107,7 @@ impl Default for TenancyConfig {
             rate_limit_rps: 50.0,
             rate_limit_burst: 100,
             max_concurrency: 64,
+            max_concurrent_streams: 32,
             monthly_token_budget: 0,
             cache_ttl_s: 5,
         }
@@ -146,6 +150,12 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_timeout_s: u64,
+    /// Largest invocation `input` (its JSON, in bytes); larger ones get 413
+    /// `payload_too_large`. 0 leaves only `body_limit_bytes`.
+    pub max_input_bytes: usize,
+    /// Largest `max_tokens` any invocation may ask for, whatever its model's context allows;
+    /// more is refused with 422 `invalid_params`. 0 is no cap beyond the context.
+    pub max_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +229,10 @@ pub struct SupervisionConfig {
     pub window_s: u64,
     pub base_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// A replica with work whose engine thread finishes no step for this long is declared
+    /// hung: its invocations fail with `replica_failed` and a new replica replaces it. 0 turns
+    /// the watchdog off.
+    pub engine_hang_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -248,6 +262,8 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             workers: 0,
             shutdown_timeout_s: 30,
+            max_input_bytes: 256 * 1024,
+            max_tokens: 4096,
         }
     }
 }
@@ -300,6 +316,7 @@ impl Default for SupervisionConfig {
             window_s: policy.window.as_secs(),
             base_backoff_ms: policy.base_backoff.as_millis() as u64,
             max_backoff_ms: policy.max_backoff.as_millis() as u64,
+            engine_hang_timeout_s: policy.engine_hang_timeout.as_secs(),
         }
     }
 }
@@ -547,6 +564,7 @@ impl Config {
             window: std::time::Duration::from_secs(s.window_s),
             base_backoff: std::time::Duration::from_millis(s.base_backoff_ms),
             max_backoff: std::time::Duration::from_millis(s.max_backoff_ms),
+            engine_hang_timeout: std::time::Duration::from_secs(s.engine_hang_timeout_s),
         }
     }
 }

@@ -240,17 +240,40 @@ impl From<InvokeError> for ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match &err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                ApiError::new(
-                    ErrorCode::DatabaseUnavailable,
-                    "the database is not answering",
-                )
-            }
-            _ => ApiError::internal(err),
+        if is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            return ApiError::new(
+                ErrorCode::DatabaseUnavailable,
+                "the database is not answering",
+            );
         }
+        ApiError::internal(err)
+    }
+}
+
+/// Whether a database error means "the database cannot be reached now" (a temporary
+/// condition, 503 with Retry-After) rather than a bug or bad data (500). Besides failing to
+/// get a connection, a connection that breaks mid-query surfaces as a query error with an
+/// I/O or protocol cause, and a Postgres that is shutting down or starting answers with
+/// SQLSTATE class 08 (connection exception) or 57P0x (operator intervention).
+pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e {
+            Sqlx::Io(_)
+            | Sqlx::Tls(_)
+            | Sqlx::Protocol(_)
+            | Sqlx::PoolTimedOut
+            | Sqlx::PoolClosed
+            | Sqlx::WorkerCrashed => true,
+            Sqlx::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        },
+        _ => false,
     }
 }
 

@@ -12,6 +12,8 @@ pub struct PgCluster {
     dir: TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// The server options `pg_ctl start` was given, for a restart on the same port.
+    opts: String,
 }
 
 fn is_root() -> bool {
@@ -104,7 +106,59 @@ impl PgCluster {
                 "-D", &data_s, "-o", &opts, "-l", &log, "-w", "-t", "60", "start",
             ],
         );
-        Self { dir, bin, port }
+        Self {
+            dir,
+            bin,
+            port,
+            opts,
+        }
+    }
+
+    /// Stops the server (fast mode: open sessions are ended), as an outage would.
+    pub fn stop(&self) {
+        let data = self.dir.0.join("data");
+        run(
+            is_root(),
+            &self.bin.join("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn start_again(&self) {
+        let data = self.dir.0.join("data");
+        let log = self.dir.0.join("log").to_str().unwrap().to_owned();
+        run(
+            is_root(),
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &self.opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    /// Runs one SQL statement with psql and returns its unaligned, tuples-only output.
+    pub fn query(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", database, "-At", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A fresh database in this cluster.

@@ -180,6 +180,32 @@ impl ServerProcess {
         }
     }
 
+    /// Sends SIGTERM: the graceful stop begins. [`Self::wait_exit`] waits for its end.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("the server runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM could not be sent");
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status, or `None` when it
+    /// was still running (it is then killed).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// Starts the server again with the same configuration, data directory and database (on
     /// a fresh port), and returns once it is ready. Kills a running one first.
     pub async fn restart(&mut self) {

@@ -289,8 +289,17 @@ impl Scheduler {
             // Injected while the sequence is running, as a real engine fault would be, so that
             // the panic path answers every running job.
             #[cfg(feature = "fault-injection")]
-            if r.job.request.fault == Some(crate::Fault::EnginePanic) {
-                panic!("injected engine panic");
+            match r.job.request.fault {
+                Some(crate::Fault::EnginePanic) => panic!("injected engine panic"),
+                // Stuck like a call that never returns, with no stop flag checked: only the
+                // watchdog's answering the job (which closes its reply) ends it, so that a
+                // test's thread does not outlive the test.
+                Some(crate::Fault::EngineHang) => {
+                    while !r.job.caller_gone() {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
+                None => {}
             }
             let sampled = session.sample(slot as SeqId, index);
             r.first_token_at.get_or_insert(now);

@@ -2,10 +2,11 @@
 //! whole life; jobs arrive over a channel and replies leave through each job's oneshot.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -26,6 +27,33 @@ pub(crate) struct EngineThread {
     jobs: Option<SyncSender<EngineJob>>,
     stopping: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    progress: Arc<Progress>,
+}
+
+/// When the engine thread last finished a step (or took a job), for the replica's watchdog.
+/// Milliseconds since `epoch` in an atomic, so that the thread reports without locking.
+pub(crate) struct Progress {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The moment of the last beat.
+    pub(crate) fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 impl EngineThread {
@@ -44,6 +72,8 @@ impl EngineThread {
         let (ready_tx, ready_rx) = oneshot::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let thread_stopping = Arc::clone(&stopping);
+        let progress = Arc::new(Progress::new());
+        let thread_progress = Arc::clone(&progress);
         let handle = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -52,7 +82,14 @@ impl EngineThread {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
-                    serve(session, &rx, &thread_stopping, prefill_chunk, &*events);
+                    let running = Running {
+                        jobs: &rx,
+                        stopping: &thread_stopping,
+                        progress: &thread_progress,
+                        prefill_chunk,
+                        events: &*events,
+                    };
+                    serve(session, running);
                 });
                 if let Err(err) = result {
                     match ready.take() {
@@ -68,6 +105,7 @@ impl EngineThread {
             jobs: Some(jobs),
             stopping,
             handle: Some(handle),
+            progress,
         };
         match ready_rx.await {
             Ok(Ok(())) => Ok(thread),
@@ -107,6 +145,23 @@ impl EngineThread {
     }
 }
 
+impl EngineThread {
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.progress.last()
+    }
+
+    /// Gives up on a thread that no longer makes progress: asks it to stop and closes its job
+    /// channel, but does not wait, since a hung thread may never end. If it does come back it
+    /// finds the stop flag, answers nobody (its callers were already answered) and exits; if
+    /// it never does, its context stays allocated: a leak the operator sees as memory, which
+    /// is better than a replica that holds its slots forever.
+    pub(crate) fn abandon(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.jobs.take();
+        self.handle.take();
+    }
+}
+
 impl Drop for EngineThread {
     fn drop(&mut self) {
         // Without `join` the thread still ends on its own once the channel is gone.
@@ -114,13 +169,23 @@ impl Drop for EngineThread {
     }
 }
 
-fn serve(
-    session: &mut dyn Session,
-    jobs: &Receiver<EngineJob>,
-    stopping: &AtomicBool,
+/// What the serving loop works with, besides the session.
+struct Running<'a> {
+    jobs: &'a Receiver<EngineJob>,
+    stopping: &'a AtomicBool,
+    progress: &'a Progress,
     prefill_chunk: usize,
-    events: &dyn Fn(EngineEvent),
-) {
+    events: &'a dyn Fn(EngineEvent),
+}
+
+fn serve(session: &mut dyn Session, running: Running<'_>) {
+    let Running {
+        jobs,
+        stopping,
+        progress,
+        prefill_chunk,
+        events,
+    } = running;
     let mut scheduler = Scheduler::new(session.slots(), prefill_chunk);
     let finished = |n: usize| (0..n).for_each(|_| events(EngineEvent::Finished));
     let mut open = true;
@@ -142,6 +207,7 @@ fn serve(
                     }
                 }
             };
+            progress.beat();
             match catch_unwind(AssertUnwindSafe(|| scheduler.admit(session, job))) {
                 Ok(left) => finished(left),
                 Err(payload) => return died(&mut scheduler, session, payload.as_ref(), events),
@@ -154,7 +220,9 @@ fn serve(
             return;
         }
         let stop = stopping.load(Ordering::Relaxed);
-        match catch_unwind(AssertUnwindSafe(|| scheduler.step(session, stop))) {
+        let result = catch_unwind(AssertUnwindSafe(|| scheduler.step(session, stop)));
+        progress.beat();
+        match result {
             Ok(left) => finished(left),
             Err(payload) => return died(&mut scheduler, session, payload.as_ref(), events),
         }

@@ -44,6 +44,8 @@ pub(crate) struct Pool {
     state: PoolState,
     backend: Arc<dyn Backend>,
     budget: Arc<MemoryBudget>,
+    /// The replicas' watchdog threshold (`RestartPolicy::engine_hang_timeout`).
+    hang_timeout: Duration,
     weights: Option<(Arc<dyn Weights>, Reservation)>,
     replicas: HashMap<ReplicaKey, LiveReplica>,
     by_actor: HashMap<ActorId, ReplicaKey>,
@@ -64,6 +66,7 @@ impl Actor for ModelPool {
             state: PoolState::new(args.config, args.policy, Instant::now()),
             backend: args.backend,
             budget: args.budget,
+            hang_timeout: args.policy.engine_hang_timeout,
             weights: None,
             replicas: HashMap::new(),
             by_actor: HashMap::new(),
@@ -268,6 +271,7 @@ impl Pool {
             config: self.state.config.clone(),
             weights,
             pool: myself.clone(),
+            hang_timeout: self.hang_timeout,
         };
         match Actor::spawn_linked(None, ModelReplica, args, myself.get_cell()).await {
             Ok((actor, _)) => {

@@ -12,4 +12,6 @@ pub(crate) enum ReplicaMsg {
     Run(EngineJob),
     /// Reported by this replica's engine thread.
     Engine(EngineEvent),
+    /// Time to check that the engine thread still makes progress.
+    Watchdog,
 }

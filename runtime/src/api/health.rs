@@ -1,5 +1,7 @@
 //! Liveness and readiness probes; no authentication.
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 
 use crate::api::dto::{Health, Readiness};
@@ -14,13 +16,20 @@ pub async fn healthz() -> HttpResponse {
     })
 }
 
+/// How long readiness waits for the database. A probe that hangs on an unreachable database
+/// (a partition drops packets rather than refusing them) would be killed by the prober's own
+/// timeout and read as "no answer"; answering 503 in time says why.
+const DB_PING_LIMIT: Duration = Duration::from_secs(2);
+
 /// Readiness: the database answers and the actor tree is running.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = Readiness),
         (status = 503, description = "Not ready", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let database = state.store.ping().await;
+    let database = tokio::time::timeout(DB_PING_LIMIT, state.store.ping())
+        .await
+        .unwrap_or(false);
     let actors = state.tree.is_running();
     let ready = database && actors;
     let body = Readiness {

@@ -54,6 +54,12 @@ pub async fn invoke(
     let (name, version) = runnable(&state, &caller, &name).await?;
     admit(&state, &caller, &version).await?;
     let body = body.into_inner();
+    check_limits(
+        &state,
+        &version.spec,
+        &body.input,
+        &body.params.clone().into(),
+    )?;
     let key = idempotency_key(&request)?;
     if body.mode == InvokeMode::Async || prefers_async(&request) {
         if body.stream {
@@ -72,10 +78,18 @@ pub async fn invoke(
         )
         .with_field("webhook"));
     }
-    let permit = state
+    let mut permit = state
         .tenancy
         .limits
         .acquire(&caller.tenant, &caller.limits)?;
+    if body.stream {
+        permit = permit.and(
+            state
+                .tenancy
+                .limits
+                .acquire_stream(&caller.tenant, &caller.limits)?,
+        );
+    }
     let params: GenerationParams = body.params.clone().into();
     let mut call = Call::new(&state, &caller.tenant, &name, version.version, &body.input);
     call.mode = if body.stream { "stream" } else { "sync" };
@@ -198,6 +212,13 @@ pub(crate) fn stream(
                     }
                     None => break result.await,
                 },
+                // The client left before the first piece (still queued, loading, prefilling,
+                // or an engine that stopped answering): without this, its places would be
+                // held until the next piece, which may never come.
+                () = events.closed() => {
+                    call.cancelled(&state).await;
+                    return;
+                }
                 outcome = &mut result => {
                     while let Ok(text) = tokens.try_recv() {
                         for event in piece(&text) {
@@ -410,11 +431,13 @@ impl Call {
     }
 }
 
-/// Test builds honour `X-Genrt-Fault: engine-panic`; release builds compile this away.
+/// Test builds honour `X-Genrt-Fault: engine-panic` and `engine-hang`; release builds
+/// compile this away (the `fault-injection` feature is enabled only by the tests crate).
 #[cfg(feature = "fault-injection")]
 pub(crate) fn fault(request: &HttpRequest) -> Option<Fault> {
     match request.headers().get("x-genrt-fault")?.to_str().ok()? {
         "engine-panic" => Some(Fault::EnginePanic),
+        "engine-hang" => Some(Fault::EngineHang),
         _ => None,
     }
 }
@@ -446,6 +469,45 @@ pub(crate) async fn admit(
         .tenancy
         .check_budget(&caller.tenant, &caller.limits)
         .await
+}
+
+/// The server-wide limits on one invocation, checked before anything is accepted: the size of
+/// its input (`server.max_input_bytes`) and the `max_tokens` it would run with
+/// (`server.max_tokens`). The prompt against the model's context is checked later, by the
+/// function actor, once the prompt is rendered and tokenized (`prompt_too_long`,
+/// `max_tokens_exceeds_context`).
+pub(crate) fn check_limits(
+    state: &AppState,
+    spec: &genrt_functions::FunctionSpec,
+    input: &serde_json::Value,
+    params: &GenerationParams,
+) -> Result<(), ApiError> {
+    let limits = &state.config.server;
+    if limits.max_input_bytes > 0 {
+        let size = serde_json::to_vec(input).map_or(0, |v| v.len());
+        if size > limits.max_input_bytes {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the input is {size} bytes; at most {} are accepted",
+                    limits.max_input_bytes
+                ),
+            )
+            .with_field("input"));
+        }
+    }
+    let max_tokens = spec.params.resolve(params).max_tokens;
+    if limits.max_tokens > 0 && max_tokens > limits.max_tokens {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "max_tokens {max_tokens} exceeds this server's cap of {}",
+                limits.max_tokens
+            ),
+        )
+        .with_field("params.max_tokens"));
+    }
+    Ok(())
 }
 
 /// Longest accepted `Idempotency-Key`.

@@ -37,6 +37,9 @@ pub struct JobQueue {
     config: QueueConfig,
     wake: Notify,
     stopping: std::sync::atomic::AtomicBool,
+    /// Shutdown has begun: claim nothing new, but keep heartbeating what runs, which may
+    /// still finish while HTTP requests drain.
+    draining: std::sync::atomic::AtomicBool,
     /// Invocations running here, with the signal that cancels each.
     running: Mutex<HashMap<Uuid, Arc<Notify>>>,
 }
@@ -60,6 +63,7 @@ impl JobQueue {
             config,
             wake: Notify::new(),
             stopping: Default::default(),
+            draining: Default::default(),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -150,6 +154,16 @@ impl JobQueue {
         self.wake.notify_one();
     }
 
+    /// The first step of shutdown: no new work is claimed from now on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -206,7 +220,7 @@ pub async fn run(state: web::Data<AppState>) {
             .config
             .concurrency
             .saturating_sub(queue.running_count());
-        if free > 0 {
+        if free > 0 && !queue.draining() {
             match claim(&state, free, &mut turn, lease).await {
                 Ok(rows) => {
                     for row in rows {

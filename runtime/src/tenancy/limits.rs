@@ -28,6 +28,8 @@ pub struct TenantLimits {
     pub rate_limit_burst: u32,
     /// 0 is no cap.
     pub max_concurrency: u32,
+    /// Streams open at once (counted besides `max_concurrency`); 0 is no cap.
+    pub max_concurrent_streams: u32,
     /// 0 is no budget.
     pub monthly_token_budget: u64,
     /// `None` allows every model.
@@ -62,6 +64,7 @@ struct Meter {
 pub struct Limits {
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     running: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
+    streams: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
     meters: Mutex<HashMap<TenantId, Meter>>,
 }
 
@@ -69,12 +72,53 @@ pub struct Limits {
 /// ends) frees the place.
 pub struct ConcurrencyPermit {
     counter: Arc<AtomicU32>,
+    /// A second place held for as long as this one (a stream's place besides its invocation's).
+    also: Option<Box<ConcurrencyPermit>>,
+}
+
+impl ConcurrencyPermit {
+    /// One permit that holds both places and frees both when dropped.
+    pub fn and(mut self, other: ConcurrencyPermit) -> Self {
+        self.also = Some(Box::new(other));
+        self
+    }
 }
 
 impl Drop for ConcurrencyPermit {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Takes one of `cap` places (0: no cap) in the tenant's counter of `counters`.
+fn take_place(
+    counters: &Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
+    tenant: &TenantId,
+    cap: u32,
+    what: &str,
+) -> Result<ConcurrencyPermit, ApiError> {
+    let counter = Arc::clone(
+        counters
+            .lock()
+            .expect("counters lock")
+            .entry(tenant.clone())
+            .or_default(),
+    );
+    let cap = if cap == 0 { u32::MAX } else { cap };
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::ConcurrencyLimited,
+                format!("at most {cap} {what} at once for this tenant"),
+            )
+        })?;
+    Ok(ConcurrencyPermit {
+        counter,
+        also: None,
+    })
 }
 
 fn this_month() -> (i32, u32) {
@@ -127,29 +171,27 @@ impl Limits {
         tenant: &TenantId,
         limits: &TenantLimits,
     ) -> Result<ConcurrencyPermit, ApiError> {
-        let counter = Arc::clone(
-            self.running
-                .lock()
-                .expect("running lock")
-                .entry(tenant.clone())
-                .or_default(),
-        );
-        let cap = if limits.max_concurrency == 0 {
-            u32::MAX
-        } else {
-            limits.max_concurrency
-        };
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::ConcurrencyLimited,
-                    format!("at most {cap} invocations may run at once for this tenant"),
-                )
-            })?;
-        Ok(ConcurrencyPermit { counter })
+        take_place(
+            &self.running,
+            tenant,
+            limits.max_concurrency,
+            "invocations may run",
+        )
+    }
+
+    /// Counts one more open stream, unless the tenant is at its stream cap. A stream holds a
+    /// connection and a task for as long as the client reads, so it has a cap of its own.
+    pub fn acquire_stream(
+        &self,
+        tenant: &TenantId,
+        limits: &TenantLimits,
+    ) -> Result<ConcurrencyPermit, ApiError> {
+        take_place(
+            &self.streams,
+            tenant,
+            limits.max_concurrent_streams,
+            "streams may be open",
+        )
     }
 
     pub fn running(&self, tenant: &TenantId) -> u32 {
@@ -222,6 +264,7 @@ mod tests {
             rate_limit_rps: 1.0,
             rate_limit_burst: 3,
             max_concurrency: 2,
+            max_concurrent_streams: 1,
             monthly_token_budget: 100,
             allowed_models: None,
         }
@@ -255,6 +298,24 @@ mod tests {
         drop(a);
         assert_eq!(l.running(&t), 1);
         l.acquire(&t, &limits()).unwrap();
+    }
+
+    #[test]
+    fn streams_have_their_own_cap_and_a_joint_permit_frees_both() {
+        let l = Limits::default();
+        let t = TenantId::parse("acme").unwrap();
+        let joint = l
+            .acquire(&t, &limits())
+            .unwrap()
+            .and(l.acquire_stream(&t, &limits()).unwrap());
+        let err = l.acquire_stream(&t, &limits()).err().unwrap();
+        assert_eq!(err.code, ErrorCode::ConcurrencyLimited);
+        assert!(err.message.contains("streams"), "{}", err.message);
+        // A synchronous invocation is not a stream: the invocation cap still has room.
+        let _sync = l.acquire(&t, &limits()).unwrap();
+        drop(joint);
+        l.acquire_stream(&t, &limits()).unwrap();
+        assert_eq!(l.running(&t), 1);
     }
 
     #[test]

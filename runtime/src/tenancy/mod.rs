@@ -87,6 +87,7 @@ impl Tenancy {
             max_concurrency: row
                 .and_then(|r| r.max_concurrency)
                 .map_or(d.max_concurrency, |v| v.max(0) as u32),
+            max_concurrent_streams: d.max_concurrent_streams,
             monthly_token_budget: row
                 .and_then(|r| r.monthly_token_budget)
                 .map_or(d.monthly_token_budget, |v| v.max(0) as u64),

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::api::dto::InvokeResponse;
 use crate::api::functions::{runnable, READ};
-use crate::api::invoke::{admit, fault, sse, stream, Call};
+use crate::api::invoke::{admit, check_limits, fault, sse, stream, Call};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::{Caller, Scope};
@@ -473,11 +473,14 @@ async fn run_all(
     runs: Vec<(Value, Conversation)>,
     params: GenerationParams,
 ) -> Result<Vec<InvokeResponse>, OpenAiError> {
+    let f = &target.function;
+    for (input, _) in &runs {
+        check_limits(state, &f.spec, input, &params)?;
+    }
     let _permit = state
         .tenancy
         .limits
         .acquire(&caller.tenant, &caller.limits)?;
-    let f = &target.function;
     let results = join_all(runs.into_iter().map(|(input, conversation)| {
         let call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
         call.request_params(&f.spec.params.resolve(&params));
@@ -530,11 +533,18 @@ fn start_stream(
     common: &CommonFields,
 ) -> Result<HttpResponse, OpenAiError> {
     let (input, conversation) = runs.into_iter().next().expect("one run to stream");
+    let f = &target.function;
+    check_limits(state, &f.spec, &input, &params)?;
     let permit = state
         .tenancy
         .limits
-        .acquire(&caller.tenant, &caller.limits)?;
-    let f = &target.function;
+        .acquire(&caller.tenant, &caller.limits)?
+        .and(
+            state
+                .tenancy
+                .limits
+                .acquire_stream(&caller.tenant, &caller.limits)?,
+        );
     let max_tokens = f.spec.params.resolve(&params).max_tokens;
     let mut call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
     call.mode = "stream";
