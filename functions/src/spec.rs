@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{GenerationParams, ModelId, PreparedFunction, Route, SpecError};
+use crate::{
+    evaluation::validate_cases, EvaluationCase, GenerationParams, ModelId, PreparedFunction, Route,
+    SpecError,
+};
 
 const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 const MAX_TIMEOUT_S: u32 = 3600;
@@ -74,6 +77,10 @@ pub struct FunctionSpec {
     /// Where results of asynchronous invocations are announced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookTarget>,
+    /// Inputs with reference outputs, to score versions before one is promoted. Skipped when
+    /// empty so that the digests of specs without one do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluation: Vec<EvaluationCase>,
 }
 
 /// A callback for results: events are POSTed to `url`, signed (Standard Webhooks). Whether a
@@ -218,6 +225,7 @@ impl FunctionSpec {
         if let Some(webhook) = &self.webhook {
             webhook.validate()?;
         }
+        validate_cases("evaluation", &self.evaluation)?;
         // Compiling is the only reliable syntax check for templates and schemas.
         PreparedFunction::new(self.clone()).map(|_| ())
     }
