@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, functions, health, invocations, invoke, keys, models, openai, tenants, triggers,
-    usage, webhooks,
+    batches, dto, evaluate, functions, health, invocations, invoke, keys, models, openai, tenants,
+    triggers, usage, webhooks,
 };
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
@@ -24,6 +24,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         functions::versions,
         functions::delete,
         functions::prewarm,
+        evaluate::evaluate,
         invoke::invoke,
         invocations::get,
         invocations::list,
@@ -80,6 +81,10 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         dto::ScalingInfo,
         dto::OutputFormat,
         dto::PrewarmRequest,
+        dto::EvaluateRequest,
+        dto::EvaluateResponse,
+        dto::CaseScore,
+        dto::EvaluationCaseSpec,
         dto::PrewarmResponse,
         dto::StreamDone,
         dto::Health,
@@ -248,6 +253,7 @@ mod tests {
         ("get", "/v1/functions/{name}/versions"),
         ("post", "/v1/functions/{name}/invoke"),
         ("post", "/v1/functions/{name}/prewarm"),
+        ("post", "/v1/functions/{name}/evaluate"),
         ("post", "/v1/functions/{name}/batches"),
         ("post", "/v1/functions/{name}/triggers"),
         ("get", "/v1/functions/{name}/triggers"),

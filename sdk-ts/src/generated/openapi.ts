@@ -308,6 +308,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/functions/{name}/evaluate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Score a version of a function: every case's input runs through that version (default the
+         *     latest), and its output is compared with the case's reference. The cases are those given,
+         *     or else the evaluation set of the latest version, so that versions are compared on the
+         *     same cases. Each run is recorded as an invocation with mode `evaluate`.
+         */
+        post: operations["evaluate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/functions/{name}/invoke": {
         parameters: {
             query?: never;
@@ -681,6 +703,25 @@ export interface components {
             /** Format: int64 */
             ttl_s?: number | null;
         };
+        CaseScore: {
+            /**
+             * Format: double
+             * @description Sentence BLEU of this case (effective order, so short texts can score).
+             */
+            bleu: number;
+            error?: null | components["schemas"]["ErrorDetail"];
+            input: Record<string, unknown>;
+            /**
+             * Format: uuid
+             * @description The recorded invocation (mode `evaluate`).
+             */
+            invocation_id?: string | null;
+            /** @description The generated text; absent when the invocation failed. */
+            output?: string | null;
+            reference: string;
+            /** Format: double */
+            rouge_l: number;
+        };
         ChatChoice: {
             /** @description `stop` or `length`. */
             finish_reason: string;
@@ -893,15 +934,61 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
             message: string;
         };
+        EvaluateRequest: {
+            /**
+             * @description Cases to score instead of the evaluation set of the function's latest version (at
+             *     most 100).
+             */
+            cases?: components["schemas"]["EvaluationCaseSpec"][] | null;
+            /** @description Overrides of the version's generation parameters, for every case. */
+            params?: components["schemas"]["Params"];
+            /**
+             * Format: int32
+             * @description The version to score; default the latest.
+             */
+            version?: number | null;
+        };
+        /**
+         * @description The scores of one version on an evaluation set. Scores are in [0, 1] on lowercased word
+         *     tokens; a case whose invocation failed scores 0 and carries its error.
+         */
+        EvaluateResponse: {
+            /**
+             * Format: double
+             * @description Corpus BLEU-4 (brevity penalty, exponential smoothing) over the cases.
+             */
+            bleu: number;
+            cases: components["schemas"]["CaseScore"][];
+            failed: number;
+            function: string;
+            /**
+             * Format: double
+             * @description Mean ROUGE-L F-measure over the cases.
+             */
+            rouge_l: number;
+            succeeded: number;
+            /** Format: int32 */
+            version: number;
+        };
+        /** @description One case of an evaluation set: an input and the output the function should produce. */
+        EvaluationCaseSpec: {
+            input: Record<string, unknown>;
+            reference: string;
+        };
         /** @description A function definition: what `POST /v1/functions` takes and version listings return. */
         FunctionDefinition: {
             cache?: components["schemas"]["CacheSpec"];
+            /**
+             * @description Inputs with reference outputs (at most 100), scored by
+             *     `POST /v1/functions/{name}/evaluate` to compare versions.
+             */
+            evaluation?: components["schemas"]["EvaluationCaseSpec"][];
             /**
              * Format: int32
              * @description Seconds without invocations before the function's actor stops.
@@ -2376,6 +2463,84 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    evaluate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EvaluateRequest"];
+            };
+        };
+        responses: {
+            /** @description Per-case scores and their means */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluateResponse"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function or version */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No cases, more than 100, or params out of range */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's concurrency or budget is used up */
             429: {
                 headers: {
                     [name: string]: unknown;
