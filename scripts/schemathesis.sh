@@ -6,8 +6,9 @@
 # (`status_code_conformance`).
 #
 # Needs target/release/genrt (`cargo build --release -p genrt-runtime --bin genrt`) and the
-# model (`make model`). SCHEMATHESIS_SEED (default 1) makes runs repeatable; SCHEMATHESIS_MAX_EXAMPLES (default 20) bounds the examples per
-# operation, SCHEMATHESIS_MAX_TIME (default 150 s) the whole run.
+# model (`make model`). SCHEMATHESIS_SEED (default 1) makes runs repeatable;
+# SCHEMATHESIS_MAX_EXAMPLES (default 20) bounds the examples per operation,
+# SCHEMATHESIS_MAX_TIME (default 150 s) the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,14 @@ MAX_TIME=${SCHEMATHESIS_MAX_TIME:-150}
 
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   echo "schemathesis.sh: installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
-  python3 -m venv "$VENV"
+  # The newest Python at hand: hypothesis trips over a CPython 3.11 parser bug ("AST
+  # constructor recursion depth mismatch") while describing its strategies.
+  PYTHON=python3
+  for candidate in python3.13 python3.12 \
+    $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do
+    if "$candidate" -c 'import venv, ensurepip' >/dev/null 2>&1; then PYTHON=$candidate; break; fi
+  done
+  "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
@@ -83,6 +91,8 @@ curl -fsS -X POST "$BASE/v1/functions" -H "Authorization: Bearer $TOKEN" \
   >/dev/null
 
 status=0
+# The admin routes are left out: the tenant token only gets 403 there, and schemathesis cannot
+# generate their bodies (the flattened limits make an allOf of two closed objects).
 "$VENV/bin/schemathesis" run "$BASE/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance \
@@ -93,6 +103,7 @@ status=0
   --request-timeout 60 \
   --seed "${SCHEMATHESIS_SEED:-1}" \
   --no-color \
+  --exclude-path-regex '^/v1/admin/' \
   || status=$?
 
 if ! kill -0 "$server" 2>/dev/null; then
@@ -100,7 +111,9 @@ if ! kill -0 "$server" 2>/dev/null; then
   status=1
 fi
 if [[ $status -ne 0 ]]; then
-  echo "schemathesis.sh: failures above; the last lines of genrt's log:" >&2
-  tail -30 "$WORK/genrt.log" >&2
+  mkdir -p target
+  cp "$WORK/genrt.log" target/schemathesis-genrt.log
+  echo "schemathesis.sh: failures above; genrt's log is in target/schemathesis-genrt.log, its panics:" >&2
+  grep -A3 "panicked" "$WORK/genrt.log" >&2 || true
 fi
 exit $status
