@@ -349,6 +349,31 @@ mod tests {
     ];
 
     #[test]
+    fn edge_answers_are_documented_where_they_can_happen() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} is documented"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let deploy = statuses("/v1/functions", "post");
+        for status in ["400", "401", "403", "413", "415", "429"] {
+            assert!(
+                deploy.contains(&status.to_owned()),
+                "{status} in {deploy:?}"
+            );
+        }
+        assert!(statuses("/v1/invocations", "get").contains(&"422".to_owned()));
+        // Probes take no body, no query and no credentials.
+        assert_eq!(statuses("/healthz", "get"), ["200"]);
+        let chat = &doc["paths"]["/openai/v1/chat/completions"]["post"]["responses"]["415"];
+        assert!(chat.to_string().contains("OpenAiErrorBody"), "{chat}");
+    }
+
+    #[test]
     fn operation_ids_are_unique() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let mut ids: Vec<&str> = doc["paths"]
