@@ -460,7 +460,7 @@ async fn reconcile(client: &Client, samples: &[Sample]) -> anyhow::Result<Reconc
         problems: Vec::new(),
     };
     let mut seen_anywhere: HashMap<String, usize> = HashMap::new();
-    for tenant in 0..TENANTS.len() {
+    for (tenant, name) in TENANTS.iter().enumerate() {
         let records = client.all_invocations(tenant).await?;
         report.records[tenant] = records.len();
         let mut by_id: HashMap<String, &Value> = HashMap::new();
@@ -473,12 +473,12 @@ async fn reconcile(client: &Client, samples: &[Sample]) -> anyhow::Result<Reconc
             if by_id.insert(id.clone(), record).is_some() {
                 report
                     .problems
-                    .push(format!("{id} is listed twice for {}", TENANTS[tenant]));
+                    .push(format!("{id} is listed twice for {}", name));
             }
             if let Some(other) = seen_anywhere.insert(id.clone(), tenant) {
                 report.problems.push(format!(
                     "{id} is listed under {} and {}",
-                    TENANTS[other], TENANTS[tenant]
+                    TENANTS[other], name
                 ));
             }
             let mode = record["mode"].as_str().unwrap_or_default().to_owned();
@@ -523,7 +523,7 @@ async fn reconcile(client: &Client, samples: &[Sample]) -> anyhow::Result<Reconc
                 match by_id.get(id) {
                     None => report.problems.push(format!(
                         "{id} ({:?}, {}) was accepted but is not recorded (lost)",
-                        sample.kind, TENANTS[tenant]
+                        sample.kind, name
                     )),
                     Some(r) if r["mode"] != sample.kind.mode() => report.problems.push(format!(
                         "{id} is recorded as {} but was {:?}",
@@ -539,7 +539,7 @@ async fn reconcile(client: &Client, samples: &[Sample]) -> anyhow::Result<Reconc
             if accepted != recorded {
                 report.problems.push(format!(
                     "{}: {accepted} {} invocations accepted but {recorded} recorded",
-                    TENANTS[tenant],
+                    name,
                     kind.mode()
                 ));
             }

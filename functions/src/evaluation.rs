@@ -147,18 +147,19 @@ impl BleuStats {
         let mut precisions = [0.0f64; MAX_ORDER];
         let mut smooth = 1.0;
         let mut order = MAX_ORDER;
-        for n in 0..MAX_ORDER {
-            if self.total[n] == 0 {
+        for (n, precision) in precisions.iter_mut().enumerate() {
+            let (correct, total) = (self.correct[n], self.total[n]);
+            if total == 0 {
                 break;
             }
             if effective_order {
                 order = n + 1;
             }
-            precisions[n] = if self.correct[n] == 0 {
+            *precision = if correct == 0 {
                 smooth *= 2.0;
-                1.0 / (smooth * self.total[n] as f64)
+                1.0 / (smooth * total as f64)
             } else {
-                self.correct[n] as f64 / self.total[n] as f64
+                correct as f64 / total as f64
             };
         }
         let log_sum: f64 = precisions[..order]

@@ -298,6 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_evaluation_set_leaves_the_digest_alone() {
+        // Specs deployed before evaluation sets existed keep their digest, so redeploying them
+        // unchanged does not create a new version.
+        let before = spec(json!({"model": "m", "prompt": "hi"}));
+        let empty = spec(json!({"model": "m", "prompt": "hi", "evaluation": []}));
+        let with = spec(json!({"model": "m", "prompt": "hi",
+            "evaluation": [{"input": {}, "reference": "hello"}]}));
+        assert_eq!(before.digest(), empty.digest());
+        assert_ne!(before.digest(), with.digest());
+        assert!(!serde_json::to_string(&before)
+            .unwrap()
+            .contains("evaluation"));
+    }
+
+    #[test]
     fn validation_names_the_field_at_fault() {
         let cases = [
             (json!({"model": "nope", "prompt": "x"}), "model"),

@@ -529,7 +529,7 @@ pub struct InvocationRecord {
     pub model: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
-    /// `sync`, `stream`, `async`, `batch` or `trigger`.
+    /// `sync`, `stream`, `async`, `batch`, `trigger` or `evaluate`.
     pub mode: String,
     /// Attempts made so far (async work is retried after retryable failures).
     pub attempts: u32,

@@ -1062,7 +1062,7 @@ export interface components {
             input: Record<string, unknown>;
             /** Format: uuid */
             invocation_id: string;
-            /** @description `sync`, `stream`, `async`, `batch` or `trigger`. */
+            /** @description `sync`, `stream`, `async`, `batch`, `trigger` or `evaluate`. */
             mode: string;
             model?: string | null;
             output?: null | components["schemas"]["Output"];
