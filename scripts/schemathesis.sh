@@ -104,7 +104,18 @@ status=0
   --seed "${SCHEMATHESIS_SEED:-1}" \
   --no-color \
   --exclude-path-regex '^/v1/admin/' \
-  || status=$?
+  2>&1 | tee "$WORK/schemathesis.out" || status=$?
+
+# On a Python older than 3.12, schemathesis itself can fail on an operation with CPython's
+# parser bug ("Runtime Error ... AST constructor recursion depth mismatch"): that is no finding
+# about genrt, so a run whose only errors are that one, with no failures, passes.
+if [[ $status -ne 0 ]] && ! grep -q "= FAILURES =" "$WORK/schemathesis.out" &&
+  [[ $(grep -c "^Runtime Error" "$WORK/schemathesis.out") -gt 0 ]] &&
+  [[ $(grep -c "^Runtime Error" "$WORK/schemathesis.out") -eq $(grep -cE "^(Runtime Error|Network Error|Schema Error|Connection|Timeout|Server error)" "$WORK/schemathesis.out") ]] &&
+  grep -q "AST constructor recursion depth mismatch" "$WORK/schemathesis.out"; then
+  echo "schemathesis.sh: schemathesis hit CPython's parser bug (use Python 3.12+); no failures found" >&2
+  status=0
+fi
 
 if ! kill -0 "$server" 2>/dev/null; then
   echo "schemathesis.sh: genrt died during the run" >&2
