@@ -3,20 +3,26 @@ SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: run test test-sdk deps model build bench fmt lint clean
+.PHONY: run test test-sdk fuzz-api deps model build bench soak fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
 run: deps model build
 	@scripts/run.sh
 
-## The whole test suite: unit, actor and end-to-end tests on SQLite and Postgres, then the
-## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
+## The whole test suite: unit, actor, property (fuzz) and end-to-end tests on SQLite and
+## Postgres, the schema-driven API fuzz run, then the TypeScript SDK and the OpenAI-compatible
+## API (official `openai` client) against a real genrt.
 test: deps model
 	@# The crash test runs the real binary as a process; building it with the workspace's
 	@# features first means the test build reuses every artifact.
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --all-targets
+	bash scripts/schemathesis.sh
 	bash sdk-ts/scripts/test.sh
+
+## Only the schema-driven API fuzz run (needs target/release/genrt).
+fuzz-api: deps model
+	bash scripts/schemathesis.sh
 
 ## Only the SDK's checks and tests (needs the binaries of `cargo build --release --workspace --bins`).
 test-sdk: deps model
@@ -38,6 +44,12 @@ build:
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
 bench: deps model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
+
+## The 10-minute soak (not part of `make test`): the real binary under mixed load from two
+## tenants; writes the soak section of benchmarks/RESULTS.md.
+soak: deps model
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p genrt-benchmarks --bin genrt-soak -- --duration-s 600
 
 fmt:
 	$(CARGO) fmt --all

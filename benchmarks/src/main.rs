@@ -508,6 +508,14 @@ fn write_results(
         );
     }
     let _ = writeln!(md, "\n![ratios](results.svg)\n\n## Details\n\n{notes}");
+    // The soak section is written by `genrt-soak`, on its own schedule: keep it.
+    let old = std::fs::read_to_string(out.join("RESULTS.md")).unwrap_or_default();
+    if let (Some(b), Some(e)) = (
+        old.find("<!-- soak:begin -->"),
+        old.find("<!-- soak:end -->"),
+    ) {
+        let _ = writeln!(md, "\n{}", &old[b..e + "<!-- soak:end -->".len()]);
+    }
     std::fs::write(out.join("RESULTS.md"), md)?;
     plot::ratios(
         &out.join("results.svg"),

@@ -5,6 +5,7 @@
 //! types into these domain types by hand, and the actors execute them.
 
 mod error;
+mod evaluation;
 mod ids;
 mod params;
 mod prepared;
@@ -12,6 +13,10 @@ mod routing;
 mod spec;
 
 pub use error::{InputError, SpecError};
+pub use evaluation::{
+    corpus_bleu, rouge_l, sentence_bleu, tokenize, validate_cases, EvaluationCase,
+    MAX_EVALUATION_CASES,
+};
 pub use ids::{FunctionName, ModelId, TenantId};
 pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use prepared::{ChatRole, ChatTurn, Conversation, PreparedFunction, RenderedPrompt};

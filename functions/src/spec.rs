@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{GenerationParams, ModelId, PreparedFunction, Route, SpecError};
+use crate::{
+    evaluation::validate_cases, EvaluationCase, GenerationParams, ModelId, PreparedFunction, Route,
+    SpecError,
+};
 
 const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 const MAX_TIMEOUT_S: u32 = 3600;
@@ -74,6 +77,10 @@ pub struct FunctionSpec {
     /// Where results of asynchronous invocations are announced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookTarget>,
+    /// Inputs with reference outputs, to score versions before one is promoted. Skipped when
+    /// empty so that the digests of specs without one do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluation: Vec<EvaluationCase>,
 }
 
 /// A callback for results: events are POSTed to `url`, signed (Standard Webhooks). Whether a
@@ -218,6 +225,7 @@ impl FunctionSpec {
         if let Some(webhook) = &self.webhook {
             webhook.validate()?;
         }
+        validate_cases("evaluation", &self.evaluation)?;
         // Compiling is the only reliable syntax check for templates and schemas.
         PreparedFunction::new(self.clone()).map(|_| ())
     }
@@ -287,6 +295,21 @@ mod tests {
         let c = spec(json!({"model": "m", "prompt": "hello"}));
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn an_empty_evaluation_set_leaves_the_digest_alone() {
+        // Specs deployed before evaluation sets existed keep their digest, so redeploying them
+        // unchanged does not create a new version.
+        let before = spec(json!({"model": "m", "prompt": "hi"}));
+        let empty = spec(json!({"model": "m", "prompt": "hi", "evaluation": []}));
+        let with = spec(json!({"model": "m", "prompt": "hi",
+            "evaluation": [{"input": {}, "reference": "hello"}]}));
+        assert_eq!(before.digest(), empty.digest());
+        assert_ne!(before.digest(), with.digest());
+        assert!(!serde_json::to_string(&before)
+            .unwrap()
+            .contains("evaluation"));
     }
 
     #[test]

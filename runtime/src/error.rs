@@ -69,6 +69,7 @@ error_codes! {
     NotFound => ("not_found", NOT_FOUND, None),
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, None),
     FunctionNotFound => ("function_not_found", NOT_FOUND, None),
+    VersionNotFound => ("version_not_found", NOT_FOUND, None),
     InvocationNotFound => ("invocation_not_found", NOT_FOUND, None),
     InvalidSpec => ("invalid_spec", UNPROCESSABLE_ENTITY, None),
     InvalidInput => ("invalid_input", UNPROCESSABLE_ENTITY, None),

@@ -35,6 +35,7 @@ export const ERROR_CODES = [
   'not_found',
   'method_not_allowed',
   'function_not_found',
+  'version_not_found',
   'invocation_not_found',
   'invalid_spec',
   'invalid_input',

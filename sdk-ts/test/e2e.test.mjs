@@ -76,6 +76,25 @@ test('genrt-deploy exits non-zero with the server error', async () => {
   });
 });
 
+test('evaluate scores a version; a reference equal to the output scores 1', async () => {
+  const out = await genrt.invoke('say', { who: 'Grace' });
+  const exact = await genrt.functions.evaluate('say', {
+    version: 1,
+    cases: [{ input: { who: 'Grace' }, reference: out.output.text }],
+  });
+  assert.equal(exact.version, 1);
+  assert.equal(exact.failed, 0);
+  assert.equal(exact.cases[0].output, out.output.text);
+  assert.equal(exact.rouge_l, 1);
+  const other = await genrt.functions.evaluate('say', { cases: [{ input: { who: 'Linus' }, reference: 'Hello there, Linus!' }] });
+  assert.ok(other.rouge_l >= 0 && other.rouge_l <= 1 && other.bleu >= 0 && other.bleu <= 1);
+  await assert.rejects(genrt.functions.evaluate('say', { version: 42, cases: [] }), (err) => {
+    assert.ok(err instanceof NotFoundError);
+    assert.equal(err.code, 'version_not_found');
+    return true;
+  });
+});
+
 test('invoke returns text and usage', async () => {
   const res = await genrt.invoke('say', { who: 'Ada' });
   assert.equal(res.function, 'say');

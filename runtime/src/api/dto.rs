@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use genrt_actors::{InvocationOutcome, ModelPhase, ModelStatus};
 use genrt_functions::{
-    default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, GenerationParams,
-    ModelId, ModelTarget, OutputSpec, Route, SpecError, WebhookTarget,
+    default_idle_timeout_s, default_timeout_s, CachePolicy, EvaluationCase, FunctionSpec,
+    GenerationParams, ModelId, ModelTarget, OutputSpec, Route, SpecError, WebhookTarget,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -146,6 +146,37 @@ pub struct FunctionDefinition {
     /// Where asynchronous results are announced (signed per Standard Webhooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSpec>,
+    /// Inputs with reference outputs (at most 100), scored by
+    /// `POST /v1/functions/{name}/evaluate` to compare versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluation: Vec<EvaluationCaseSpec>,
+}
+
+/// One case of an evaluation set: an input and the output the function should produce.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationCaseSpec {
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub reference: String,
+}
+
+impl From<&EvaluationCaseSpec> for EvaluationCase {
+    fn from(c: &EvaluationCaseSpec) -> Self {
+        EvaluationCase {
+            input: c.input.clone(),
+            reference: c.reference.clone(),
+        }
+    }
+}
+
+impl From<&EvaluationCase> for EvaluationCaseSpec {
+    fn from(c: &EvaluationCase) -> Self {
+        EvaluationCaseSpec {
+            input: c.input.clone(),
+            reference: c.reference.clone(),
+        }
+    }
 }
 
 /// A callback for results of asynchronous invocations.
@@ -254,6 +285,7 @@ impl FunctionDefinition {
             timeout_s: self.timeout_s.unwrap_or_else(default_timeout_s),
             idle_timeout_s: self.idle_timeout_s.unwrap_or_else(default_idle_timeout_s),
             webhook: self.webhook.as_ref().map(WebhookTarget::from),
+            evaluation: self.evaluation.iter().map(EvaluationCase::from).collect(),
         })
     }
 
@@ -289,6 +321,11 @@ impl FunctionDefinition {
             timeout_s: Some(spec.timeout_s),
             idle_timeout_s: Some(spec.idle_timeout_s),
             webhook: spec.webhook.as_ref().map(WebhookSpec::from),
+            evaluation: spec
+                .evaluation
+                .iter()
+                .map(EvaluationCaseSpec::from)
+                .collect(),
         }
     }
 }
@@ -492,7 +529,7 @@ pub struct InvocationRecord {
     pub model: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
-    /// `sync`, `stream`, `async`, `batch` or `trigger`.
+    /// `sync`, `stream`, `async`, `batch`, `trigger` or `evaluate`.
     pub mode: String,
     /// Attempts made so far (async work is retried after retryable failures).
     pub attempts: u32,
@@ -651,6 +688,55 @@ pub struct PrewarmRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PrewarmResponse {
     pub accepted: usize,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// The version to score; default the latest.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub version: Option<u32>,
+    /// Cases to score instead of the evaluation set of the function's latest version (at
+    /// most 100).
+    #[serde(default)]
+    pub cases: Option<Vec<EvaluationCaseSpec>>,
+    /// Overrides of the version's generation parameters, for every case.
+    #[serde(default)]
+    pub params: Params,
+}
+
+/// The scores of one version on an evaluation set. Scores are in [0, 1] on lowercased word
+/// tokens; a case whose invocation failed scores 0 and carries its error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    pub function: String,
+    pub version: u32,
+    /// Mean ROUGE-L F-measure over the cases.
+    pub rouge_l: f64,
+    /// Corpus BLEU-4 (brevity penalty, exponential smoothing) over the cases.
+    pub bleu: f64,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub cases: Vec<CaseScore>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaseScore {
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub reference: String,
+    /// The generated text; absent when the invocation failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub rouge_l: f64,
+    /// Sentence BLEU of this case (effective order, so short texts can score).
+    pub bleu: f64,
+    /// The recorded invocation (mode `evaluate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocation_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorDetail>,
 }
 
 /// The `done` event of a streamed invocation.

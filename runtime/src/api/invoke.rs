@@ -34,6 +34,7 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
     request_body = InvokeRequest,
     responses(
         (status = 200, description = "The result, or with `stream` an event stream (text/event-stream) of `token` events `{\"text\"}` ending with `done` (StreamDone) or `error` (ErrorBody)", body = InvokeResponse),
+        (status = 202, description = "With `\"mode\": \"async\"` (or `Prefer: respond-async`): queued", body = AsyncAccepted),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "No such function for this tenant", body = ErrorBody),

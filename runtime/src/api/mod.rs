@@ -3,6 +3,7 @@
 
 mod batches;
 pub mod dto;
+mod evaluate;
 mod functions;
 mod health;
 mod invocations;
@@ -77,6 +78,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
             .route(
                 "/functions/{name}/prewarm",
                 web::post().to(functions::prewarm),
+            )
+            .route(
+                "/functions/{name}/evaluate",
+                web::post().to(evaluate::evaluate),
             )
             .service(
                 web::resource("/functions/{name}/batches")

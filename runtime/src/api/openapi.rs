@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, functions, health, invocations, invoke, keys, metrics, models, openai, tenants,
-    triggers, usage, webhooks,
+    batches, dto, evaluate, functions, health, invocations, invoke, keys, metrics, models, openai,
+    tenants, triggers, usage, webhooks,
 };
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
@@ -25,6 +25,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         functions::versions,
         functions::delete,
         functions::prewarm,
+        evaluate::evaluate,
         invoke::invoke,
         invocations::get,
         invocations::list,
@@ -81,6 +82,10 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         dto::ScalingInfo,
         dto::OutputFormat,
         dto::PrewarmRequest,
+        dto::EvaluateRequest,
+        dto::EvaluateResponse,
+        dto::CaseScore,
+        dto::EvaluationCaseSpec,
         dto::PrewarmResponse,
         dto::StreamDone,
         dto::Health,
@@ -137,7 +142,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         openai::OpenAiErrorBody,
         openai::OpenAiErrorDetail,
     )),
-    modifiers(&BearerAuth, &UniqueOperationIds),
+    modifiers(&BearerAuth, &UniqueOperationIds, &EdgeResponses),
     tags(
         (name = "functions", description = "Deploy and manage functions"),
         (name = "invoke", description = "Run functions"),
@@ -205,6 +210,71 @@ impl Modify for UniqueOperationIds {
     }
 }
 
+/// Answers the edge gives to any operation before its handler runs, added where a handler's
+/// annotation does not list them, so that the document names every status a client can get
+/// (the schemathesis run of `make test` fails on an undocumented one): a body that is not JSON
+/// (400), too large (413) or of another media type (415); a query string that does not parse
+/// (422); and, on authenticated operations, bad credentials (401), a missing scope or a
+/// disabled tenant (403) and the tenant's rate limit (429).
+struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let body = if path.starts_with("/openai/") {
+                "OpenAiErrorBody"
+            } else {
+                "ErrorBody"
+            };
+            for op in operations_mut(item) {
+                let mut edge: Vec<(&str, &str)> = Vec::new();
+                if op.request_body.is_some() {
+                    edge.extend([
+                        (
+                            "400",
+                            "The body is not valid JSON or not of the expected shape",
+                        ),
+                        ("413", "The body is too large"),
+                        ("415", "The body is not JSON"),
+                    ]);
+                }
+                let has_query =
+                    op.parameters.iter().flatten().any(|p| {
+                        matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+                    });
+                if has_query {
+                    edge.push(("422", "The query string does not parse"));
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    edge.extend([
+                        ("401", "Missing or invalid credentials"),
+                        ("403", "A scope is missing, or the tenant is disabled"),
+                        ("429", "The tenant's rate limit; see Retry-After"),
+                    ]);
+                }
+                for (status, description) in edge {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name(body)))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
+
 fn operations(item: &PathItem) -> impl Iterator<Item = &Operation> {
     [
         &item.get,
@@ -253,6 +323,7 @@ mod tests {
         ("get", "/v1/functions/{name}/versions"),
         ("post", "/v1/functions/{name}/invoke"),
         ("post", "/v1/functions/{name}/prewarm"),
+        ("post", "/v1/functions/{name}/evaluate"),
         ("post", "/v1/functions/{name}/batches"),
         ("post", "/v1/functions/{name}/triggers"),
         ("get", "/v1/functions/{name}/triggers"),
@@ -281,6 +352,31 @@ mod tests {
         ("post", "/openai/v1/completions"),
         ("post", "/openai/v1/embeddings"),
     ];
+
+    #[test]
+    fn edge_answers_are_documented_where_they_can_happen() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} is documented"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let deploy = statuses("/v1/functions", "post");
+        for status in ["400", "401", "403", "413", "415", "429"] {
+            assert!(
+                deploy.contains(&status.to_owned()),
+                "{status} in {deploy:?}"
+            );
+        }
+        assert!(statuses("/v1/invocations", "get").contains(&"422".to_owned()));
+        // Probes take no body, no query and no credentials.
+        assert_eq!(statuses("/healthz", "get"), ["200"]);
+        let chat = &doc["paths"]["/openai/v1/chat/completions"]["post"]["responses"]["415"];
+        assert!(chat.to_string().contains("OpenAiErrorBody"), "{chat}");
+    }
 
     #[test]
     fn operation_ids_are_unique() {

@@ -23,9 +23,14 @@ pub struct WebhookSecrets {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
-    /// Seconds the previous secret keeps signing beside the new one (default one day).
+    /// Seconds the previous secret keeps signing beside the new one (default one day, at most
+    /// 30 days).
+    #[schema(maximum = 2_592_000)]
     pub overlap_s: Option<u64>,
 }
+
+/// The longest `overlap_s`: 30 days.
+const MAX_OVERLAP_S: u64 = 30 * 86_400;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptInfo {
@@ -110,7 +115,8 @@ pub async fn secret(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
     responses(
         (status = 200, body = WebhookSecrets),
         (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+        (status = 403, body = ErrorBody),
+        (status = 422, description = "`overlap_s` is more than 30 days", body = ErrorBody)))]
 pub async fn rotate(
     state: web::Data<AppState>,
     caller: Caller,
@@ -118,6 +124,15 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WebhooksWrite)?;
     let overlap = body.and_then(|b| b.overlap_s).unwrap_or(24 * 3600);
+    // An overlap is meant to cover a receiver's switch, not to keep old secrets forever; the
+    // bound also keeps the expiry a representable date.
+    if overlap > MAX_OVERLAP_S {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("overlap_s must be at most {MAX_OVERLAP_S} (30 days)"),
+        )
+        .with_field("overlap_s"));
+    }
     let secrets = state
         .store
         .rotate_webhook_secret(

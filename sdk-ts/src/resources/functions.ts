@@ -1,5 +1,14 @@
 import type { APIClient, RequestOptions } from '../core.js';
-import type { DeployResponse, FunctionDefinition, FunctionDetail, FunctionSummary, Params, VersionInfo } from '../types.js';
+import type {
+  DeployResponse,
+  EvaluateRequest,
+  EvaluateResponse,
+  FunctionDefinition,
+  FunctionDetail,
+  FunctionSummary,
+  Params,
+  VersionInfo,
+} from '../types.js';
 
 const fn = (name: string) => `/v1/functions/${encodeURIComponent(name)}`;
 
@@ -36,5 +45,13 @@ export class Functions {
   /** Runs inputs in the background so that their results are cached ahead of demand. */
   prewarm(name: string, inputs: unknown[], params?: Params, options?: RequestOptions): Promise<{ accepted: number }> {
     return this.client.post(`${fn(name)}/prewarm`, { inputs, params }, options);
+  }
+
+  /**
+   * Scores a version (default the latest) with ROUGE-L and BLEU on `cases`, or on the latest
+   * version's evaluation set, so that versions can be compared before one is promoted.
+   */
+  evaluate(name: string, request: EvaluateRequest = {}, options?: RequestOptions): Promise<EvaluateResponse> {
+    return this.client.post(`${fn(name)}/evaluate`, request, options);
   }
 }

@@ -37,6 +37,7 @@ pub fn passthrough_spec(model: &ModelId, output: OutputSpec, timeout_s: u32) -> 
         // Pass-through actors are cheap to start again; they should not linger.
         idle_timeout_s: 60,
         webhook: None,
+        evaluation: Vec::new(),
     }
 }
 

@@ -1,0 +1,181 @@
+//! Model quality: scoring one version of a function on an evaluation set (ROUGE-L and BLEU
+//! against reference outputs), so that versions can be compared before one is promoted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use futures_util::stream::{self, StreamExt};
+use genrt_actors::{DeployedFunction, Invocation};
+use genrt_functions::{
+    corpus_bleu, rouge_l, sentence_bleu, validate_cases, EvaluationCase, GenerationParams,
+};
+
+use crate::api::dto::{CaseScore, EvaluateRequest, EvaluateResponse};
+use crate::api::functions::{function_name, function_not_found};
+use crate::api::invoke::{admit, Call};
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+use crate::tenancy::{Caller, Scope};
+
+/// Cases of one evaluation run at once: enough to keep a model's slots busy, few enough that
+/// an evaluation does not crowd out the tenant's interactive traffic.
+const CONCURRENCY: usize = 4;
+
+/// Score a version of a function: every case's input runs through that version (default the
+/// latest), and its output is compared with the case's reference. The cases are those given,
+/// or else the evaluation set of the latest version, so that versions are compared on the
+/// same cases. Each run is recorded as an invocation with mode `evaluate`.
+#[utoipa::path(post, path = "/v1/functions/{name}/evaluate", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body = EvaluateRequest,
+    responses(
+        (status = 200, description = "Per-case scores and their means", body = EvaluateResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No such function or version", body = ErrorBody),
+        (status = 422, description = "No cases, more than 100, or params out of range", body = ErrorBody),
+        (status = 429, description = "The tenant's concurrency or budget is used up", body = ErrorBody)))]
+pub async fn evaluate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: web::Json<EvaluateRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::FunctionsInvoke)?;
+    let name = function_name(&name)?;
+    let body = body.into_inner();
+    let latest = state
+        .store
+        .latest_version(&caller.tenant, &name)
+        .await?
+        .ok_or_else(|| function_not_found(name.as_str()))?;
+    let version = match body.version {
+        None => latest.clone(),
+        Some(n) if n == latest.version => latest.clone(),
+        Some(n) => state
+            .store
+            .version(&caller.tenant, &name, n)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::VersionNotFound,
+                    format!("function `{name}` has no version {n}"),
+                )
+                .with_field("version")
+            })?,
+    };
+    let cases: Vec<EvaluationCase> = match &body.cases {
+        Some(cases) => cases.iter().map(EvaluationCase::from).collect(),
+        None => latest.spec.evaluation.clone(),
+    };
+    if cases.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "no cases: give `cases`, or deploy the function with an `evaluation` set",
+        )
+        .with_field("cases"));
+    }
+    validate_cases("cases", &cases)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()).with_field(e.field))?;
+    let params: GenerationParams = body.params.into();
+    params
+        .validate_override()
+        .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
+    admit(&state, &caller, &version).await?;
+    // One of the tenant's concurrency places for the whole evaluation, like one invocation.
+    let _permit = state
+        .tenancy
+        .limits
+        .acquire(&caller.tenant, &caller.limits)?;
+
+    let function = Arc::new(DeployedFunction {
+        tenant: caller.tenant.clone(),
+        name: name.clone(),
+        version: version.version,
+        spec: version.spec.clone(),
+    });
+    let state = &state;
+    let scored: Vec<CaseScore> = stream::iter(cases)
+        .map(|case| {
+            let (function, params) = (Arc::clone(&function), params.clone());
+            async move {
+                let mut call = Call::new(
+                    &function.tenant,
+                    &function.name,
+                    function.version,
+                    &case.input,
+                );
+                call.mode = "evaluate";
+                let invocation = Invocation {
+                    id: call.id,
+                    function,
+                    input: case.input.clone(),
+                    params,
+                    received_at: Instant::now(),
+                    background: false,
+                    stream: None,
+                    fault: None,
+                    conversation: None,
+                };
+                let result = state.tree.invoke(invocation).await;
+                score(case, call.complete(state, result).await)
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+
+    let succeeded = scored.iter().filter(|c| c.output.is_some()).count();
+    let response = EvaluateResponse {
+        function: name.to_string(),
+        version: version.version,
+        rouge_l: scored.iter().map(|c| c.rouge_l).sum::<f64>() / scored.len() as f64,
+        bleu: corpus_bleu(
+            scored
+                .iter()
+                .map(|c| (c.output.as_deref().unwrap_or(""), c.reference.as_str())),
+        ),
+        succeeded,
+        failed: scored.len() - succeeded,
+        cases: scored,
+    };
+    tracing::info!(tenant = %caller.tenant, function = %name, version = response.version,
+        rouge_l = response.rouge_l, bleu = response.bleu, failed = response.failed, "evaluated");
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// A failed invocation scores 0: a version that cannot answer a case is worse on it.
+fn score(
+    case: EvaluationCase,
+    result: Result<crate::api::dto::InvokeResponse, ApiError>,
+) -> CaseScore {
+    match result {
+        Ok(response) => {
+            let text = response.output.text;
+            CaseScore {
+                rouge_l: rouge_l(&text, &case.reference),
+                bleu: sentence_bleu(&text, &case.reference),
+                input: case.input,
+                reference: case.reference,
+                output: Some(text),
+                invocation_id: Some(response.invocation_id),
+                error: None,
+            }
+        }
+        Err(err) => CaseScore {
+            input: case.input,
+            reference: case.reference,
+            output: None,
+            rouge_l: 0.0,
+            bleu: 0.0,
+            invocation_id: None,
+            error: Some(ErrorDetail {
+                code: err.code.as_str().to_owned(),
+                message: err.message,
+                field: err.field,
+            }),
+        },
+    }
+}
