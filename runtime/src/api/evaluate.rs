@@ -102,6 +102,7 @@ pub async fn evaluate(
             let (function, params) = (Arc::clone(&function), params.clone());
             async move {
                 let mut call = Call::new(
+                    state,
                     &function.tenant,
                     &function.name,
                     function.version,

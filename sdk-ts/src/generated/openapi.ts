@@ -324,6 +324,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/functions/{name}/evaluate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Score a version of a function: every case's input runs through that version (default the
+         *     latest), and its output is compared with the case's reference. The cases are those given,
+         *     or else the evaluation set of the latest version, so that versions are compared on the
+         *     same cases. Each run is recorded as an invocation with mode `evaluate`.
+         */
+        post: operations["evaluate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/functions/{name}/invoke": {
         parameters: {
             query?: never;
@@ -697,6 +719,25 @@ export interface components {
             /** Format: int64 */
             ttl_s?: number | null;
         };
+        CaseScore: {
+            /**
+             * Format: double
+             * @description Sentence BLEU of this case (effective order, so short texts can score).
+             */
+            bleu: number;
+            error?: null | components["schemas"]["ErrorDetail"];
+            input: Record<string, unknown>;
+            /**
+             * Format: uuid
+             * @description The recorded invocation (mode `evaluate`).
+             */
+            invocation_id?: string | null;
+            /** @description The generated text; absent when the invocation failed. */
+            output?: string | null;
+            reference: string;
+            /** Format: double */
+            rouge_l: number;
+        };
         ChatChoice: {
             /** @description `stop` or `length`. */
             finish_reason: string;
@@ -940,15 +981,61 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
             message: string;
         };
+        EvaluateRequest: {
+            /**
+             * @description Cases to score instead of the evaluation set of the function's latest version (at
+             *     most 100).
+             */
+            cases?: components["schemas"]["EvaluationCaseSpec"][] | null;
+            /** @description Overrides of the version's generation parameters, for every case. */
+            params?: components["schemas"]["Params"];
+            /**
+             * Format: int32
+             * @description The version to score; default the latest.
+             */
+            version?: number | null;
+        };
+        /**
+         * @description The scores of one version on an evaluation set. Scores are in [0, 1] on lowercased word
+         *     tokens; a case whose invocation failed scores 0 and carries its error.
+         */
+        EvaluateResponse: {
+            /**
+             * Format: double
+             * @description Corpus BLEU-4 (brevity penalty, exponential smoothing) over the cases.
+             */
+            bleu: number;
+            cases: components["schemas"]["CaseScore"][];
+            failed: number;
+            function: string;
+            /**
+             * Format: double
+             * @description Mean ROUGE-L F-measure over the cases.
+             */
+            rouge_l: number;
+            succeeded: number;
+            /** Format: int32 */
+            version: number;
+        };
+        /** @description One case of an evaluation set: an input and the output the function should produce. */
+        EvaluationCaseSpec: {
+            input: Record<string, unknown>;
+            reference: string;
+        };
         /** @description A function definition: what `POST /v1/functions` takes and version listings return. */
         FunctionDefinition: {
             cache?: components["schemas"]["CacheSpec"];
+            /**
+             * @description Inputs with reference outputs (at most 100), scored by
+             *     `POST /v1/functions/{name}/evaluate` to compare versions.
+             */
+            evaluation?: components["schemas"]["EvaluationCaseSpec"][];
             /**
              * Format: int32
              * @description Seconds without invocations before the function's actor stops.
@@ -1022,7 +1109,7 @@ export interface components {
             input: Record<string, unknown>;
             /** Format: uuid */
             invocation_id: string;
-            /** @description `sync`, `stream`, `async`, `batch` or `trigger`. */
+            /** @description `sync`, `stream`, `async`, `batch`, `trigger` or `evaluate`. */
             mode: string;
             model?: string | null;
             output?: null | components["schemas"]["Output"];
@@ -1227,7 +1314,8 @@ export interface components {
         RotateSecret: {
             /**
              * Format: int64
-             * @description Seconds the previous secret keeps signing beside the new one (default one day).
+             * @description Seconds the previous secret keeps signing beside the new one (default one day, at most
+             *     30 days).
              */
             overlap_s?: number | null;
         };
@@ -1525,6 +1613,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The mapped input fails the function's checks */
             422: {
                 headers: {
@@ -1611,8 +1708,35 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
             /** @description Neither a registered model nor one of the caller's functions */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1676,7 +1800,34 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1740,7 +1891,34 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1784,6 +1962,24 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1855,6 +2051,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     admin_create: {
@@ -1876,6 +2081,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TenantInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -1904,7 +2118,34 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1957,6 +2198,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     update: {
@@ -1980,6 +2230,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TenantInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -2006,7 +2265,34 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2049,6 +2335,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     "api-keys_create": {
@@ -2073,6 +2368,15 @@ export interface operations {
                     "application/json": components["schemas"]["CreatedApiKey"];
                 };
             };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2090,7 +2394,34 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2142,6 +2473,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     batches_get: {
@@ -2180,6 +2520,15 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2233,6 +2582,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     functions_list: {
@@ -2253,6 +2611,24 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2310,7 +2686,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2320,6 +2714,15 @@ export interface operations {
             };
             /** @description Invalid definition */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2356,7 +2759,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2392,7 +2813,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2467,6 +2906,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No inputs, too many, or one fails the function's checks */
             422: {
                 headers: {
@@ -2476,6 +2924,102 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    evaluate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EvaluateRequest"];
+            };
+        };
+        responses: {
+            /** @description Per-case scores and their means */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluateResponse"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function or version */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No cases, more than 100, or params out of range */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's concurrency or budget is used up */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2510,6 +3054,15 @@ export interface operations {
                     "application/json": components["schemas"]["InvokeResponse"];
                 };
             };
+            /** @description With `"mode": "async"` (or `Prefer: respond-async`): queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AsyncAccepted"];
+                };
+            };
             /** @description Malformed JSON */
             400: {
                 headers: {
@@ -2520,6 +3073,15 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2544,8 +3106,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Input fails the schema or a template, or params are out of range */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2606,7 +3186,25 @@ export interface operations {
                     "application/json": components["schemas"]["PrewarmResponse"];
                 };
             };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2622,8 +3220,35 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Too many inputs, or the function's results are not cached */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2685,6 +3310,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     triggers_create: {
@@ -2708,6 +3342,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TriggerInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -2735,7 +3378,34 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2772,7 +3442,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2833,6 +3521,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     invocations_get: {
@@ -2874,6 +3571,15 @@ export interface operations {
             };
             /** @description No such invocation for this tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2938,6 +3644,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     models_list: {
@@ -2958,6 +3673,24 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2994,7 +3727,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3039,6 +3790,15 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3097,6 +3857,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     deliveries: {
@@ -3130,6 +3899,24 @@ export interface operations {
                 };
             };
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The query string does not parse */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3182,6 +3969,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     secret: {
@@ -3218,6 +4014,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     rotate: {
@@ -3241,6 +4046,15 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookSecrets"];
                 };
             };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3250,6 +4064,42 @@ export interface operations {
                 };
             };
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `overlap_s` is more than 30 days */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
