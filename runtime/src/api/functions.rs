@@ -68,17 +68,9 @@ pub async fn deploy(
     let name = FunctionName::parse(&definition.name)?;
     let spec = definition.to_spec()?;
     spec.validate(|m| state.tree.model(m).is_some())?;
-    if let Some(model) = spec
-        .models()
-        .into_iter()
-        .find(|m| !caller.limits.allows_model(m.as_str()))
-    {
-        return Err(ApiError::new(
-            ErrorCode::ModelNotAllowed,
-            format!("this tenant may not use model `{model}`"),
-        )
-        .with_field("model"));
-    }
+    caller
+        .require_models(spec.models().into_iter().map(|m| m.as_str()))
+        .map_err(|e| e.with_field("model"))?;
     if let Some(webhook) = &spec.webhook {
         state
             .check_callback_url(&webhook.url)

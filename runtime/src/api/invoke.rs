@@ -455,17 +455,7 @@ pub(crate) async fn admit(
     caller: &Caller,
     version: &StoredVersion,
 ) -> Result<(), ApiError> {
-    if let Some(model) = version
-        .spec
-        .models()
-        .into_iter()
-        .find(|m| !caller.limits.allows_model(m.as_str()))
-    {
-        return Err(ApiError::new(
-            ErrorCode::ModelNotAllowed,
-            format!("this tenant may not use model `{model}`"),
-        ));
-    }
+    caller.require_models(version.spec.models().into_iter().map(|m| m.as_str()))?;
     state
         .tenancy
         .check_budget(&caller.tenant, &caller.limits)

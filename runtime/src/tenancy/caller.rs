@@ -32,6 +32,20 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Refuses the first of `models` this tenant may not use (403 `model_not_allowed`).
+    pub fn require_models<'a>(
+        &self,
+        models: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ApiError> {
+        match models.into_iter().find(|m| !self.limits.allows_model(m)) {
+            None => Ok(()),
+            Some(model) => Err(ApiError::new(
+                ErrorCode::ModelNotAllowed,
+                format!("this tenant may not use model `{model}`"),
+            )),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         self.scopes.require(scope)
     }

@@ -295,14 +295,9 @@ pub async fn embeddings(
             .with_field("model"),
         ));
     }
-    if !caller.limits.allows_model(id.as_str()) {
-        return Err(ApiError::new(
-            ErrorCode::ModelNotAllowed,
-            format!("this tenant may not use model `{id}`"),
-        )
-        .with_field("model")
-        .into());
-    }
+    caller
+        .require_models([id.as_str()])
+        .map_err(|e| e.with_field("model"))?;
     let texts = plan::embedding_inputs(&body.input)?;
     // Checked before any work, so that a bad format costs nothing.
     plan::encode_embedding(&[], body.encoding_format.as_deref())?;
@@ -383,14 +378,9 @@ async fn resolve(
 ) -> Result<Target, OpenAiError> {
     let id = ModelId::new(model);
     if state.tree.model(&id).is_some() {
-        if !caller.limits.allows_model(model) {
-            return Err(ApiError::new(
-                ErrorCode::ModelNotAllowed,
-                format!("this tenant may not use model `{model}`"),
-            )
-            .with_field("model")
-            .into());
-        }
+        caller
+            .require_models([model])
+            .map_err(|e| e.with_field("model"))?;
         state
             .tenancy
             .check_budget(&caller.tenant, &caller.limits)
