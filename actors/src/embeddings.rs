@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::engine::{Backend, Embedding, EngineError};
+use crate::engine::{Backend, Embedding, EngineError, Placement};
 use crate::{InvokeError, ModelConfig};
 
 /// Requests that may wait for one model's embedding thread.
@@ -92,7 +92,10 @@ fn serve(config: ModelConfig, backend: Arc<dyn Backend>, rx: std::sync::mpsc::Re
         model: config.id.clone(),
         reason: e.to_string(),
     };
-    let weights = match backend.load(&config) {
+    // Where the model's own replicas run; a bad `main_gpu` already stopped the tree's start.
+    let placement =
+        Placement::decide(&config, &backend.devices()).unwrap_or_else(|_| Placement::cpu());
+    let weights = match backend.load(&config, &placement) {
         Ok(w) => w,
         Err(e) => return fail_all(&rx, unavailable(e)),
     };

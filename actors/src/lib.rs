@@ -27,9 +27,12 @@ mod types;
 mod tests;
 
 pub use cache::{CacheKey, CachedCompletion, ResponseCache};
-pub use engine::{llama_backend, stream_channel, Backend, Embedding, EngineError, LlamaCppBackend};
+pub use engine::{
+    llama_backend, load_backends, stream_channel, Backend, BackendsInfo, Device, DeviceKind,
+    Embedding, EngineError, LlamaCppBackend, Placement,
+};
 pub use error::InvokeError;
-pub use memory::{MemoryBudget, Reservation};
+pub use memory::{Budgets, Held, MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, TreeConfig};
 pub use types::{

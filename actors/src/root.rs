@@ -11,7 +11,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::dispatcher::{Dispatcher, DispatcherArgs};
 use crate::engine::Backend;
-use crate::memory::MemoryBudget;
+use crate::engine::Placement;
+use crate::memory::Budgets;
 use crate::model_pool::{ModelPool, PoolArgs};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
 use crate::tree::Directory;
@@ -30,7 +31,9 @@ pub(crate) struct RootArgs {
     pub cache: Arc<dyn ResponseCache>,
     pub directory: Arc<Directory>,
     pub policy: RestartPolicy,
-    pub budget: Arc<MemoryBudget>,
+    pub budgets: Budgets,
+    /// Where each model's layers go, decided once at start from the loaded devices.
+    pub placements: std::collections::BTreeMap<genrt_functions::ModelId, Placement>,
 }
 
 /// Which child an actor id belongs to.
@@ -153,7 +156,13 @@ impl Root {
             config: config.clone(),
             backend: Arc::clone(&self.args.backend),
             policy: self.args.policy,
-            budget: Arc::clone(&self.args.budget),
+            budgets: self.args.budgets.clone(),
+            placement: self
+                .args
+                .placements
+                .get(&config.id)
+                .cloned()
+                .unwrap_or_else(Placement::cpu),
         };
         let (pool, _) = Actor::spawn_linked(None, ModelPool, args, myself.get_cell()).await?;
         self.children

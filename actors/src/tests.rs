@@ -36,7 +36,11 @@ struct Harness {
 
 impl Harness {
     async fn start(models: Vec<ModelConfig>) -> Self {
-        let backend = Arc::new(FakeBackend::default());
+        Self::start_on(models, FakeBackend::default()).await
+    }
+
+    async fn start_on(models: Vec<ModelConfig>, backend: FakeBackend) -> Self {
+        let backend = Arc::new(backend);
         let config = TreeConfig {
             models,
             restart_policy: RestartPolicy {
@@ -44,6 +48,7 @@ impl Harness {
                 ..RestartPolicy::default()
             },
             memory_budget_bytes: u64::MAX / 2,
+            gpu_memory_margin_bytes: 64 << 20,
         };
         let tree = ActorTree::start(config, backend.clone(), Arc::new(MapCache::default()))
             .await
@@ -326,4 +331,120 @@ async fn work_whose_caller_left_is_dropped_not_finished() {
     assert!(!again.cache_hit, "the abandoned job ran to its end");
     assert_eq!(again.text, "echo: Hello nobody");
     h.stop().await;
+}
+
+/// A model file of `bytes` (sparse: nothing is written), for the memory budget to size.
+fn sized_model(id: &str, dir: &std::path::Path, bytes: u64) -> ModelConfig {
+    let path = dir.join(format!("{id}.gguf"));
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    let mut m = ModelConfig::new(id, path);
+    m.idle_timeout_s = 60;
+    m
+}
+
+fn fake_gpu_backend(free: u64) -> FakeBackend {
+    let backend = FakeBackend {
+        gpus: 1,
+        ..FakeBackend::default()
+    };
+    backend.gpu_free.store(free, Ordering::SeqCst);
+    backend
+}
+
+#[tokio::test]
+async fn layers_go_to_the_gpu_by_default_and_its_free_memory_is_checked_first() {
+    const GIB: u64 = 1 << 30;
+    let dir = std::env::temp_dir().join(format!("genrt-gpu-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let on_gpu = sized_model("big", &dir, 2 * GIB);
+    let mut on_cpu = sized_model("pinned", &dir, 2 * GIB);
+    on_cpu.n_gpu_layers = Some(0);
+    // 1 GiB free on the card: the 2 GiB model cannot go there; the pinned one never asks.
+    let h = Harness::start_on(vec![on_gpu, on_cpu], fake_gpu_backend(GIB)).await;
+    let big = function(json!({"model": "big", "prompt": "{{ x }}"}));
+    let err = h
+        .tree
+        .invoke(invocation(&big, json!({"x": "a"})))
+        .await
+        .unwrap_err();
+    let InvokeError::InsufficientMemory(reason) = &err else {
+        panic!("expected insufficient memory, got {err:?}");
+    };
+    assert!(
+        reason.contains("needs 2048 MiB on FAKE0 (fake GPU) but the device has 1024 MiB free"),
+        "{reason}"
+    );
+    assert!(
+        h.backend.placements.lock().unwrap().is_empty(),
+        "nothing may load"
+    );
+    let pinned = function(json!({"model": "pinned", "prompt": "{{ x }}"}));
+    let ok = h
+        .tree
+        .invoke(invocation(&pinned, json!({"x": "b"})))
+        .await
+        .unwrap();
+    assert_eq!(ok.text, "echo: b");
+    let status = h.tree.models().await;
+    let pinned_status = status.iter().find(|m| m.id.as_str() == "pinned").unwrap();
+    assert_eq!(pinned_status.device, "CPU");
+    assert_eq!(pinned_status.gpu_layers, Some(0));
+    assert_eq!(pinned_status.gpu_memory_bytes, 0);
+    assert!(pinned_status.memory_bytes >= 2 * GIB);
+    h.stop().await;
+
+    // With room on the card, every layer and the KV cache go there; the host holds nothing.
+    let h = Harness::start_on(
+        vec![sized_model("big", &dir, 2 * GIB)],
+        fake_gpu_backend(8 * GIB),
+    )
+    .await;
+    let ok = h
+        .tree
+        .invoke(invocation(&big, json!({"x": "c"})))
+        .await
+        .unwrap();
+    assert_eq!(ok.text, "echo: c");
+    let placement = h.backend.placements.lock().unwrap()[0].clone();
+    assert_eq!(placement.n_gpu_layers, u32::MAX);
+    assert_eq!(placement.gpu.as_ref().unwrap().ordinal, 0);
+    let status = h.tree.models().await.remove(0);
+    assert_eq!(status.device, "FAKE0 (fake GPU)");
+    assert_eq!(
+        status.gpu_layers,
+        Some(crate::engine::fake::FAKE_LAYERS + 1)
+    );
+    assert_eq!(status.memory_bytes, 0);
+    assert!(
+        status.gpu_memory_bytes > 2 * GIB,
+        "{}",
+        status.gpu_memory_bytes
+    );
+    h.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_main_gpu_that_is_not_there_stops_the_start() {
+    let mut m = model("m", 60);
+    m.main_gpu = 1;
+    let backend = Arc::new(fake_gpu_backend(1 << 30));
+    let config = TreeConfig {
+        models: vec![m],
+        restart_policy: RestartPolicy::default(),
+        memory_budget_bytes: u64::MAX / 2,
+        gpu_memory_margin_bytes: 0,
+    };
+    let err = ActorTree::start(config, backend, Arc::new(MapCache::default()))
+        .await
+        .err()
+        .expect("start must fail");
+    assert!(
+        err.to_string()
+            .contains("main_gpu is 1 but only 1 GPU is present (FAKE0)"),
+        "{err}"
+    );
 }

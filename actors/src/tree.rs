@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 
 use crate::dispatcher::DispatcherMsg;
 use crate::embeddings::EmbeddingService;
-use crate::engine::{Backend, Embedding};
-use crate::memory::MemoryBudget;
+use crate::engine::{devices, Backend, Device, Embedding, Placement};
+use crate::memory::{Budgets, MemoryBudget};
 use crate::model_pool::PoolMsg;
 use crate::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::supervision::RestartPolicy;
@@ -70,8 +70,11 @@ impl Directory {
 pub struct TreeConfig {
     pub models: Vec<ModelConfig>,
     pub restart_policy: RestartPolicy,
-    /// Bytes of weights and KV caches all models together may hold.
+    /// Bytes of weights and KV caches all models together may hold in host memory.
     pub memory_budget_bytes: u64,
+    /// Bytes each GPU keeps free beyond the weights and KV caches placed on it, for llama.cpp's
+    /// compute buffers and whatever else shares the card.
+    pub gpu_memory_margin_bytes: u64,
 }
 
 pub struct ActorTree {
@@ -81,6 +84,7 @@ pub struct ActorTree {
     models: Vec<ModelConfig>,
     /// One per model configured with `embeddings = true`.
     embeddings: BTreeMap<ModelId, EmbeddingService>,
+    backend: Arc<dyn Backend>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,29 @@ impl ActorTree {
         cache: Arc<dyn ResponseCache>,
     ) -> Result<Self, StartError> {
         let directory = Arc::new(Directory::default());
+        let devices = backend.devices();
+        let mut placements = BTreeMap::new();
+        for model in &config.models {
+            let placement = Placement::decide(model, &devices).map_err(StartError)?;
+            tracing::info!(model = %model.id, device = %placement.label(), "model placement");
+            placements.insert(model.id.clone(), placement);
+        }
+        let gpus = devices::gpus(&devices)
+            .into_iter()
+            .map(|gpu| {
+                let (probe_backend, index) = (Arc::clone(&backend), gpu.index);
+                let limit = match gpu.memory_total_bytes {
+                    0 => u64::MAX,
+                    total => total.saturating_sub(config.gpu_memory_margin_bytes),
+                };
+                MemoryBudget::device(
+                    format!("{} ({})", gpu.name, gpu.description),
+                    limit,
+                    Box::new(move || probe_backend.free_memory(index)),
+                    config.gpu_memory_margin_bytes,
+                )
+            })
+            .collect();
         let embeddings = config
             .models
             .iter()
@@ -109,8 +136,13 @@ impl ActorTree {
             cache,
             directory: Arc::clone(&directory),
             policy: config.restart_policy,
-            budget: MemoryBudget::new(config.memory_budget_bytes),
+            budgets: Budgets {
+                host: MemoryBudget::new(config.memory_budget_bytes),
+                gpus,
+            },
+            placements,
         };
+        let tree_backend = Arc::clone(&args.backend);
         let (root, join) = Actor::spawn(None, RootSupervisor, args)
             .await
             .map_err(|e| StartError(e.to_string()))?;
@@ -120,7 +152,13 @@ impl ActorTree {
             directory,
             models: config.models,
             embeddings,
+            backend: tree_backend,
         })
+    }
+
+    /// The devices of the loaded llama.cpp backends, with their memory as of now.
+    pub fn devices(&self) -> Vec<Device> {
+        self.backend.devices()
     }
 
     /// Embeds `texts` with `model`, which must be configured with `embeddings = true`.
@@ -202,6 +240,9 @@ impl ActorTree {
                 loads: 0,
                 last_load_ms: None,
                 memory_bytes: 0,
+                gpu_memory_bytes: 0,
+                device: String::new(),
+                gpu_layers: None,
                 last_scaling: None,
             }));
         }

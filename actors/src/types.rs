@@ -180,9 +180,15 @@ pub struct ModelConfig {
     /// bound.
     #[serde(default)]
     pub tenant_queue_capacity: usize,
-    /// Layers offloaded to a GPU when a GPU backend is present.
+    /// Layers offloaded to the GPU. Unset: all of them when a GPU backend is loaded, none
+    /// otherwise; 0 keeps the model on the CPU; a number above the model's layer count means
+    /// all. See `engine::devices`.
     #[serde(default)]
-    pub n_gpu_layers: u32,
+    pub n_gpu_layers: Option<u32>,
+    /// Which GPU, counting the GPUs of the loaded backends from 0 (llama.cpp's `main_gpu`):
+    /// the weights, KV cache and compute buffers all go to that one.
+    #[serde(default)]
+    pub main_gpu: u32,
     /// Also serve embeddings (mean-pooled, L2-normalised hidden states) from this model, on a
     /// context of their own; see `embeddings.rs`.
     #[serde(default)]
@@ -231,7 +237,8 @@ impl ModelConfig {
             idle_timeout_s: default_model_idle_s(),
             queue_capacity: default_queue_capacity(),
             tenant_queue_capacity: 0,
-            n_gpu_layers: 0,
+            n_gpu_layers: None,
+            main_gpu: 0,
             embeddings: false,
         }
     }
@@ -313,7 +320,13 @@ pub struct ModelStatus {
     pub replica_restarts: u64,
     pub loads: u64,
     pub last_load_ms: Option<f64>,
-    /// Weights and KV caches held against the memory budget.
+    /// Weights and KV caches held against the host memory budget.
     pub memory_bytes: u64,
+    /// Weights and KV caches held against the GPU's budget.
+    pub gpu_memory_bytes: u64,
+    /// Where the layers run: `CPU`, or the GPU, e.g. `CUDA0 (NVIDIA H200)`.
+    pub device: String,
+    /// Layers offloaded to the GPU; `None` until the model's file has been read once.
+    pub gpu_layers: Option<u32>,
     pub last_scaling: Option<ScalingEvent>,
 }

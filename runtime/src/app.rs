@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
-use genrt_actors::{ActorTree, LlamaCppBackend, TreeConfig};
+use genrt_actors::{load_backends, ActorTree, BackendsInfo, LlamaCppBackend, TreeConfig};
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::MokaResponseCache;
@@ -42,6 +42,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// This node's metrics (`GET /metrics`, and OTLP when configured).
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The llama.cpp backend modules loaded at start.
+    pub backends: BackendsInfo,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
     deliveries: tokio::sync::Notify,
     /// The latest version of recently invoked functions, so that the hot path reads no
@@ -158,12 +160,15 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         Duration::from_secs(config.cache.default_ttl_s),
         Arc::clone(&metrics),
     ));
+    // Before anything else touches llama.cpp: the backend modules decide which devices exist.
+    let backends = load_backends(config.engine.backends_dir.as_deref())?;
     let backend = Arc::new(LlamaCppBackend::new()?);
     let tree = ActorTree::start(
         TreeConfig {
             models: config.models.clone(),
             restart_policy: config.restart_policy(),
             memory_budget_bytes: config.memory_budget_bytes(),
+            gpu_memory_margin_bytes: config.engine.gpu_memory_margin_mb * 1024 * 1024,
         },
         backend,
         cache.clone(),
@@ -184,6 +189,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer
         prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
         records,
         metrics,
+        backends,
         tenancy: Tenancy::new(store.clone(), config.tenancy.clone()),
         queue: JobQueue::new(config.node_id(), config.queue.clone()),
         deliveries: tokio::sync::Notify::new(),

@@ -131,12 +131,28 @@ impl Default for QueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// MiB that all models' weights and KV caches may hold together; a load or a replica that
-    /// would exceed it is refused. 0 means 80% of the machine's memory.
+    /// MiB of host memory that all models' weights and KV caches may hold together; a load or
+    /// a replica that would exceed it is refused. 0 means 80% of the machine's memory.
     pub memory_budget_mb: u64,
+    /// The folder of llama.cpp's backend modules (`libggml-cpu-*.so`, `libggml-cuda.so`).
+    /// Unset: the `genrt` binary's own folder when it holds any, else the build's folder.
+    pub backends_dir: Option<PathBuf>,
+    /// MiB each GPU keeps free beyond the weights and KV caches placed on it: llama.cpp's
+    /// compute buffers are allocated on top of those, and other processes may share the card.
+    pub gpu_memory_margin_mb: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_budget_mb: 0,
+            backends_dir: None,
+            gpu_memory_margin_mb: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -452,6 +468,14 @@ impl Config {
         }
         if let Err(err) = self.webhooks.validate() {
             return invalid(err.to_string());
+        }
+        if let Some(dir) = &self.engine.backends_dir {
+            if !dir.is_dir() {
+                return invalid(format!(
+                    "engine.backends_dir {} is not a folder",
+                    dir.display()
+                ));
+            }
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024".into());

@@ -5,12 +5,13 @@
 //! read the order in which engines started prompts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
 
+use super::devices::{Device, DeviceKind, Placement};
 use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, Tokenized, Weights};
 use crate::ModelConfig;
 
@@ -25,13 +26,26 @@ pub(crate) struct FakeBackend {
     pub(crate) load_gate: LoadGate,
     /// The user text of every prompt an engine of this backend started, in order.
     pub(crate) started: Arc<Mutex<Vec<String>>>,
+    /// GPUs this backend pretends to have, all with `gpu_free` bytes free.
+    pub(crate) gpus: u32,
+    pub(crate) gpu_free: AtomicU64,
+    /// The placement of every load, in order.
+    pub(crate) placements: Mutex<Vec<Placement>>,
 }
 
+/// Every fake model has this many repeating layers.
+pub(crate) const FAKE_LAYERS: u32 = 29;
+
 impl Backend for FakeBackend {
-    fn load(&self, model: &ModelConfig) -> Result<Arc<dyn Weights>, EngineError> {
+    fn load(
+        &self,
+        model: &ModelConfig,
+        placement: &Placement,
+    ) -> Result<Arc<dyn Weights>, EngineError> {
         if model.path.to_string_lossy().contains("missing") {
             return Err(EngineError::Load("no such file".into()));
         }
+        self.placements.lock().unwrap().push(placement.clone());
         self.load_gate.pass();
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.live_weights.fetch_add(1, Ordering::SeqCst);
@@ -39,6 +53,34 @@ impl Backend for FakeBackend {
             live: Arc::clone(&self.live_weights),
             started: Arc::clone(&self.started),
         }))
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        let free = self.gpu_free.load(Ordering::SeqCst);
+        let mut devices: Vec<Device> = (0..self.gpus as usize)
+            .map(|i| Device {
+                index: i,
+                name: format!("FAKE{i}"),
+                description: "fake GPU".into(),
+                backend: "FAKE".into(),
+                kind: DeviceKind::Gpu,
+                memory_total_bytes: 1 << 50,
+                memory_free_bytes: free,
+            })
+            .collect();
+        devices.push(Device {
+            index: self.gpus as usize,
+            ..Device::host_cpu()
+        });
+        devices
+    }
+
+    fn free_memory(&self, index: usize) -> Option<u64> {
+        (index < self.gpus as usize).then(|| self.gpu_free.load(Ordering::SeqCst))
+    }
+
+    fn layer_count(&self, _model: &ModelConfig) -> Result<u32, EngineError> {
+        Ok(FAKE_LAYERS)
     }
 }
 

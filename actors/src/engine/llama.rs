@@ -3,7 +3,9 @@
 //! a unified KV cache shared by its slots and its cached prompt prefixes.
 
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use genrt_functions::{ChatTurn, OutputSpec, RenderedPrompt, SamplingParams};
@@ -11,13 +13,14 @@ use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
+use super::devices::{Device, DeviceKind, Placement};
 use super::scheduler::PREFIX_ENTRIES;
 use super::{
     Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, Tokenized,
@@ -29,13 +32,92 @@ const N_BATCH: u32 = 512;
 /// Recent tokens the repetition penalty looks at.
 const PENALTY_LAST_N: i32 = 64;
 
+/// What [`load_backends`] loaded: from which folder, and which backends registered.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackendsInfo {
+    pub dir: PathBuf,
+    /// Registered backend names, e.g. `["CUDA", "CPU"]`.
+    pub backends: Vec<String>,
+}
+
+/// Loads llama.cpp's backend modules (`libggml-cpu-*.so`, `libggml-cuda.so`, ...), once per
+/// process, before anything else calls llama.cpp. The folder is `dir` when given; otherwise
+/// the executable's own folder when it holds backend modules (a deployed binary ships them
+/// beside itself, and `scripts/build-cuda-backend.sh` puts the CUDA one there); otherwise the
+/// folder the build left them in (`cargo run`, `cargo test`). Of the CPU variants, llama.cpp
+/// picks the best the processor supports. The first call decides; later calls return its
+/// result whatever `dir` they pass.
+pub fn load_backends(dir: Option<&Path>) -> Result<BackendsInfo, EngineError> {
+    static LOADED: OnceLock<Result<BackendsInfo, String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            send_logs_to_tracing(LogOptions::default());
+            let dir = match dir {
+                Some(dir) => dir.to_path_buf(),
+                None => default_backends_dir().ok_or_else(|| {
+                    "no folder of llama.cpp backend modules: set engine.backends_dir".to_string()
+                })?,
+            };
+            if !dir.is_dir() {
+                return Err(format!("backends folder {} does not exist", dir.display()));
+            }
+            llama_cpp_2::llama_backend::load_backends_from_path(&dir);
+            let backends = registered_backends();
+            tracing::info!(dir = %dir.display(), ?backends, "llama.cpp backends loaded");
+            if !backends.iter().any(|b| b == "CPU") {
+                return Err(format!(
+                    "no CPU backend could be loaded from {}: it must hold a libggml-cpu-*.so this processor can run",
+                    dir.display()
+                ));
+            }
+            Ok(BackendsInfo { dir, backends })
+        })
+        .clone()
+        .map_err(EngineError::Load)
+}
+
+fn is_backend_module(name: &str) -> bool {
+    name.starts_with("libggml-") && name.ends_with(".so") && name != "libggml-base.so"
+}
+
+fn default_backends_dir() -> Option<PathBuf> {
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .filter(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| is_backend_module(&e.file_name().to_string_lossy()))
+            })
+        });
+    beside_exe.or_else(|| llama_cpp_sys_2::BACKENDS_DIR.map(PathBuf::from))
+}
+
+fn registered_backends() -> Vec<String> {
+    (0..unsafe { llama_cpp_sys_2::ggml_backend_reg_count() })
+        .map(|i| {
+            let reg = unsafe { llama_cpp_sys_2::ggml_backend_reg_get(i) };
+            let name = unsafe { llama_cpp_sys_2::ggml_backend_reg_name(reg) };
+            if name.is_null() {
+                String::new()
+            } else {
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        })
+        .collect()
+}
+
 /// llama.cpp may be initialised once per process; every backend value shares it, and so must
-/// anything else in the process that calls llama.cpp directly (the benchmarks do).
+/// anything else in the process that calls llama.cpp directly (the benchmarks do). Loads the
+/// backend modules from the default folder if [`load_backends`] was not called first.
 pub fn llama_backend() -> Result<Arc<LlamaBackend>, EngineError> {
     static BACKEND: OnceLock<Result<Arc<LlamaBackend>, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            send_logs_to_tracing(LogOptions::default());
+            load_backends(None).map_err(|e| e.to_string())?;
             LlamaBackend::init()
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
@@ -58,14 +140,25 @@ impl LlamaCppBackend {
 }
 
 impl Backend for LlamaCppBackend {
-    fn load(&self, model: &ModelConfig) -> Result<Arc<dyn Weights>, EngineError> {
+    fn load(
+        &self,
+        model: &ModelConfig,
+        placement: &Placement,
+    ) -> Result<Arc<dyn Weights>, EngineError> {
         if !model.path.is_file() {
             return Err(EngineError::Load(format!(
                 "model file {} does not exist",
                 model.path.display()
             )));
         }
-        let params = LlamaModelParams::default().with_n_gpu_layers(model.n_gpu_layers);
+        let mut params = LlamaModelParams::default().with_n_gpu_layers(placement.n_gpu_layers);
+        if let Some(gpu) = &placement.gpu {
+            // One GPU per model: weights, KV cache and compute buffers together on `main_gpu`
+            // (a replica never splits across cards, so its memory is budgeted on one).
+            params = params
+                .with_split_mode(LlamaSplitMode::None)
+                .with_main_gpu(gpu.ordinal as i32);
+        }
         let loaded = LlamaModel::load_from_file(&self.backend, &model.path, &params)
             .map_err(|e| EngineError::Load(format!("{}: {e}", model.path.display())))?;
         // Models without an embedded chat template get a plain layout; see `format`.
@@ -79,6 +172,86 @@ impl Backend for LlamaCppBackend {
             model: loaded,
         }))
     }
+
+    fn devices(&self) -> Vec<Device> {
+        llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .map(|d| Device {
+                index: d.index,
+                name: d.name,
+                description: d.description,
+                backend: d.backend,
+                kind: match d.device_type {
+                    llama_cpp_2::LlamaBackendDeviceType::Gpu => DeviceKind::Gpu,
+                    llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu => DeviceKind::IntegratedGpu,
+                    llama_cpp_2::LlamaBackendDeviceType::Accelerator => DeviceKind::Accelerator,
+                    _ => DeviceKind::Cpu,
+                },
+                memory_total_bytes: d.memory_total as u64,
+                memory_free_bytes: d.memory_free as u64,
+            })
+            .collect()
+    }
+
+    fn free_memory(&self, index: usize) -> Option<u64> {
+        if index >= unsafe { llama_cpp_sys_2::ggml_backend_dev_count() } {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        unsafe {
+            let dev = llama_cpp_sys_2::ggml_backend_dev_get(index);
+            llama_cpp_sys_2::ggml_backend_dev_memory(dev, &raw mut free, &raw mut total);
+        }
+        (total > 0).then_some(free as u64)
+    }
+
+    fn layer_count(&self, model: &ModelConfig) -> Result<u32, EngineError> {
+        gguf_block_count(&model.path)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", model.path.display())))
+    }
+}
+
+/// `<architecture>.block_count` from a GGUF file's header, read without the tensor data.
+fn gguf_block_count(path: &Path) -> Result<u32, String> {
+    let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    let params = llama_cpp_sys_2::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    let ctx = unsafe { llama_cpp_sys_2::gguf_init_from_file(name.as_ptr(), params) };
+    if ctx.is_null() {
+        return Err("not a readable GGUF file".into());
+    }
+    let read = || -> Result<u32, String> {
+        let arch = gguf_str(ctx, "general.architecture")?;
+        let key = CString::new(format!("{arch}.block_count")).expect("no NUL");
+        let id = unsafe { llama_cpp_sys_2::gguf_find_key(ctx, key.as_ptr()) };
+        if id < 0
+            || unsafe { llama_cpp_sys_2::gguf_get_kv_type(ctx, id) }
+                != llama_cpp_sys_2::GGUF_TYPE_UINT32
+        {
+            return Err(format!("no {arch}.block_count"));
+        }
+        Ok(unsafe { llama_cpp_sys_2::gguf_get_val_u32(ctx, id) })
+    };
+    let result = read();
+    unsafe { llama_cpp_sys_2::gguf_free(ctx) };
+    result
+}
+
+fn gguf_str(ctx: *mut llama_cpp_sys_2::gguf_context, key: &str) -> Result<String, String> {
+    let ckey = CString::new(key).expect("no NUL");
+    let id = unsafe { llama_cpp_sys_2::gguf_find_key(ctx, ckey.as_ptr()) };
+    if id < 0
+        || unsafe { llama_cpp_sys_2::gguf_get_kv_type(ctx, id) }
+            != llama_cpp_sys_2::GGUF_TYPE_STRING
+    {
+        return Err(format!("no {key}"));
+    }
+    let value = unsafe { llama_cpp_sys_2::gguf_get_val_str(ctx, id) };
+    Ok(unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned())
 }
 
 struct LlamaWeights {

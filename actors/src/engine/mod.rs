@@ -5,6 +5,7 @@
 //! Async code never touches a context: it sends an [`EngineJob`] and awaits the job's reply
 //! (and, when streaming, reads its token channel).
 
+pub mod devices;
 mod llama;
 pub(crate) mod scheduler;
 mod text;
@@ -21,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{Fault, FinishReason, ModelConfig};
 
-pub use llama::{llama_backend, LlamaCppBackend};
+pub use devices::{Device, DeviceKind, Placement};
+pub use llama::{llama_backend, load_backends, BackendsInfo, LlamaCppBackend};
 
 pub(crate) use thread::{EngineEvent, EngineThread};
 
@@ -62,7 +64,30 @@ pub enum EngineError {
 /// Loads a model's weights. One per process; the weights it returns are shared by the
 /// replicas of that model and freed when the last one drops them.
 pub trait Backend: Send + Sync + 'static {
-    fn load(&self, model: &ModelConfig) -> Result<Arc<dyn Weights>, EngineError>;
+    /// Loads `model`'s weights with its layers where `placement` says.
+    fn load(
+        &self,
+        model: &ModelConfig,
+        placement: &Placement,
+    ) -> Result<Arc<dyn Weights>, EngineError>;
+
+    /// The devices of the loaded backends, with their memory as of now.
+    fn devices(&self) -> Vec<Device> {
+        vec![Device::host_cpu()]
+    }
+
+    /// Free memory of device `index` (llama.cpp's device index) now, if it can say.
+    fn free_memory(&self, index: usize) -> Option<u64> {
+        let _ = index;
+        None
+    }
+
+    /// The model's repeating layers, read from the file without loading it, so that the
+    /// memory split between host and GPU is known before the load.
+    fn layer_count(&self, model: &ModelConfig) -> Result<u32, EngineError> {
+        let _ = model;
+        Ok(1)
+    }
 }
 
 /// Loaded weights.

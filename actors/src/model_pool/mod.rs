@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use messages::Loaded;
 pub(crate) use messages::PoolMsg;
 pub(crate) use state::ReplicaKey;
 use state::{Action, PoolState};
 
-use crate::engine::{Backend, EngineError, EngineJob, Weights};
-use crate::memory::{MemoryBudget, Reservation};
+use crate::engine::devices::split;
+use crate::engine::{Backend, EngineError, EngineJob, Placement, Weights};
+use crate::memory::{Budgets, Held};
 use crate::replica::{ModelReplica, ReplicaArgs, ReplicaMsg};
 use crate::supervision::{RestartDecision, RestartPolicy};
 use crate::ModelConfig;
@@ -32,21 +34,25 @@ pub(crate) struct PoolArgs {
     pub config: ModelConfig,
     pub backend: Arc<dyn Backend>,
     pub policy: RestartPolicy,
-    pub budget: Arc<MemoryBudget>,
+    pub budgets: Budgets,
+    pub placement: Placement,
 }
 
 struct LiveReplica {
     actor: ActorRef<ReplicaMsg>,
-    memory: Reservation,
+    memory: Held,
 }
 
 pub(crate) struct Pool {
     state: PoolState,
     backend: Arc<dyn Backend>,
-    budget: Arc<MemoryBudget>,
+    budgets: Budgets,
+    placement: Placement,
+    /// The model's repeating layers, known from the first load on.
+    n_layer: Option<u32>,
     /// The replicas' watchdog threshold (`RestartPolicy::engine_hang_timeout`).
     hang_timeout: Duration,
-    weights: Option<(Arc<dyn Weights>, Reservation)>,
+    weights: Option<(Arc<dyn Weights>, Held)>,
     replicas: HashMap<ReplicaKey, LiveReplica>,
     by_actor: HashMap<ActorId, ReplicaKey>,
 }
@@ -65,7 +71,9 @@ impl Actor for ModelPool {
         Ok(Pool {
             state: PoolState::new(args.config, args.policy, Instant::now()),
             backend: args.backend,
-            budget: args.budget,
+            budgets: args.budgets,
+            placement: args.placement,
+            n_layer: None,
             hang_timeout: args.policy.engine_hang_timeout,
             weights: None,
             replicas: HashMap::new(),
@@ -108,9 +116,12 @@ impl Actor for ModelPool {
                 let _ = reply.send(pool.status());
             }
             PoolMsg::SlotFreed(key) => pool.state.slot_freed(key, now),
-            PoolMsg::Loaded(Ok((weights, reservation)), took) => {
-                tracing::info!(model = %pool.state.config.id, load_ms = took.as_millis() as u64, "model loaded");
-                pool.weights = Some((weights, reservation));
+            PoolMsg::Loaded(Ok(loaded), took) => {
+                tracing::info!(model = %pool.state.config.id, load_ms = took.as_millis() as u64,
+                    device = %pool.placement.label(), gpu_layers = pool.placement.gpu_layers(loaded.n_layer),
+                    gpu_mib = loaded.memory.gpu_bytes() >> 20, "model loaded");
+                pool.n_layer = Some(loaded.n_layer);
+                pool.weights = Some((loaded.weights, loaded.memory));
                 pool.state.load_finished(took);
             }
             PoolMsg::Loaded(Err(err), _) => {
@@ -168,12 +179,15 @@ impl Actor for ModelPool {
 impl Pool {
     fn status(&self) -> crate::ModelStatus {
         let mut status = self.state.status();
-        status.memory_bytes = self.weights.as_ref().map_or(0, |(_, r)| r.bytes())
-            + self
-                .replicas
-                .values()
-                .map(|r| r.memory.bytes())
-                .sum::<u64>();
+        let held = self
+            .weights
+            .iter()
+            .map(|(_, held)| held)
+            .chain(self.replicas.values().map(|r| &r.memory));
+        (status.memory_bytes, status.gpu_memory_bytes) =
+            held.fold((0, 0), |(h, g), m| (h + m.host_bytes(), g + m.gpu_bytes()));
+        status.device = self.placement.label();
+        status.gpu_layers = self.n_layer.map(|n| self.placement.gpu_layers(n));
         status
     }
 
@@ -216,20 +230,15 @@ impl Pool {
     fn start_load(&mut self, myself: &ActorRef<PoolMsg>) {
         self.state.load_started(Instant::now());
         let backend = Arc::clone(&self.backend);
-        let budget = Arc::clone(&self.budget);
+        let budgets = self.budgets.clone();
+        let placement = self.placement.clone();
         let config = self.state.config.clone();
         let pool = myself.clone();
-        tracing::info!(model = %config.id, path = %config.path.display(), "loading model");
+        tracing::info!(model = %config.id, path = %config.path.display(), device = %placement.label(), "loading model");
         // Loading blocks for as long as the file takes to map: keep it off the actor's task.
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let size = std::fs::metadata(&config.path)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            let result = budget
-                .reserve(size, &format!("the weights of `{}`", config.id))
-                .map_err(EngineError::MemoryBudget)
-                .and_then(|reservation| backend.load(&config).map(|w| (w, reservation)));
+            let result = load(&*backend, &budgets, &placement, &config);
             let _ = pool.cast(PoolMsg::Loaded(result, started.elapsed()));
         });
     }
@@ -244,10 +253,10 @@ impl Pool {
             "a replica of `{}` ({} slots of {} tokens)",
             self.state.config.id, self.state.config.slots, self.state.config.n_ctx
         );
-        let memory = match self
-            .budget
-            .reserve(weights.kv_bytes(&self.state.config), &what)
-        {
+        let share = self.placement.gpu_share(self.n_layer.unwrap_or(1));
+        let (host, gpu) = split(weights.kv_bytes(&self.state.config), share);
+        let gpu = self.placement.gpu.as_ref().map(|g| (g.ordinal, gpu));
+        let memory = match self.budgets.reserve(host, gpu, &what) {
             Ok(memory) => memory,
             Err(refusal) => {
                 tracing::warn!(model = %self.state.config.id, %refusal, "replica refused");
@@ -335,4 +344,35 @@ fn release_freed_memory() {
         // SAFETY: malloc_trim only walks the allocator's own free lists.
         unsafe { libc::malloc_trim(0) };
     });
+}
+
+/// Reserves the weights' memory where `placement` puts them (the file's size, split between
+/// host and GPU by the share of layers offloaded), then loads them.
+fn load(
+    backend: &dyn Backend,
+    budgets: &Budgets,
+    placement: &Placement,
+    config: &ModelConfig,
+) -> Result<Loaded, EngineError> {
+    let size = std::fs::metadata(&config.path)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    // The header only, so cheap. On the CPU the count only feeds the status, so a file we
+    // cannot read is left for the load to judge; so is a missing file, which it names.
+    let n_layer = match backend.layer_count(config) {
+        Ok(n) => n,
+        Err(e) if placement.gpu.is_some() && config.path.is_file() => return Err(e),
+        Err(_) => 0,
+    };
+    let (host, gpu) = split(size, placement.gpu_share(n_layer));
+    let gpu = placement.gpu.as_ref().map(|g| (g.ordinal, gpu));
+    let memory = budgets
+        .reserve(host, gpu, &format!("the weights of `{}`", config.id))
+        .map_err(EngineError::MemoryBudget)?;
+    let weights = backend.load(config, placement)?;
+    Ok(Loaded {
+        weights,
+        memory,
+        n_layer,
+    })
 }

@@ -356,6 +356,9 @@ impl PoolState {
             loads: self.loads,
             last_load_ms: self.last_load.map(|d| d.as_secs_f64() * 1000.0),
             memory_bytes: self.memory_bytes,
+            gpu_memory_bytes: 0,
+            device: String::new(),
+            gpu_layers: None,
             last_scaling: self.last_scaling.clone(),
         }
     }

@@ -612,8 +612,14 @@ pub struct ModelInfo {
     pub background_queued: u32,
     pub min_replicas: u32,
     pub max_replicas: u32,
-    /// Weights and KV caches held against the memory budget.
+    /// Weights and KV caches held in host memory, against `engine.memory_budget_mb`.
     pub memory_bytes: u64,
+    /// Weights and KV caches held on the GPU, against its free memory.
+    pub gpu_memory_bytes: u64,
+    /// Where the layers run: `CPU`, or a GPU such as `CUDA0 (NVIDIA H200)`.
+    pub device: String,
+    /// Layers offloaded to the GPU; absent until the model's file has been read once.
+    pub gpu_layers: Option<u32>,
     pub last_scaling: Option<ScalingInfo>,
     pub n_ctx: u32,
     /// Times the weights were loaded since start (each scale from zero adds one).
@@ -642,6 +648,9 @@ impl From<ModelStatus> for ModelInfo {
             min_replicas: s.min_replicas,
             max_replicas: s.max_replicas,
             memory_bytes: s.memory_bytes,
+            gpu_memory_bytes: s.gpu_memory_bytes,
+            device: s.device,
+            gpu_layers: s.gpu_layers,
             last_scaling: s.last_scaling.map(|e| ScalingInfo {
                 at: e.at.into(),
                 from: e.from,
@@ -660,6 +669,37 @@ impl From<ModelStatus> for ModelInfo {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
+}
+
+/// One compute device of the loaded llama.cpp backends.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceInfo {
+    /// llama.cpp's device index, across all backends.
+    pub index: usize,
+    /// e.g. `CUDA0`, `CPU`.
+    pub name: String,
+    /// e.g. `NVIDIA H200`.
+    pub description: String,
+    /// The backend that owns it, e.g. `CUDA`, `CPU`.
+    pub backend: String,
+    /// `cpu`, `gpu`, `integrated_gpu` or `accelerator`.
+    pub kind: String,
+    /// Whether layers can be offloaded to it (GPUs, discrete or integrated).
+    pub gpu: bool,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+}
+
+/// The llama.cpp backends this process loaded, and their devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    /// The folder the backend modules (`libggml-*.so`) were loaded from.
+    pub backends_dir: String,
+    /// Registered backends, e.g. `["CUDA", "CPU"]`.
+    pub backends: Vec<String>,
+    /// Whether a GPU backend is loaded, so that models without `n_gpu_layers` offload.
+    pub gpu_offload: bool,
+    pub devices: Vec<DeviceInfo>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -128,7 +128,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
                     .route(web::patch().to(tenants::update)),
             )
             .route("/models", web::get().to(models::list))
-            .route("/models/{id}", web::get().to(models::get)),
+            .route("/models/{id}", web::get().to(models::get))
+            .route("/devices", web::get().to(models::devices)),
     )
     .configure(|cfg| openai::configure(cfg, body_limit))
     .default_service(web::to(not_found));

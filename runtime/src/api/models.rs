@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 
 use genrt_functions::ModelId;
 
-use crate::api::dto::{ModelInfo, ModelList};
+use crate::api::dto::{DeviceInfo, DeviceList, ModelInfo, ModelList};
 use crate::api::functions::READ;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -54,4 +54,39 @@ pub async fn get(
             )
         })?;
     Ok(HttpResponse::Ok().json(ModelInfo::from(status)))
+}
+
+/// The llama.cpp backends this node loaded (from `engine.backends_dir`, the binary's folder or
+/// the build's) and their devices with free memory as of now: where models without
+/// `n_gpu_layers` put their layers.
+#[utoipa::path(get, path = "/v1/devices", tag = "models", security(("bearer" = [])),
+    responses(
+        (status = 200, body = DeviceList),
+        (status = 401, body = ErrorBody)))]
+pub async fn devices(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
+    let devices: Vec<DeviceInfo> = state
+        .tree
+        .devices()
+        .into_iter()
+        .map(|d| DeviceInfo {
+            gpu: d.takes_layers(),
+            index: d.index,
+            name: d.name,
+            description: d.description,
+            backend: d.backend,
+            kind: serde_json::to_value(d.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            memory_total_bytes: d.memory_total_bytes,
+            memory_free_bytes: d.memory_free_bytes,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(DeviceList {
+        backends_dir: state.backends.dir.display().to_string(),
+        backends: state.backends.backends.clone(),
+        gpu_offload: devices.iter().any(|d| d.gpu),
+        devices,
+    }))
 }

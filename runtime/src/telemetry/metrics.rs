@@ -83,6 +83,14 @@ impl Metrics {
     /// A meter provider of this node's own (not the global one), so that several servers in
     /// one test process keep their counts apart.
     pub fn new(config: &TelemetryConfig) -> Result<Arc<Self>, MetricsError> {
+        Self::with_gpus(config, super::gpu::nvml())
+    }
+
+    /// As [`Self::new`], with GPU samples from `gpus` (NVML, or a fixed list in tests).
+    pub fn with_gpus(
+        config: &TelemetryConfig,
+        gpus: Option<Arc<dyn super::gpu::GpuReader>>,
+    ) -> Result<Arc<Self>, MetricsError> {
         let registry = prometheus::Registry::new();
         let prometheus = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -100,6 +108,9 @@ impl Metrics {
         let meter = provider.meter("genrt");
         let snapshot = Arc::new(Mutex::new(ModelSnapshot::default()));
         observe(&meter, &snapshot);
+        if let Some(gpus) = gpus {
+            super::gpu::observe(&meter, gpus);
+        }
         let histogram = |name: &'static str, unit: &'static str, help: &'static str, b: &[f64]| {
             meter
                 .f64_histogram(name)
@@ -280,7 +291,7 @@ impl Drop for InFlight {
 /// Registers the instruments read from the snapshot and from the process.
 fn observe(meter: &Meter, snapshot: &Arc<Mutex<ModelSnapshot>>) {
     type Field = fn(&ModelStatus) -> u64;
-    let per_model: [(&'static str, &'static str, &'static str, Field); 6] = [
+    let per_model: [(&'static str, &'static str, &'static str, Field); 7] = [
         (
             "genrt.model.replicas",
             "{replica}",
@@ -308,8 +319,14 @@ fn observe(meter: &Meter, snapshot: &Arc<Mutex<ModelSnapshot>>) {
         (
             "genrt.model.memory.usage",
             "By",
-            "Weights and KV caches held",
+            "Weights and KV caches held in host memory",
             |m| m.memory_bytes,
+        ),
+        (
+            "genrt.model.gpu_memory.usage",
+            "By",
+            "Weights and KV caches held on the GPU",
+            |m| m.gpu_memory_bytes,
         ),
         (
             "genrt.model.loaded",

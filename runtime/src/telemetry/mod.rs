@@ -9,6 +9,7 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_METRIC_EXPORT_INTERVAL`; each overrides its `[telemetry]` key.
 
 mod export;
+pub mod gpu;
 mod metrics;
 mod server;
 mod spans;

@@ -265,6 +265,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/devices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The llama.cpp backends this node loaded (from `engine.backends_dir`, the binary's folder or
+         *     the build's) and their devices with free memory as of now: where models without
+         *     `n_gpu_layers` put their layers.
+         */
+        get: operations["devices"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/functions": {
         parameters: {
             query?: never;
@@ -933,6 +954,35 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        /** @description One compute device of the loaded llama.cpp backends. */
+        DeviceInfo: {
+            /** @description The backend that owns it, e.g. `CUDA`, `CPU`. */
+            backend: string;
+            /** @description e.g. `NVIDIA H200`. */
+            description: string;
+            /** @description Whether layers can be offloaded to it (GPUs, discrete or integrated). */
+            gpu: boolean;
+            /** @description llama.cpp's device index, across all backends. */
+            index: number;
+            /** @description `cpu`, `gpu`, `integrated_gpu` or `accelerator`. */
+            kind: string;
+            /** Format: int64 */
+            memory_free_bytes: number;
+            /** Format: int64 */
+            memory_total_bytes: number;
+            /** @description e.g. `CUDA0`, `CPU`. */
+            name: string;
+        };
+        /** @description The llama.cpp backends this process loaded, and their devices. */
+        DeviceList: {
+            /** @description Registered backends, e.g. `["CUDA", "CPU"]`. */
+            backends: string[];
+            /** @description The folder the backend modules (`libggml-*.so`) were loaded from. */
+            backends_dir: string;
+            devices: components["schemas"]["DeviceInfo"][];
+            /** @description Whether a GPU backend is loaded, so that models without `n_gpu_layers` offload. */
+            gpu_offload: boolean;
+        };
         /** @description `POST /openai/v1/embeddings` answer. */
         EmbeddingList: {
             data: components["schemas"]["EmbeddingObject"][];
@@ -1170,8 +1220,20 @@ export interface components {
             busy_replicas: number;
             /** Format: int32 */
             busy_slots: number;
+            /** @description Where the layers run: `CPU`, or a GPU such as `CUDA0 (NVIDIA H200)`. */
+            device: string;
             /** @description Why the model is failed. */
             error?: string | null;
+            /**
+             * Format: int32
+             * @description Layers offloaded to the GPU; absent until the model's file has been read once.
+             */
+            gpu_layers?: number | null;
+            /**
+             * Format: int64
+             * @description Weights and KV caches held on the GPU, against its free memory.
+             */
+            gpu_memory_bytes: number;
             id: string;
             /** Format: double */
             last_load_ms?: number | null;
@@ -1185,7 +1247,7 @@ export interface components {
             max_replicas: number;
             /**
              * Format: int64
-             * @description Weights and KV caches held against the memory budget.
+             * @description Weights and KV caches held in host memory, against `engine.memory_budget_mb`.
              */
             memory_bytes: number;
             /** Format: int32 */
@@ -2575,6 +2637,51 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    devices: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceList"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
