@@ -3,20 +3,21 @@ SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: run test test-sdk fuzz-api deps model build bench soak fmt lint clean
+.PHONY: run test test-sdk fuzz-api deps model build bench bench-gpu bench-gpu-check soak fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
 run: deps model build
 	@scripts/run.sh
 
 ## The whole test suite: unit, actor, property (fuzz) and end-to-end tests on SQLite and
-## Postgres, the schema-driven API fuzz run, then the TypeScript SDK and the OpenAI-compatible
-## API (official `openai` client) against a real genrt.
+## Postgres, the GPU benchmark's machinery on the CPU, the schema-driven API fuzz run, then the
+## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
 test: deps model
 	@# The crash test runs the real binary as a process; building it with the workspace's
 	@# features first means the test build reuses every artifact.
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --all-targets
+	$(MAKE) --no-print-directory bench-gpu-check
 	bash scripts/schemathesis.sh
 	bash sdk-ts/scripts/test.sh
 
@@ -44,6 +45,22 @@ build:
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
 bench: deps model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
+
+## The GPU benchmark (benchmarks/gpu/run.sh): needs an NVIDIA GPU and the CUDA toolkit.
+bench-gpu: deps model
+	benchmarks/gpu/run.sh
+
+## The GPU benchmark's own machinery on the CPU, as it runs on a machine without cargo: the
+## bundle, unpacked elsewhere, writes a small synthetic model and benchmarks it (no CUDA).
+bench-gpu-check: deps model
+	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	benchmarks/gpu/bundle.sh "$$dir/bundle.tar.gz" && \
+	GPU_BUNDLE="$$dir/bundle.tar.gz" WORK_DIR="$$dir/work" SKIP_CUDA=1 OUT="$$dir/RESULTS-gpu.md" \
+	  MODEL_ARGS="--n-embd 256 --n-layer 4 --n-ff 512 --n-head 4 --n-head-kv 4" \
+	  BENCH_ARGS="--streams 1,4 --tokens 16 --runs 1 --threads 2" benchmarks/gpu/run.sh && \
+	grep -q '^| 1 | ' "$$dir/RESULTS-gpu.md" && grep -q '^| 4 | ' "$$dir/RESULTS-gpu.md" && \
+	grep -q 'unloaded → first streamed token' "$$dir/RESULTS-gpu.md" && \
+	echo "bench-gpu-check: the GPU benchmark runs from its bundle"
 
 ## The 10-minute soak (not part of `make test`): the real binary under mixed load from two
 ## tenants; writes the soak section of benchmarks/RESULTS.md.

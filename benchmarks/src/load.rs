@@ -34,6 +34,15 @@ pub struct StreamSample {
     pub done: Option<Value>,
 }
 
+/// Decode tokens/s summed over concurrent streams: every token after each stream's first,
+/// between the earliest first token and the latest last token. `None` if a stream got none.
+pub fn summed_decode_tokens_per_s(samples: &[StreamSample]) -> Option<f64> {
+    let first = samples.iter().map(|s| s.first_token_at).min()??;
+    let last = samples.iter().filter_map(|s| s.last_token_at).max()?;
+    let decoded: u64 = samples.iter().map(|s| s.tokens.saturating_sub(1)).sum();
+    Some(decoded as f64 / (last - first).as_secs_f64())
+}
+
 impl Target {
     pub async fn stream(&self, function: &str, body: Value) -> StreamSample {
         let mut body = body;

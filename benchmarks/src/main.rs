@@ -6,10 +6,7 @@
 //! memory and cold start (genrt only, then raw), one stream, 16 streams, runtime overhead,
 //! cached path against a bare actix-web echo, prefix reuse, an open-loop run.
 
-mod load;
-mod plot;
-mod raw;
-mod stats;
+use genrt_benchmarks::{harness, load, plot, raw, stats};
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -18,14 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Parser;
 use genrt_actors::ModelConfig;
-use genrt_runtime::Config;
 use serde_json::{json, Value};
 
-use load::Target;
+use harness::{prompt, stream_body, Bench, MODEL, SYSTEM};
 use stats::{median, peak_rss_mib, rss_mib, Latencies};
 
-const SYSTEM: &str = "You are a helpful assistant.";
-const MODEL: &str = "bench";
 const N_CTX: u32 = 1024;
 
 #[derive(Parser)]
@@ -49,126 +43,6 @@ struct Args {
     out: PathBuf,
 }
 
-fn prompt(i: usize) -> String {
-    const SUBJECTS: [&str; 16] = [
-        "cats",
-        "the moon",
-        "bread",
-        "rivers",
-        "chess",
-        "volcanoes",
-        "tea",
-        "bicycles",
-        "owls",
-        "winter",
-        "jazz",
-        "glaciers",
-        "honey",
-        "robots",
-        "deserts",
-        "lanterns",
-    ];
-    format!("Write a long story about {}.", SUBJECTS[i % SUBJECTS.len()])
-}
-
-fn stream_body(i: usize, tokens: u32) -> Value {
-    json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": tokens, "ignore_eos": true}})
-}
-
-struct Bench {
-    server: genrt_runtime::RunningServer,
-    target: Target,
-    _dir: PathBuf,
-}
-
-impl Bench {
-    async fn start(args: Args) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("genrt-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut config = Config::default();
-        config.server.port = 0;
-        config.data_dir = dir.clone();
-        config.auth.jwt_secret = "benchmark-secret-0123456789".into();
-        let mut model = ModelConfig::new(MODEL, &args.model);
-        model.threads = args.threads;
-        model.slots = args.streams as u32;
-        model.n_ctx = N_CTX;
-        model.idle_timeout_s = 2;
-        model.queue_capacity = 256;
-        config.models = vec![model];
-        let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(
-            &genrt_functions::TenantId::parse("bench")?,
-            genrt_runtime::auth::DEFAULT_TENANT_SCOPES,
-            std::time::Duration::from_secs(config.auth.token_ttl_s),
-        );
-        let server = genrt_runtime::start(config, false).await?;
-        let target = Target {
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()?,
-            base: format!("http://{}", server.addr()),
-            token,
-        };
-        let bench = Self {
-            server,
-            target,
-            _dir: dir,
-        };
-        bench
-            .deploy(
-                json!({"name": "stream", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
-            "params": {"temperature": 0}, "cache": {"enabled": false}}),
-            )
-            .await?;
-        bench
-            .deploy(
-                json!({"name": "cached", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
-            "params": {"temperature": 0, "max_tokens": 8}, "cache": {"ttl_s": 3600}}),
-            )
-            .await?;
-        Ok(bench)
-    }
-
-    async fn deploy(&self, definition: Value) -> anyhow::Result<()> {
-        let r = self
-            .target
-            .client
-            .post(format!("{}/v1/functions", self.target.base))
-            .bearer_auth(&self.target.token)
-            .json(&definition)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("deploy failed: {}", r.text().await?);
-        }
-        Ok(())
-    }
-
-    async fn model_state(&self) -> Value {
-        let r = self
-            .target
-            .client
-            .get(format!("{}/v1/models/{MODEL}", self.target.base))
-            .bearer_auth(&self.target.token)
-            .send()
-            .await;
-        match r {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    async fn wait_unloaded(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.model_state().await["state"] == "unloaded" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 struct Row {
     name: &'static str,
     genrt: String,
@@ -187,7 +61,13 @@ async fn main() -> anyhow::Result<()> {
     let (threads, tokens, streams, runs) = (args.threads, args.tokens, args.streams, args.runs);
     let model_path = args.model.clone();
     let out = args.out.clone();
-    let b = Bench::start(args).await?;
+    let mut model = ModelConfig::new(MODEL, &args.model);
+    model.threads = args.threads;
+    model.slots = args.streams as u32;
+    model.n_ctx = N_CTX;
+    model.idle_timeout_s = 2;
+    model.queue_capacity = 256;
+    let b = Bench::start(model, None).await?;
     let mut rows = Vec::new();
     let mut notes = String::new();
 
@@ -198,17 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rss_loaded = 0.0;
     let mut rss_after = Vec::new();
     for i in 0..runs {
-        let s = b
-            .target
-            .stream(
-                "stream",
-                json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": 1}}),
-            )
-            .await;
-        if !s.ok {
-            bail!("cold start invocation failed");
-        }
-        cold.push(s.ttft_ms);
+        cold.push(b.first_token_ms(i).await?);
         rss_loaded = f64::max(rss_loaded, rss_mib());
         b.wait_unloaded().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -227,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
             raw::cold_first_token_ms(
                 &model_path,
                 threads,
-                streams as u32 + 2,
-                N_CTX,
+                None,
+                (streams as u32 + 2, N_CTX),
                 SYSTEM,
                 &prompt(i),
             )
@@ -254,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     // 2. One stream: decode rate after the first token, streamed over HTTP vs in-process.
-    let raw = tokio::task::block_in_place(|| raw::Raw::load(&model_path, threads))?;
+    let raw = tokio::task::block_in_place(|| raw::Raw::load(&model_path, threads, None))?;
     let prompts: Vec<_> = (0..streams)
         .map(|i| raw.tokens(SYSTEM, &prompt(i)))
         .collect::<Result<_, _>>()?;
@@ -283,10 +153,13 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. N concurrent streams: summed decode rate vs raw llama.cpp decoding N sequences in
     // one batch.
-    let (mut gn, mut rn, mut e2e_tps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gn, mut rn, mut e2e_tps, mut raw_first) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last_report = None;
     for _ in 0..runs {
-        rn.push(tokio::task::block_in_place(|| raw.batched(&prompts, tokens))?.decode_tokens_per_s);
+        let run = tokio::task::block_in_place(|| raw.batched(&prompts, tokens))?;
+        rn.push(run.decode_tokens_per_s);
+        raw_first.push(run.first_tokens_ms);
         let started = Instant::now();
         let samples = futures_util::future::join_all(
             (0..streams).map(|i| b.target.stream("stream", stream_body(i, tokens))),
@@ -296,18 +169,7 @@ async fn main() -> anyhow::Result<()> {
         if samples.iter().any(|s| !s.ok) {
             bail!("a concurrent stream failed");
         }
-        let first = samples
-            .iter()
-            .filter_map(|s| s.first_token_at)
-            .min()
-            .unwrap();
-        let last = samples
-            .iter()
-            .filter_map(|s| s.last_token_at)
-            .max()
-            .unwrap();
-        let decoded: u64 = samples.iter().map(|s| s.tokens - 1).sum();
-        gn.push(decoded as f64 / (last - first).as_secs_f64());
+        gn.push(load::summed_decode_tokens_per_s(&samples).expect("every stream has tokens"));
         e2e_tps.push(samples.iter().map(|s| s.tokens).sum::<u64>() as f64 / wall);
         last_report = Some(samples);
     }
@@ -326,8 +188,8 @@ async fn main() -> anyhow::Result<()> {
         ttft16.record_ms(s.ttft_ms);
         s.itl_ms.iter().for_each(|g| itl16.record_ms(*g));
     }
-    let _ = writeln!(notes, "- {streams} concurrent streams of {tokens} tokens: end-to-end {:.1} tokens/s including prefill; TTFT p50/p90/p99 {} ms; inter-token p50/p90/p99 {} ms.",
-        median(e2e_tps), ttft16.summary(), itl16.summary());
+    let _ = writeln!(notes, "- {streams} concurrent streams of {tokens} tokens: end-to-end {:.1} tokens/s including prefill; TTFT p50/p90/p99 {} ms (raw llama.cpp: {:.0} ms from the start of its batched prefill to every sequence's first token); inter-token p50/p90/p99 {} ms.",
+        median(e2e_tps), ttft16.summary(), median(raw_first), itl16.summary());
     drop(raw);
 
     // 4. Runtime overhead: client time minus the engine's own time, one short call at a time.

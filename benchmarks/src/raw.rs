@@ -26,13 +26,21 @@ pub struct Raw {
 pub struct RawRun {
     /// Tokens decoded per second after the first, summed over sequences.
     pub decode_tokens_per_s: f64,
+    /// From the start of the prefill until every sequence has its first token.
+    pub first_tokens_ms: f64,
 }
 
 impl Raw {
-    pub fn load(path: &Path, threads: u32) -> anyhow::Result<Self> {
+    /// `n_gpu_layers` as genrt resolved it for the model (`None`: llama.cpp's default, all
+    /// layers on a GPU when one is loaded), so that both put the same layers on the GPU.
+    pub fn load(path: &Path, threads: u32, n_gpu_layers: Option<u32>) -> anyhow::Result<Self> {
         let backend = genrt_actors::llama_backend()?;
-        let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
-            .context("loading the model")?;
+        let mut params = LlamaModelParams::default();
+        if let Some(layers) = n_gpu_layers {
+            params = params.with_n_gpu_layers(layers);
+        }
+        let model =
+            LlamaModel::load_from_file(&backend, path, &params).context("loading the model")?;
         Ok(Self {
             backend,
             model,
@@ -78,6 +86,7 @@ impl Raw {
     ) -> anyhow::Result<RawRun> {
         let n = prompts.len();
         let mut ctx = self.context(n_seq, n_ctx)?;
+        let prefill_started = Instant::now();
         let mut batch = LlamaBatch::new(512, 1);
         let mut last_index = vec![0i32; n];
         // Prefill each prompt (in batch-size chunks across sequences).
@@ -117,6 +126,7 @@ impl Raw {
             LlamaToken(best as i32)
         };
         let mut next: Vec<LlamaToken> = (0..n).map(|s| greedy(&ctx, last_index[s])).collect();
+        let first_tokens_ms = prefill_started.elapsed().as_secs_f64() * 1000.0;
         let decode_started = Instant::now();
         let mut pos: Vec<i32> = prompts.iter().map(|p| p.len() as i32).collect();
         for _ in 1..tokens {
@@ -134,6 +144,7 @@ impl Raw {
         let decoded = (tokens.saturating_sub(1) as usize * n) as f64;
         Ok(RawRun {
             decode_tokens_per_s: decoded / decode_started.elapsed().as_secs_f64(),
+            first_tokens_ms,
         })
     }
 }
@@ -143,13 +154,13 @@ impl Raw {
 pub fn cold_first_token_ms(
     path: &Path,
     threads: u32,
-    n_seq: u32,
-    n_ctx: u32,
+    n_gpu_layers: Option<u32>,
+    (n_seq, n_ctx): (u32, u32),
     system: &str,
     user: &str,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let raw = Raw::load(path, threads)?;
+    let raw = Raw::load(path, threads, n_gpu_layers)?;
     let prompt = raw.tokens(system, user)?;
     raw.batched_in(n_seq, n_ctx, &[prompt], 1)?;
     Ok(started.elapsed().as_secs_f64() * 1000.0)

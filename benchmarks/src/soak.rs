@@ -15,7 +15,7 @@
 //! below the capacity of a small machine: a soak measures stability, not throughput.
 
 #[allow(dead_code)]
-mod stats;
+use genrt_benchmarks::stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -626,7 +626,7 @@ fn render(
         for v in &picked {
             h.record_ms(*v);
         }
-        let (p50, p90, p99) = if h.len() == 0 {
+        let (p50, p90, p99) = if h.is_empty() {
             (0.0, 0.0, 0.0)
         } else {
             (h.p(0.5), h.p(0.9), h.p(0.99))
@@ -663,7 +663,7 @@ fn render(
         }
     }
     let a = &report.async_total;
-    if a.len() > 0 {
+    if !a.is_empty() {
         let _ = writeln!(
             md,
             "| async, queued to completed (server clock) | {} | – | – | {:.1} | {:.1} | {:.1} |",

@@ -5,6 +5,12 @@ use hdrhistogram::Histogram;
 /// Milliseconds, recorded with microsecond resolution.
 pub struct Latencies(Histogram<u64>);
 
+impl Default for Latencies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Latencies {
     pub fn new() -> Self {
         Self(Histogram::new(3).expect("valid precision"))
@@ -18,13 +24,17 @@ impl Latencies {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn p(&self, quantile: f64) -> f64 {
         self.0.value_at_quantile(quantile) as f64 / 1000.0
     }
 
     /// `p50 / p90 / p99` in milliseconds.
     pub fn summary(&self) -> String {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return "n/a".into();
         }
         format!(

@@ -105,12 +105,20 @@ async fn a_configured_backends_folder_is_used_and_one_without_a_cpu_module_stops
     } {
         std::fs::copy(module, modules.join(module.file_name().unwrap())).unwrap();
     }
+    // A GPU module that cannot be opened (here: not a library at all, as a CUDA module without
+    // the CUDA runtime beside it would be) leaves the node on the CPU, and the log says why.
+    std::fs::write(modules.join("libggml-cuda.so"), b"not a shared library").unwrap();
     let config = format!(
         "{}[engine]\nbackends_dir = {:?}\n",
         base_config(&dir.0, &Db::Sqlite),
         modules.display().to_string()
     );
     let server = ServerProcess::start(&dir.0, &config).await;
+    let log = server.log_tail(200);
+    assert!(
+        log.contains("backend module could not be loaded") && log.contains("libggml-cuda.so"),
+        "{log}"
+    );
     let t = token("acme");
     let (status, devices) = server.call(Method::GET, "/v1/devices", &t, None).await;
     assert_eq!(status, 200, "{devices}");
@@ -120,6 +128,7 @@ async fn a_configured_backends_folder_is_used_and_one_without_a_cpu_module_stops
         "{devices}"
     );
     assert_eq!(devices["backends"], json!(["CPU"]), "{devices}");
+    assert_eq!(devices["gpu_offload"], false, "{devices}");
     let (status, body) = server
         .call(Method::POST, "/v1/functions", &t, Some(greeting()))
         .await;

@@ -62,6 +62,7 @@ pub fn load_backends(dir: Option<&Path>) -> Result<BackendsInfo, EngineError> {
                 return Err(format!("backends folder {} does not exist", dir.display()));
             }
             llama_cpp_2::llama_backend::load_backends_from_path(&dir);
+            explain_unloaded_modules(&dir);
             let backends = registered_backends();
             tracing::info!(dir = %dir.display(), ?backends, "llama.cpp backends loaded");
             if !backends.iter().any(|b| b == "CPU") {
@@ -92,6 +93,34 @@ fn default_backends_dir() -> Option<PathBuf> {
             })
         });
     beside_exe.or_else(|| llama_cpp_sys_2::BACKENDS_DIR.map(PathBuf::from))
+}
+
+/// A release build of llama.cpp skips a module it cannot open without a word, which would
+/// leave a GPU machine silently on the CPU (a CUDA module without the CUDA runtime libraries
+/// beside it, say). Loading such a module again by its path makes llama.cpp log why.
+fn explain_unloaded_modules(dir: &Path) {
+    let registered: Vec<String> = registered_backends()
+        .iter()
+        .map(|b| b.to_lowercase())
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(backend) = file
+            .strip_prefix("libggml-")
+            .and_then(|f| f.strip_suffix(".so"))
+            .filter(|b| *b != "base" && !b.starts_with("cpu"))
+        else {
+            continue;
+        };
+        if registered.iter().any(|r| r == backend) {
+            continue;
+        }
+        let path = CString::new(entry.path().to_string_lossy().as_bytes()).expect("no NUL");
+        let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(path.as_ptr()) };
+        if reg.is_null() {
+            tracing::warn!(module = %entry.path().display(), "backend module could not be loaded (llama.cpp's reason is logged above): its devices will not be used");
+        }
+    }
 }
 
 fn registered_backends() -> Vec<String> {

@@ -1,0 +1,150 @@
+//! What both engine benchmarks share: the prompts and genrt running in-process.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use genrt_actors::ModelConfig;
+use genrt_runtime::Config;
+use serde_json::{json, Value};
+
+use crate::load::Target;
+
+pub const SYSTEM: &str = "You are a helpful assistant.";
+/// The id the benchmarked model is registered under.
+pub const MODEL: &str = "bench";
+
+/// The i-th benchmark prompt (16 subjects in turn).
+pub fn prompt(i: usize) -> String {
+    const SUBJECTS: [&str; 16] = [
+        "cats",
+        "the moon",
+        "bread",
+        "rivers",
+        "chess",
+        "volcanoes",
+        "tea",
+        "bicycles",
+        "owls",
+        "winter",
+        "jazz",
+        "glaciers",
+        "honey",
+        "robots",
+        "deserts",
+        "lanterns",
+    ];
+    format!("Write a long story about {}.", SUBJECTS[i % SUBJECTS.len()])
+}
+
+/// A streamed invocation of `tokens` tokens, end of generation ignored.
+pub fn stream_body(i: usize, tokens: u32) -> Value {
+    json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": tokens, "ignore_eos": true}})
+}
+
+/// genrt in this process, on an ephemeral port and SQLite in a temporary folder, with `model`
+/// registered as `bench` and two functions deployed: `stream` (no cache) and `cached`.
+pub struct Bench {
+    pub server: genrt_runtime::RunningServer,
+    pub target: Target,
+    _dir: PathBuf,
+}
+
+impl Bench {
+    pub async fn start(model: ModelConfig, backends_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("genrt-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut config = Config::default();
+        config.server.port = 0;
+        config.data_dir = dir.clone();
+        config.auth.jwt_secret = "benchmark-secret-0123456789".into();
+        config.engine.backends_dir = backends_dir;
+        config.models = vec![model];
+        let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(
+            &genrt_functions::TenantId::parse("bench")?,
+            genrt_runtime::auth::DEFAULT_TENANT_SCOPES,
+            std::time::Duration::from_secs(config.auth.token_ttl_s),
+        );
+        let server = genrt_runtime::start(config, false).await?;
+        let target = Target {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            base: format!("http://{}", server.addr()),
+            token,
+        };
+        let bench = Self {
+            server,
+            target,
+            _dir: dir,
+        };
+        bench
+            .deploy(
+                json!({"name": "stream", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
+            "params": {"temperature": 0}, "cache": {"enabled": false}}),
+            )
+            .await?;
+        bench
+            .deploy(
+                json!({"name": "cached", "model": MODEL, "system": SYSTEM, "prompt": "{{ prompt }}",
+            "params": {"temperature": 0, "max_tokens": 8}, "cache": {"ttl_s": 3600}}),
+            )
+            .await?;
+        Ok(bench)
+    }
+
+    pub async fn deploy(&self, definition: Value) -> anyhow::Result<()> {
+        let r = self
+            .target
+            .client
+            .post(format!("{}/v1/functions", self.target.base))
+            .bearer_auth(&self.target.token)
+            .json(&definition)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("deploy failed: {}", r.text().await?);
+        }
+        Ok(())
+    }
+
+    /// TTFT of a one-token streamed invocation of prompt `i`: a cold start when the model is
+    /// unloaded.
+    pub async fn first_token_ms(&self, i: usize) -> anyhow::Result<f64> {
+        let s = self
+            .target
+            .stream(
+                "stream",
+                json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": 1}}),
+            )
+            .await;
+        if !s.ok {
+            bail!("one-token invocation failed");
+        }
+        Ok(s.ttft_ms)
+    }
+
+    pub async fn model_state(&self) -> Value {
+        let r = self
+            .target
+            .client
+            .get(format!("{}/v1/models/{MODEL}", self.target.base))
+            .bearer_auth(&self.target.token)
+            .send()
+            .await;
+        match r {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    pub async fn wait_unloaded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.model_state().await["state"] == "unloaded" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
