@@ -135,6 +135,16 @@ test('finalResponse() reads a stream to its done event', async () => {
   assert.ok(done.usage.completion_tokens > 0);
 });
 
+test('models.devices() lists the loaded backends, and a model says where it runs', async () => {
+  const devices = await genrt.models.devices();
+  assert.deepEqual(devices.backends, ['CPU']);
+  assert.equal(devices.gpu_offload, false);
+  assert.ok(devices.devices.some((d) => d.kind === 'cpu' && d.backend === 'CPU'));
+  const model = await genrt.models.get(MODEL_ID);
+  assert.equal(model.device, 'CPU');
+  assert.equal(model.gpu_memory_bytes, 0);
+});
+
 async function busySlots() {
   return (await genrt.models.get(MODEL_ID)).busy_slots;
 }

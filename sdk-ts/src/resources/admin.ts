@@ -6,6 +6,7 @@ import type {
   CreatedApiKey,
   CreateTenant,
   CreateTrigger,
+  DeviceList,
   ModelInfo,
   TenantInfo,
   TriggerInfo,
@@ -41,6 +42,11 @@ export class Models {
 
   get(id: string, options?: RequestOptions): Promise<ModelInfo> {
     return this.client.get(`/v1/models/${encodeURIComponent(id)}`, undefined, options);
+  }
+
+  /** The llama.cpp backends the node loaded (`CPU`, `CUDA`) and their devices' free memory. */
+  devices(options?: RequestOptions): Promise<DeviceList> {
+    return this.client.get('/v1/devices', undefined, options);
   }
 }
 
