@@ -239,6 +239,14 @@ async fn metrics_show_known_traffic() {
     check("genrt_model_restarts_total", &model, 0.0);
     check("genrt_model_cold_start_duration_seconds_count", &model, 1.0);
     assert!(total(&samples, "genrt_model_memory_usage_bytes", &model) > 1e6);
+    // On the CPU nothing is held on a GPU; the gauge is there all the same.
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "genrt_model_gpu_memory_usage_bytes"),
+        "{text}"
+    );
+    check("genrt_model_gpu_memory_usage_bytes", &model, 0.0);
     check("genrt_invocations_in_flight", &[], 0.0);
     check("genrt_async_queued", &[], 0.0);
     // The process.
