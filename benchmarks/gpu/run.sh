@@ -51,6 +51,15 @@ if [ "${SKIP_CUDA:-0}" = 1 ]; then
 else
   log "building the CUDA backend into $bin"
   BUILD_DIR=$work/cuda-build scripts/build-cuda-backend.sh "$bin"
+  # The module links the CUDA runtime and cuBLAS: make the toolkit's libraries findable when
+  # the dynamic loader's cache does not list them.
+  nvcc_path=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+  if [ -n "$nvcc_path" ]; then
+    cuda_home=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
+    for d in "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib"; do
+      [ -d "$d" ] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    done
+  fi
 fi
 
 log "writing the test model"

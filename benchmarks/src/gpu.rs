@@ -63,6 +63,12 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // llama.cpp's own messages (why a backend module did not load, where the layers went).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,genrt_actors=info".into()),
+        ))
+        .init();
     if !args.model.is_file() {
         bail!("{} is missing", args.model.display());
     }
