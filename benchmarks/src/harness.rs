@@ -58,6 +58,11 @@ impl Bench {
         config.server.port = 0;
         config.data_dir = dir.clone();
         config.auth.jwt_secret = "benchmark-secret-0123456789".into();
+        // The per-tenant limits are policy, not cost: off, so that they do not cap what is
+        // measured (the default 50 requests/s would refuse the runtime-overhead loop).
+        config.tenancy.rate_limit_rps = 0.0;
+        config.tenancy.max_concurrency = 0;
+        config.tenancy.max_concurrent_streams = 0;
         config.engine.backends_dir = backends_dir;
         config.models = vec![model];
         let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(

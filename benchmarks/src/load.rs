@@ -97,19 +97,23 @@ impl Target {
         sample
     }
 
-    pub async fn invoke(&self, function: &str, body: &Value) -> Option<Value> {
+    /// A synchronous invocation; an error carries the status and the server's answer.
+    pub async fn invoke(&self, function: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
             .client
             .post(format!("{}/v1/functions/{function}/invoke", self.base))
             .bearer_auth(&self.token)
             .json(body)
             .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{function}: {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
         }
-        response.json().await.ok()
+        Ok(response.json().await?)
     }
 }
 

@@ -197,9 +197,7 @@ async fn main() -> anyhow::Result<()> {
     let body = json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}});
     for _ in 0..200 {
         let t = Instant::now();
-        let Some(r) = b.target.invoke("stream", &body).await else {
-            bail!("invoke failed")
-        };
+        let r = b.target.invoke("stream", &body).await?;
         let client_ms = t.elapsed().as_secs_f64() * 1000.0;
         let timings = &r["timings"];
         let model_ms =
@@ -218,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 5. Cached path against a bare actix-web JSON echo, 32 connections.
     let cached_body = json!({"input": {"prompt": "Cached question."}});
-    b.target.invoke("cached", &cached_body).await;
+    b.target.invoke("cached", &cached_body).await?;
     let echo = echo_server().await?;
     let (echo_rps, echo_lat) = load::request_loop(
         &b.target.client,
@@ -275,13 +273,11 @@ async fn main() -> anyhow::Result<()> {
         let first = b
             .target
             .invoke(&name, &json!({"input": {"prompt": "First question?"}}))
-            .await
-            .unwrap();
+            .await?;
         let second = b
             .target
             .invoke(&name, &json!({"input": {"prompt": "Second question?"}}))
-            .await
-            .unwrap();
+            .await?;
         miss.push(first["timings"]["ttft_ms"].as_f64().unwrap());
         hit.push(second["timings"]["ttft_ms"].as_f64().unwrap());
         if i == 0 {
