@@ -13,6 +13,8 @@
 #                       ABI matches the libggml-base.so the binary ships with
 #   BUILD_DIR           CMake build folder, default target/cuda-backend
 #   JOBS                parallel compile jobs, default: all cores
+#   CUDA_FA             ON (default) or OFF: FlashAttention kernels, most of the compile time;
+#                       without them llama.cpp attends with ordinary kernels
 #
 # llama.cpp is configured as llama-cpp-sys-2 configures it (the top-level project: the crate
 # ships no ggml.pc.in, which ggml's folder needs as a project of its own), with every tool,
@@ -52,6 +54,7 @@ cmake -S "$src" -B "$build" "${generator[@]}" \
   -DGGML_BACKEND_DL=ON \
   -DGGML_CUDA=ON \
   -DGGML_CUDA_GRAPHS=ON \
+  -DGGML_CUDA_FA="${CUDA_FA:-ON}" \
   -DGGML_CUDA_NCCL=OFF \
   -DGGML_CPU=OFF \
   -DGGML_NATIVE=OFF \

@@ -16,7 +16,7 @@
 #   MODEL_ARGS   extra genrt-make-model arguments (a smaller shape, another weight type)
 #   BENCH_ARGS   extra genrt-bench-gpu arguments (e.g. "--streams 1,16 --runs 5")
 #   OUT          results file, default benchmarks/RESULTS-gpu.md
-#   CUDA_ARCHITECTURES, JOBS: passed to scripts/build-cuda-backend.sh
+#   CUDA_ARCHITECTURES, JOBS, CUDA_FA: passed to scripts/build-cuda-backend.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -50,7 +50,9 @@ if [ "${SKIP_CUDA:-0}" = 1 ]; then
   allow=(--allow-cpu)
 else
   log "building the CUDA backend into $bin"
+  cuda_started=$(date +%s)
   BUILD_DIR=$work/cuda-build scripts/build-cuda-backend.sh "$bin"
+  cuda_note="- CUDA backend: \`libggml-cuda.so\` built by scripts/build-cuda-backend.sh in $(( $(date +%s) - cuda_started )) s with $(nvcc --version | tail -1), architectures ${CUDA_ARCHITECTURES:-90}, FlashAttention kernels ${CUDA_FA:-ON}."
   # The module links the CUDA runtime and cuBLAS: make the toolkit's libraries findable when
   # the dynamic loader's cache does not list them.
   nvcc_path=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
@@ -71,4 +73,10 @@ log "benchmarking"
 "$bin/genrt-bench-gpu" --model "$work/synthetic.gguf" --backends-dir "$bin" --out "$out" \
   "${allow[@]}" ${BENCH_ARGS:-}
 rm -f "$work/synthetic.gguf"
+if [ -n "${cuda_note:-}" ]; then
+  echo "$cuda_note" >>"$out"
+fi
+if command -v nvidia-smi >/dev/null; then
+  echo "- GPU as nvidia-smi reports it: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)." >>"$out"
+fi
 log "done in $(( $(date +%s) - started )) s: $out"
