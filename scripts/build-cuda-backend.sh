@@ -34,7 +34,10 @@ src=${LLAMA_CPP_SRC:-$(scripts/llama-cpp-src.sh)}
 
 if ! command -v nvcc >/dev/null; then
   for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
-    [ -x "$d/nvcc" ] && export PATH="$d:$PATH" && break
+    if [ -x "$d/nvcc" ]; then
+      export PATH="$d:$PATH"
+      break
+    fi
   done
 fi
 command -v nvcc >/dev/null || { echo "nvcc not found: install the CUDA toolkit" >&2; exit 1; }

@@ -52,14 +52,17 @@ else
   log "building the CUDA backend into $bin"
   cuda_started=$(date +%s)
   BUILD_DIR=$work/cuda-build scripts/build-cuda-backend.sh "$bin"
-  cuda_note="- CUDA backend: \`libggml-cuda.so\` built by scripts/build-cuda-backend.sh in $(( $(date +%s) - cuda_started )) s with $(nvcc --version | tail -1), architectures ${CUDA_ARCHITECTURES:-90}, FlashAttention kernels ${CUDA_FA:-ON}."
   # The module links the CUDA runtime and cuBLAS: make the toolkit's libraries findable when
   # the dynamic loader's cache does not list them.
   nvcc_path=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+  nvcc_version=$({ [ -n "$nvcc_path" ] && "$nvcc_path" --version | tail -1; } || echo "nvcc")
+  cuda_note="- CUDA backend: \`libggml-cuda.so\` built by scripts/build-cuda-backend.sh in $(( $(date +%s) - cuda_started )) s with $nvcc_version, architectures ${CUDA_ARCHITECTURES:-90}, FlashAttention kernels ${CUDA_FA:-ON}."
   if [ -n "$nvcc_path" ]; then
     cuda_home=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
     for d in "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib"; do
-      [ -d "$d" ] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+      if [ -d "$d" ]; then
+        export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+      fi
     done
   fi
 fi
