@@ -9,11 +9,12 @@
 //! `gguf_get_meta_data`) so that the file is what llama.cpp itself would write; the tensor
 //! data is generated and streamed here, since a 1B model does not fit a ggml context cheaply.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
+use genrt_actors::engine::gguf::GgufHeader;
 use llama_cpp_sys_2 as sys;
 
 /// Weight formats the generator writes.
@@ -72,7 +73,7 @@ impl Shape {
     }
 }
 
-/// Owns a gguf context.
+/// Owns a gguf context being written.
 struct Gguf(*mut sys::gguf_context);
 
 impl Drop for Gguf {
@@ -92,37 +93,6 @@ impl Drop for Ggml {
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a key")
-}
-
-fn read_header(path: &Path) -> anyhow::Result<Gguf> {
-    let name = CString::new(path.to_string_lossy().as_bytes())?;
-    let params = sys::gguf_init_params {
-        no_alloc: true,
-        ctx: std::ptr::null_mut(),
-    };
-    let ctx = unsafe { sys::gguf_init_from_file(name.as_ptr(), params) };
-    ensure!(
-        !ctx.is_null(),
-        "{} is not a readable GGUF file",
-        path.display()
-    );
-    Ok(Gguf(ctx))
-}
-
-fn get_str(g: &Gguf, key: &str) -> anyhow::Result<String> {
-    let id = unsafe { sys::gguf_find_key(g.0, cstr(key).as_ptr()) };
-    ensure!(
-        id >= 0 && unsafe { sys::gguf_get_kv_type(g.0, id) } == sys::GGUF_TYPE_STRING,
-        "no string {key}"
-    );
-    let value = unsafe { CStr::from_ptr(sys::gguf_get_val_str(g.0, id)) };
-    Ok(value.to_string_lossy().into_owned())
-}
-
-fn array_len(g: &Gguf, key: &str) -> anyhow::Result<u64> {
-    let id = unsafe { sys::gguf_find_key(g.0, cstr(key).as_ptr()) };
-    ensure!(id >= 0, "no {key}");
-    Ok(unsafe { sys::gguf_get_arr_n(g.0, id) } as u64)
 }
 
 /// xorshift64*: the weights only need to look random to the hardware, and a seeded generator
@@ -198,15 +168,21 @@ pub fn write_model(
     seed: u64,
     vocab_only: bool,
 ) -> anyhow::Result<u64> {
-    let src = read_header(tokenizer)?;
-    let arch = get_str(&src, "general.architecture")?;
+    let src = GgufHeader::open(tokenizer)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| tokenizer.display().to_string())?;
+    let arch = src
+        .str("general.architecture")
+        .map_err(anyhow::Error::msg)?;
     if arch != "llama" {
         bail!(
             "{}: architecture {arch}; a llama-architecture tokenizer source is needed",
             tokenizer.display()
         );
     }
-    let n_vocab = array_len(&src, "tokenizer.ggml.tokens")?;
+    let n_vocab = src
+        .array_len("tokenizer.ggml.tokens")
+        .map_err(anyhow::Error::msg)?;
     for (what, v) in [("n_embd", shape.n_embd), ("n_ff", shape.n_ff)] {
         ensure!(
             v.is_multiple_of(32),
@@ -220,7 +196,7 @@ pub fn write_model(
         "n_embd must divide into n_head heads, and n_head into n_head_kv groups"
     );
     let dst = Gguf(unsafe { sys::gguf_init_empty() });
-    unsafe { sys::gguf_set_kv(dst.0, src.0) };
+    unsafe { sys::gguf_set_kv(dst.0, src.as_ptr()) };
     let set_u32 =
         |key: &str, v: u32| unsafe { sys::gguf_set_val_u32(dst.0, cstr(key).as_ptr(), v) };
     let head_dim = shape.n_embd / shape.n_head;

@@ -6,12 +6,9 @@
 //! loaded is only known at run time, so every placement decision is made here from the
 //! device list, not from build flags.
 
-use serde::Serialize;
-
 use crate::ModelConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     Cpu,
     Gpu,
@@ -19,8 +16,19 @@ pub enum DeviceKind {
     Accelerator,
 }
 
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::IntegratedGpu => "integrated_gpu",
+            Self::Accelerator => "accelerator",
+        }
+    }
+}
+
 /// One device of a loaded backend, as llama.cpp reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     /// llama.cpp's device index (across all backends).
     pub index: usize,

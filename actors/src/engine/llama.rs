@@ -33,7 +33,7 @@ const N_BATCH: u32 = 512;
 const PENALTY_LAST_N: i32 = 64;
 
 /// What [`load_backends`] loaded: from which folder, and which backends registered.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendsInfo {
     pub dir: PathBuf,
     /// Registered backend names, e.g. `["CUDA", "CPU"]`.
@@ -235,52 +235,10 @@ impl Backend for LlamaCppBackend {
     }
 
     fn layer_count(&self, model: &ModelConfig) -> Result<u32, EngineError> {
-        gguf_block_count(&model.path)
+        super::gguf::GgufHeader::open(&model.path)
+            .and_then(|header| header.block_count())
             .map_err(|e| EngineError::Load(format!("{}: {e}", model.path.display())))
     }
-}
-
-/// `<architecture>.block_count` from a GGUF file's header, read without the tensor data.
-fn gguf_block_count(path: &Path) -> Result<u32, String> {
-    let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-    let params = llama_cpp_sys_2::gguf_init_params {
-        no_alloc: true,
-        ctx: std::ptr::null_mut(),
-    };
-    let ctx = unsafe { llama_cpp_sys_2::gguf_init_from_file(name.as_ptr(), params) };
-    if ctx.is_null() {
-        return Err("not a readable GGUF file".into());
-    }
-    let read = || -> Result<u32, String> {
-        let arch = gguf_str(ctx, "general.architecture")?;
-        let key = CString::new(format!("{arch}.block_count")).expect("no NUL");
-        let id = unsafe { llama_cpp_sys_2::gguf_find_key(ctx, key.as_ptr()) };
-        if id < 0
-            || unsafe { llama_cpp_sys_2::gguf_get_kv_type(ctx, id) }
-                != llama_cpp_sys_2::GGUF_TYPE_UINT32
-        {
-            return Err(format!("no {arch}.block_count"));
-        }
-        Ok(unsafe { llama_cpp_sys_2::gguf_get_val_u32(ctx, id) })
-    };
-    let result = read();
-    unsafe { llama_cpp_sys_2::gguf_free(ctx) };
-    result
-}
-
-fn gguf_str(ctx: *mut llama_cpp_sys_2::gguf_context, key: &str) -> Result<String, String> {
-    let ckey = CString::new(key).expect("no NUL");
-    let id = unsafe { llama_cpp_sys_2::gguf_find_key(ctx, ckey.as_ptr()) };
-    if id < 0
-        || unsafe { llama_cpp_sys_2::gguf_get_kv_type(ctx, id) }
-            != llama_cpp_sys_2::GGUF_TYPE_STRING
-    {
-        return Err(format!("no {key}"));
-    }
-    let value = unsafe { llama_cpp_sys_2::gguf_get_val_str(ctx, id) };
-    Ok(unsafe { CStr::from_ptr(value) }
-        .to_string_lossy()
-        .into_owned())
 }
 
 struct LlamaWeights {

@@ -75,10 +75,7 @@ pub async fn devices(state: web::Data<AppState>, caller: Caller) -> Result<HttpR
             name: d.name,
             description: d.description,
             backend: d.backend,
-            kind: serde_json::to_value(d.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            kind: d.kind.as_str().to_owned(),
             memory_total_bytes: d.memory_total_bytes,
             memory_free_bytes: d.memory_free_bytes,
         })
