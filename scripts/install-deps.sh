@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Installs the system packages genrt needs, only those missing: cmake and libclang to build
-# llama.cpp through llama-cpp-2, PostgreSQL for the end-to-end tests, curl for `make run`, Node
-# and npm for the webhook signature interop test (tests/node).
+# Installs the Debian packages genrt needs, only those not installed yet, decided by package
+# state (dpkg-query) rather than by globbing for files: a glob such as `libclang*.so*` also
+# matches libclang-cpp, the C++ interface a fresh machine has, which is not what bindgen loads.
+#
+#   cmake, g++, libclang-dev  llama.cpp, built through llama-cpp-2 (CMake + bindgen)
+#   postgresql                the Postgres end-to-end tests (a throwaway cluster per run)
+#   python3, python3-pip      the model's download (PyPI) and the API fuzz run
+#   openssl                   signatures computed independently of our code in webhook tests
+#   nodejs, npm               the TypeScript SDK and its tests
+#   curl                      `make run` waits for the server and deploys the examples with it
+#
+# Ends with a check of every build prerequisite, so a missing one is named here, before
+# compilation starts, rather than minutes later inside a build script.
 set -euo pipefail
 
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
 missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v c++ >/dev/null 2>&1 || missing+=(g++)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
-  missing+=(libclang-dev)
-fi
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  missing+=(postgresql)
-fi
-if ! command -v python3 >/dev/null 2>&1; then
+for pkg in cmake g++ make libclang-dev postgresql openssl curl; do
+  installed "$pkg" || missing+=("$pkg")
+done
+# A Python or Node.js installed outside Debian's packages (pyenv, nodesource) serves as well.
+command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 ||
   missing+=(python3 python3-pip)
-fi
-# openssl computes GitHub-style signatures independently of our code in the webhook tests.
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
@@ -32,7 +38,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo is not installed: install a Rust toolchain (1.85 or newer)" >&2
-  exit 1
+# What the build needs, checked as the build will use it.
+fail=0
+need() { # need <what> <why>: a message naming the package to install
+  echo "missing build prerequisite: $1 ($2)" >&2
+  fail=1
+}
+command -v cargo >/dev/null 2>&1 || need "cargo" "install a Rust toolchain, 1.85 or newer"
+command -v cmake >/dev/null 2>&1 || need "cmake" "apt-get install cmake: llama.cpp's build"
+command -v c++ >/dev/null 2>&1 || need "a C++ compiler" "apt-get install g++: llama.cpp's build"
+# bindgen loads libclang.so (the unversioned link comes with libclang-dev); LIBCLANG_PATH,
+# when set, is where it looks first.
+if ! compgen -G "${LIBCLANG_PATH:-/nonexistent}/libclang*.so" >/dev/null &&
+  ! compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null &&
+  ! compgen -G "/usr/lib/*/libclang.so" >/dev/null; then
+  need "libclang.so" "apt-get install libclang-dev: bindgen, for llama-cpp-sys-2"
 fi
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  need "initdb" "apt-get install postgresql: the Postgres tests"
+command -v npm >/dev/null 2>&1 || need "npm" "apt-get install nodejs npm: the SDK"
+[ "$fail" -eq 0 ] || exit 1

@@ -42,7 +42,8 @@ pub struct DeployedFunction {
     pub spec: FunctionSpec,
 }
 
-/// Test-only faults, honoured only when the `fault-injection` feature is compiled in.
+/// Test-only faults; the runtime lets a request carry one only when `server.fault_injection`
+/// is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The engine thread panics while serving this invocation.

@@ -20,7 +20,13 @@ for b in genrt-bench-gpu genrt-make-model; do
 done
 cp -P target/release/libllama.so* target/release/libllama-common.so* \
   target/release/libggml.so* target/release/libggml-base.so* \
-  target/release/libggml-cpu-*.so "$stage/bin/"
+  target/release/libggml-cpu*.so "$stage/bin/"
+# A default build has one CPU module, for this processor (scripts/ggml-cpu.cmake); a bundle for
+# another machine should carry every variant.
+if [ ! -e target/release/libggml-cpu-x64.so ]; then
+  echo "bundle.sh: the CPU module is built for this processor only; for a machine of another" \
+    "kind, build with GGML_GENRT_CPU_VARIANTS=all in the environment" >&2
+fi
 # The CPU modules need OpenMP's runtime; carried in case the other machine lacks it
 # (run.sh uses it only then).
 mkdir -p "$stage/bin/fallback"

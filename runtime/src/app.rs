@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
+use futures_util::future::BoxFuture;
 use genrt_actors::{load_backends, ActorTree, BackendsInfo, LlamaCppBackend, TreeConfig};
 
 use crate::auth::{AuthSetupError, Authenticator};
@@ -137,7 +138,20 @@ pub struct RunningServer {
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
 /// SIGINT/SIGTERM begin a graceful stop; in-process tests leave it off.
-pub async fn start(config: Config, handle_signals: bool) -> Result<RunningServer, StartError> {
+///
+/// The future is boxed on purpose, as are [`RunningServer::wait`] and [`RunningServer::stop`]:
+/// an `async fn`'s body, and every `async fn` it awaits or spawns, is compiled in the crate
+/// that first polls its future, so each binary that awaited `start` directly (the server,
+/// each test and benchmark binary) compiled the whole server again, about a minute each.
+/// Polling a boxed `dyn Future` compiles it once, here.
+pub fn start(
+    config: Config,
+    handle_signals: bool,
+) -> BoxFuture<'static, Result<RunningServer, StartError>> {
+    Box::pin(start_server(config, handle_signals))
+}
+
+async fn start_server(config: Config, handle_signals: bool) -> Result<RunningServer, StartError> {
     if config.auth.jwt_secret == DEV_JWT_SECRET
         && config
             .auth
@@ -339,8 +353,12 @@ impl RunningServer {
     }
 
     /// Waits until the HTTP server stops (on a signal, or after [`Self::stop`]), then stops
-    /// the actor tree and closes the database.
-    pub async fn wait(self) -> std::io::Result<()> {
+    /// the actor tree and closes the database. Boxed for the reason given at [`start`].
+    pub fn wait(self) -> BoxFuture<'static, std::io::Result<()>> {
+        Box::pin(self.wait_stopped())
+    }
+
+    async fn wait_stopped(self) -> std::io::Result<()> {
         let result = self
             .server
             .await
@@ -370,10 +388,13 @@ impl RunningServer {
         result
     }
 
-    /// Graceful stop: in-flight requests finish first.
-    pub async fn stop(self) -> std::io::Result<()> {
-        self.state.queue.drain();
-        self.handle.stop(true).await;
-        self.wait().await
+    /// Graceful stop: in-flight requests finish first. Boxed for the reason given at
+    /// [`start`].
+    pub fn stop(self) -> BoxFuture<'static, std::io::Result<()>> {
+        Box::pin(async move {
+            self.state.queue.drain();
+            self.handle.stop(true).await;
+            self.wait_stopped().await
+        })
     }
 }

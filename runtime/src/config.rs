@@ -137,7 +137,7 @@ pub struct EngineConfig {
     /// MiB of host memory that all models' weights and KV caches may hold together; a load or
     /// a replica that would exceed it is refused. 0 means 80% of the machine's memory.
     pub memory_budget_mb: u64,
-    /// The folder of llama.cpp's backend modules (`libggml-cpu-*.so`, `libggml-cuda.so`).
+    /// The folder of llama.cpp's backend modules (`libggml-cpu*.so`, `libggml-cuda.so`).
     /// Unset: the `genrt` binary's own folder when it holds any, else the build's folder.
     pub backends_dir: Option<PathBuf>,
     /// MiB each GPU keeps free beyond the weights and KV caches placed on it: llama.cpp's
@@ -172,6 +172,11 @@ pub struct ServerConfig {
     /// Largest `max_tokens` any invocation may ask for, whatever its model's context allows;
     /// more is refused with 422 `invalid_params`. 0 is no cap beyond the context.
     pub max_tokens: u32,
+    /// Honour the `X-Genrt-Fault` header (`engine-panic`, `engine-hang`), which the fault and
+    /// supervision tests use to break a replica on purpose. A setting rather than a cargo
+    /// feature so that the tests and `make run` share one build; refused at start unless the
+    /// server listens on a loopback address.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,6 +285,7 @@ impl Default for ServerConfig {
             shutdown_timeout_s: 30,
             max_input_bytes: 256 * 1024,
             max_tokens: 4096,
+            fault_injection: false,
         }
     }
 }
@@ -452,6 +458,12 @@ impl Config {
                     model.id
                 ));
             }
+        }
+        if self.server.fault_injection && !is_loopback_host(&self.server.host) {
+            return invalid(format!(
+                "server.fault_injection is for tests on a loopback address, not on `{}`",
+                self.server.host
+            ));
         }
         let q = &self.queue;
         if q.concurrency == 0 || q.lease_s < 2 || q.max_attempts == 0 || q.poll_ms == 0 {
@@ -636,4 +648,28 @@ mod tests {
         c.models.push(c.models[0].clone());
         assert!(c.validate().is_err());
     }
+
+    #[test]
+    fn fault_injection_only_on_loopback() {
+        let mut c = Config::default();
+        c.server.fault_injection = true;
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost"] {
+            c.server.host = host.into();
+            assert!(c.validate().is_ok(), "{host}");
+        }
+        for host in ["0.0.0.0", "10.0.0.5", "::"] {
+            c.server.host = host.into();
+            assert!(c.validate().is_err(), "{host}");
+        }
+    }
+}
+
+/// `localhost` or a loopback IP address: only this machine can reach the server.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -80,6 +80,8 @@ impl TestServer {
         config.server.port = 0;
         config.server.workers = 2;
         config.server.shutdown_timeout_s = 5;
+        // The fault tests break replicas on purpose through `X-Genrt-Fault`.
+        config.server.fault_injection = true;
         config.server.body_limit_bytes = 64 * 1024;
         config.data_dir = data.0.clone();
         config.auth.jwt_secret = SECRET.into();

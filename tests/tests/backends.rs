@@ -1,5 +1,5 @@
 //! The dynamic-backend build, proven on the CPU: llama.cpp's backends are shared libraries that
-//! the process loads at start (`libggml-cpu-<variant>.so`, and `libggml-cuda.so` where one was
+//! the process loads at start (`libggml-cpu.so` or `libggml-cpu-<variant>.so`, and `libggml-cuda.so` where one was
 //! built), from `engine.backends_dir` or the binary's own folder. These tests run the real
 //! model through a loaded CPU module, through a folder chosen in the configuration, and check
 //! that a folder without a CPU module stops the start with a message that says so.

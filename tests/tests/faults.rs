@@ -5,8 +5,8 @@
 //! limits (input size, `max_tokens` cap, prompt against the context, streams per tenant).
 //! An engine panic is covered by `e2e.rs` (`an_engine_panic_is_survived`).
 //!
-//! Faults are injected with the `X-Genrt-Fault` header, which only builds with the
-//! `fault-injection` feature honour; this crate enables it, release builds do not.
+//! Faults are injected with the `X-Genrt-Fault` header, which only a server started with
+//! `server.fault_injection` honours (the test server turns it on; it is refused off loopback).
 
 use std::time::{Duration, Instant};
 

@@ -40,7 +40,7 @@ pub struct BackendsInfo {
     pub backends: Vec<String>,
 }
 
-/// Loads llama.cpp's backend modules (`libggml-cpu-*.so`, `libggml-cuda.so`, ...), once per
+/// Loads llama.cpp's backend modules (`libggml-cpu*.so`, `libggml-cuda.so`, ...), once per
 /// process, before anything else calls llama.cpp. The folder is `dir` when given; otherwise
 /// the executable's own folder when it holds backend modules (a deployed binary ships them
 /// beside itself, and `scripts/build-cuda-backend.sh` puts the CUDA one there); otherwise the
@@ -67,7 +67,7 @@ pub fn load_backends(dir: Option<&Path>) -> Result<BackendsInfo, EngineError> {
             tracing::info!(dir = %dir.display(), ?backends, "llama.cpp backends loaded");
             if !backends.iter().any(|b| b == "CPU") {
                 return Err(format!(
-                    "no CPU backend could be loaded from {}: it must hold a libggml-cpu-*.so this processor can run",
+                    "no CPU backend could be loaded from {}: it must hold a libggml-cpu*.so this processor can run",
                     dir.display()
                 ));
             }

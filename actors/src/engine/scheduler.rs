@@ -287,8 +287,8 @@ impl Scheduler {
                 r.prefill_done_at = Some(now);
             }
             // Injected while the sequence is running, as a real engine fault would be, so that
-            // the panic path answers every running job.
-            #[cfg(feature = "fault-injection")]
+            // the panic path answers every running job. Only a server started with
+            // `server.fault_injection` (tests, on loopback) lets a request carry a fault.
             match r.job.request.fault {
                 Some(crate::Fault::EnginePanic) => panic!("injected engine panic"),
                 // Stuck like a call that never returns, with no stop flag checked: only the

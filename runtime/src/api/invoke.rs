@@ -432,20 +432,18 @@ impl Call {
     }
 }
 
-/// Test builds honour `X-Genrt-Fault: engine-panic` and `engine-hang`; release builds
-/// compile this away (the `fault-injection` feature is enabled only by the tests crate).
-#[cfg(feature = "fault-injection")]
+/// `X-Genrt-Fault: engine-panic` or `engine-hang`, honoured only when
+/// `server.fault_injection` is on (tests on loopback; see `ServerConfig`).
 pub(crate) fn fault(request: &HttpRequest) -> Option<Fault> {
+    let state = request.app_data::<web::Data<AppState>>()?;
+    if !state.config.server.fault_injection {
+        return None;
+    }
     match request.headers().get("x-genrt-fault")?.to_str().ok()? {
         "engine-panic" => Some(Fault::EnginePanic),
         "engine-hang" => Some(Fault::EngineHang),
         _ => None,
     }
-}
-
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) fn fault(_request: &HttpRequest) -> Option<Fault> {
-    None
 }
 
 /// Checks made before any work is accepted: the tenant may use the function's models and

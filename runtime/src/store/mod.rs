@@ -64,7 +64,13 @@ pub type InvocationRow = invocation::Model;
 
 impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs migrations.
-    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
+    /// Boxed so that the binary's `migrate` does not compile the migrations again (see
+    /// `app::start`).
+    pub fn connect(config: &Config) -> futures_util::future::BoxFuture<'_, Result<Self, DbErr>> {
+        Box::pin(Self::connect_and_migrate(config))
+    }
+
+    async fn connect_and_migrate(config: &Config) -> Result<Self, DbErr> {
         let url = config.database_url();
         if url.starts_with("sqlite:") {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {

@@ -43,12 +43,21 @@ fn span_exporter(
             .with_endpoint(signal_url(endpoint, "traces"))
             .with_timeout(EXPORT_TIMEOUT)
             .build(),
+        #[cfg(feature = "otlp-grpc")]
         OtlpProtocol::Grpc => builder
             .with_tonic()
             .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build(),
+        #[cfg(not(feature = "otlp-grpc"))]
+        OtlpProtocol::Grpc => Err(grpc_not_built()),
     }
+}
+
+/// Unreachable after `TelemetryConfig::validate`, which refuses gRPC in a build without it.
+#[cfg(not(feature = "otlp-grpc"))]
+fn grpc_not_built() -> ExporterBuildError {
+    ExporterBuildError::InternalFailure(super::GRPC_NOT_BUILT.into())
 }
 
 /// The OTLP half of the metrics pipeline, when an endpoint is configured. Must be called
@@ -68,11 +77,14 @@ pub(super) fn metric_reader(
             .with_endpoint(signal_url(endpoint, "metrics"))
             .with_timeout(EXPORT_TIMEOUT)
             .build()?,
+        #[cfg(feature = "otlp-grpc")]
         OtlpProtocol::Grpc => builder
             .with_tonic()
             .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build()?,
+        #[cfg(not(feature = "otlp-grpc"))]
+        OtlpProtocol::Grpc => return Err(grpc_not_built()),
     };
     Ok(Some(
         PeriodicReader::builder(exporter)
@@ -118,8 +130,11 @@ pub fn init_tracing(
         ),
         None => None,
     };
+    // Colours only on a terminal: a log collector (`kubectl logs`, journald) would store the
+    // escape codes as text.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(log_filter);
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()

@@ -43,6 +43,13 @@ pub async fn sample(state: web::Data<AppState>) {
     }
 }
 
+/// OTLP over gRPC brings tonic and a second HTTP/2 stack into the build, for deployments whose
+/// collector does not take OTLP/HTTP (every current collector does): it is the `otlp-grpc`
+/// cargo feature, off by default, so that the common build stays smaller and faster.
+pub(crate) const GRPC_NOT_BUILT: &str = "telemetry.otlp_protocol `grpc` needs a build with the \
+    `otlp-grpc` feature (cargo build --release --features genrt-runtime/otlp-grpc); \
+    `http/protobuf` works in every build";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum OtlpProtocol {
     #[default]
@@ -121,6 +128,12 @@ impl TelemetryConfig {
                 ));
             }
         }
+        if self.otlp_endpoint.is_some()
+            && self.otlp_protocol == OtlpProtocol::Grpc
+            && !cfg!(feature = "otlp-grpc")
+        {
+            return Err(GRPC_NOT_BUILT.into());
+        }
         if self.metric_export_interval_ms < 100 {
             return Err("telemetry.metric_export_interval_ms must be at least 100".into());
         }
@@ -150,6 +163,15 @@ mod tests {
         assert_eq!(config.otlp_protocol, OtlpProtocol::Grpc);
         assert_eq!(config.service_name, "edge");
         assert_eq!(config.metric_export_interval_ms, 500);
+        // gRPC is accepted exactly when the build has it, and said so otherwise.
+        match config.validate() {
+            Ok(()) => assert!(cfg!(feature = "otlp-grpc")),
+            Err(e) => assert!(
+                !cfg!(feature = "otlp-grpc") && e.contains("otlp-grpc"),
+                "{e}"
+            ),
+        }
+        config.otlp_protocol = OtlpProtocol::HttpProtobuf;
         config.validate().unwrap();
     }
 
