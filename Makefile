@@ -58,7 +58,7 @@ bench-gpu: deps model
 ## bundle, unpacked elsewhere, writes a small synthetic model and benchmarks it (no CUDA).
 bench-gpu-check: deps model
 	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
-	benchmarks/gpu/bundle.sh "$$dir/bundle.tar.gz" && \
+	BUNDLE_CPU_VARIANTS=native benchmarks/gpu/bundle.sh "$$dir/bundle.tar.gz" && \
 	GPU_BUNDLE="$$dir/bundle.tar.gz" WORK_DIR="$$dir/work" SKIP_CUDA=1 OUT="$$dir/RESULTS-gpu.md" \
 	  MODEL_ARGS="--n-embd 256 --n-layer 4 --n-ff 512 --n-head 4 --n-head-kv 4" \
 	  BENCH_ARGS="--streams 1,4 --tokens 16 --runs 1 --threads 2" benchmarks/gpu/run.sh && \
@@ -95,6 +95,8 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets
+	@# The optional OTLP-over-gRPC exporter, which the default build leaves out.
+	$(CARGO) check --release -p genrt-runtime --features otlp-grpc
 
 clean:
 	$(CARGO) clean

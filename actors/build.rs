@@ -13,6 +13,21 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_LLAMA_BACKENDS_DIR");
+    println!("cargo:rerun-if-env-changed=GGML_GENRT_CPU_VARIANTS");
+    // Which CPU modules the current llama.cpp build made (scripts/ggml-cpu.cmake): CMake's
+    // install step never deletes the other kind, left by an earlier build in the same
+    // folder, and llama.cpp's loader would prefer `libggml-cpu-<variant>.so` files over a
+    // newer `libggml-cpu.so`, so those of the other kind are neither copied nor kept.
+    let all_variants = std::env::var("GGML_GENRT_CPU_VARIANTS").as_deref() == Ok("all");
+    let stale = |name: &str| {
+        let variant = name.starts_with("libggml-cpu-");
+        let single = name.starts_with("libggml-cpu.so");
+        if all_variants {
+            single
+        } else {
+            variant
+        }
+    };
     let Some(backends) = std::env::var_os("DEP_LLAMA_BACKENDS_DIR").map(PathBuf::from) else {
         return;
     };
@@ -31,10 +46,16 @@ fn main() {
         if !dest.is_dir() {
             continue;
         }
+        for entry in std::fs::read_dir(&dest).into_iter().flatten().flatten() {
+            if stale(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         for dir in [&libs, &backends] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = entry.file_name();
-                if name.to_string_lossy().contains(".so") {
+                let name_str = name.to_string_lossy();
+                if name_str.contains(".so") && !stale(&name_str) {
                     place(&entry.path(), &dest.join(&name));
                 }
             }

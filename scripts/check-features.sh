@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fails when a dependency would be compiled with different features by `make run`
-# (`cargo build -p genrt-runtime`), the workspace's binaries (benchmarks, `make test`'s build) and
-# `cargo test` (which adds dev-dependencies): each difference means a second compilation of that
+# (`cargo build -p genrt-runtime`), the workspace's binaries (`make test`'s build), the
+# benchmarks alone (`make bench`, `-p genrt-benchmarks`) and `cargo test` (which adds
+# dev-dependencies): each difference means a second compilation of that
 # crate and of everything above it. The cure is a line under "Feature unification" in
 # runtime/Cargo.toml. This is the check cargo-hakari's `verify` makes, on our three builds
 # alone, without a generated workspace-hack crate.
@@ -20,6 +21,7 @@ tree() { # tree <out> <cargo tree args...>: one "package [features]" line per ta
 }
 tree "$tmp/run" -p genrt-runtime
 tree "$tmp/workspace" --workspace
+tree "$tmp/bench" -p genrt-benchmarks
 tree "$tmp/test" --workspace -e dev
 
 python3 - "$tmp" <<'PY'
@@ -32,9 +34,9 @@ def load(name):
         if package:
             features.setdefault(package, set()).add(rest.rstrip("]"))
     return features
-builds = {name: load(name) for name in ("run", "workspace", "test")}
+builds = {name: load(name) for name in ("run", "workspace", "bench", "test")}
 differences = []
-for a, b in (("run", "workspace"), ("workspace", "test")):
+for a, b in (("run", "workspace"), ("bench", "workspace"), ("workspace", "test")):
     for package in sorted(builds[a].keys() & builds[b].keys()):
         if builds[a][package] != builds[b][package]:
             differences.append(f"  {package}: {a} {sorted(builds[a][package])} vs {b} {sorted(builds[b][package])}")
@@ -44,5 +46,5 @@ if differences:
     print("\n".join(differences))
     sys.exit(1)
 print(f"check-features: {len(builds['test'])} crates, one feature set each across make run, "
-      "the workspace build and cargo test")
+      "the workspace build, the benchmarks and cargo test")
 PY

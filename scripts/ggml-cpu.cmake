@@ -12,6 +12,11 @@
 # Its name starts with GGML_ because llama-cpp-sys-2's build script passes such variables to
 # CMake and rebuilds llama.cpp when one changes, so switching never leaves a stale build.
 # (GGML_NATIVE, llama.cpp's own one-machine build, refuses to combine with dynamic backends.)
+# Editing this file does not rebuild llama.cpp by itself (cargo watches the variable, not the
+# file): `cargo clean -p llama-cpp-sys-2` after a change.
+if(NOT GGML_GENRT_CPU_VARIANTS MATCHES "^(native|all)$")
+    message(FATAL_ERROR "GGML_GENRT_CPU_VARIANTS must be native or all, not `${GGML_GENRT_CPU_VARIANTS}`")
+endif()
 if(GGML_GENRT_CPU_VARIANTS STREQUAL "all" OR NOT EXISTS "/proc/cpuinfo"
    OR NOT CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
     return()
@@ -72,7 +77,9 @@ endforeach()
 # Normal variables take precedence over the cache entries the build script defined, and
 # ggml's option() calls leave them alone (policy CMP0077).
 set(GGML_CPU_ALL_VARIANTS OFF)
-foreach(feature SSE42 AVX AVX2 BMI2 AVX_VNNI FMA F16C AVX512 AVX512_VBMI AVX512_VNNI
+# NATIVE too: with RUSTFLAGS=-C target-cpu=native the build script turns it on, and ggml refuses
+# it beside dynamic backends (the variant list above already follows this processor).
+foreach(feature NATIVE SSE42 AVX AVX2 BMI2 AVX_VNNI FMA F16C AVX512 AVX512_VBMI AVX512_VNNI
                 AVX512_BF16 AMX_TILE AMX_INT8 AMX_BF16)
     set(GGML_${feature} OFF)
 endforeach()

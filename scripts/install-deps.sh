@@ -5,7 +5,8 @@
 #
 #   cmake, g++, libclang-dev  llama.cpp, built through llama-cpp-2 (CMake + bindgen)
 #   postgresql                the Postgres end-to-end tests (a throwaway cluster per run)
-#   python3, python3-pip      the model's download (PyPI) and the API fuzz run
+#   python3, python3-pip,     the model's download (PyPI), the API fuzz run and the manifest
+#   python3-venv              check (tools in virtual environments under target/)
 #   openssl                   signatures computed independently of our code in webhook tests
 #   nodejs, npm               the TypeScript SDK and its tests
 #   curl                      `make run` waits for the server and deploys the examples with it
@@ -19,14 +20,20 @@ installed() {
 }
 
 missing=()
-for pkg in cmake g++ make libclang-dev postgresql openssl curl; do
-  installed "$pkg" || missing+=("$pkg")
-done
-# A Python or Node.js installed outside Debian's packages (pyenv, nodesource) serves as well.
-command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 ||
-  missing+=(python3 python3-pip)
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  missing+=(nodejs npm)
+if command -v dpkg-query >/dev/null 2>&1; then
+  for pkg in cmake g++ make libclang-dev postgresql openssl curl; do
+    installed "$pkg" || missing+=("$pkg")
+  done
+  # A Python or Node.js installed outside Debian's packages (pyenv, nodesource) serves as well.
+  command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 ||
+    missing+=(python3 python3-pip)
+  # Virtual environments hold the Python tools of the checks (schemathesis, check-deploy).
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+  fi
+else
+  echo "install-deps: not a Debian system; checking the prerequisites only" >&2
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -57,4 +64,6 @@ fi
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
   need "initdb" "apt-get install postgresql: the Postgres tests"
 command -v npm >/dev/null 2>&1 || need "npm" "apt-get install nodejs npm: the SDK"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ||
+  need "python3 with venv" "apt-get install python3-venv: the API fuzz run and check-deploy"
 [ "$fail" -eq 0 ] || exit 1

@@ -6,32 +6,37 @@
 # GPU machine.
 #
 #   benchmarks/gpu/bundle.sh [OUT]        # default .device/gpu-bundle.tar.gz
+#
+# The bundle runs on another machine, so by default it carries every CPU variant of llama.cpp
+# (GGML_GENRT_CPU_VARIANTS=all), built apart in target/portable so that the local build, which
+# has only this processor's (scripts/ggml-cpu.cmake), is not rebuilt. BUNDLE_CPU_VARIANTS=native
+# packs the local build instead, for a run on this machine (`make bench-gpu-check`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-.device/gpu-bundle.tar.gz}
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$model" ] || scripts/fetch-model.sh
+case ${BUNDLE_CPU_VARIANTS:-all} in
+  all) export GGML_GENRT_CPU_VARIANTS=all CARGO_TARGET_DIR=target/portable ;;
+  native) unset GGML_GENRT_CPU_VARIANTS CARGO_TARGET_DIR ;;
+  *) echo "bundle.sh: BUNDLE_CPU_VARIANTS must be all or native" >&2; exit 1 ;;
+esac
 cargo build --release -p genrt-benchmarks --bins
+release=${CARGO_TARGET_DIR:-target}/release
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/llama.cpp"
 for b in genrt-bench-gpu genrt-make-model; do
-  strip -o "$stage/bin/$b" "target/release/$b"
+  strip -o "$stage/bin/$b" "$release/$b"
 done
-cp -P target/release/libllama.so* target/release/libllama-common.so* \
-  target/release/libggml.so* target/release/libggml-base.so* \
-  target/release/libggml-cpu*.so "$stage/bin/"
-# A default build has one CPU module, for this processor (scripts/ggml-cpu.cmake); a bundle for
-# another machine should carry every variant.
-if [ ! -e target/release/libggml-cpu-x64.so ]; then
-  echo "bundle.sh: the CPU module is built for this processor only; for a machine of another" \
-    "kind, build with GGML_GENRT_CPU_VARIANTS=all in the environment" >&2
-fi
+cp -P "$release"/libllama.so* "$release"/libllama-common.so* \
+  "$release"/libggml.so* "$release"/libggml-base.so* \
+  "$release"/libggml-cpu*.so "$stage/bin/"
 # The CPU modules need OpenMP's runtime; carried in case the other machine lacks it
 # (run.sh uses it only then).
 mkdir -p "$stage/bin/fallback"
 cp -L "$(gcc -print-file-name=libgomp.so.1)" "$stage/bin/fallback/"
-target/release/genrt-make-model --tokenizer "$model" --vocab-only --out "$stage/vocab.gguf"
+"$release/genrt-make-model" --tokenizer "$model" --vocab-only --out "$stage/vocab.gguf"
 src=$(scripts/llama-cpp-src.sh)
 # What configuring llama.cpp reads, without the sources of backends other than CPU and CUDA.
 tar -C "$src" -cf - \

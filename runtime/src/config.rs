@@ -173,9 +173,10 @@ pub struct ServerConfig {
     /// more is refused with 422 `invalid_params`. 0 is no cap beyond the context.
     pub max_tokens: u32,
     /// Honour the `X-Genrt-Fault` header (`engine-panic`, `engine-hang`), which the fault and
-    /// supervision tests use to break a replica on purpose. A setting rather than a cargo
-    /// feature so that the tests and `make run` share one build; refused at start unless the
-    /// server listens on a loopback address.
+    /// supervision tests use to break a replica on purpose, from loopback peers only. A
+    /// setting rather than a cargo feature so that the tests and `make run` share one build;
+    /// the configuration is refused unless the server listens on a loopback address. Never
+    /// for production.
     pub fault_injection: bool,
 }
 

@@ -433,10 +433,12 @@ impl Call {
 }
 
 /// `X-Genrt-Fault: engine-panic` or `engine-hang`, honoured only when
-/// `server.fault_injection` is on (tests on loopback; see `ServerConfig`).
+/// `server.fault_injection` is on (tests; see `ServerConfig`) and the request comes from this
+/// machine, so that a proxy in front of a loopback listener cannot pass it on.
 pub(crate) fn fault(request: &HttpRequest) -> Option<Fault> {
     let state = request.app_data::<web::Data<AppState>>()?;
-    if !state.config.server.fault_injection {
+    let local = request.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    if !state.config.server.fault_injection || !local {
         return None;
     }
     match request.headers().get("x-genrt-fault")?.to_str().ok()? {
