@@ -47,16 +47,25 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
-    /// Whether the same request may succeed if sent again unchanged.
+    /// Whether the same request may succeed if sent again unchanged: the one decision, used
+    /// by the runtime's queue to retry. A timeout depends on the load at the time, and an
+    /// internal error is not the input's fault, so both are worth another attempt.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Self::ModelUnavailable { .. }
-                | Self::Overloaded { .. }
-                | Self::ReplicaFailed { .. }
-                | Self::ShuttingDown
-                | Self::InsufficientMemory(_)
-        )
+            | Self::Overloaded { .. }
+            | Self::ReplicaFailed { .. }
+            | Self::ShuttingDown
+            | Self::InsufficientMemory(_)
+            | Self::Timeout
+            | Self::Internal(_) => true,
+            Self::Input(_)
+            | Self::MaxTokensExceedContext { .. }
+            | Self::PromptTooLong { .. }
+            | Self::UnknownModel(_)
+            | Self::OutputSpec(_)
+            | Self::InvalidOutput(_) => false,
+        }
     }
 
     pub(crate) fn from_engine(model: &ModelId, err: EngineError) -> Self {

@@ -103,6 +103,7 @@ fn invocation(f: &Arc<DeployedFunction>, input: serde_json::Value) -> Invocation
         stream: None,
         fault: None,
         conversation: None,
+        prompt: None,
     }
 }
 

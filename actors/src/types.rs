@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genrt_functions::{
-    Conversation, FunctionName, FunctionSpec, GenerationParams, ModelId, TenantId,
+    Conversation, FunctionName, FunctionSpec, GenerationParams, ModelId, RenderedPrompt, TenantId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,6 +68,10 @@ pub struct Invocation {
     pub fault: Option<Fault>,
     /// Earlier turns and a system message given by the caller (the OpenAI-compatible API).
     pub conversation: Option<Arc<Conversation>>,
+    /// The function's templates already rendered with `input` (and `conversation` applied).
+    /// The runtime renders on its bounded render pool, under the template limits, before
+    /// anything reaches the tree; `None` renders here, which only the tree's own tests do.
+    pub prompt: Option<Box<RenderedPrompt>>,
 }
 
 impl Invocation {

@@ -27,6 +27,9 @@ pub enum InputError {
     /// A template refers to something the input does not provide, or fails to render.
     #[error("template `{template}` failed to render: {message}")]
     Template { template: String, message: String },
+    /// A template needed more instructions, output or memory than one render may use.
+    #[error("template `{template}` exceeds a rendering limit: {message}")]
+    TemplateLimit { template: String, message: String },
     /// The routing field is missing or not a string and the route has no default.
     #[error("input.{field} is required to choose a model")]
     Route { field: String },

@@ -7,6 +7,7 @@
 mod error;
 mod evaluation;
 mod ids;
+mod limits;
 mod params;
 mod prepared;
 mod routing;
@@ -18,6 +19,7 @@ pub use evaluation::{
     MAX_EVALUATION_CASES,
 };
 pub use ids::{FunctionName, ModelId, TenantId};
+pub use limits::{stopped_render_threads, within_budget, BudgetAllocator, TemplateLimits};
 pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use prepared::{ChatRole, ChatTurn, Conversation, PreparedFunction, RenderedPrompt};
 pub use routing::Route;

@@ -4,7 +4,8 @@
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
-use crate::{FunctionSpec, InputError, OutputSpec, SpecError};
+use crate::limits::CappedOutput;
+use crate::{FunctionSpec, InputError, OutputSpec, SpecError, TemplateLimits};
 
 const SYSTEM: &str = "system";
 const PROMPT: &str = "prompt";
@@ -72,6 +73,7 @@ impl Conversation {
 pub struct PreparedFunction {
     spec: FunctionSpec,
     templates: Environment<'static>,
+    limits: TemplateLimits,
     input_schema: Option<jsonschema::Validator>,
     output_schema: Option<jsonschema::Validator>,
 }
@@ -85,8 +87,15 @@ impl std::fmt::Debug for PreparedFunction {
 }
 
 impl PreparedFunction {
+    /// Compiled with the default [`TemplateLimits`].
     pub fn new(spec: FunctionSpec) -> Result<Self, SpecError> {
+        Self::with_limits(spec, TemplateLimits::default())
+    }
+
+    pub fn with_limits(spec: FunctionSpec, limits: TemplateLimits) -> Result<Self, SpecError> {
         let mut templates = Environment::new();
+        // Tenants write these templates: every render gets a fixed instruction budget.
+        templates.set_fuel(Some(limits.fuel));
         // Printing a variable the input lacks is a caller error, not empty text; testing one
         // (`{% if audience %}`) is how templates make a field optional, so that stays allowed.
         templates.set_undefined_behavior(UndefinedBehavior::SemiStrict);
@@ -116,6 +125,7 @@ impl PreparedFunction {
         Ok(Self {
             spec,
             templates,
+            limits,
             input_schema,
             output_schema,
         })
@@ -123,6 +133,10 @@ impl PreparedFunction {
 
     pub fn spec(&self) -> &FunctionSpec {
         &self.spec
+    }
+
+    pub fn limits(&self) -> TemplateLimits {
+        self.limits
     }
 
     /// Validates the input against the schema, then renders both templates with it.
@@ -150,25 +164,50 @@ impl PreparedFunction {
                     template: name.to_owned(),
                     message: describe(&e),
                 })?;
-            template.render(input).map_err(|e| {
-                // Name the variables the input lacks: more useful than minijinja's position.
-                let mut missing: Vec<String> = template
-                    .undeclared_variables(false)
-                    .into_iter()
-                    .filter(|v| input.get(v).is_none())
-                    .collect();
-                missing.sort();
-                let message =
-                    if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
+            let mut out = CappedOutput::new(self.limits.max_output_bytes);
+            let rendered = template.render_captured_to(input, &mut out);
+            if out.overflowed {
+                return Err(InputError::TemplateLimit {
+                    template: name.to_owned(),
+                    message: format!(
+                        "the rendered text exceeds {} bytes",
+                        self.limits.max_output_bytes
+                    ),
+                });
+            }
+            if let Err(e) = &rendered {
+                if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                    return Err(InputError::TemplateLimit {
+                        template: name.to_owned(),
+                        message: format!(
+                            "rendering needs more than {} instructions",
+                            self.limits.fuel
+                        ),
+                    });
+                }
+            }
+            rendered
+                .map(|_| String::from_utf8(out.text).expect("minijinja writes UTF-8"))
+                .map_err(|e| {
+                    // Name the variables the input lacks: more useful than minijinja's position.
+                    let mut missing: Vec<String> = template
+                        .undeclared_variables(false)
+                        .into_iter()
+                        .filter(|v| input.get(v).is_none())
+                        .collect();
+                    missing.sort();
+                    let message = if e.kind() == minijinja::ErrorKind::UndefinedError
+                        && !missing.is_empty()
+                    {
                         format!("missing variable(s): {}", missing.join(", "))
                     } else {
                         describe(&e)
                     };
-                InputError::Template {
-                    template: name.to_owned(),
-                    message,
-                }
-            })
+                    InputError::Template {
+                        template: name.to_owned(),
+                        message,
+                    }
+                })
         };
         let system = match self.spec.system {
             Some(_) => Some(render(SYSTEM)?),
@@ -227,6 +266,45 @@ mod tests {
 
     fn prepared(value: Value) -> PreparedFunction {
         PreparedFunction::new(serde_json::from_value(value).unwrap()).unwrap()
+    }
+
+    fn limited(prompt: &str, limits: TemplateLimits) -> PreparedFunction {
+        let spec = serde_json::from_value(json!({"model": "m", "prompt": prompt})).unwrap();
+        PreparedFunction::with_limits(spec, limits).unwrap()
+    }
+
+    #[test]
+    fn a_template_out_of_fuel_is_refused_as_a_limit() {
+        let limits = TemplateLimits {
+            fuel: 1000,
+            ..TemplateLimits::default()
+        };
+        let looping = limited("{% for a in range(100000) %}{{ a }}{% endfor %}", limits);
+        match looping.render(&json!({})) {
+            Err(InputError::TemplateLimit { template, message }) => {
+                assert_eq!(template, "prompt");
+                assert!(message.contains("1000 instructions"), "{message}");
+            }
+            other => panic!("expected a template limit, got {other:?}"),
+        }
+        // The same shape within the budget renders.
+        let small = limited("{% for a in range(3) %}{{ a }}{% endfor %}", limits);
+        assert_eq!(small.render(&json!({})).unwrap().user, "012");
+    }
+
+    #[test]
+    fn rendered_text_past_the_cap_is_refused_as_a_limit() {
+        let limits = TemplateLimits {
+            max_output_bytes: 100,
+            ..TemplateLimits::default()
+        };
+        let big = limited("{{ \"x\" * 101 }}", limits);
+        assert!(matches!(
+            big.render(&json!({})),
+            Err(InputError::TemplateLimit { .. })
+        ));
+        let fits = limited("{{ \"x\" * 100 }}", limits);
+        assert_eq!(fits.render(&json!({})).unwrap().user.len(), 100);
     }
 
     #[test]

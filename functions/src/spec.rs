@@ -149,7 +149,20 @@ impl FunctionSpec {
 
     /// Checks everything that can be checked without running the function: templates and
     /// schema compile, parameters are in range, every model it can reach is registered.
+    /// Compiling a tenant's template can take unbounded memory (minijinja folds constant
+    /// expressions such as `"x" * 100000000` as it compiles), so a server calls
+    /// [`Self::validate_fields`] where it serves and compiles on its render pool instead.
     pub fn validate(&self, is_registered: impl Fn(&ModelId) -> bool) -> Result<(), SpecError> {
+        self.validate_fields(is_registered)?;
+        // Compiling is the only reliable syntax check for templates and schemas.
+        PreparedFunction::new(self.clone()).map(|_| ())
+    }
+
+    /// [`Self::validate`] without compiling the templates.
+    pub fn validate_fields(
+        &self,
+        is_registered: impl Fn(&ModelId) -> bool,
+    ) -> Result<(), SpecError> {
         match &self.target {
             ModelTarget::Model(model) => {
                 if !is_registered(model) {
@@ -226,8 +239,7 @@ impl FunctionSpec {
             webhook.validate()?;
         }
         validate_cases("evaluation", &self.evaluation)?;
-        // Compiling is the only reliable syntax check for templates and schemas.
-        PreparedFunction::new(self.clone()).map(|_| ())
+        Ok(())
     }
 
     /// A digest of the spec's meaning: two specs with the same digest are the same version,

@@ -175,7 +175,7 @@ proptest! {
         match PreparedFunction::new(spec) {
             Ok(prepared) => match prepared.render(&input) {
                 Ok(rendered) => prop_assert!(input.is_object(), "rendered a non-object input: {rendered:?}"),
-                Err(InputError::Template { template, message }) => {
+                Err(InputError::Template { template, message } | InputError::TemplateLimit { template, message }) => {
                     prop_assert!(template == "prompt" || template == "system");
                     prop_assert!(!message.is_empty());
                 }

@@ -16,7 +16,8 @@ use genrt_actors::{load_backends, ActorTree, BackendsInfo, LlamaCppBackend, Tree
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::MokaResponseCache;
 use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
+use crate::invocation::{InvocationService, Parts};
 use crate::queue::JobQueue;
 use crate::store::{Recorder, Store, StoredVersion};
 use crate::tenancy::Tenancy;
@@ -24,19 +25,17 @@ use crate::webhooks::ssrf::{http_client, UrlGuard};
 use genrt_functions::{FunctionName, TenantId};
 use moka::sync::Cache;
 
-const PREWARM_CONCURRENCY: usize = 4;
-
 /// What every handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub tree: Arc<ActorTree>,
     pub cache: Arc<MokaResponseCache>,
-    /// Prewarm requests running at once; more are refused with `overloaded`.
-    pub prewarm: Arc<tokio::sync::Semaphore>,
+    /// Every generation goes through here (see `invocation`).
+    pub invocations: InvocationService,
     pub records: Recorder,
-    pub tenancy: Tenancy,
-    pub queue: JobQueue,
+    pub tenancy: Arc<Tenancy>,
+    pub queue: Arc<JobQueue>,
     /// Keeps callbacks away from internal addresses (`webhooks.allow_private` excepted).
     pub url_guard: Arc<UrlGuard>,
     /// The client webhooks are sent with: guarded resolver, no redirects, timeouts.
@@ -83,22 +82,10 @@ impl AppState {
         let _ = tokio::time::timeout(limit, self.deliveries.notified()).await;
     }
 
-    /// Refuses callback URLs the SSRF guard forbids. Host names are resolved again, and
-    /// checked, at every delivery.
+    /// Refuses callback URLs the SSRF guard forbids (see
+    /// [`InvocationService::check_callback_url`]).
     pub async fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
-        let refused = |err: crate::webhooks::ssrf::SsrfError| {
-            ApiError::new(
-                ErrorCode::CallbackUrlForbidden,
-                format!("the callback URL is refused: {err}"),
-            )
-            .with_field("webhook.url")
-        };
-        let parsed = self.url_guard.check_url(url).map_err(refused)?;
-        if let Some(url::Host::Domain(host)) = parsed.host() {
-            let port = parsed.port_or_known_default().unwrap_or(443);
-            self.url_guard.resolve(host, port).await.map_err(refused)?;
-        }
-        Ok(())
+        self.invocations.check_callback_url(url).await
     }
 
     pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
@@ -195,17 +182,30 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
             .url_guard()
             .map_err(|e| StartError::Actors(format!("webhooks: {e}")))?,
     );
+    let tree = Arc::new(tree);
+    let tenancy = Arc::new(Tenancy::new(store.clone(), config.tenancy.clone()));
+    let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
+    let invocations = InvocationService::new(Parts {
+        config: Arc::clone(&config),
+        store: store.clone(),
+        tree: Arc::clone(&tree),
+        records: records.clone(),
+        tenancy: Arc::clone(&tenancy),
+        queue: Arc::clone(&queue),
+        metrics: Arc::clone(&metrics),
+        url_guard: Arc::clone(&url_guard),
+    });
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: store.clone(),
-        tree: Arc::new(tree),
+        tree,
         cache,
-        prewarm: Arc::new(tokio::sync::Semaphore::new(PREWARM_CONCURRENCY)),
+        invocations,
         records,
         metrics,
         backends,
-        tenancy: Tenancy::new(store.clone(), config.tenancy.clone()),
-        queue: JobQueue::new(config.node_id(), config.queue.clone()),
+        tenancy,
+        queue,
         deliveries: tokio::sync::Notify::new(),
         url_guard: Arc::clone(&url_guard),
         http: http_client(url_guard, config.webhooks.timeout())
@@ -227,9 +227,9 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
             );
         }
     }
-    let queue_runner = tokio::spawn(crate::queue::run(state.clone()));
-    let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone()));
-    let metrics_sampler = tokio::spawn(crate::telemetry::sample(state.clone()));
+    let queue_runner = tokio::spawn(crate::queue::run(state.clone().into_inner()));
+    let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone().into_inner()));
+    let metrics_sampler = tokio::spawn(crate::telemetry::sample(state.clone().into_inner()));
     let body_limit = config.server.body_limit_bytes;
     let limits = crate::api::BodyLimits {
         body: body_limit,
@@ -246,9 +246,7 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
             .wrap(actix_web::middleware::from_fn(request_id))
             .wrap(tracing_actix_web_lite())
             // Outermost, so that the server span covers everything the request does.
-            .wrap(actix_web::middleware::from_fn(
-                crate::telemetry::http_server_span,
-            ))
+            .wrap(actix_web::middleware::from_fn(crate::api::http_server_span))
             .configure(|cfg| crate::api::configure(cfg, limits))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)

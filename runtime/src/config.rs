@@ -33,6 +33,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "queue",
     "webhooks",
     "telemetry",
+    "templates",
     "models",
 ];
 
@@ -50,7 +51,70 @@ pub struct Config {
     pub queue: QueueConfig,
     pub webhooks: WebhookConfig,
     pub telemetry: TelemetryConfig,
+    pub templates: TemplatesConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Limits on tenants' templates, which are compiled and rendered on a pool of their own
+/// threads (see `invocation/render.rs`). A template that exceeds one is refused with 422
+/// `template_limit`: at deploy when it does so whatever the input, otherwise at invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// minijinja instructions one render of one template may execute.
+    pub fuel: u64,
+    /// Bytes of text one template may render.
+    pub max_output_bytes: usize,
+    /// Bytes one render may hold at once, intermediate values included.
+    pub max_memory_mb: usize,
+    /// Wall-clock time one render may take once it has a thread.
+    pub render_timeout_ms: u64,
+    /// Render threads.
+    pub render_threads: usize,
+    /// Threads started in place of ones given up on at their deadline, at most.
+    pub spare_threads: usize,
+    /// Renders waiting for a thread; more are refused with 503 `overloaded`.
+    pub queue_capacity: usize,
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        let limits = genrt_functions::TemplateLimits::default();
+        Self {
+            fuel: limits.fuel,
+            max_output_bytes: limits.max_output_bytes,
+            max_memory_mb: limits.max_memory_bytes / (1024 * 1024),
+            render_timeout_ms: 1000,
+            render_threads: 2,
+            spare_threads: 8,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+impl TemplatesConfig {
+    pub fn limits(&self) -> genrt_functions::TemplateLimits {
+        genrt_functions::TemplateLimits {
+            fuel: self.fuel,
+            max_output_bytes: self.max_output_bytes,
+            max_memory_bytes: self.max_memory_mb * 1024 * 1024,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.fuel == 0 || self.max_output_bytes == 0 || self.max_memory_mb == 0 {
+            return Err(
+                "templates: fuel, max_output_bytes and max_memory_mb must be above 0".into(),
+            );
+        }
+        if self.render_timeout_ms == 0 || self.render_threads == 0 || self.queue_capacity == 0 {
+            return Err(
+                "templates: render_timeout_ms, render_threads and queue_capacity must be above 0"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Defaults for tenants whose settings leave a limit unset. A tenant's own settings (admin
@@ -69,6 +133,9 @@ pub struct TenancyConfig {
     pub max_concurrent_streams: u32,
     /// Prompt plus completion tokens per calendar month (UTC); 0 is no budget.
     pub monthly_token_budget: u64,
+    /// Prewarm requests a tenant may have running at once (each runs its inputs one at a
+    /// time, in the background); more get 429 `concurrency_limited`.
+    pub max_concurrent_prewarms: u32,
     /// How long tenant settings and API keys are cached; a change made on another node is
     /// seen within this time (changes made on this node are seen at once).
     pub cache_ttl_s: u64,
@@ -109,6 +176,7 @@ impl Default for TenancyConfig {
             max_concurrency: 64,
             max_concurrent_streams: 32,
             monthly_token_budget: 0,
+            max_concurrent_prewarms: 1,
             cache_ttl_s: 5,
         }
     }
@@ -271,6 +339,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             webhooks: WebhookConfig::default(),
             telemetry: TelemetryConfig::default(),
+            templates: TemplatesConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -430,6 +499,7 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.validate_auth()?;
         self.telemetry.validate().map_err(ConfigError::Invalid)?;
+        self.templates.validate().map_err(ConfigError::Invalid)?;
         if self.models.is_empty() {
             return invalid("at least one model must be registered".into());
         }
@@ -606,6 +676,16 @@ impl Config {
     }
 }
 
+/// `localhost` or a loopback IP address: only this machine can reach the server.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,14 +743,4 @@ mod tests {
             assert!(c.validate().is_err(), "{host}");
         }
     }
-}
-
-/// `localhost` or a loopback IP address: only this machine can reach the server.
-fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }

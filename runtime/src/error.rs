@@ -2,10 +2,9 @@
 //! and, for temporary conditions, a Retry-After. All of them render as
 //! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
 use genrt_actors::InvokeError;
 use genrt_functions::{InputError, SpecError};
+use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -74,6 +73,7 @@ error_codes! {
     InvalidSpec => ("invalid_spec", UNPROCESSABLE_ENTITY, None),
     InvalidInput => ("invalid_input", UNPROCESSABLE_ENTITY, None),
     TemplateError => ("template_error", UNPROCESSABLE_ENTITY, None),
+    TemplateLimit => ("template_limit", UNPROCESSABLE_ENTITY, None),
     InvalidParams => ("invalid_params", UNPROCESSABLE_ENTITY, None),
     MaxTokensExceedContext => ("max_tokens_exceeds_context", UNPROCESSABLE_ENTITY, None),
     PromptTooLong => ("prompt_too_long", UNPROCESSABLE_ENTITY, None),
@@ -102,6 +102,10 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Overrides the code's Retry-After when the wait is known (a rate limit's next token).
     pub retry_after: Option<u32>,
+    /// Whether the same work, run again unchanged, may succeed: decided once, where the
+    /// domain error becomes this one (see `From<InvokeError>`, `From<DbErr>`), and used by
+    /// the queue to retry.
+    pub retryable: bool,
 }
 
 /// The error envelope, as documented in the OpenAPI description.
@@ -146,6 +150,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            retryable: false,
         }
     }
 
@@ -165,29 +170,15 @@ impl ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.code.status()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let Some(seconds) = self.retry_after.or(self.code.retry_after()) {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-        }
-        if self.code.status() == StatusCode::UNAUTHORIZED {
-            response.insert_header((
-                header::WWW_AUTHENTICATE,
-                format!("Bearer error=\"{}\"", self.code.as_str()),
-            ));
-        }
-        response.json(ErrorBody {
+impl From<ApiError> for ErrorBody {
+    fn from(err: ApiError) -> Self {
+        ErrorBody {
             error: ErrorDetail {
-                code: self.code.as_str().to_owned(),
-                message: self.message.clone(),
-                field: self.field.clone(),
+                code: err.code.as_str().to_owned(),
+                message: err.message,
+                field: err.field,
             },
-        })
+        }
     }
 }
 
@@ -199,6 +190,15 @@ impl From<SpecError> for ApiError {
 
 impl From<InvokeError> for ApiError {
     fn from(err: InvokeError) -> Self {
+        let retryable = err.is_retryable();
+        let mut api = api_error_of(err);
+        api.retryable = retryable;
+        api
+    }
+}
+
+fn api_error_of(err: InvokeError) -> ApiError {
+    {
         let message = err.to_string();
         match err {
             InvokeError::Input(input) => match input {
@@ -206,6 +206,9 @@ impl From<InvokeError> for ApiError {
                     .with_field(format!("input{field}")),
                 InputError::Template { template, .. } => {
                     ApiError::new(ErrorCode::TemplateError, message).with_field(template)
+                }
+                InputError::TemplateLimit { template, .. } => {
+                    ApiError::new(ErrorCode::TemplateLimit, message).with_field(template)
                 }
                 InputError::Route { field } => ApiError::new(ErrorCode::InvalidInput, message)
                     .with_field(format!("input.{field}")),
@@ -243,12 +246,17 @@ impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
         if is_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
-            return ApiError::new(
+            let mut api = ApiError::new(
                 ErrorCode::DatabaseUnavailable,
                 "the database is not answering",
             );
+            api.retryable = true;
+            return api;
         }
-        ApiError::internal(err)
+        let mut api = ApiError::internal(err);
+        // A query that failed may not fail again (a lost connection, a lock timeout).
+        api.retryable = true;
+        api
     }
 }
 
@@ -297,13 +305,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn overload_renders_with_retry_after() {
-        let err = ApiError::new(ErrorCode::Overloaded, "busy");
-        let response = err.error_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
     }
 }

@@ -40,6 +40,7 @@ export const ERROR_CODES = [
   'invalid_spec',
   'invalid_input',
   'template_error',
+  'template_limit',
   'invalid_params',
   'max_tokens_exceeds_context',
   'prompt_too_long',

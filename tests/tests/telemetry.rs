@@ -332,3 +332,157 @@ async fn one_invocation_is_one_trace_with_genai_attributes_and_metrics_arrive() 
     hooks.stop().await;
     otlp.stop().await;
 }
+
+/// Every entry point reaches the actor tree through the invocation service, whose dispatch
+/// span carries the mode it was admitted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_point_labels_its_dispatch_span_with_its_mode() {
+    let otlp = OtlpReceiver::start().await;
+    let dir = TempDir::new("genrt-otel-modes");
+    let config = format!(
+        "{}[queue]\npoll_ms = 100\n",
+        base_config(&dir.0, &Db::Sqlite)
+    );
+    let endpoint = otlp.endpoint();
+    let server = ServerProcess::start_with_env(
+        &dir.0,
+        &config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", SERVICE),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    )
+    .await;
+    let t = token("otel-modes");
+    let post = |path: String, body: Value| {
+        let (server, t) = (&server, &t);
+        async move {
+            let response = server
+                .client
+                .post(format!("{}{path}", server.base()))
+                .bearer_auth(t)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            // Read to the end, streams included.
+            let _ = response.bytes().await;
+            status
+        }
+    };
+    // Cached (greedy), so that prewarming is allowed; each call gets its own input, so that
+    // none is answered from the cache before reaching its span.
+    let deploy = json!({"name": "modes", "model": MODEL, "prompt": "Say hello to {{ who }}.",
+                        "params": {"max_tokens": 4, "temperature": 0}});
+    assert_eq!(post("/v1/functions".into(), deploy).await, 201);
+    let invoke = "/v1/functions/modes/invoke".to_owned();
+    let cases = [
+        (invoke.clone(), json!({"input": {"who": "sync"}})),
+        (
+            invoke.clone(),
+            json!({"input": {"who": "stream"}, "stream": true}),
+        ),
+        (
+            invoke.clone(),
+            json!({"input": {"who": "async"}, "mode": "async"}),
+        ),
+        (
+            "/v1/functions/modes/batches".into(),
+            json!({"inputs": [{"who": "batch"}]}),
+        ),
+        (
+            "/v1/functions/modes/evaluate".into(),
+            json!({"cases": [{"input": {"who": "evaluate"}, "reference": "hello"}]}),
+        ),
+        (
+            "/v1/functions/modes/prewarm".into(),
+            json!({"inputs": [{"who": "prewarm"}]}),
+        ),
+        (
+            "/openai/v1/chat/completions".into(),
+            json!({"model": "modes", "max_tokens": 4, "messages": [{"role": "user", "content": "{\"who\": \"openai\"}"}]}),
+        ),
+        (
+            "/openai/v1/chat/completions".into(),
+            json!({"model": "modes", "max_tokens": 4, "stream": true,
+                "messages": [{"role": "user", "content": "{\"who\": \"openai-stream\"}"}]}),
+        ),
+    ];
+    for (path, body) in cases {
+        let status = post(path.clone(), body.clone()).await;
+        assert!(status == 200 || status == 202, "{path} {body}: {status}");
+    }
+    // A trigger, signed as its sender would.
+    let (status, trigger) = server
+        .call(
+            Method::POST,
+            "/v1/functions/modes/triggers",
+            &t,
+            Some(json!({"input_map": {"who": "/who"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{trigger}");
+    let payload = json!({"who": "trigger"}).to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut request = server
+        .client
+        .post(format!(
+            "{}{}",
+            server.base(),
+            trigger["url"].as_str().unwrap()
+        ))
+        .header("content-type", "application/json");
+    for (name, value) in genrt_tests::node::node_sign(
+        trigger["secret"].as_str().unwrap(),
+        "msg_modes",
+        now,
+        &payload,
+    ) {
+        request = request.header(name, value);
+    }
+    assert_eq!(
+        request
+            .body(payload)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        202
+    );
+
+    let expected = [
+        "sync",
+        "stream",
+        "async",
+        "batch",
+        "trigger",
+        "evaluate",
+        "prewarm",
+        "openai",
+        "openai_stream",
+    ];
+    let modes = wait_for("a dispatch span of every mode", || {
+        let modes: std::collections::BTreeSet<String> = otlp
+            .spans()
+            .iter()
+            .filter(|s| s.str_attr("genrt.function") == Some("modes"))
+            .filter_map(|s| s.str_attr("genrt.mode").map(str::to_owned))
+            .collect();
+        expected.iter().all(|m| modes.contains(*m)).then_some(modes)
+    })
+    .await;
+    assert_eq!(
+        modes,
+        expected.iter().map(|m| m.to_string()).collect(),
+        "no span carries another mode"
+    );
+    drop(server);
+    otlp.stop().await;
+}

@@ -69,10 +69,16 @@ impl FunctionState {
                 n_ctx,
             });
         }
-        let mut prompt = self.prepared.render(&invocation.input)?;
-        if let Some(conversation) = &invocation.conversation {
-            prompt = conversation.wrap(prompt);
-        }
+        let prompt = match &invocation.prompt {
+            Some(prompt) => (**prompt).clone(),
+            None => {
+                let prompt = self.prepared.render(&invocation.input)?;
+                match &invocation.conversation {
+                    Some(conversation) => conversation.wrap(prompt),
+                    None => prompt,
+                }
+            }
+        };
         let cacheable = spec
             .cache
             .enabled
@@ -156,6 +162,7 @@ mod tests {
             stream: None,
             fault: None,
             conversation: None,
+            prompt: None,
         }
     }
 

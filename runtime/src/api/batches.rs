@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::api::dto::{Params, WebhookSpec};
 use crate::api::functions::runnable;
-use crate::api::invoke::{admit, callback, precheck};
+use crate::api::invoke::{callback, deployed};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::queue::NewJob;
+use crate::invocation::{Mode, Queued};
 use crate::store::BatchRow;
 use crate::tenancy::{Caller, Scope};
 
@@ -127,7 +127,6 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsInvoke)?;
     let (name, version) = runnable(&state, &caller, &name).await?;
-    admit(&state, &caller, &version).await?;
     let batch = parse_body(&request, &body)?;
     let max = state.config.queue.max_batch_inputs;
     if batch.inputs.is_empty() || batch.inputs.len() > max {
@@ -137,38 +136,27 @@ pub async fn create(
         );
     }
     let params: GenerationParams = batch.params.clone().into();
-    let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
-    for (i, input) in batch.inputs.iter().enumerate() {
-        precheck(&prepared, input, &params).map_err(|mut e| {
-            e.field = Some(format!(
-                "inputs[{i}]{}",
-                e.field
-                    .as_deref()
-                    .map_or(String::new(), |f| format!(".{f}"))
-            ));
-            e
-        })?;
-    }
-    let webhook = callback(&state, batch.webhook.as_ref(), &version).await?;
+    let inputs: Vec<&serde_json::Value> = batch.inputs.iter().collect();
+    let service = &state.invocations;
+    let admitted = service
+        .admit(&caller, Mode::Batch, &version.spec, &inputs, &params)
+        .await?;
+    let webhook = callback(batch.webhook.as_ref(), &version.spec)?;
     let params_json = serde_json::to_value(&batch.params).expect("params serialize");
     let id = Uuid::now_v7();
-    let rows: Vec<_> = batch
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, input)| {
-            state.queue.row(NewJob {
-                tenant: &caller.tenant,
-                function: &name,
-                version: version.version,
-                input,
+    let function = deployed(&caller, &name, &version);
+    let rows = service
+        .queue_rows(
+            &admitted,
+            Queued {
+                function: &function,
+                inputs: &batch.inputs,
                 params: &params_json,
-                mode: "batch",
                 webhook: webhook.as_ref(),
-                batch: Some((id, i as u32)),
-            })
-        })
-        .collect();
+                batch: Some(id),
+            },
+        )
+        .await?;
     let total = rows.len() as u64;
     let row = BatchRow {
         id,
@@ -179,7 +167,7 @@ pub async fn create(
         created_at: Utc::now(),
     };
     state.store.create_batch(row.clone(), rows).await?;
-    state.queue.wake();
+    service.wake_queue();
     let counts = BTreeMap::from([("queued".to_owned(), total)]);
     Ok(HttpResponse::Accepted()
         .insert_header(("location", format!("/v1/batches/{id}")))

@@ -1,21 +1,24 @@
 //! Model quality: scoring one version of a function on an evaluation set (ROUGE-L and BLEU
 //! against reference outputs), so that versions can be compared before one is promoted.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpResponse};
-use futures_util::stream::{self, StreamExt};
-use genrt_actors::{DeployedFunction, Invocation};
+use futures_util::future::join_all;
+use genrt_actors::DeployedFunction;
 use genrt_functions::{
-    corpus_bleu, rouge_l, sentence_bleu, validate_cases, EvaluationCase, GenerationParams,
+    corpus_bleu, rouge_l, sentence_bleu, validate_cases, EvaluationCase, FunctionName,
+    GenerationParams,
 };
 
+use crate::api::dto::InvokeResponse;
 use crate::api::dto::{CaseScore, EvaluateRequest, EvaluateResponse};
 use crate::api::functions::{function_name, function_not_found};
-use crate::api::invoke::{admit, Call};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+use crate::invocation::{Admitted, InvocationService, Mode, Request};
+use crate::store::StoredVersion;
 use crate::tenancy::{Caller, Scope};
 
 /// Cases of one evaluation run at once: enough to keep a model's slots busy, few enough that
@@ -46,26 +49,7 @@ pub async fn evaluate(
     caller.require(Scope::FunctionsInvoke)?;
     let name = function_name(&name)?;
     let body = body.into_inner();
-    let latest = state
-        .store
-        .latest_version(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| function_not_found(name.as_str()))?;
-    let version = match body.version {
-        None => latest.clone(),
-        Some(n) if n == latest.version => latest.clone(),
-        Some(n) => state
-            .store
-            .version(&caller.tenant, &name, n)
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::VersionNotFound,
-                    format!("function `{name}` has no version {n}"),
-                )
-                .with_field("version")
-            })?,
-    };
+    let (latest, version) = versions(&state, &caller, &name, body.version).await?;
     let cases: Vec<EvaluationCase> = match &body.cases {
         Some(cases) => cases.iter().map(EvaluationCase::from).collect(),
         None => latest.spec.evaluation.clone(),
@@ -83,51 +67,13 @@ pub async fn evaluate(
     params
         .validate_override()
         .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
-    admit(&state, &caller, &version).await?;
-    // One of the tenant's concurrency places for the whole evaluation, like one invocation.
-    let _permit = state
-        .tenancy
-        .limits
-        .acquire(&caller.tenant, &caller.limits)?;
-
-    let function = Arc::new(DeployedFunction {
-        tenant: caller.tenant.clone(),
-        name: name.clone(),
-        version: version.version,
-        spec: version.spec.clone(),
-    });
-    let state = &state;
-    let scored: Vec<CaseScore> = stream::iter(cases)
-        .map(|case| {
-            let (function, params) = (Arc::clone(&function), params.clone());
-            async move {
-                let mut call = Call::new(
-                    state,
-                    &function.tenant,
-                    &function.name,
-                    function.version,
-                    &case.input,
-                );
-                call.mode = "evaluate";
-                let invocation = Invocation {
-                    id: call.id,
-                    function,
-                    input: case.input.clone(),
-                    params,
-                    received_at: Instant::now(),
-                    background: false,
-                    stream: None,
-                    fault: None,
-                    conversation: None,
-                };
-                let result = state.tree.invoke(invocation).await;
-                score(case, call.complete(state, result).await)
-            }
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-
+    let service = &state.invocations;
+    let inputs: Vec<&serde_json::Value> = cases.iter().map(|c| &c.input).collect();
+    let admitted = service
+        .admit(&caller, Mode::Evaluate, &version.spec, &inputs, &params)
+        .await?;
+    let function = crate::api::invoke::deployed(&caller, &name, &version);
+    let scored = score_cases(service, &caller, admitted, &function, cases, &params).await;
     let succeeded = scored.iter().filter(|c| c.output.is_some()).count();
     let response = EvaluateResponse {
         function: name.to_string(),
@@ -147,11 +93,77 @@ pub async fn evaluate(
     Ok(HttpResponse::Ok().json(response))
 }
 
+/// The latest version (whose evaluation set is the default) and the one to evaluate.
+async fn versions(
+    state: &AppState,
+    caller: &Caller,
+    name: &FunctionName,
+    wanted: Option<u32>,
+) -> Result<(StoredVersion, StoredVersion), ApiError> {
+    let latest = state
+        .store
+        .latest_version(&caller.tenant, name)
+        .await?
+        .ok_or_else(|| function_not_found(name.as_str()))?;
+    let version = match wanted {
+        None => latest.clone(),
+        Some(n) if n == latest.version => latest.clone(),
+        Some(n) => state
+            .store
+            .version(&caller.tenant, name, n)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::VersionNotFound,
+                    format!("function `{name}` has no version {n}"),
+                )
+                .with_field("version")
+            })?,
+    };
+    Ok((latest, version))
+}
+
+/// Runs every case and scores it, in case order. Each running case holds one of the
+/// tenant's concurrency places: admission took the first, and up to `CONCURRENCY` run at once
+/// when the tenant has places free.
+async fn score_cases(
+    service: &InvocationService,
+    caller: &Caller,
+    admitted: Admitted,
+    function: &Arc<DeployedFunction>,
+    cases: Vec<EvaluationCase>,
+    params: &GenerationParams,
+) -> Vec<CaseScore> {
+    let mut lanes = vec![admitted];
+    while lanes.len() < CONCURRENCY.min(cases.len()) {
+        match service.another_place(caller, &lanes[0]) {
+            Some(place) => lanes.push(place),
+            None => break,
+        }
+    }
+    let waiting = Mutex::new(cases.into_iter().enumerate().collect::<VecDeque<_>>());
+    let runs = lanes.iter().map(|lane| {
+        let waiting = &waiting;
+        async move {
+            let mut scored = Vec::new();
+            loop {
+                let Some((i, case)) = waiting.lock().expect("cases lock").pop_front() else {
+                    break scored;
+                };
+                let request =
+                    Request::new(Arc::clone(function), case.input.clone(), params.clone());
+                let result = service.run(lane, request).await;
+                scored.push((i, score(case, result.map(InvokeResponse::from))));
+            }
+        }
+    });
+    let mut scored: Vec<(usize, CaseScore)> = join_all(runs).await.into_iter().flatten().collect();
+    scored.sort_by_key(|(i, _)| *i);
+    scored.into_iter().map(|(_, s)| s).collect()
+}
+
 /// A failed invocation scores 0: a version that cannot answer a case is worse on it.
-fn score(
-    case: EvaluationCase,
-    result: Result<crate::api::dto::InvokeResponse, ApiError>,
-) -> CaseScore {
+fn score(case: EvaluationCase, result: Result<InvokeResponse, ApiError>) -> CaseScore {
     match result {
         Ok(response) => {
             let text = response.output.text;

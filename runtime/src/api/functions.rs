@@ -1,10 +1,6 @@
 //! Deploying and managing functions.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use actix_web::{web, HttpResponse};
-use genrt_actors::{DeployedFunction, Invocation, InvocationId};
 use genrt_functions::{FunctionName, GenerationParams};
 
 use crate::api::dto::{
@@ -14,6 +10,7 @@ use crate::api::dto::{
 use crate::api::no_content;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::invocation::Mode;
 use crate::store::StoredVersion;
 use crate::tenancy::{Caller, Scope};
 
@@ -67,10 +64,16 @@ pub async fn deploy(
     let definition = body.into_inner();
     let name = FunctionName::parse(&definition.name)?;
     let spec = definition.to_spec()?;
-    spec.validate(|m| state.tree.model(m).is_some())?;
+    spec.validate_fields(|m| state.tree.model(m).is_some())?;
     caller
         .require_models(spec.models().into_iter().map(|m| m.as_str()))
         .map_err(|e| e.with_field("model"))?;
+    // Compiled and tried on the render pool, under the template limits: compiling alone can
+    // take unbounded memory (constant expressions are evaluated then).
+    state
+        .invocations
+        .check_templates(&caller.tenant, &spec)
+        .await?;
     if let Some(webhook) = &spec.webhook {
         state
             .check_callback_url(&webhook.url)
@@ -200,7 +203,9 @@ pub(crate) const MAX_PREWARM_INPUTS: usize = 1000;
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 422, description = "Too many inputs, or the function's results are not cached", body = ErrorBody),
-        (status = 503, description = "Too much prewarming already running; see Retry-After", body = ErrorBody)))]
+        (status = 403, description = "The tenant may not use the function's model", body = ErrorBody),
+        (status = 413, description = "An input is over `server.max_input_bytes`", body = ErrorBody),
+        (status = 429, description = "The tenant's prewarm requests already running (`concurrency_limited`), or its budget is used up; see Retry-After", body = ErrorBody)))]
 pub async fn prewarm(
     state: web::Data<AppState>,
     caller: Caller,
@@ -229,45 +234,15 @@ pub async fn prewarm(
             "this function's results are not cached (sampled without a seed): prewarming would be lost; set cache.enabled or a seed",
         ));
     }
-    let permit = Arc::clone(&state.prewarm)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::Overloaded,
-                "too many prewarm requests are running",
-            )
-        })?;
+    let inputs: Vec<&serde_json::Value> = body.inputs.iter().collect();
+    let admitted = state
+        .invocations
+        .admit(&caller, Mode::Prewarm, &version.spec, &inputs, &params)
+        .await?;
     let accepted = body.inputs.len();
-    let function = Arc::new(DeployedFunction {
-        tenant: caller.tenant.clone(),
-        name: name.clone(),
-        version: version.version,
-        spec: version.spec,
-    });
-    let tree = Arc::clone(&state.tree);
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut failed = 0;
-        // One at a time: prewarming never fills a model's queue, and interactive work still
-        // goes first there.
-        for input in body.inputs {
-            let invocation = Invocation {
-                id: InvocationId::new(),
-                function: Arc::clone(&function),
-                input,
-                params: params.clone(),
-                received_at: Instant::now(),
-                background: true,
-                stream: None,
-                fault: None,
-                conversation: None,
-            };
-            if let Err(err) = tree.invoke(invocation).await {
-                failed += 1;
-                tracing::debug!(function = %function.name, error = %err, "prewarm input failed");
-            }
-        }
-        tracing::info!(tenant = %function.tenant, function = %function.name, accepted, failed, "prewarm done");
-    });
+    let function = crate::api::invoke::deployed(&caller, &name, &version);
+    state
+        .invocations
+        .prewarm(admitted, function, body.inputs, params);
     Ok(HttpResponse::Accepted().json(PrewarmResponse { accepted }))
 }

@@ -7,22 +7,19 @@ use sha2::{Digest, Sha256};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_lab::sse::{Data, Event, Sse};
-use chrono::Utc;
-use genrt_actors::{
-    stream_channel, DeployedFunction, Fault, Invocation, InvocationId, InvocationOutcome,
-    InvokeError,
-};
-use genrt_functions::{FunctionName, GenerationParams, TenantId};
+use futures_util::StreamExt;
+use genrt_actors::{DeployedFunction, Fault};
+use genrt_functions::{FunctionName, GenerationParams};
 
 use crate::api::dto::{
     AsyncAccepted, InvocationRecord, InvokeMode, InvokeRequest, InvokeResponse, Output, StreamDone,
 };
 use crate::api::functions::runnable;
 use crate::app::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
-use crate::queue::NewJob;
-use crate::store::{InvocationRow, KeyClaim, StoredVersion};
-use crate::tenancy::{Caller, ConcurrencyPermit, Scope};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::invocation::{Admitted, Mode, Queued, Request, Status, StreamItem};
+use crate::store::{KeyClaim, StoredVersion};
+use crate::tenancy::{Caller, Scope};
 
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -53,48 +50,40 @@ pub async fn invoke(
     caller.require(Scope::FunctionsInvoke)?;
     let received_at = Instant::now();
     let (name, version) = runnable(&state, &caller, &name).await?;
-    admit(&state, &caller, &version).await?;
     let body = body.into_inner();
-    check_limits(
-        &state,
-        &version.spec,
-        &body.input,
-        &body.params.clone().into(),
-    )?;
     let key = idempotency_key(&request)?;
-    if body.mode == InvokeMode::Async || prefers_async(&request) {
-        if body.stream {
+    let asynchronous = body.mode == InvokeMode::Async || prefers_async(&request);
+    let mode = match (asynchronous, body.stream) {
+        (true, true) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 "an asynchronous invocation cannot stream; read it with GET /v1/invocations/{id} or a webhook",
             )
-            .with_field("stream"));
+            .with_field("stream"))
         }
-        return enqueue(&state, &caller, &name, &version, body, key).await;
-    }
-    if body.webhook.is_some() {
+        (true, false) => Mode::Async,
+        (false, true) => Mode::Stream,
+        (false, false) => Mode::Sync,
+    };
+    if mode != Mode::Async && body.webhook.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "`webhook` applies to asynchronous invocations (`\"mode\": \"async\"`)",
         )
         .with_field("webhook"));
     }
-    let mut permit = state
-        .tenancy
-        .limits
-        .acquire(&caller.tenant, &caller.limits)?;
-    if body.stream {
-        permit = permit.and(
-            state
-                .tenancy
-                .limits
-                .acquire_stream(&caller.tenant, &caller.limits)?,
-        );
-    }
     let params: GenerationParams = body.params.clone().into();
-    let mut call = Call::new(&state, &caller.tenant, &name, version.version, &body.input);
-    call.mode = if body.stream { "stream" } else { "sync" };
-    call.request_params(&version.spec.params.resolve(&params));
+    let service = &state.invocations;
+    let admitted = service
+        .admit(&caller, mode, &version.spec, &[&body.input], &params)
+        .await?;
+    let function = deployed(&caller, &name, &version);
+    if mode == Mode::Async {
+        return enqueue(&state, &caller, &admitted, &function, body, key).await;
+    }
+    let mut call = Request::new(function, body.input.clone(), params);
+    call.received_at = received_at;
+    call.fault = fault(&request);
     if let Some(key) = key {
         let hash = request_hash(&name, &body);
         let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
@@ -115,321 +104,66 @@ pub async fn invoke(
             KeyClaim::Conflict => return Err(key_reused()),
         }
     }
-    let invocation = Invocation {
-        id: call.id,
-        function: Arc::new(DeployedFunction {
-            tenant: caller.tenant.clone(),
-            name: name.clone(),
-            version: version.version,
-            spec: version.spec.clone(),
-        }),
-        input: body.input,
-        params: params.clone(),
-        received_at,
-        background: false,
-        stream: None,
-        fault: fault(&request),
-        conversation: None,
-    };
-    if !body.stream {
-        let result = state.tree.invoke(invocation).await;
-        drop(permit);
-        let response = call.complete(&state, result).await?;
-        return Ok(HttpResponse::Ok().json(response));
+    if mode == Mode::Sync {
+        let done = service.run(&admitted, call).await?;
+        return Ok(HttpResponse::Ok().json(InvokeResponse::from(done)));
     }
-
-    let max_tokens = version.spec.params.resolve(&params).max_tokens;
-    let events = stream(
-        state.into_inner(),
-        invocation,
-        call,
-        permit,
-        max_tokens,
-        |text| vec![token_event(text)],
-        |result| {
-            let last = match result {
-                Ok(response) => Data::new_json(StreamDone::from(response)).map(|d| d.event("done")),
-                Err(err) => Data::new_json(ErrorBody {
-                    error: ErrorDetail {
-                        code: err.code.as_str().to_owned(),
-                        message: err.message,
-                        field: err.field,
-                    },
-                })
-                .map(|d| d.event("error")),
-            };
-            last.map(Event::Data).into_iter().collect()
-        },
-    );
+    let items = service.stream(admitted, call).await?;
+    let events = receiver_stream(items).flat_map(|item| {
+        futures_util::stream::iter(match item {
+            StreamItem::Piece(text) => vec![token_event(&text)],
+            StreamItem::End(result) => {
+                let last = match result {
+                    Ok(done) => Data::new_json(StreamDone::from(InvokeResponse::from(done)))
+                        .map(|d| d.event("done")),
+                    Err(err) => Data::new_json(ErrorBody::from(err)).map(|d| d.event("error")),
+                };
+                last.map(Event::Data).into_iter().collect()
+            }
+        })
+    });
     Ok(sse(events, &request))
 }
 
-/// Answers with the events of `events` as Server-Sent Events.
+/// The function as the actor tree runs it.
+pub(crate) fn deployed(
+    caller: &Caller,
+    name: &FunctionName,
+    version: &StoredVersion,
+) -> Arc<DeployedFunction> {
+    Arc::new(DeployedFunction {
+        tenant: caller.tenant.clone(),
+        name: name.clone(),
+        version: version.version,
+        spec: version.spec.clone(),
+    })
+}
+
+/// Answers with `events` as Server-Sent Events. When the client leaves, actix drops the
+/// stream, and with it the service's receiver: that cancels the generation.
 pub(crate) fn sse(
-    events: tokio::sync::mpsc::Receiver<Event>,
+    events: impl futures_util::Stream<Item = Event> + 'static,
     request: &HttpRequest,
 ) -> HttpResponse {
     actix_web::Responder::respond_to(
-        Sse::from_infallible_receiver(events).with_keep_alive(SSE_KEEP_ALIVE),
+        Sse::from_infallible_stream(events).with_keep_alive(SSE_KEEP_ALIVE),
         request,
     )
     .map_into_boxed_body()
 }
 
-/// Runs a streamed invocation on its own task and returns its events: those `piece` makes of
-/// every text piece, then those `end` makes of the recorded outcome. When the client leaves,
-/// the generation is cancelled and recorded so. Both the native and the OpenAI-compatible API
-/// stream through here; they differ only in the shape of the events.
-pub(crate) fn stream(
-    state: Arc<AppState>,
-    mut invocation: Invocation,
-    call: Call,
-    permit: ConcurrencyPermit,
-    max_tokens: u32,
-    piece: impl Fn(&str) -> Vec<Event> + Send + 'static,
-    end: impl FnOnce(Result<InvokeResponse, ApiError>) -> Vec<Event> + Send + 'static,
-) -> tokio::sync::mpsc::Receiver<Event> {
-    let (tokens_tx, mut tokens) = stream_channel(max_tokens);
-    invocation.stream = Some(tokens_tx);
-    // Pieces plus the final events; the forwarder below never has more in flight.
-    let (events, events_rx) = tokio::sync::mpsc::channel::<Event>(max_tokens as usize + 8);
-    let tree = Arc::clone(&state.tree);
-    tokio::spawn(async move {
-        // The tenant's concurrency place is held until the stream ends, however it ends.
-        let _permit = permit;
-        let mut result = std::pin::pin!(tree.invoke(invocation));
-        let outcome = loop {
-            tokio::select! {
-                text = tokens.recv() => match text {
-                    Some(text) => {
-                        for event in piece(&text) {
-                            if events.send(event).await.is_err() {
-                                // The client left: dropping the token receiver (on return) is
-                                // what tells the engine to stop this sequence and free its slot.
-                                call.cancelled(&state).await;
-                                return;
-                            }
-                        }
-                    }
-                    None => break result.await,
-                },
-                // The client left before the first piece (still queued, loading, prefilling,
-                // or an engine that stopped answering): without this, its places would be
-                // held until the next piece, which may never come.
-                () = events.closed() => {
-                    call.cancelled(&state).await;
-                    return;
-                }
-                outcome = &mut result => {
-                    while let Ok(text) = tokens.try_recv() {
-                        for event in piece(&text) {
-                            let _ = events.send(event).await;
-                        }
-                    }
-                    break outcome;
-                }
-            }
-        };
-        for event in end(call.complete(&state, outcome).await) {
-            let _ = events.send(event).await;
-        }
-    });
-    events_rx
+/// A channel's receiving end as a `Stream`.
+pub(crate) fn receiver_stream<T>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 fn token_event(text: &str) -> Event {
     let data = Data::new_json(serde_json::json!({ "text": text })).expect("a string serializes");
     Event::Data(data.event("token"))
-}
-
-/// What is needed to record an invocation and answer it, whichever way it ends.
-pub(crate) struct Call {
-    pub(crate) id: InvocationId,
-    tenant: TenantId,
-    name: FunctionName,
-    version: u32,
-    input: String,
-    created_at: chrono::DateTime<Utc>,
-    pub(crate) mode: &'static str,
-    /// The `Idempotency-Key` this call claimed, released if the request is refused.
-    key: Option<String>,
-    /// The dispatch span: a child of the request's, parent of the actor tree's phases.
-    span: tracing::Span,
-    opened: std::time::SystemTime,
-    metrics: Arc<crate::telemetry::Metrics>,
-    _in_flight: crate::telemetry::InFlight,
-}
-
-impl Call {
-    pub(crate) fn new(
-        state: &AppState,
-        tenant: &TenantId,
-        name: &FunctionName,
-        version: u32,
-        input: &serde_json::Value,
-    ) -> Self {
-        let id = InvocationId::new();
-        let labels = crate::telemetry::InvocationLabels {
-            tenant: tenant.as_str().to_owned(),
-            function: name.as_str().to_owned(),
-            version,
-            mode: "sync",
-        };
-        let span = crate::telemetry::invocation_span(&labels, id.0);
-        Self {
-            id,
-            span,
-            opened: std::time::SystemTime::now(),
-            metrics: Arc::clone(&state.metrics),
-            _in_flight: state.metrics.in_flight(),
-            tenant: tenant.clone(),
-            name: name.clone(),
-            version,
-            input: input.to_string(),
-            created_at: Utc::now(),
-            mode: "sync",
-            key: None,
-        }
-    }
-
-    /// The resolved sampling parameters, as the GenAI conventions' request attributes.
-    pub(crate) fn request_params(&self, p: &genrt_functions::SamplingParams) {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        self.span
-            .set_attribute("gen_ai.request.max_tokens", i64::from(p.max_tokens));
-        self.span
-            .set_attribute("gen_ai.request.temperature", f64::from(p.temperature));
-        self.span
-            .set_attribute("gen_ai.request.top_p", f64::from(p.top_p));
-        self.span
-            .set_attribute("gen_ai.request.top_k", i64::from(p.top_k));
-        if let Some(seed) = p.seed {
-            self.span
-                .set_attribute("gen_ai.request.seed", i64::from(seed));
-        }
-    }
-
-    fn labels(&self) -> crate::telemetry::InvocationLabels {
-        crate::telemetry::InvocationLabels {
-            tenant: self.tenant.as_str().to_owned(),
-            function: self.name.as_str().to_owned(),
-            version: self.version,
-            mode: self.mode,
-        }
-    }
-
-    fn record(&self, status: &str) -> InvocationRow {
-        InvocationRow {
-            id: self.id.0,
-            tenant_id: self.tenant.as_str().to_owned(),
-            function_name: self.name.as_str().to_owned(),
-            function_version: self.version as i32,
-            model: None,
-            status: status.to_owned(),
-            input: self.input.clone(),
-            output_text: None,
-            finish_reason: None,
-            error_code: None,
-            error_message: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cache_hit: false,
-            load_ms: 0.0,
-            queue_ms: 0.0,
-            ttft_ms: 0.0,
-            total_ms: 0.0,
-            created_at: self.created_at,
-            completed_at: Some(Utc::now()),
-            mode: self.mode.to_owned(),
-            params: None,
-            attempts: 1,
-            max_attempts: 1,
-            run_after: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            cancel_requested: false,
-            started_at: Some(self.created_at),
-            batch_id: None,
-            batch_index: None,
-            callback_url: None,
-            callback_events: None,
-            output_json: None,
-            traceparent: None,
-        }
-    }
-
-    /// Records the outcome and converts it. The record is handed to the write-behind recorder
-    /// before answering, so the returned id can be read back at once. Requests refused as
-    /// invalid leave nothing behind; failures of accepted work are recorded.
-    pub(crate) async fn complete(
-        &self,
-        state: &AppState,
-        result: Result<InvocationOutcome, InvokeError>,
-    ) -> Result<InvokeResponse, ApiError> {
-        let outcome = result
-            .as_ref()
-            .map_err(|e| ApiError::from(e.clone()).code.as_str());
-        crate::telemetry::record_outcome(
-            &self.metrics,
-            &self.span,
-            self.opened,
-            &self.labels(),
-            outcome,
-        );
-        match result {
-            Ok(o) => {
-                let mut row = self.record("succeeded");
-                row.model = Some(o.model.as_str().to_owned());
-                row.output_text = Some(o.text.clone());
-                row.finish_reason = Some(o.finish_reason.as_str().to_owned());
-                row.prompt_tokens = o.usage.prompt_tokens as i32;
-                row.completion_tokens = o.usage.completion_tokens as i32;
-                row.cache_hit = o.cache_hit;
-                row.load_ms = o.timings.load_ms;
-                row.queue_ms = o.timings.queue_ms;
-                row.ttft_ms = o.timings.ttft_ms;
-                row.total_ms = o.timings.total_ms;
-                row.output_json = o.json.as_ref().map(|j| j.to_string());
-                state.tenancy.record_usage(
-                    &self.tenant,
-                    u64::from(o.usage.prompt_tokens + o.usage.completion_tokens),
-                );
-                state.records.record(row).await;
-                Ok(InvokeResponse::new(
-                    self.id.0,
-                    self.name.as_str(),
-                    self.version,
-                    o,
-                ))
-            }
-            Err(err) => {
-                let api = ApiError::from(err);
-                if api.code.status().is_server_error() {
-                    let mut row = self.record("failed");
-                    row.error_code = Some(api.code.as_str().to_owned());
-                    row.error_message = Some(api.message.clone());
-                    state.records.record(row).await;
-                } else if let Some(key) = &self.key {
-                    // Refused, nothing accepted: the key may be used again for a fixed request.
-                    if let Err(err) = state
-                        .store
-                        .release_idempotency_key(self.tenant.as_str(), key)
-                        .await
-                    {
-                        tracing::warn!(error = %err, "releasing an idempotency key failed");
-                    }
-                }
-                Err(api)
-            }
-        }
-    }
-
-    async fn cancelled(&self, state: &AppState) {
-        let mut row = self.record("cancelled");
-        row.error_code = Some("cancelled".into());
-        row.error_message = Some("the client closed the stream".into());
-        state.records.record(row).await;
-    }
 }
 
 /// `X-Genrt-Fault: engine-panic` or `engine-hang`, honoured only when
@@ -446,59 +180,6 @@ pub(crate) fn fault(request: &HttpRequest) -> Option<Fault> {
         "engine-hang" => Some(Fault::EngineHang),
         _ => None,
     }
-}
-
-/// Checks made before any work is accepted: the tenant may use the function's models and
-/// has budget left.
-pub(crate) async fn admit(
-    state: &AppState,
-    caller: &Caller,
-    version: &StoredVersion,
-) -> Result<(), ApiError> {
-    caller.require_models(version.spec.models().into_iter().map(|m| m.as_str()))?;
-    state
-        .tenancy
-        .check_budget(&caller.tenant, &caller.limits)
-        .await
-}
-
-/// The server-wide limits on one invocation, checked before anything is accepted: the size of
-/// its input (`server.max_input_bytes`) and the `max_tokens` it would run with
-/// (`server.max_tokens`). The prompt against the model's context is checked later, by the
-/// function actor, once the prompt is rendered and tokenized (`prompt_too_long`,
-/// `max_tokens_exceeds_context`).
-pub(crate) fn check_limits(
-    state: &AppState,
-    spec: &genrt_functions::FunctionSpec,
-    input: &serde_json::Value,
-    params: &GenerationParams,
-) -> Result<(), ApiError> {
-    let limits = &state.config.server;
-    if limits.max_input_bytes > 0 {
-        let size = serde_json::to_vec(input).map_or(0, |v| v.len());
-        if size > limits.max_input_bytes {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the input is {size} bytes; at most {} are accepted",
-                    limits.max_input_bytes
-                ),
-            )
-            .with_field("input"));
-        }
-    }
-    let max_tokens = spec.params.resolve(params).max_tokens;
-    if limits.max_tokens > 0 && max_tokens > limits.max_tokens {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParams,
-            format!(
-                "max_tokens {max_tokens} exceeds this server's cap of {}",
-                limits.max_tokens
-            ),
-        )
-        .with_field("params.max_tokens"));
-    }
-    Ok(())
 }
 
 /// Longest accepted `Idempotency-Key`.
@@ -590,69 +271,50 @@ async fn replay(
     }
 }
 
-/// Checks that an async invocation can run before accepting it, so that bad input is refused
-/// now (422) rather than failing later in the queue.
-pub(crate) fn precheck(
-    prepared: &genrt_functions::PreparedFunction,
-    input: &serde_json::Value,
-    params: &GenerationParams,
-) -> Result<(), ApiError> {
-    params
-        .validate_override()
-        .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
-    prepared
-        .render(input)
-        .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
-    Ok(())
-}
-
 /// The callback an async invocation announces its result to: its own, else its function's.
-/// The URL must pass the SSRF guard now, and does again (by address) at each delivery.
-pub(crate) async fn callback(
-    state: &AppState,
+/// The URL is checked against the SSRF guard by the service, and again at each delivery.
+pub(crate) fn callback(
     own: Option<&crate::api::dto::WebhookSpec>,
-    version: &StoredVersion,
+    spec: &genrt_functions::FunctionSpec,
 ) -> Result<Option<genrt_functions::WebhookTarget>, ApiError> {
-    let target = match own {
+    match own {
         Some(w) => {
             let t = genrt_functions::WebhookTarget::from(w);
             t.validate().map_err(ApiError::from)?;
-            Some(t)
+            Ok(Some(t))
         }
-        None => version.spec.webhook.clone(),
-    };
-    if let Some(t) = &target {
-        state.check_callback_url(&t.url).await?;
+        None => Ok(spec.webhook.clone()),
     }
-    Ok(target)
 }
 
 /// Commits one async invocation (with its idempotency key, when given) and answers 202.
 async fn enqueue(
     state: &AppState,
     caller: &Caller,
-    name: &FunctionName,
-    version: &StoredVersion,
+    admitted: &Admitted,
+    function: &DeployedFunction,
     body: InvokeRequest,
     key: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let params: GenerationParams = body.params.clone().into();
-    let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
-    precheck(&prepared, &body.input, &params)?;
-    let webhook = callback(state, body.webhook.as_ref(), version).await?;
+    let webhook = callback(body.webhook.as_ref(), &function.spec)?;
     let params_json = serde_json::to_value(&body.params).expect("params serialize");
-    let row = state.queue.row(NewJob {
-        tenant: &caller.tenant,
-        function: name,
-        version: version.version,
-        input: &body.input,
-        params: &params_json,
-        mode: "async",
-        webhook: webhook.as_ref(),
-        batch: None,
-    });
-    let id = row.id;
-    let mut status = "queued".to_owned();
+    let inputs = [body.input.clone()];
+    let mut rows = state
+        .invocations
+        .queue_rows(
+            admitted,
+            Queued {
+                function,
+                inputs: &inputs,
+                params: &params_json,
+                webhook: webhook.as_ref(),
+                batch: None,
+            },
+        )
+        .await?;
+    let row = rows.pop().expect("one input, one row");
+    let (id, name) = (row.id, &function.name);
+    let mut status = Status::Queued.as_str().to_owned();
     match key {
         Some(key) => {
             let hash = request_hash(name, &body);
@@ -683,8 +345,8 @@ async fn enqueue(
         }
         None => state.store.enqueue(vec![row]).await?,
     }
-    state.queue.wake();
-    Ok(accepted(id, name, version.version, &status, false))
+    state.invocations.wake_queue();
+    Ok(accepted(id, name, function.version, &status, false))
 }
 
 fn accepted(

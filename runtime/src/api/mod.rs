@@ -2,7 +2,11 @@
 //! actor tree, convert. Every error leaves through [`crate::error::ApiError`].
 
 mod batches;
+mod caller;
+mod server_span;
+pub use server_span::http_server_span;
 pub mod dto;
+pub(crate) mod error;
 mod evaluate;
 mod functions;
 mod health;

@@ -15,10 +15,10 @@ use utoipa::ToSchema;
 
 use crate::api::dto::{AsyncAccepted, Params, WebhookSpec};
 use crate::api::functions::{function_not_found, runnable};
-use crate::api::invoke::{admit, callback, precheck};
+use crate::api::invoke::{callback, deployed};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::queue::NewJob;
+use crate::invocation::{Mode, Queued};
 use crate::store::TriggerRow;
 use crate::tenancy::{Caller, Scope};
 use crate::webhooks::signing::{self, VerifyError};
@@ -140,7 +140,9 @@ pub async fn create(
     params
         .validate_override()
         .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
-    callback(&state, body.webhook.as_ref(), &version).await?;
+    if let Some(target) = callback(body.webhook.as_ref(), &version.spec)? {
+        state.check_callback_url(&target.url).await?;
+    }
     let secret = signing::generate_secret();
     let config = TriggerConfig {
         input_map: body.input_map,
@@ -214,6 +216,72 @@ pub async fn delete(
     }
 }
 
+/// Checks the message's signature by the trigger's scheme, and returns its id (the
+/// replay-protection key).
+fn verified_message_id(
+    state: &AppState,
+    trigger: &TriggerRow,
+    request: &HttpRequest,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let headers = request.headers();
+    let message_id = match trigger.scheme.as_str() {
+        "github" => {
+            let signature = headers
+                .get(signing::GITHUB_SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            signing::verify_github(&trigger.secret, body, signature).map_err(signature_error)?;
+            headers
+                .get("x-github-delivery")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidSignature,
+                        "X-GitHub-Delivery is required (it identifies the message)",
+                    )
+                })?
+        }
+        _ => {
+            signing::verify_standard(
+                &trigger.secret,
+                headers,
+                body,
+                Utc::now().timestamp(),
+                state.config.webhooks.trigger_tolerance(),
+            )
+            .map_err(signature_error)?;
+            headers
+                .get(signing::HEADER_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    Ok(message_id)
+}
+
+/// The function's input: the payload as it is, or the fields `input_map` picks from it.
+fn mapped_input(config: &TriggerConfig, payload: Value) -> Result<Value, ApiError> {
+    Ok(match &config.input_map {
+        None => payload,
+        Some(map) => {
+            let mut input = serde_json::Map::new();
+            for (field, pointer) in map {
+                let value = payload.pointer(pointer).cloned().ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidInput,
+                        format!("the payload has nothing at `{pointer}` for input `{field}`"),
+                    )
+                    .with_field(format!("input.{field}"))
+                })?;
+                input.insert(field.clone(), value);
+            }
+            Value::Object(input)
+        }
+    })
+}
+
 fn signature_error(err: VerifyError) -> ApiError {
     match err {
         VerifyError::TimestampTooOld { .. } | VerifyError::TimestampTooNew { .. } => {
@@ -249,40 +317,7 @@ pub async fn receive(
         .await?
         .filter(|t| !t.disabled)
         .ok_or_else(|| trigger_not_found(&id))?;
-    let headers = request.headers();
-    let message_id = match trigger.scheme.as_str() {
-        "github" => {
-            let signature = headers
-                .get(signing::GITHUB_SIGNATURE_HEADER)
-                .and_then(|v| v.to_str().ok());
-            signing::verify_github(&trigger.secret, &body, signature).map_err(signature_error)?;
-            headers
-                .get("x-github-delivery")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidSignature,
-                        "X-GitHub-Delivery is required (it identifies the message)",
-                    )
-                })?
-        }
-        _ => {
-            signing::verify_standard(
-                &trigger.secret,
-                headers,
-                &body,
-                Utc::now().timestamp(),
-                state.config.webhooks.trigger_tolerance(),
-            )
-            .map_err(signature_error)?;
-            headers
-                .get(signing::HEADER_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        }
-    };
+    let message_id = verified_message_id(&state, &trigger, &request, &body)?;
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
@@ -291,23 +326,7 @@ pub async fn receive(
     })?;
     let config: TriggerConfig = serde_json::from_str(&trigger.input_map)
         .map_err(|e| ApiError::internal(format!("stored trigger config: {e}")))?;
-    let input = match &config.input_map {
-        None => payload,
-        Some(map) => {
-            let mut input = serde_json::Map::new();
-            for (field, pointer) in map {
-                let value = payload.pointer(pointer).cloned().ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidInput,
-                        format!("the payload has nothing at `{pointer}` for input `{field}`"),
-                    )
-                    .with_field(format!("input.{field}"))
-                })?;
-                input.insert(field.clone(), value);
-            }
-            Value::Object(input)
-        }
-    };
+    let input = mapped_input(&config, payload)?;
     // The tenant's own rules apply to what its triggers start.
     let tenant = TenantId::parse(&trigger.tenant_id)
         .map_err(|e| ApiError::internal(format!("stored tenant: {e}")))?;
@@ -328,22 +347,29 @@ pub async fn receive(
     let (name, version) = runnable(&state, &caller, &trigger.function_name)
         .await
         .map_err(|_| function_not_found(&trigger.function_name))?;
-    admit(&state, &caller, &version).await?;
     let params: GenerationParams = config.params.clone().into();
-    let prepared = genrt_functions::PreparedFunction::new(version.spec.clone())?;
-    precheck(&prepared, &input, &params)?;
-    let webhook = callback(&state, config.webhook.as_ref(), &version).await?;
+    let service = &state.invocations;
+    let admitted = service
+        .admit(&caller, Mode::Trigger, &version.spec, &[&input], &params)
+        .await?;
+    let webhook = callback(config.webhook.as_ref(), &version.spec)?;
     let params_json = serde_json::to_value(&config.params).expect("params serialize");
-    let row = state.queue.row(NewJob {
-        tenant: &tenant,
-        function: &name,
-        version: version.version,
-        input: &input,
-        params: &params_json,
-        mode: "trigger",
-        webhook: webhook.as_ref(),
-        batch: None,
-    });
+    let function = deployed(&caller, &name, &version);
+    let inputs = [input];
+    let row = service
+        .queue_rows(
+            &admitted,
+            Queued {
+                function: &function,
+                inputs: &inputs,
+                params: &params_json,
+                webhook: webhook.as_ref(),
+                batch: None,
+            },
+        )
+        .await?
+        .pop()
+        .expect("one input, one row");
     let invocation_id = row.id;
     if !state
         .store
@@ -355,11 +381,36 @@ pub async fn receive(
             format!("message `{message_id}` was already accepted"),
         ));
     }
-    state.queue.wake();
+    service.wake_queue();
     Ok(HttpResponse::Accepted().json(AsyncAccepted {
         invocation_id,
         status: "queued".into(),
         function: name.as_str().to_owned(),
         version: version.version,
     }))
+}
+
+impl signing::HeaderLookup for actix_web::http::header::HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    use crate::webhooks::signing::HeaderLookup;
+
+    #[test]
+    fn actix_headers_are_read_case_insensitively() {
+        let mut map = HeaderMap::new();
+        map.insert(
+            HeaderName::from_static("webhook-id"),
+            HeaderValue::from_static("msg_1"),
+        );
+        assert_eq!(map.header("webhook-id"), Some("msg_1"));
+        assert_eq!(map.header("Webhook-Id"), Some("msg_1"));
+        assert_eq!(map.header("webhook-signature"), None);
+    }
 }

@@ -6,7 +6,7 @@
 use chrono::Utc;
 use serde_json::json;
 
-use crate::api::dto::InvocationRecord;
+use crate::records::InvocationRecord;
 use crate::store::{DeliveryRow, InvocationRow};
 
 pub fn event_payload(event: &str, row: &InvocationRow) -> String {

@@ -18,9 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::web;
 use chrono::Utc;
-use genrt_functions::{FunctionName, TenantId, WebhookTarget};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -44,18 +42,6 @@ pub struct JobQueue {
     running: Mutex<HashMap<Uuid, Arc<Notify>>>,
 }
 
-/// What a new queued invocation needs.
-pub struct NewJob<'a> {
-    pub tenant: &'a TenantId,
-    pub function: &'a FunctionName,
-    pub version: u32,
-    pub input: &'a serde_json::Value,
-    pub params: &'a serde_json::Value,
-    pub mode: &'a str,
-    pub webhook: Option<&'a WebhookTarget>,
-    pub batch: Option<(Uuid, u32)>,
-}
-
 impl JobQueue {
     pub fn new(node: String, config: QueueConfig) -> Self {
         Self {
@@ -65,55 +51,6 @@ impl JobQueue {
             stopping: Default::default(),
             draining: Default::default(),
             running: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A queued row, ready to be committed.
-    pub fn row(&self, job: NewJob<'_>) -> InvocationRow {
-        let now = Utc::now();
-        InvocationRow {
-            id: genrt_actors::InvocationId::new().0,
-            tenant_id: job.tenant.as_str().to_owned(),
-            function_name: job.function.as_str().to_owned(),
-            function_version: job.version as i32,
-            model: None,
-            status: "queued".into(),
-            input: job.input.to_string(),
-            output_text: None,
-            finish_reason: None,
-            error_code: None,
-            error_message: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cache_hit: false,
-            load_ms: 0.0,
-            queue_ms: 0.0,
-            ttft_ms: 0.0,
-            total_ms: 0.0,
-            created_at: now,
-            completed_at: None,
-            mode: job.mode.to_owned(),
-            params: Some(job.params.to_string()),
-            attempts: 0,
-            max_attempts: self.config.max_attempts as i32,
-            run_after: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            cancel_requested: false,
-            started_at: None,
-            batch_id: job.batch.map(|b| b.0),
-            batch_index: job.batch.map(|b| b.1 as i32),
-            callback_url: job.webhook.map(|w| w.url.clone()),
-            callback_events: job.webhook.map(|w| {
-                if w.events.is_empty() {
-                    "invocation.succeeded invocation.failed".to_owned()
-                } else {
-                    w.events.join(" ")
-                }
-            }),
-            output_json: None,
-            // The enqueuing request's span: the run links back to it.
-            traceparent: crate::telemetry::current_traceparent(),
         }
     }
 
@@ -182,7 +119,7 @@ impl JobQueue {
 }
 
 /// The claim loop. Ends when [`JobQueue::stop`] is called.
-pub async fn run(state: web::Data<AppState>) {
+pub async fn run(state: Arc<AppState>) {
     let queue = &state.queue;
     let lease = Duration::from_secs(queue.config.lease_s);
     let poll = Duration::from_millis(queue.config.poll_ms);
@@ -266,7 +203,7 @@ async fn claim(
     Ok(claimed)
 }
 
-fn spawn_job(state: web::Data<AppState>, row: InvocationRow) {
+fn spawn_job(state: Arc<AppState>, row: InvocationRow) {
     let cancel = Arc::new(Notify::new());
     state
         .queue

@@ -1,19 +1,16 @@
 //! Running one leased invocation and writing how it ended.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::Utc;
-use genrt_actors::{DeployedFunction, Invocation, InvocationId, InvokeError};
-use genrt_functions::{FunctionName, GenerationParams, TenantId};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::events::delivery_rows;
-use crate::api::dto::Params;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::invocation::record::{self, Status};
 use crate::store::{InvocationRow, JobEnd};
 
 enum Ran {
@@ -51,52 +48,33 @@ async fn run_leased(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
         return;
     }
     let mut done = row.clone();
-    done.completed_at = Some(Utc::now());
     let end = match ran {
         Ran::Cancelled => {
-            done.status = "cancelled".into();
-            done.error_code = Some("cancelled".into());
-            done.error_message = Some("cancelled while running".into());
-            JobEnd::Done(Box::new(done.clone()))
-        }
-        Ran::Finished(Ok(o)) => {
-            done.status = "succeeded".into();
-            done.model = Some(o.model.as_str().to_owned());
-            done.output_text = Some(o.text.clone());
-            done.output_json = o.json.as_ref().map(|j| j.to_string());
-            done.finish_reason = Some(o.finish_reason.as_str().to_owned());
-            done.prompt_tokens = o.usage.prompt_tokens as i32;
-            done.completion_tokens = o.usage.completion_tokens as i32;
-            done.cache_hit = o.cache_hit;
-            done.load_ms = o.timings.load_ms;
-            done.queue_ms = o.timings.queue_ms;
-            done.ttft_ms = o.timings.ttft_ms;
-            done.total_ms = o.timings.total_ms;
-            done.error_code = None;
-            done.error_message = None;
-            state.tenancy.record_usage(
-                &TenantId::parse(&row.tenant_id).expect("stored tenant ids are valid"),
-                u64::from(o.usage.prompt_tokens + o.usage.completion_tokens),
+            record::ended(
+                &mut done,
+                Status::Cancelled,
+                "cancelled",
+                "cancelled while running",
             );
             JobEnd::Done(Box::new(done.clone()))
         }
-        Ran::Finished(Err(err)) => {
-            let retryable = is_retryable(err.code);
-            // `attempts` was counted when the lease was taken.
-            if retryable && row.attempts < row.max_attempts {
-                let delay = state.queue.retry_delay(row.attempts);
-                JobEnd::Retry {
-                    run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    error_code: err.code.as_str().to_owned(),
-                    error_message: err.message.clone(),
-                    count_attempt: err.code != ErrorCode::Overloaded,
-                }
-            } else {
-                done.status = "failed".into();
-                done.error_code = Some(err.code.as_str().to_owned());
-                done.error_message = Some(err.message.clone());
-                JobEnd::Done(Box::new(done.clone()))
+        Ran::Finished(Ok(o)) => {
+            record::succeeded(&mut done, &o);
+            JobEnd::Done(Box::new(done.clone()))
+        }
+        // `attempts` was counted when the lease was taken.
+        Ran::Finished(Err(err)) if err.retryable && row.attempts < row.max_attempts => {
+            let delay = state.queue.retry_delay(row.attempts);
+            JobEnd::Retry {
+                run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                error_code: err.code.as_str().to_owned(),
+                error_message: err.message.clone(),
+                count_attempt: err.code != ErrorCode::Overloaded,
             }
+        }
+        Ran::Finished(Err(err)) => {
+            record::ended(&mut done, Status::Failed, err.code.as_str(), &err.message);
+            JobEnd::Done(Box::new(done.clone()))
         }
     };
     let deliveries = match &end {
@@ -139,68 +117,25 @@ async fn run_leased(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
     }
 }
 
-fn is_retryable(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::Overloaded
-            | ErrorCode::ReplicaFailed
-            | ErrorCode::ModelUnavailable
-            | ErrorCode::InsufficientMemory
-            | ErrorCode::ShuttingDown
-            | ErrorCode::Timeout
-            | ErrorCode::DatabaseUnavailable
-            | ErrorCode::Internal
-    )
-}
-
 async fn execute(
     state: &AppState,
     row: &InvocationRow,
 ) -> Result<genrt_actors::InvocationOutcome, ApiError> {
-    let received_at = Instant::now();
-    let tenant = TenantId::parse(&row.tenant_id)
-        .map_err(|e| ApiError::internal(format!("stored tenant id: {e}")))?;
-    let name = FunctionName::parse(&row.function_name)
-        .map_err(|e| ApiError::internal(format!("stored function name: {e}")))?;
-    let version = state
-        .store
-        .version(&tenant, &name, row.function_version as u32)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::FunctionNotFound,
-                format!(
-                    "function `{}` version {} no longer exists",
-                    name.as_str(),
-                    row.function_version
-                ),
-            )
-        })?;
-    let limits = state.tenancy.limits_of(&tenant).await?;
-    if limits.disabled {
-        return Err(ApiError::new(
-            ErrorCode::TenantDisabled,
-            "the tenant was disabled before this invocation ran",
-        ));
-    }
-    state.tenancy.check_budget(&tenant, &limits).await?;
-    let input: serde_json::Value = serde_json::from_str(&row.input)
-        .map_err(|e| ApiError::internal(format!("stored input: {e}")))?;
-    let params: Params = row
+    // Stored as the request gave them; the domain type reads the same JSON.
+    let params: genrt_functions::GenerationParams = row
         .params
         .as_deref()
         .map(serde_json::from_str)
         .transpose()
         .map_err(|e| ApiError::internal(format!("stored params: {e}")))?
         .unwrap_or_default();
-    let params: GenerationParams = params.into();
     if row
         .callback_events
         .as_deref()
         .is_some_and(|e| e.split_whitespace().any(|e| e == "invocation.started"))
     {
         let mut started = row.clone();
-        started.status = "running".into();
+        started.status = Status::Running.as_str().into();
         let deliveries = delivery_rows("invocation.started", &started);
         if let Err(err) = state.store.insert_deliveries(deliveries).await {
             tracing::warn!(invocation = %row.id, error = %err, "recording the started event failed");
@@ -208,44 +143,5 @@ async fn execute(
             state.deliveries_wake();
         }
     }
-    let invocation = Invocation {
-        id: InvocationId(row.id),
-        function: Arc::new(DeployedFunction {
-            tenant,
-            name,
-            version: version.version,
-            spec: version.spec,
-        }),
-        input,
-        params,
-        received_at,
-        // Queued work is not real-time: it yields to interactive invocations.
-        background: true,
-        stream: None,
-        fault: None,
-        conversation: None,
-    };
-    let labels = crate::telemetry::InvocationLabels {
-        tenant: row.tenant_id.clone(),
-        function: row.function_name.clone(),
-        version: row.function_version as u32,
-        mode: "async",
-    };
-    let span = crate::telemetry::invocation_span(&labels, row.id);
-    let opened = std::time::SystemTime::now();
-    let _in_flight = state.metrics.in_flight();
-    let result = state
-        .tree
-        .invoke(invocation)
-        .instrument(span.clone())
-        .await
-        .map_err(|e: InvokeError| ApiError::from(e));
-    crate::telemetry::record_outcome(
-        &state.metrics,
-        &span,
-        opened,
-        &labels,
-        result.as_ref().map_err(|e| e.code.as_str()),
-    );
-    result
+    state.invocations.run_queued(row, params).await
 }

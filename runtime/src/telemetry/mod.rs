@@ -11,20 +11,20 @@
 mod export;
 pub mod gpu;
 mod metrics;
-mod server;
+
 mod spans;
 
 pub use export::{init_tracing, TracingGuard};
 pub use metrics::{InFlight, Metrics, MetricsError, ModelSnapshot};
-pub use server::http_server_span;
+
 pub use spans::{
     current_traceparent, invocation_span, link_to_traceparent, parent_from_traceparent,
-    record_outcome, traceparent_of, InvocationLabels,
+    record_outcome, rename, traceparent_of, InvocationLabels,
 };
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
@@ -34,7 +34,7 @@ use crate::app::AppState;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the snapshot of the actor tree and the queue fresh; aborted at shutdown.
-pub async fn sample(state: web::Data<AppState>) {
+pub async fn sample(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(config.metric_export_interval_ms, 500);
         // gRPC is accepted exactly when the build has it, and said so otherwise.
         match config.validate() {
-            Ok(()) => assert!(cfg!(feature = "otlp-grpc")),
+            Ok(()) => {
+                let built_with_grpc = cfg!(feature = "otlp-grpc");
+                assert!(built_with_grpc, "gRPC accepted by a build without it");
+            }
             Err(e) => assert!(
                 !cfg!(feature = "otlp-grpc") && e.contains("otlp-grpc"),
                 "{e}"

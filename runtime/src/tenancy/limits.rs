@@ -30,6 +30,8 @@ pub struct TenantLimits {
     pub max_concurrency: u32,
     /// Streams open at once (counted besides `max_concurrency`); 0 is no cap.
     pub max_concurrent_streams: u32,
+    /// Prewarm requests running at once; 0 is no cap.
+    pub max_concurrent_prewarms: u32,
     /// 0 is no budget.
     pub monthly_token_budget: u64,
     /// `None` allows every model.
@@ -65,6 +67,7 @@ pub struct Limits {
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     running: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
     streams: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
+    prewarms: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
     meters: Mutex<HashMap<TenantId, Meter>>,
 }
 
@@ -194,6 +197,21 @@ impl Limits {
         )
     }
 
+    /// Counts one more running prewarm request: prewarming is the tenant's own, so one
+    /// tenant's cannot hold back another's.
+    pub fn acquire_prewarm(
+        &self,
+        tenant: &TenantId,
+        limits: &TenantLimits,
+    ) -> Result<ConcurrencyPermit, ApiError> {
+        take_place(
+            &self.prewarms,
+            tenant,
+            limits.max_concurrent_prewarms,
+            "prewarm requests may run",
+        )
+    }
+
     pub fn running(&self, tenant: &TenantId) -> u32 {
         self.running
             .lock()
@@ -265,6 +283,7 @@ mod tests {
             rate_limit_burst: 3,
             max_concurrency: 2,
             max_concurrent_streams: 1,
+            max_concurrent_prewarms: 1,
             monthly_token_budget: 100,
             allowed_models: None,
         }

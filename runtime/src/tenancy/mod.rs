@@ -88,6 +88,7 @@ impl Tenancy {
                 .and_then(|r| r.max_concurrency)
                 .map_or(d.max_concurrency, |v| v.max(0) as u32),
             max_concurrent_streams: d.max_concurrent_streams,
+            max_concurrent_prewarms: d.max_concurrent_prewarms,
             monthly_token_budget: row
                 .and_then(|r| r.monthly_token_budget)
                 .map_or(d.monthly_token_budget, |v| v.max(0) as u64),

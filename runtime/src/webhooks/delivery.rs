@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::web;
 use chrono::Utc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -29,7 +28,7 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 /// Characters of a receiver's answer kept with an attempt.
 const KEEP_BODY: usize = 512;
 
-pub async fn run(state: web::Data<AppState>) {
+pub async fn run(state: Arc<AppState>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     // A lease outlives the longest attempt, so that a live sender never loses one.
     let lease = state.config.webhooks.timeout() * 2 + Duration::from_secs(5);

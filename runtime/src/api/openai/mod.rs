@@ -7,23 +7,23 @@
 mod plan;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_lab::sse::{Data, Event};
 use chrono::Utc;
 use futures_util::future::join_all;
-use genrt_actors::{DeployedFunction, Invocation};
+use futures_util::StreamExt;
+use genrt_actors::DeployedFunction;
 use genrt_functions::{Conversation, FunctionName, GenerationParams, ModelId, OutputSpec};
 use serde_json::Value;
 
 use crate::api::dto::InvokeResponse;
 use crate::api::functions::{runnable, READ};
-use crate::api::invoke::{admit, check_limits, fault, sse, stream, Call};
+use crate::api::invoke::{fault, receiver_stream, sse};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::invocation::{Admitted, Mode, Request, StreamItem};
 use crate::tenancy::{Caller, Scope};
 
 use wire::{unsupported, Prompt};
@@ -145,7 +145,8 @@ pub async fn chat_completions(
     if common.stream {
         return start_stream(
             &state, &caller, &request, target, runs, params, chunks, common,
-        );
+        )
+        .await;
     }
     let responses = run_all(&state, &caller, &request, &target, runs, params).await?;
     let (choices, usage) = choices(responses, |index, r| ChatChoice {
@@ -240,7 +241,8 @@ pub async fn completions(
     if common.stream {
         return start_stream(
             &state, &caller, &request, target, runs, params, chunks, common,
-        );
+        )
+        .await;
     }
     let responses = run_all(&state, &caller, &request, &target, runs, params).await?;
     let (choices, usage) = choices(responses, |index, r| TextChoice {
@@ -295,21 +297,20 @@ pub async fn embeddings(
             .with_field("model"),
         ));
     }
-    caller
-        .require_models([id.as_str()])
-        .map_err(|e| e.with_field("model"))?;
     let texts = plan::embedding_inputs(&body.input)?;
     // Checked before any work, so that a bad format costs nothing.
     plan::encode_embedding(&[], body.encoding_format.as_deref())?;
-    state
-        .tenancy
-        .check_budget(&caller.tenant, &caller.limits)
-        .await?;
-    let _permit = state
-        .tenancy
-        .limits
-        .acquire(&caller.tenant, &caller.limits)?;
-    let embeddings = state.tree.embed(&id, texts).await.map_err(ApiError::from)?;
+    let embeddings = state
+        .invocations
+        .embed(&caller, &id, texts)
+        .await
+        .map_err(|e| {
+            if e.code == ErrorCode::ModelNotAllowed {
+                e.with_field("model")
+            } else {
+                e
+            }
+        })?;
     let width = embeddings.first().map_or(0, |e| e.vector.len());
     if let Some(d) = body.dimensions.filter(|&d| d as usize != width) {
         return Err(unsupported(
@@ -318,9 +319,6 @@ pub async fn embeddings(
         ));
     }
     let tokens: u32 = embeddings.iter().map(|e| e.tokens).sum();
-    state
-        .tenancy
-        .record_usage(&caller.tenant, u64::from(tokens));
     let data = embeddings
         .iter()
         .zip(0..)
@@ -378,13 +376,6 @@ async fn resolve(
 ) -> Result<Target, OpenAiError> {
     let id = ModelId::new(model);
     if state.tree.model(&id).is_some() {
-        caller
-            .require_models([model])
-            .map_err(|e| e.with_field("model"))?;
-        state
-            .tenancy
-            .check_budget(&caller.tenant, &caller.limits)
-            .await?;
         let spec = plan::passthrough_spec(&id, output, genrt_functions::default_timeout_s());
         // The output constraint is part of the spec, so each distinct one is its own
         // pass-through "version": an actor never serves a spec other than its own.
@@ -418,7 +409,6 @@ async fn resolve(
             ),
         ));
     }
-    admit(state, caller, &version).await?;
     Ok(Target {
         function: Arc::new(DeployedFunction {
             tenant: caller.tenant.clone(),
@@ -430,59 +420,64 @@ async fn resolve(
     })
 }
 
-fn invocation(
+fn request(
     target: &Target,
     request: &HttpRequest,
-    call: &Call,
     input: Value,
     conversation: Conversation,
     params: GenerationParams,
-) -> Invocation {
-    Invocation {
-        id: call.id,
-        function: Arc::clone(&target.function),
-        input,
-        params,
-        received_at: Instant::now(),
-        background: false,
-        stream: None,
-        fault: fault(request),
-        conversation: Some(Arc::new(Conversation {
-            cut_output_ok: true,
-            ..conversation
-        })),
-    }
+) -> Request {
+    let mut r = Request::new(Arc::clone(&target.function), input, params);
+    r.fault = fault(request);
+    r.conversation = Some(Arc::new(Conversation {
+        cut_output_ok: true,
+        ..conversation
+    }));
+    r
+}
+
+/// Admission for an OpenAI-compatible call: a pass-through model names the model at fault.
+async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    mode: Mode,
+    target: &Target,
+    runs: &[(Value, Conversation)],
+    params: &GenerationParams,
+) -> Result<Admitted, ApiError> {
+    let inputs: Vec<&Value> = runs.iter().map(|(input, _)| input).collect();
+    state
+        .invocations
+        .admit(caller, mode, &target.function.spec, &inputs, params)
+        .await
+        .map_err(|e| {
+            if target.passthrough && e.code == ErrorCode::ModelNotAllowed {
+                e.with_field("model")
+            } else {
+                e
+            }
+        })
 }
 
 /// Runs every choice at once under one concurrency place; any failure fails the request.
 async fn run_all(
     state: &web::Data<AppState>,
     caller: &Caller,
-    request: &HttpRequest,
+    http: &HttpRequest,
     target: &Target,
     runs: Vec<(Value, Conversation)>,
     params: GenerationParams,
 ) -> Result<Vec<InvokeResponse>, OpenAiError> {
-    let f = &target.function;
-    for (input, _) in &runs {
-        check_limits(state, &f.spec, input, &params)?;
-    }
-    let _permit = state
-        .tenancy
-        .limits
-        .acquire(&caller.tenant, &caller.limits)?;
+    let admitted = admit(state, caller, Mode::OpenAi, target, &runs, &params).await?;
+    let service = &state.invocations;
     let results = join_all(runs.into_iter().map(|(input, conversation)| {
-        let call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
-        call.request_params(&f.spec.params.resolve(&params));
-        let invocation = invocation(target, request, &call, input, conversation, params.clone());
-        async move {
-            let outcome = state.tree.invoke(invocation).await;
-            call.complete(state, outcome).await
-        }
+        let r = request(target, http, input, conversation, params.clone());
+        service.run(&admitted, r)
     }))
     .await;
     results
         .into_iter()
+        .map(|r| r.map(InvokeResponse::from))
         .collect::<Result<Vec<_>, _>>()
         .map_err(OpenAiError)
 }
@@ -512,61 +507,52 @@ fn choices<T>(
 /// reason, the usage when asked for, and `[DONE]`; an error after the start is a data line
 /// with OpenAI's error body, as OpenAI's clients expect.
 #[allow(clippy::too_many_arguments)]
-fn start_stream(
+async fn start_stream(
     state: &web::Data<AppState>,
     caller: &Caller,
-    request: &HttpRequest,
+    http: &HttpRequest,
     target: Target,
     runs: Vec<(Value, Conversation)>,
     params: GenerationParams,
     chunks: Chunks,
     common: &CommonFields,
 ) -> Result<HttpResponse, OpenAiError> {
+    let admitted = admit(
+        state,
+        caller,
+        Mode::OpenAiStream,
+        &target,
+        &runs[..1],
+        &params,
+    )
+    .await?;
     let (input, conversation) = runs.into_iter().next().expect("one run to stream");
-    let f = &target.function;
-    check_limits(state, &f.spec, &input, &params)?;
-    let permit = state
-        .tenancy
-        .limits
-        .acquire(&caller.tenant, &caller.limits)?
-        .and(
-            state
-                .tenancy
-                .limits
-                .acquire_stream(&caller.tenant, &caller.limits)?,
-        );
-    let max_tokens = f.spec.params.resolve(&params).max_tokens;
-    let mut call = Call::new(state, &caller.tenant, &f.name, f.version, &input);
-    call.mode = "stream";
-    call.request_params(&f.spec.params.resolve(&params));
-    let invocation = invocation(&target, request, &call, input, conversation, params);
+    let r = request(&target, http, input, conversation, params);
+    let items = state.invocations.stream(admitted, r).await?;
     let include_usage = common.include_usage();
-    let first = AtomicBool::new(true);
-    let end = chunks.clone();
-    let events = stream(
-        state.clone().into_inner(),
-        invocation,
-        call,
-        permit,
-        max_tokens,
-        move |text| vec![chunks.piece(text, first.swap(false, Ordering::Relaxed))],
-        move |result| match result {
-            Ok(response) => {
-                let mut events = vec![end.last(plan::finish_reason(&response.finish_reason))];
+    let mut first = true;
+    let events = receiver_stream(items).flat_map(move |item| {
+        futures_util::stream::iter(match item {
+            StreamItem::Piece(text) => {
+                vec![chunks.piece(&text, std::mem::take(&mut first))]
+            }
+            StreamItem::End(Ok(done)) => {
+                let response = InvokeResponse::from(done);
+                let mut events = vec![chunks.last(plan::finish_reason(&response.finish_reason))];
                 if include_usage {
                     let (_, usage) = choices(vec![response], |_, _| ());
-                    events.push(end.usage(usage));
+                    events.push(chunks.usage(usage));
                 }
                 events.push(Event::Data(Data::new("[DONE]")));
                 events
             }
-            Err(err) => vec![
+            StreamItem::End(Err(err)) => vec![
                 data(&OpenAiError(err).body()),
                 Event::Data(Data::new("[DONE]")),
             ],
-        },
-    );
-    Ok(sse(events, request))
+        })
+    });
+    Ok(sse(events, http))
 }
 
 #[derive(Clone, Copy)]

@@ -397,7 +397,7 @@ impl std::fmt::Display for OpenAiError {
 impl OpenAiError {
     pub fn status(&self) -> actix_web::http::StatusCode {
         use actix_web::http::StatusCode;
-        match self.0.code.status() {
+        match crate::api::error::status_of(&self.0) {
             StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
             other => other,
         }

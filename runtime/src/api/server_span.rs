@@ -63,7 +63,7 @@ pub async fn http_server_span(
         Err(e) => (e.as_response_error().status_code().as_u16(), None),
     };
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    super::spans::rename(&span, format!("{method} {route}"));
+    crate::telemetry::rename(&span, format!("{method} {route}"));
     span.record("http.route", route.as_str());
     span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
