@@ -32,6 +32,13 @@ pub use engine::{
     Embedding, EngineError, LlamaCppBackend, Placement,
 };
 pub use error::InvokeError;
+
+/// The deterministic fake engine, for fast in-process tests of everything above the engine
+/// (the runtime's admission, queue, retries and idempotency): text is `echo: <user text>`,
+/// and a user text containing `PANIC` makes the replica fail.
+pub mod testing {
+    pub use crate::engine::fake::{FakeBackend, LoadGate};
+}
 pub use memory::{Budgets, Held, MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, TreeConfig};

@@ -11,19 +11,21 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use futures_util::future::BoxFuture;
-use genrt_actors::{load_backends, ActorTree, BackendsInfo, LlamaCppBackend, TreeConfig};
+use genrt_actors::{load_backends, ActorTree, Backend, BackendsInfo, LlamaCppBackend, TreeConfig};
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::MokaResponseCache;
 use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
 use crate::error::ApiError;
 use crate::invocation::{InvocationService, Parts};
-use crate::queue::JobQueue;
+use crate::queue::{JobQueue, QueueRunner};
 use crate::store::{Recorder, Store, StoredVersion};
 use crate::tenancy::Tenancy;
+use crate::webhooks::delivery::Deliverer;
 use crate::webhooks::ssrf::{http_client, UrlGuard};
 use genrt_functions::{FunctionName, TenantId};
 use moka::sync::Cache;
+use tokio_util::sync::CancellationToken;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -45,7 +47,7 @@ pub struct AppState {
     /// The llama.cpp backend modules loaded at start.
     pub backends: BackendsInfo,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
-    deliveries: tokio::sync::Notify,
+    deliveries: Arc<tokio::sync::Notify>,
     /// The latest version of recently invoked functions, so that the hot path reads no
     /// database. Deploys and deletes on this node invalidate it; another node's are seen
     /// within `VERSION_TTL`.
@@ -76,10 +78,6 @@ impl AppState {
 
     pub fn deliveries_wake(&self) {
         self.deliveries.notify_one();
-    }
-
-    pub async fn deliveries_woken(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.deliveries.notified()).await;
     }
 
     /// Refuses callback URLs the SSRF guard forbids (see
@@ -118,7 +116,9 @@ pub struct RunningServer {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
     record_writer: tokio::task::JoinHandle<()>,
+    runner: Arc<QueueRunner>,
     queue_runner: tokio::task::JoinHandle<()>,
+    deliveries_stop: CancellationToken,
     delivery_runner: tokio::task::JoinHandle<()>,
     metrics_sampler: tokio::task::JoinHandle<()>,
 }
@@ -135,10 +135,23 @@ pub fn start(
     config: Config,
     handle_signals: bool,
 ) -> BoxFuture<'static, Result<RunningServer, StartError>> {
-    Box::pin(start_server(config, handle_signals))
+    Box::pin(start_server(config, handle_signals, None))
 }
 
-async fn start_server(config: Config, handle_signals: bool) -> Result<RunningServer, StartError> {
+/// [`start`] with another inference backend than llama.cpp: tests of what lies above the
+/// engine run on `genrt_actors::testing::FakeBackend`, in milliseconds and without a model.
+pub fn start_with_backend(
+    config: Config,
+    backend: Arc<dyn Backend>,
+) -> BoxFuture<'static, Result<RunningServer, StartError>> {
+    Box::pin(start_server(config, false, Some(backend)))
+}
+
+async fn start_server(
+    config: Config,
+    handle_signals: bool,
+    backend: Option<Arc<dyn Backend>>,
+) -> Result<RunningServer, StartError> {
     if config.auth.jwt_secret == DEV_JWT_SECRET
         && config
             .auth
@@ -163,7 +176,10 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
     ));
     // Before anything else touches llama.cpp: the backend modules decide which devices exist.
     let backends = load_backends(config.engine.backends_dir.as_deref())?;
-    let backend = Arc::new(LlamaCppBackend::new()?);
+    let backend = match backend {
+        Some(backend) => backend,
+        None => Arc::new(LlamaCppBackend::new()?),
+    };
     let tree = ActorTree::start(
         TreeConfig {
             models: config.models.clone(),
@@ -183,6 +199,7 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
             .map_err(|e| StartError::Actors(format!("webhooks: {e}")))?,
     );
     let tree = Arc::new(tree);
+    let deliveries = Arc::new(tokio::sync::Notify::new());
     let tenancy = Arc::new(Tenancy::new(store.clone(), config.tenancy.clone()));
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
     let invocations = InvocationService::new(Parts {
@@ -206,7 +223,7 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
         backends,
         tenancy,
         queue,
-        deliveries: tokio::sync::Notify::new(),
+        deliveries: Arc::clone(&deliveries),
         url_guard: Arc::clone(&url_guard),
         http: http_client(url_guard, config.webhooks.timeout())
             .map_err(|e| StartError::Actors(format!("webhook client: {e}")))?,
@@ -227,9 +244,31 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
             );
         }
     }
-    let queue_runner = tokio::spawn(crate::queue::run(state.clone().into_inner()));
-    let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(state.clone().into_inner()));
-    let metrics_sampler = tokio::spawn(crate::telemetry::sample(state.clone().into_inner()));
+    // Each background loop gets its own handles (and the delivery loop its own stop token),
+    // not the app's state.
+    let runner = Arc::new(QueueRunner {
+        store: state.store.clone(),
+        queue: Arc::clone(&state.queue),
+        invocations: state.invocations.clone(),
+        deliveries: Arc::clone(&deliveries),
+    });
+    let queue_runner = tokio::spawn(crate::queue::run(Arc::clone(&runner)));
+    let deliveries_stop = CancellationToken::new();
+    let delivery_runner = tokio::spawn(crate::webhooks::delivery::run(Arc::new(Deliverer {
+        config: Arc::clone(&config),
+        store: state.store.clone(),
+        metrics: Arc::clone(&state.metrics),
+        url_guard: Arc::clone(&state.url_guard),
+        http: state.http.clone(),
+        node: state.queue.node.clone(),
+        wake: Arc::clone(&deliveries),
+        stop: deliveries_stop.clone(),
+    })));
+    let metrics_sampler = tokio::spawn(crate::telemetry::sample(
+        Arc::clone(&state.metrics),
+        Arc::clone(&state.tree),
+        state.store.clone(),
+    ));
     let body_limit = config.server.body_limit_bytes;
     let limits = crate::api::BodyLimits {
         body: body_limit,
@@ -275,7 +314,9 @@ async fn start_server(config: Config, handle_signals: bool) -> Result<RunningSer
         server,
         state,
         record_writer,
+        runner,
         queue_runner,
+        deliveries_stop,
         delivery_runner,
         metrics_sampler,
     })
@@ -362,10 +403,10 @@ impl RunningServer {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         // Leased async work goes back to the queue before the actors stop under it.
-        crate::queue::release(&self.state).await;
+        crate::queue::release(&self.runner).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.queue_runner).await;
         // Deliveries in flight finish or their leases expire; either way they are retried.
-        self.state.deliveries_wake();
+        self.deliveries_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.delivery_runner).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;

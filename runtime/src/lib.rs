@@ -17,7 +17,7 @@ pub mod telemetry;
 pub mod tenancy;
 pub mod webhooks;
 
-pub use app::{start, AppState, RunningServer, StartError};
+pub use app::{start, start_with_backend, AppState, RunningServer, StartError};
 
 /// Tenants' templates render under a memory budget (see `genrt_functions::within_budget`),
 /// which needs this allocator; every binary built on the runtime gets it.

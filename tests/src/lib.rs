@@ -116,6 +116,27 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config, data: TempDir) -> Self {
+        Self::started(genrt_runtime::start(config, false), data).await
+    }
+
+    /// The real server (HTTP, database, actor tree, queue) on the fake engine
+    /// (`genrt_actors::testing::FakeBackend`: text is `echo: <user text>`, `PANIC` in it fails
+    /// the replica), for fast tests of what lies above the engine.
+    pub async fn start_fake(db: Db, adjust: impl FnOnce(&mut Config)) -> Self {
+        let data = TempDir::new("genrt-fake");
+        let mut config = Self::config(&db, &data);
+        adjust(&mut config);
+        let backend = std::sync::Arc::new(genrt_actors::testing::FakeBackend::default());
+        Self::started(genrt_runtime::start_with_backend(config, backend), data).await
+    }
+
+    async fn started(
+        start: futures_util::future::BoxFuture<
+            'static,
+            Result<RunningServer, genrt_runtime::StartError>,
+        >,
+        data: TempDir,
+    ) -> Self {
         // Server logs go to the test's captured output, shown when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -123,9 +144,7 @@ impl TestServer {
                 "warn,genrt_runtime=info,genrt_actors=info",
             ))
             .try_init();
-        let server = genrt_runtime::start(config, false)
-            .await
-            .expect("server starts");
+        let server = start.await.expect("server starts");
         let base = format!("http://{}", server.addr());
         Self {
             server: Some(server),

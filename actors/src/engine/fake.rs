@@ -20,17 +20,17 @@ const SEPARATOR: i32 = 0;
 const END: i32 = -1;
 
 #[derive(Default)]
-pub(crate) struct FakeBackend {
-    pub(crate) loads: AtomicU32,
-    pub(crate) live_weights: Arc<AtomicU32>,
-    pub(crate) load_gate: LoadGate,
+pub struct FakeBackend {
+    pub loads: AtomicU32,
+    pub live_weights: Arc<AtomicU32>,
+    pub load_gate: LoadGate,
     /// The user text of every prompt an engine of this backend started, in order.
-    pub(crate) started: Arc<Mutex<Vec<String>>>,
+    pub started: Arc<Mutex<Vec<String>>>,
     /// GPUs this backend pretends to have, all with `gpu_free` bytes free.
-    pub(crate) gpus: u32,
-    pub(crate) gpu_free: AtomicU64,
+    pub gpus: u32,
+    pub gpu_free: AtomicU64,
     /// The placement of every load, in order.
-    pub(crate) placements: Mutex<Vec<Placement>>,
+    pub placements: Mutex<Vec<Placement>>,
 }
 
 /// Every fake model has this many repeating layers.
@@ -87,7 +87,7 @@ impl Backend for FakeBackend {
 /// Holds loads back while closed, so that a test can fill a pool's queue before anything runs
 /// and then check the order in which it is served.
 #[derive(Default)]
-pub(crate) struct LoadGate {
+pub struct LoadGate {
     closed: Mutex<bool>,
     opened: Condvar,
 }
@@ -97,11 +97,11 @@ impl LoadGate {
     /// leave a blocked thread behind its runtime's shutdown.
     const MAX_WAIT: Duration = Duration::from_secs(10);
 
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         *self.closed.lock().unwrap() = true;
     }
 
-    pub(crate) fn open(&self) {
+    pub fn open(&self) {
         *self.closed.lock().unwrap() = false;
         self.opened.notify_all();
     }
@@ -178,6 +178,7 @@ impl FakeSession {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn live_sequences(&self) -> Vec<SeqId> {
         let mut live: Vec<SeqId> = self
             .kv

@@ -12,8 +12,12 @@ pub(crate) mod scheduler;
 mod text;
 mod thread;
 
-#[cfg(test)]
-pub(crate) mod fake;
+/// Compiled into every build rather than behind a feature: the runtime's in-process tests
+/// need it, and a `testing` feature enabled by the test crate alone would give `cargo test`
+/// and `make run` different feature sets, compiling the actor tree twice (see "Feature
+/// unification" in runtime/Cargo.toml). It is a few hundred lines, and nothing starts it but
+/// a test.
+pub mod fake;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -72,7 +72,7 @@ pub async fn deploy(
     // take unbounded memory (constant expressions are evaluated then).
     state
         .invocations
-        .check_templates(&caller.tenant, &spec)
+        .check_templates(&caller.tenant, &name, &spec)
         .await?;
     if let Some(webhook) = &spec.webhook {
         state

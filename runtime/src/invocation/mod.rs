@@ -447,12 +447,13 @@ impl InvocationService {
     pub fn check_templates<'a>(
         &'a self,
         tenant: &'a genrt_functions::TenantId,
+        name: &'a genrt_functions::FunctionName,
         spec: &'a FunctionSpec,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
             self.shared
                 .renderer
-                .check(tenant, spec)
+                .check(tenant, name.as_str(), spec)
                 .await
                 .map_err(|e| match e {
                     RenderError::Spec(e) => ApiError::from(e),

@@ -46,6 +46,12 @@ pub enum RenderError {
 /// Runs one render; true when the caller gave up on it meanwhile (its thread then leaves).
 type Job = Box<dyn FnOnce() -> bool + Send>;
 
+/// A function version: immutable, so what is compiled or refused for it stays true.
+type VersionKey = (TenantId, String, u32);
+
+/// Bytes of rendered prompts kept for reuse.
+const RENDERED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Cheap to clone; every clone submits to the same threads.
 #[derive(Clone)]
 pub struct Renderer {
@@ -60,9 +66,12 @@ struct Shared {
     max_threads: usize,
     /// Threads alive, stopped ones included.
     threads: AtomicUsize,
-    prepared: Cache<(TenantId, String), Arc<PreparedFunction>>,
-    /// Specs (tenant, digest) whose render overran its deadline, with the message to answer.
-    refused: Cache<(TenantId, String), String>,
+    prepared: Cache<VersionKey, Arc<PreparedFunction>>,
+    /// Prompts rendered lately, by version and input: hot content is rendered once, and its
+    /// invocations (the response cache's hits above all) skip the trip to a render thread.
+    rendered: Cache<[u8; 32], Arc<RenderedPrompt>>,
+    /// Versions whose render overran its deadline, with the message to answer.
+    refused: Cache<VersionKey, String>,
     /// Overruns per tenant within `REFUSED_FOR`.
     strikes: Cache<TenantId, u32>,
 }
@@ -86,6 +95,14 @@ impl Renderer {
             threads: AtomicUsize::new(0),
             prepared: Cache::builder()
                 .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            rendered: Cache::builder()
+                .weigher(|_, p: &Arc<RenderedPrompt>| {
+                    let bytes = p.user.len() + p.system.as_ref().map_or(0, String::len) + 64;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(RENDERED_CACHE_BYTES)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
             refused: Cache::builder()
@@ -114,36 +131,56 @@ impl Renderer {
         input: Value,
         conversation: Option<Arc<Conversation>>,
     ) -> Result<RenderedPrompt, RenderError> {
-        let key = (function.tenant.clone(), function.spec.digest());
+        let key: VersionKey = (
+            function.tenant.clone(),
+            function.name.as_str().to_owned(),
+            function.version,
+        );
+        let wrap = |prompt: RenderedPrompt| match &conversation {
+            Some(c) => c.wrap(prompt),
+            None => prompt,
+        };
+        let input_key = rendered_key(&key, &input);
+        if let Some(prompt) = self.shared.rendered.get(&input_key) {
+            return Ok(wrap((*prompt).clone()));
+        }
         let shared = Arc::clone(&self.shared);
         let spec = function.spec.clone();
         let cache_key = key.clone();
-        self.run(&key, move || {
-            let prepared = match shared.prepared.get(&cache_key) {
-                Some(p) => p,
-                None => {
-                    let p = Arc::new(
-                        PreparedFunction::with_limits(spec, shared.limits)
-                            .map_err(RenderError::Spec)?,
-                    );
-                    shared.prepared.insert(cache_key, Arc::clone(&p));
-                    p
-                }
-            };
-            let prompt = prepared.render(&input).map_err(RenderError::Input)?;
-            Ok(match conversation {
-                Some(c) => c.wrap(prompt),
-                None => prompt,
+        let prompt = self
+            .run(&key, move || {
+                let prepared = match shared.prepared.get(&cache_key) {
+                    Some(p) => p,
+                    None => {
+                        let p = Arc::new(
+                            PreparedFunction::with_limits(spec, shared.limits)
+                                .map_err(RenderError::Spec)?,
+                        );
+                        shared.prepared.insert(cache_key, Arc::clone(&p));
+                        p
+                    }
+                };
+                prepared.render(&input).map_err(RenderError::Input)
             })
-        })
-        .await
+            .await?;
+        self.shared
+            .rendered
+            .insert(input_key, Arc::new(prompt.clone()));
+        Ok(wrap(prompt))
     }
 
     /// At deploy: compiles the spec's templates and renders them once with an empty input,
     /// under the limits, so that a template that exceeds them whatever the input is refused
     /// now. Other render errors (a variable the empty input lacks) are the input's business.
-    pub async fn check(&self, tenant: &TenantId, spec: &FunctionSpec) -> Result<(), RenderError> {
-        let key = (tenant.clone(), spec.digest());
+    pub async fn check(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        spec: &FunctionSpec,
+    ) -> Result<(), RenderError> {
+        // Not a version yet: its digest stands in for the version number.
+        let digest = u32::from_str_radix(&spec.digest()[..8], 16).unwrap_or(0);
+        let key = (tenant.clone(), format!("deploy:{name}"), digest);
         let limits = self.shared.limits;
         let spec = spec.clone();
         let result = self
@@ -171,7 +208,7 @@ impl Renderer {
     /// once it has started.
     async fn run<T: Send + 'static>(
         &self,
-        key: &(TenantId, String),
+        key: &VersionKey,
         work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
     ) -> Result<T, RenderError> {
         let shared = &self.shared;
@@ -235,7 +272,7 @@ impl Renderer {
                 shared.refused.insert(key.clone(), message.clone());
                 let strikes = shared.strikes.get(&key.0).unwrap_or(0) + 1;
                 shared.strikes.insert(key.0.clone(), strikes);
-                tracing::warn!(tenant = %key.0, spec = %key.1, "a template overran its render deadline; its thread is replaced and the spec refused for a while");
+                tracing::warn!(tenant = %key.0, function = %key.1, version = key.2, "a template overran its render deadline; its thread is replaced and the spec refused for a while");
                 // The thread running it is stopped or still busy: give the pool another.
                 if shared.threads.load(Ordering::Acquire) < shared.max_threads {
                     spawn_worker(shared);
@@ -244,6 +281,18 @@ impl Renderer {
             }
         }
     }
+}
+
+/// The rendered-prompt cache's key: the version and the input, hashed.
+fn rendered_key(version: &VersionKey, input: &Value) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(version.0.as_str().as_bytes());
+    hash.update([0]);
+    hash.update(version.1.as_bytes());
+    hash.update(version.2.to_le_bytes());
+    hash.update(input.to_string().as_bytes());
+    hash.finalize().into()
 }
 
 fn limit(message: String) -> RenderError {

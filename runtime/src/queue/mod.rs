@@ -22,9 +22,10 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::config::QueueConfig;
+use crate::invocation::InvocationService;
 use crate::store::InvocationRow;
+use crate::store::Store;
 
 /// How often expired leases of other nodes are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(2);
@@ -118,8 +119,23 @@ impl JobQueue {
     }
 }
 
+/// What the claim loop and the runs it starts need: its own handles, not the app's state.
+pub struct QueueRunner {
+    pub store: Store,
+    pub queue: Arc<JobQueue>,
+    pub invocations: InvocationService,
+    /// Wakes the webhook delivery loop when a run committed deliveries.
+    pub deliveries: Arc<Notify>,
+}
+
+impl QueueRunner {
+    pub(crate) fn deliveries_wake(&self) {
+        self.deliveries.notify_one();
+    }
+}
+
 /// The claim loop. Ends when [`JobQueue::stop`] is called.
-pub async fn run(state: Arc<AppState>) {
+pub async fn run(state: Arc<QueueRunner>) {
     let queue = &state.queue;
     let lease = Duration::from_secs(queue.config.lease_s);
     let poll = Duration::from_millis(queue.config.poll_ms);
@@ -174,7 +190,7 @@ pub async fn run(state: Arc<AppState>) {
 /// Takes up to `free` due invocations, a fair share from each tenant with queued work, the
 /// starting tenant rotating between rounds.
 async fn claim(
-    state: &AppState,
+    state: &QueueRunner,
     free: usize,
     turn: &mut usize,
     lease: Duration,
@@ -203,7 +219,7 @@ async fn claim(
     Ok(claimed)
 }
 
-fn spawn_job(state: Arc<AppState>, row: InvocationRow) {
+fn spawn_job(state: Arc<QueueRunner>, row: InvocationRow) {
     let cancel = Arc::new(Notify::new());
     state
         .queue
@@ -226,7 +242,7 @@ fn spawn_job(state: Arc<AppState>, row: InvocationRow) {
 
 /// At shutdown: stop claiming, stop what runs here and hand it back to the queue (without
 /// using up an attempt) so that another node, or the next start, runs it.
-pub async fn release(state: &AppState) {
+pub async fn release(state: &QueueRunner) {
     state.queue.stop();
     for id in state.queue.running_ids() {
         state.queue.cancel_local(id);

@@ -8,7 +8,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::events::delivery_rows;
-use crate::app::AppState;
+use super::QueueRunner;
 use crate::error::{ApiError, ErrorCode};
 use crate::invocation::record::{self, Status};
 use crate::store::{InvocationRow, JobEnd};
@@ -20,7 +20,7 @@ enum Ran {
 
 /// Runs one leased invocation in a trace of its own (a queued run is not part of the request
 /// that enqueued it, which has long been answered), linked to the enqueuing request's span.
-pub(super) async fn run_job(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
+pub(super) async fn run_job(state: &QueueRunner, row: InvocationRow, cancel: Arc<Notify>) {
     let span = tracing::info_span!(
         target: "genrt_runtime::queue",
         "run",
@@ -37,7 +37,7 @@ pub(super) async fn run_job(state: &AppState, row: InvocationRow, cancel: Arc<No
     run_leased(state, row, cancel).instrument(span).await
 }
 
-async fn run_leased(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
+async fn run_leased(state: &QueueRunner, row: InvocationRow, cancel: Arc<Notify>) {
     let id = row.id;
     let ran = tokio::select! {
         result = execute(state, &row) => Ran::Finished(result),
@@ -118,7 +118,7 @@ async fn run_leased(state: &AppState, row: InvocationRow, cancel: Arc<Notify>) {
 }
 
 async fn execute(
-    state: &AppState,
+    state: &QueueRunner,
     row: &InvocationRow,
 ) -> Result<genrt_actors::InvocationOutcome, ApiError> {
     // Stored as the request gave them; the domain type reads the same JSON.

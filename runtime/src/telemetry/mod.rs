@@ -27,19 +27,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-
 /// How often the observed instruments' snapshot is refreshed between scrapes, for the OTLP
 /// reader (a scrape of `/metrics` refreshes it first anyway).
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the snapshot of the actor tree and the queue fresh; aborted at shutdown.
-pub async fn sample(state: Arc<AppState>) {
+pub async fn sample(
+    metrics: Arc<Metrics>,
+    tree: Arc<genrt_actors::ActorTree>,
+    store: crate::store::Store,
+) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        state.metrics.refresh(&state.tree, &state.store).await;
+        metrics.refresh(&tree, &store).await;
     }
 }
 

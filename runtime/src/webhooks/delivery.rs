@@ -17,7 +17,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::next_attempt_delay;
 use super::signing::{self, SignedHeaders};
-use crate::app::AppState;
 use crate::store::{AttemptRow, DeliveryNext, DeliveryRow};
 
 /// Deliveries in flight at once on this node.
@@ -28,12 +27,27 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 /// Characters of a receiver's answer kept with an attempt.
 const KEEP_BODY: usize = 512;
 
-pub async fn run(state: Arc<AppState>) {
+/// What the delivery loop needs: its own handles and its own stop token.
+pub struct Deliverer {
+    pub config: Arc<crate::config::Config>,
+    pub store: crate::store::Store,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    pub url_guard: Arc<super::ssrf::UrlGuard>,
+    /// The guarded client: no redirects, the SSRF resolver, timeouts.
+    pub http: reqwest::Client,
+    /// This node, as lease owner.
+    pub node: String,
+    /// Rung when new deliveries were committed on this node.
+    pub wake: Arc<tokio::sync::Notify>,
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+pub async fn run(state: Arc<Deliverer>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     // A lease outlives the longest attempt, so that a live sender never loses one.
     let lease = state.config.webhooks.timeout() * 2 + Duration::from_secs(5);
     let mut last_reclaim = Instant::now() - RECLAIM_EVERY;
-    while !state.queue.stopping() {
+    while !state.stop.is_cancelled() {
         if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = Instant::now();
             if let Err(err) = state.store.reclaim_deliveries(false).await {
@@ -50,7 +64,7 @@ pub async fn run(state: Arc<AppState>) {
         if free > 0 {
             match state
                 .store
-                .claim_deliveries(&state.queue.node, free as u64, lease)
+                .claim_deliveries(&state.node, free as u64, lease)
                 .await
             {
                 Ok(deliveries) => {
@@ -69,11 +83,14 @@ pub async fn run(state: Arc<AppState>) {
                 Err(err) => tracing::warn!(error = %err, "claiming deliveries failed"),
             }
         }
-        state.deliveries_woken(POLL).await;
+        tokio::select! {
+            _ = tokio::time::timeout(POLL, state.wake.notified()) => {}
+            () = state.stop.cancelled() => {}
+        }
     }
 }
 
-async fn deliver(state: &AppState, delivery: DeliveryRow) {
+async fn deliver(state: &Deliverer, delivery: DeliveryRow) {
     let started = Instant::now();
     let span = tracing::info_span!(
         target: "genrt_runtime::webhooks",
@@ -137,7 +154,7 @@ async fn deliver(state: &AppState, delivery: DeliveryRow) {
     tracing::debug!(delivery = %delivery.id, url = %delivery.url, status = ?status_code, next = ?next, "webhook attempt");
     if let Err(err) = state
         .store
-        .record_attempt(&delivery, &state.queue.node, record, next)
+        .record_attempt(&delivery, &state.node, record, next)
         .await
     {
         tracing::warn!(delivery = %delivery.id, error = %err, "recording a webhook attempt failed; the lease will expire and it is sent again");
@@ -148,7 +165,7 @@ const DISABLED: &str = "the endpoint is disabled (it answered 410 Gone)";
 
 /// One POST. Returns the status, or the reason there was none.
 async fn attempt(
-    state: &AppState,
+    state: &Deliverer,
     d: &DeliveryRow,
     span: &tracing::Span,
 ) -> (Option<u16>, Option<String>) {

@@ -1,0 +1,161 @@
+//! What lies above the engine, in-process on the fake engine (`echo: <user text>`, and
+//! `PANIC` in the text fails the replica): idempotent replays, retries of retryable failures
+//! up to `max_attempts`, and the final state of work that cannot succeed. The real server —
+//! HTTP, database, actor tree, queue — with no model, so each runs in well under a second of
+//! its own.
+
+use std::time::Duration;
+
+use genrt_tests::{token, Db, TestServer, MODEL};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+async fn server() -> TestServer {
+    let s = TestServer::start_fake(Db::Sqlite, |c| {
+        c.queue.poll_ms = 20;
+        c.queue.retry_base_ms = 10;
+        c.queue.retry_max_ms = 20;
+        c.queue.max_attempts = 3;
+        c.supervision.base_backoff_ms = 1;
+    })
+    .await;
+    let (status, body) = s
+        .deploy(
+            &token("acme"),
+            json!({"name": "echo", "model": MODEL, "prompt": "{{ text }}",
+                   "params": {"max_tokens": 64}, "cache": {"enabled": false}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    s
+}
+
+async fn until_ended(s: &TestServer, t: &str, id: &str) -> Value {
+    let mut record = Value::Null;
+    for _ in 0..500 {
+        record = s
+            .call(Method::GET, &format!("/v1/invocations/{id}"), t, None)
+            .await
+            .1;
+        if ["succeeded", "failed", "cancelled"].contains(&record["status"].as_str().unwrap_or("")) {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} did not end: {record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_replays_the_first_answer() {
+    let s = server().await;
+    let t = token("acme");
+    let send = |key: &'static str, text: &'static str| {
+        let (s, t) = (&s, &t);
+        async move {
+            genrt_tests::reply(
+                s.build(Method::POST, "/v1/functions/echo/invoke", t)
+                    .header("idempotency-key", key)
+                    .json(&json!({"input": {"text": text}})),
+            )
+            .await
+        }
+    };
+    let first = send("k1", "hello").await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["output"]["text"], "echo: hello");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = send("k1", "hello").await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body["invocation_id"], first.body["invocation_id"]);
+    assert_eq!(again.body["output"], first.body["output"]);
+    // The same key for another request is a conflict, and nothing runs.
+    let other = send("k1", "goodbye").await;
+    assert_eq!(
+        (other.status, other.code()),
+        (409, "idempotency_key_reused")
+    );
+
+    // A refused request frees its key: fixed, it runs.
+    let refused = genrt_tests::reply(
+        s.build(Method::POST, "/v1/functions/echo/invoke", &t)
+            .header("idempotency-key", "k2")
+            .json(&json!({"input": {"wrong": "field"}})),
+    )
+    .await;
+    assert_eq!((refused.status, refused.code()), (422, "template_error"));
+    let fixed = send("k2", "fixed").await;
+    assert_eq!(fixed.status, 200, "{:?}", fixed.body);
+    assert_eq!(fixed.header("idempotent-replayed"), None);
+
+    // Asynchronous: the replay is the same queued (or finished) invocation.
+    let enqueue = || {
+        genrt_tests::reply(
+            s.build(Method::POST, "/v1/functions/echo/invoke", &t)
+                .header("idempotency-key", "k3")
+                .json(&json!({"input": {"text": "later"}, "mode": "async"})),
+        )
+    };
+    let accepted = enqueue().await;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let id = accepted.body["invocation_id"].as_str().unwrap().to_owned();
+    let replayed = enqueue().await;
+    assert_eq!(replayed.status, 202);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replayed.body["invocation_id"], json!(id));
+    let record = until_ended(&s, &t, &id).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["output"]["text"], "echo: later");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_up_to_max_attempts_then_fail_once() {
+    let s = server().await;
+    let t = token("acme");
+    // The replica fails on this input every time: retryable (`replica_failed`), so the queue
+    // tries it `max_attempts` times, then records one failure.
+    let (status, accepted) = s
+        .invoke(
+            &t,
+            "echo",
+            json!({"input": {"text": "PANIC"}, "mode": "async"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["invocation_id"].as_str().unwrap();
+    let record = until_ended(&s, &t, id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["code"], "replica_failed", "{record}");
+    assert_eq!(record["attempts"], 3, "{record}");
+
+    // Synchronously the same failure is answered at once, as a retryable 503.
+    let (status, body) = s
+        .invoke(&t, "echo", json!({"input": {"text": "PANIC"}}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "replica_failed"),
+        "{body}"
+    );
+    // Work that succeeds takes one attempt.
+    let (status, body) = s
+        .invoke(
+            &t,
+            "echo",
+            json!({"input": {"text": "fine"}, "mode": "async"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let ok = until_ended(&s, &t, body["invocation_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (ok["status"].as_str(), ok["attempts"].as_u64()),
+        (Some("succeeded"), Some(1)),
+        "{ok}"
+    );
+    s.stop().await;
+}
