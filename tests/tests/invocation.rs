@@ -247,12 +247,24 @@ async fn streamed_or_error(response: reqwest::Response) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_refuses_what_admission_forbids_with_the_documented_code() {
-    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
-        c.server.max_input_bytes = MAX_INPUT_BYTES;
-        c.server.max_tokens = MAX_TOKENS_CAP;
-        c.tenancy.rate_limit_rps = 0.0;
-    })
-    .await;
+    let s = TestServer::start_adjusted(Db::Sqlite, admission_limits).await;
+    admission_table(s).await;
+}
+
+/// The same table on the fake engine: admission is above the engine, so it must not matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_table_holds_on_the_fake_engine_too() {
+    let s = TestServer::start_fake(Db::Sqlite, admission_limits).await;
+    admission_table(s).await;
+}
+
+fn admission_limits(c: &mut genrt_runtime::Config) {
+    c.server.max_input_bytes = MAX_INPUT_BYTES;
+    c.server.max_tokens = MAX_TOKENS_CAP;
+    c.tenancy.rate_limit_rps = 0.0;
+}
+
+async fn admission_table(s: TestServer) {
     let checks = [
         Check::AllowedModels,
         Check::Budget,
