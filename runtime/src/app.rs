@@ -19,12 +19,10 @@ use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
 use crate::error::ApiError;
 use crate::invocation::{InvocationService, Parts};
 use crate::queue::{JobQueue, QueueRunner};
-use crate::store::{Recorder, Store, StoredVersion};
+use crate::store::{Recorder, Store};
 use crate::tenancy::Tenancy;
 use crate::webhooks::delivery::Deliverer;
 use crate::webhooks::ssrf::{http_client, UrlGuard};
-use genrt_functions::{FunctionName, TenantId};
-use moka::sync::Cache;
 use tokio_util::sync::CancellationToken;
 
 /// What every handler can reach.
@@ -48,34 +46,13 @@ pub struct AppState {
     pub backends: BackendsInfo,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
     deliveries: Arc<tokio::sync::Notify>,
-    /// The latest version of recently invoked functions, so that the hot path reads no
-    /// database. Deploys and deletes on this node invalidate it; another node's are seen
-    /// within `VERSION_TTL`.
-    versions: Cache<(TenantId, FunctionName), Arc<StoredVersion>>,
 }
 
-const VERSION_TTL: Duration = Duration::from_secs(2);
 const DB_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for invocation records to reach the database.
 const RECORD_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 impl AppState {
-    pub async fn latest_version(
-        &self,
-        tenant: &TenantId,
-        name: &FunctionName,
-    ) -> Result<Option<StoredVersion>, sea_orm::DbErr> {
-        let key = (tenant.clone(), name.clone());
-        if let Some(version) = self.versions.get(&key) {
-            return Ok(Some((*version).clone()));
-        }
-        let version = self.store.latest_version(tenant, name).await?;
-        if let Some(v) = &version {
-            self.versions.insert(key, Arc::new(v.clone()));
-        }
-        Ok(version)
-    }
-
     pub fn deliveries_wake(&self) {
         self.deliveries.notify_one();
     }
@@ -84,10 +61,6 @@ impl AppState {
     /// [`InvocationService::check_callback_url`]).
     pub async fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
         self.invocations.check_callback_url(url).await
-    }
-
-    pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
-        self.versions.invalidate(&(tenant.clone(), name.clone()));
     }
 }
 
@@ -227,10 +200,6 @@ async fn start_server(
         url_guard: Arc::clone(&url_guard),
         http: http_client(url_guard, config.webhooks.timeout())
             .map_err(|e| StartError::Actors(format!("webhook client: {e}")))?,
-        versions: Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(VERSION_TTL)
-            .build(),
     });
     if state.store.backend() == sea_orm::DatabaseBackend::Sqlite {
         // An SQLite database belongs to one process: whatever a previous run left running

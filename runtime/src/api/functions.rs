@@ -31,6 +31,7 @@ pub(crate) async fn runnable(
 ) -> Result<(FunctionName, StoredVersion), ApiError> {
     let name = function_name(raw_name)?;
     let version = state
+        .invocations
         .latest_version(&caller.tenant, &name)
         .await?
         .ok_or_else(|| function_not_found(name.as_str()))?;
@@ -81,7 +82,7 @@ pub async fn deploy(
             .map_err(|e| e.with_field("webhook.url"))?;
     }
     let deployment = state.store.deploy(&caller.tenant, &name, &spec).await?;
-    state.forget_version(&caller.tenant, &name);
+    state.invocations.forget_version(&caller.tenant, &name);
     let response = DeployResponse {
         name: name.to_string(),
         version: deployment.version.version,
@@ -181,7 +182,7 @@ pub async fn delete(
     caller.require(Scope::FunctionsWrite)?;
     let name = function_name(&name)?;
     let deleted = state.store.delete_function(&caller.tenant, &name).await?;
-    state.forget_version(&caller.tenant, &name);
+    state.invocations.forget_version(&caller.tenant, &name);
     if deleted {
         Ok(no_content())
     } else {

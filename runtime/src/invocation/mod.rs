@@ -26,14 +26,16 @@ use futures_util::future::BoxFuture;
 use genrt_actors::{
     stream_channel, ActorTree, DeployedFunction, Fault, Invocation, InvocationId, InvocationOutcome,
 };
-use genrt_functions::{Conversation, FunctionSpec, GenerationParams, WebhookTarget};
+use genrt_functions::{
+    Conversation, FunctionName, FunctionSpec, GenerationParams, TenantId, WebhookTarget,
+};
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
-use crate::store::{InvocationRow, Recorder, Store};
+use crate::store::{InvocationRow, Recorder, Store, StoredVersion};
 use crate::telemetry::Metrics;
 use crate::tenancy::{Caller, ConcurrencyPermit, Tenancy};
 use crate::webhooks::ssrf::UrlGuard;
@@ -56,7 +58,13 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     url_guard: Arc<UrlGuard>,
     renderer: Renderer,
+    /// The latest version of recently invoked functions, so that the hot path reads no
+    /// database. Deploys and deletes on this node invalidate it; another node's are seen
+    /// within `VERSION_TTL`.
+    versions: moka::sync::Cache<(TenantId, FunctionName), Arc<StoredVersion>>,
 }
+
+const VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the service needs, handed over once at assembly.
 pub struct Parts {
@@ -153,12 +161,42 @@ impl InvocationService {
                 metrics: parts.metrics,
                 url_guard: parts.url_guard,
                 renderer,
+                versions: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(VERSION_TTL)
+                    .build(),
             }),
         }
     }
 
     pub fn renderer(&self) -> &Renderer {
         &self.shared.renderer
+    }
+
+    /// The version invocations of `name` run: the latest, through a short-lived cache.
+    pub fn latest_version<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a FunctionName,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, sea_orm::DbErr>> {
+        Box::pin(async move {
+            let key = (tenant.clone(), name.clone());
+            if let Some(version) = self.shared.versions.get(&key) {
+                return Ok(Some((*version).clone()));
+            }
+            let version = self.shared.store.latest_version(tenant, name).await?;
+            if let Some(v) = &version {
+                self.shared.versions.insert(key, Arc::new(v.clone()));
+            }
+            Ok(version)
+        })
+    }
+
+    /// After a deploy or delete on this node: the next invocation reads the new version.
+    pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
+        self.shared
+            .versions
+            .invalidate(&(tenant.clone(), name.clone()));
     }
 
     /// The admission decision for `mode`: the checks its row of the table names, in order
