@@ -78,9 +78,11 @@ mod layering {
     }
 
     #[test]
-    fn only_the_http_layer_uses_actix_web() {
-        let found = violations(&["actix_web", "actix_web_lab"], |f| {
-            f.starts_with("api/") || f == "app.rs" || f == "main.rs" || f == "lib.rs"
+    fn only_the_http_layer_uses_the_web_framework() {
+        // Spelled in two parts so that this file does not name the crate it looks for.
+        let actix = concat!("actix", "_web");
+        let found = violations(&[actix], |f| {
+            f.starts_with("api/") || f == "app.rs" || f == "main.rs"
         });
         assert!(
             found.is_empty(),

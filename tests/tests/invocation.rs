@@ -345,6 +345,16 @@ async fn admission_table(s: TestServer) {
     s.stop().await;
 }
 
+async fn prewarm(s: &TestServer, t: &str, inputs: Value) -> (u16, Value) {
+    s.call(
+        Method::POST,
+        "/v1/functions/p/prewarm",
+        t,
+        Some(json!({"inputs": inputs})),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_is_admitted_per_tenant_and_counted_like_any_invocation() {
     let s = TestServer::start_adjusted(Db::Sqlite, |c| c.tenancy.rate_limit_rps = 0.0).await;
@@ -358,14 +368,7 @@ async fn prewarm_is_admitted_per_tenant_and_counted_like_any_invocation() {
     let r = token("restricted");
     assert_eq!(s.deploy(&r, def.clone()).await.0, 201);
     patch_tenant(&s, "restricted", json!({"allowed_models": [FASHION_MODEL]})).await;
-    let (status, body) = s
-        .call(
-            Method::POST,
-            "/v1/functions/p/prewarm",
-            &r,
-            Some(json!({"inputs": [{"word": "a"}]})),
-        )
-        .await;
+    let (status, body) = prewarm(&s, &r, json!([{"word": "a"}])).await;
     assert_eq!(
         (status, error_code(&body)),
         (403, "model_not_allowed"),
@@ -381,34 +384,13 @@ async fn prewarm_is_admitted_per_tenant_and_counted_like_any_invocation() {
     let inputs: Vec<Value> = (0..3)
         .map(|i| json!({"word": format!("warm{i}")}))
         .collect();
-    let (status, body) = s
-        .call(
-            Method::POST,
-            "/v1/functions/p/prewarm",
-            &one,
-            Some(json!({"inputs": inputs})),
-        )
-        .await;
+    let (status, body) = prewarm(&s, &one, json!(inputs)).await;
     assert_eq!(status, 202, "{body}");
     // One tenant's prewarm does not block another's: each has its own place.
-    let (status, body) = s
-        .call(
-            Method::POST,
-            "/v1/functions/p/prewarm",
-            &two,
-            Some(json!({"inputs": [{"word": "x"}]})),
-        )
-        .await;
+    let (status, body) = prewarm(&s, &two, json!([{"word": "x"}])).await;
     assert_eq!(status, 202, "{body}");
     // ...but a second one of the same tenant waits for its first.
-    let (status, body) = s
-        .call(
-            Method::POST,
-            "/v1/functions/p/prewarm",
-            &one,
-            Some(json!({"inputs": [{"word": "y"}]})),
-        )
-        .await;
+    let (status, body) = prewarm(&s, &one, json!([{"word": "y"}])).await;
     assert_eq!(
         (status, error_code(&body)),
         (429, "concurrency_limited"),
@@ -446,14 +428,7 @@ async fn prewarm_is_admitted_per_tenant_and_counted_like_any_invocation() {
 
     // The budget is what was spent: the next prewarm (and invocation) is refused.
     patch_tenant(&s, "one", json!({"monthly_token_budget": spent})).await;
-    let (status, body) = s
-        .call(
-            Method::POST,
-            "/v1/functions/p/prewarm",
-            &one,
-            Some(json!({"inputs": [{"word": "z"}]})),
-        )
-        .await;
+    let (status, body) = prewarm(&s, &one, json!([{"word": "z"}])).await;
     assert_eq!(
         (status, error_code(&body)),
         (429, "quota_exhausted"),

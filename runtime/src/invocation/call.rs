@@ -103,21 +103,11 @@ impl Call {
         shared: &Shared,
         result: Result<InvocationOutcome, ApiError>,
     ) -> Result<Completed, ApiError> {
-        crate::telemetry::record_outcome(
-            &shared.metrics,
-            &self.span,
-            self.opened,
-            &self.labels(),
-            result.as_ref().map_err(|e| e.code.as_str()),
-        );
+        self.counted(shared, result.as_ref());
         let mut row = self.row;
         match result {
             Ok(outcome) => {
                 record::succeeded(&mut row, &outcome);
-                shared.tenancy.record_usage(
-                    &self.tenant,
-                    u64::from(outcome.usage.prompt_tokens + outcome.usage.completion_tokens),
-                );
                 shared.records.record(row).await;
                 Ok(Completed {
                     id: self.id,
@@ -152,6 +142,12 @@ impl Call {
         shared: &Shared,
         result: Result<&InvocationOutcome, &ApiError>,
     ) {
+        self.counted(shared, result);
+    }
+
+    /// The outcome's metrics and span, and its tokens charged to the tenant's budget: the same
+    /// for every end, whoever writes the row.
+    fn counted(&self, shared: &Shared, result: Result<&InvocationOutcome, &ApiError>) {
         crate::telemetry::record_outcome(
             &shared.metrics,
             &self.span,

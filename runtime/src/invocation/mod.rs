@@ -86,12 +86,6 @@ pub struct Admitted {
     _place: Option<ConcurrencyPermit>,
 }
 
-impl Admitted {
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-}
-
 /// One invocation to run now.
 pub struct Request {
     pub id: InvocationId,
@@ -169,10 +163,6 @@ impl InvocationService {
         }
     }
 
-    pub fn renderer(&self) -> &Renderer {
-        &self.shared.renderer
-    }
-
     /// The version invocations of `name` run: the latest, through a short-lived cache.
     pub fn latest_version<'a>(
         &'a self,
@@ -223,8 +213,9 @@ impl InvocationService {
                     .await?;
             }
             if checks.input_limits {
+                self.check_params(spec, params)?;
                 for (i, input) in inputs.iter().enumerate() {
-                    self.check_limits(spec, input, params)
+                    self.check_input_size(input)
                         .map_err(|e| at_input(mode, i, e))?;
                 }
             }
@@ -262,41 +253,36 @@ impl InvocationService {
         })
     }
 
-    /// The server-wide limits on one invocation: the size of its input
-    /// (`server.max_input_bytes`) and the `max_tokens` it would run with (`server.max_tokens`).
-    /// The prompt against the model's context is checked later, by the function actor, once
-    /// it is rendered and tokenized (`prompt_too_long`, `max_tokens_exceeds_context`).
-    fn check_limits(
-        &self,
-        spec: &FunctionSpec,
-        input: &Value,
-        params: &GenerationParams,
-    ) -> Result<(), ApiError> {
-        let limits = &self.shared.config.server;
-        if limits.max_input_bytes > 0 {
+    /// `server.max_input_bytes`, per input. The prompt against the model's context is
+    /// checked later, by the function actor, once it is rendered and tokenized
+    /// (`prompt_too_long`, `max_tokens_exceeds_context`).
+    fn check_input_size(&self, input: &Value) -> Result<(), ApiError> {
+        let max = self.shared.config.server.max_input_bytes;
+        if max > 0 {
             let size = serde_json::to_vec(input).map_or(0, |v| v.len());
-            if size > limits.max_input_bytes {
+            if size > max {
                 return Err(ApiError::new(
                     ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the input is {size} bytes; at most {} are accepted",
-                        limits.max_input_bytes
-                    ),
+                    format!("the input is {size} bytes; at most {max} are accepted"),
                 )
                 .with_field("input"));
             }
         }
+        Ok(())
+    }
+
+    /// The parameters, once per request: in range, and the `max_tokens` they would run with
+    /// within `server.max_tokens`.
+    fn check_params(&self, spec: &FunctionSpec, params: &GenerationParams) -> Result<(), ApiError> {
         params
             .validate_override()
             .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
+        let cap = self.shared.config.server.max_tokens;
         let max_tokens = spec.params.resolve(params).max_tokens;
-        if limits.max_tokens > 0 && max_tokens > limits.max_tokens {
+        if cap > 0 && max_tokens > cap {
             return Err(ApiError::new(
                 ErrorCode::InvalidParams,
-                format!(
-                    "max_tokens {max_tokens} exceeds this server's cap of {}",
-                    limits.max_tokens
-                ),
+                format!("max_tokens {max_tokens} exceeds this server's cap of {cap}"),
             )
             .with_field("params.max_tokens"));
         }

@@ -120,10 +120,6 @@ impl Renderer {
         Self { shared }
     }
 
-    pub fn limits(&self) -> TemplateLimits {
-        self.shared.limits
-    }
-
     /// The function's templates rendered with `input`, `conversation` placed around them.
     pub async fn render(
         &self,
