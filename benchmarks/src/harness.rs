@@ -58,6 +58,7 @@ impl Bench {
         config.server.port = 0;
         config.data_dir = dir.clone();
         config.auth.jwt_secret = "benchmark-secret-0123456789".into();
+        config.telemetry.metrics_listen = "127.0.0.1:0".into();
         // The per-tenant limits are policy, not cost: off, so that they do not cap what is
         // measured (the default 50 requests/s would refuse the runtime-overhead loop).
         config.tenancy.rate_limit_rps = 0.0;

@@ -8,6 +8,9 @@ use crate::{InputError, SpecError};
 /// Used when neither the function nor the invocation sets `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
 const MAX_STOP_SEQUENCES: usize = 8;
+/// Longest stop sequence, in bytes. Stop strings are matched on the engine thread that every
+/// tenant of a replica shares; a cap keeps that work per token small whatever a caller sends.
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Parameters as written in a spec or an invocation: every field may be absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,6 +86,9 @@ impl GenerationParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop", "stop sequences must not be empty");
+        }
+        if self.stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return bad("stop", "each stop sequence is at most 256 bytes");
         }
         Ok(())
     }

@@ -5,6 +5,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_initial;
 mod m20261128_000002_tenancy;
+mod m20261130_000003_trigger_receipts;
+mod m20261130_000004_nodes;
 
 pub struct Migrator;
 
@@ -14,6 +16,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_tenancy::Migration),
+            Box::new(m20261130_000003_trigger_receipts::Migration),
+            Box::new(m20261130_000004_nodes::Migration),
         ]
     }
 }

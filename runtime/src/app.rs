@@ -15,7 +15,7 @@ use genrt_actors::{load_backends, ActorTree, Backend, BackendsInfo, LlamaCppBack
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::MokaResponseCache;
-use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
+use crate::config::{Config, JwtAlgorithm};
 use crate::error::ApiError;
 use crate::invocation::{InvocationService, Parts};
 use crate::queue::{JobQueue, QueueRunner};
@@ -76,6 +76,8 @@ pub enum StartError {
     Auth(#[from] AuthSetupError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] crate::telemetry::MetricsError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -94,6 +96,14 @@ pub struct RunningServer {
     deliveries_stop: CancellationToken,
     delivery_runner: tokio::task::JoinHandle<()>,
     metrics_sampler: tokio::task::JoinHandle<()>,
+    cluster_stop: CancellationToken,
+    cluster_sync: tokio::task::JoinHandle<()>,
+    /// The metrics listener, when `telemetry.metrics_listen` is set.
+    metrics_listener: Option<(
+        ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        SocketAddr,
+    )>,
 }
 
 /// Starts everything and returns once the server is listening. With `handle_signals`,
@@ -125,15 +135,14 @@ async fn start_server(
     handle_signals: bool,
     backend: Option<Arc<dyn Backend>>,
 ) -> Result<RunningServer, StartError> {
-    if config.auth.jwt_secret == DEV_JWT_SECRET
-        && config
-            .auth
-            .allowed_algorithms
-            .contains(&JwtAlgorithm::HS256)
-    {
-        tracing::warn!(
-            "auth.jwt_secret is the development default; set GENRT_JWT_SECRET in production"
-        );
+    // Config::validate refused a weak secret unless the server listens on loopback only.
+    if config.auth.algorithms().contains(&JwtAlgorithm::HS256) {
+        if let Some(why) = config.auth.weak_secret() {
+            tracing::warn!(
+                "auth.jwt_secret {why}: accepted only because the server listens on loopback; \
+                 set GENRT_JWT_SECRET before listening anywhere else"
+            );
+        }
     }
     // First, because an unreachable JWKS URL should stop the start before anything is opened.
     let auth = web::Data::new(Authenticator::new(&config.auth).await?);
@@ -233,6 +242,16 @@ async fn start_server(
         wake: Arc::clone(&deliveries),
         stop: deliveries_stop.clone(),
     })));
+    let cluster_stop = CancellationToken::new();
+    let cluster_sync = tokio::spawn(crate::tenancy::cluster::run(
+        crate::tenancy::cluster::ClusterSync {
+            store: state.store.clone(),
+            tenancy: Arc::clone(&state.tenancy),
+            node: state.queue.node.clone(),
+            every: Duration::from_millis(config.tenancy.sync_interval_ms),
+            stop: cluster_stop.clone(),
+        },
+    ));
     let metrics_sampler = tokio::spawn(crate::telemetry::sample(
         Arc::clone(&state.metrics),
         Arc::clone(&state.tree),
@@ -270,6 +289,24 @@ async fn start_server(
     // at the signal, not only after the HTTP drain.
     server = server.disable_signals();
     let bound = server.addrs()[0];
+    let metrics_listener = match config
+        .telemetry
+        .metrics_addr()
+        .map_err(StartError::Config)?
+    {
+        Some(addr) => {
+            let (server, bound) =
+                crate::api::metrics::listener(state.clone(), addr).map_err(|source| {
+                    StartError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    }
+                })?;
+            tracing::info!(addr = %bound, "metrics listening");
+            Some((server.handle(), tokio::spawn(server), bound))
+        }
+        None => None,
+    };
     let server = server.run();
     let handle = server.handle();
     if handle_signals {
@@ -288,6 +325,9 @@ async fn start_server(
         deliveries_stop,
         delivery_runner,
         metrics_sampler,
+        metrics_listener,
+        cluster_stop,
+        cluster_sync,
     })
 }
 
@@ -356,6 +396,11 @@ impl RunningServer {
         self.addr
     }
 
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, _, addr)| *addr)
+    }
+
     pub fn state(&self) -> &web::Data<AppState> {
         &self.state
     }
@@ -377,6 +422,9 @@ impl RunningServer {
         // Deliveries in flight finish or their leases expire; either way they are retried.
         self.deliveries_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.delivery_runner).await;
+        // Before the database closes: the node removes its heartbeat on the way out.
+        self.cluster_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster_sync).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
         if unwritten > 0 {
@@ -389,6 +437,10 @@ impl RunningServer {
             .is_err()
         {
             tracing::warn!("database pool did not close within {DB_CLOSE_LIMIT:?}");
+        }
+        if let Some((handle, listener, _)) = self.metrics_listener {
+            handle.stop(false).await;
+            let _ = listener.await;
         }
         // Last, so that the final OTLP export includes the shutdown itself.
         self.metrics_sampler.abort();

@@ -15,9 +15,28 @@ use crate::webhooks::WebhookConfig;
 
 pub const DEFAULT_MODEL_ID: &str = "smollm2-135m";
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// Used only when no secret is configured, so that a laptop start needs no set-up; the
-/// server logs a warning when it runs with it.
+/// Used only when no secret is configured, so that a laptop start needs no set-up. Anyone can
+/// read it here, so the server refuses it (and any other weak secret) unless it listens on a
+/// loopback address only; there it logs a warning.
 pub const DEV_JWT_SECRET: &str = "genrt-development-secret-change-me";
+/// Shortest HS256 secret accepted off loopback: 256 bits, the size of the HMAC-SHA256 key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Shortest secret accepted at all, even on loopback (tests and laptops).
+const MIN_LOOPBACK_JWT_SECRET_BYTES: usize = 16;
+/// Fragments of placeholder secrets copied from examples and manifests (compared in lower
+/// case): a secret containing one was never generated.
+const PLACEHOLDER_FRAGMENTS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "your-secret",
+    "yoursecret",
+    "placeholder",
+    "example",
+    "development-secret",
+];
 const MAX_JWT_LEEWAY_S: u64 = 300;
 const MIN_JWKS_REFRESH_S: u64 = 10;
 
@@ -136,9 +155,13 @@ pub struct TenancyConfig {
     /// Prewarm requests a tenant may have running at once (each runs its inputs one at a
     /// time, in the background); more get 429 `concurrency_limited`.
     pub max_concurrent_prewarms: u32,
-    /// How long tenant settings and API keys are cached; a change made on another node is
-    /// seen within this time (changes made on this node are seen at once).
+    /// How long tenant settings and API keys are cached at most. Changes are seen sooner:
+    /// at once on the node that made them, within `sync_interval_ms` on the others.
     pub cache_ttl_s: u64,
+    /// How often each node looks in the database for API keys revoked and tenants changed
+    /// on other nodes (and writes its heartbeat, every 5 s, for the node count that divides
+    /// tenant limits among nodes).
+    pub sync_interval_ms: u64,
 }
 
 /// The durable queue of asynchronous invocations (async mode, batches, triggers).
@@ -178,6 +201,7 @@ impl Default for TenancyConfig {
             monthly_token_budget: 0,
             max_concurrent_prewarms: 1,
             cache_ttl_s: 5,
+            sync_interval_ms: 1000,
         }
     }
 }
@@ -272,7 +296,10 @@ pub struct AuthConfig {
     /// Clock skew tolerated when checking `exp` and `nbf`.
     pub leeway_s: u64,
     /// The algorithms a token may be signed with; any other, `none` included, is refused.
-    pub allowed_algorithms: Vec<JwtAlgorithm>,
+    /// Unset: RS256 and ES256 when public keys, a JWKS file or a JWKS URL are configured (an
+    /// identity provider signs the tokens, so a shared secret would only be a second way in),
+    /// otherwise HS256 alone. See [`AuthConfig::algorithms`].
+    pub allowed_algorithms: Option<Vec<JwtAlgorithm>>,
     /// Public keys, in PEM files, for RS256 and ES256 tokens.
     pub public_keys: Vec<PublicKeyConfig>,
     /// A JWKS document on disk, read once at start.
@@ -281,6 +308,50 @@ pub struct AuthConfig {
     /// `jwks_refresh_s` after (failure keeps the keys in use).
     pub jwks_url: Option<String>,
     pub jwks_refresh_s: u64,
+    /// Longest lifetime of a credential: a JWT whose `exp` lies further ahead is refused, an
+    /// API key's `expires_at` may lie no further ahead (a key created without one gets this
+    /// one, or its creator's expiry when that is sooner), and `genrt token` prints no longer
+    /// ones. A leaked credential is then worth at most this long. 0 is no limit.
+    pub max_token_ttl_s: u64,
+}
+
+impl AuthConfig {
+    /// The algorithms accepted, after the default of `allowed_algorithms` is decided.
+    pub fn algorithms(&self) -> Vec<JwtAlgorithm> {
+        if let Some(explicit) = &self.allowed_algorithms {
+            return explicit.clone();
+        }
+        let asymmetric =
+            !self.public_keys.is_empty() || self.jwks_file.is_some() || self.jwks_url.is_some();
+        if asymmetric {
+            vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+        } else {
+            vec![JwtAlgorithm::HS256]
+        }
+    }
+
+    /// Why the HS256 secret must not be trusted by a server that others can reach, if so.
+    pub fn weak_secret(&self) -> Option<&'static str> {
+        let secret = self.jwt_secret.as_str();
+        let lower = secret.to_ascii_lowercase();
+        let distinct = secret
+            .bytes()
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if secret.is_empty() {
+            Some("is not set")
+        } else if secret == DEV_JWT_SECRET {
+            Some("is the built-in development secret")
+        } else if PLACEHOLDER_FRAGMENTS.iter().any(|p| lower.contains(p)) {
+            Some("is a placeholder")
+        } else if secret.len() < MIN_JWT_SECRET_BYTES {
+            Some("is shorter than 32 bytes")
+        } else if distinct < 8 {
+            Some("repeats too few characters to be random")
+        } else {
+            None
+        }
+    }
 }
 
 /// The JWT signature algorithms genrt knows how to verify.
@@ -378,15 +449,12 @@ impl Default for AuthConfig {
             audience: "genrt".into(),
             token_ttl_s: 24 * 3600,
             leeway_s: 30,
-            allowed_algorithms: vec![
-                JwtAlgorithm::HS256,
-                JwtAlgorithm::RS256,
-                JwtAlgorithm::ES256,
-            ],
+            allowed_algorithms: None,
             public_keys: Vec::new(),
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_s: 300,
+            max_token_ttl_s: 365 * 24 * 3600,
         }
     }
 }
@@ -461,9 +529,12 @@ impl Config {
                 // Only variables naming a configuration section are configuration: other
                 // GENRT_* variables (the SDK's GENRT_TOKEN, a script's GENRT_BIN) belong to
                 // other programs and must not stop the server from starting.
+                // The key arrives in the variable's own case (figment lowercases later).
                 .filter(|key| {
                     let section = key.as_str().split("__").next().unwrap_or_default();
-                    CONFIG_SECTIONS.contains(&section)
+                    CONFIG_SECTIONS
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(section))
                 })
                 .split("__"),
         );
@@ -546,6 +617,9 @@ impl Config {
         if q.max_batch_inputs == 0 || q.max_batch_inputs > 100_000 {
             return invalid("queue.max_batch_inputs must be between 1 and 100000".into());
         }
+        if self.tenancy.sync_interval_ms < 100 {
+            return invalid("tenancy.sync_interval_ms must be at least 100".into());
+        }
         if self.tenancy.rate_limit_rps < 0.0 || !self.tenancy.rate_limit_rps.is_finite() {
             return invalid("tenancy.rate_limit_rps must be a non-negative number".into());
         }
@@ -569,12 +643,31 @@ impl Config {
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let auth = &self.auth;
-        // Checked even when HS256 is not accepted, because `genrt token` still signs with it.
-        if auth.jwt_secret.len() < 16 {
-            return invalid("auth.jwt_secret must be at least 16 bytes".into());
-        }
-        if auth.allowed_algorithms.is_empty() {
+        let algorithms = auth.algorithms();
+        if algorithms.is_empty() {
             return invalid("auth.allowed_algorithms must name at least one algorithm".into());
+        }
+        // A server others can reach must not accept tokens anyone could sign: the development
+        // secret is in this file, placeholders are in every example. On loopback only this
+        // machine's users can call it, and `make run` must work with no configuration.
+        if algorithms.contains(&JwtAlgorithm::HS256) {
+            if let Some(why) = auth.weak_secret() {
+                if !is_loopback_host(&self.server.host) {
+                    return invalid(format!(
+                        "auth.jwt_secret {why}, and the server listens on `{}`, which other \
+                         machines can reach: set GENRT_JWT_SECRET to at least \
+                         {MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`), \
+                         or listen on 127.0.0.1, or take HS256 out of auth.allowed_algorithms",
+                        self.server.host
+                    ));
+                }
+            }
+        }
+        // Checked even when HS256 is not accepted, because `genrt token` still signs with it.
+        if auth.jwt_secret.len() < MIN_LOOPBACK_JWT_SECRET_BYTES {
+            return invalid(format!(
+                "auth.jwt_secret must be at least {MIN_LOOPBACK_JWT_SECRET_BYTES} bytes"
+            ));
         }
         if auth.issuer.is_empty() || auth.audience.is_empty() {
             return invalid("auth.issuer and auth.audience must not be empty".into());
@@ -594,7 +687,7 @@ impl Config {
                     "auth.public_keys ({file}): alg must be RS256 or ES256; HS256 uses auth.jwt_secret"
                 ));
             }
-            if !auth.allowed_algorithms.contains(&key.alg) {
+            if !algorithms.contains(&key.alg) {
                 return invalid(format!(
                     "auth.public_keys ({file}): {:?} is not in auth.allowed_algorithms",
                     key.alg
@@ -606,21 +699,39 @@ impl Config {
                 }
             }
         }
-        if let Some(url) = &auth.jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return invalid(format!("auth.jwks_url `{url}` must be an http(s) URL"));
-            }
-            // Identity providers rotate keys over hours; refreshing more often only adds load.
-            if auth.jwks_refresh_s < MIN_JWKS_REFRESH_S {
-                return invalid(format!(
-                    "auth.jwks_refresh_s must be at least {MIN_JWKS_REFRESH_S}"
-                ));
-            }
-        }
+        self.validate_auth_urls()?;
         // Parsing the key files here makes a bad file a configuration error that names it,
         // rather than every token failing later.
         crate::auth::jwt::check_key_files(auth)
             .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))
+    }
+
+    fn validate_auth_urls(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let auth = &self.auth;
+        let Some(url) = &auth.jwks_url else {
+            return Ok(());
+        };
+        // Keys fetched over plain HTTP can be swapped by anyone on the path, and with them
+        // every tenant's identity. Plain HTTP only to this machine (tests, a sidecar).
+        let parsed = url::Url::parse(url).ok();
+        let scheme = parsed.as_ref().map(|u| u.scheme());
+        let loopback = parsed
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .is_some_and(is_loopback_host);
+        if !(scheme == Some("https") || (scheme == Some("http") && loopback)) {
+            return invalid(format!(
+                "auth.jwks_url `{url}` must be an https URL (http only to a loopback address)"
+            ));
+        }
+        // Identity providers rotate keys over hours; refreshing more often only adds load.
+        if auth.jwks_refresh_s < MIN_JWKS_REFRESH_S {
+            return invalid(format!(
+                "auth.jwks_refresh_s must be at least {MIN_JWKS_REFRESH_S}"
+            ));
+        }
+        Ok(())
     }
 
     pub fn database_url(&self) -> String {
@@ -705,7 +816,8 @@ mod tests {
         let file = dir.join("genrt.toml");
         std::fs::write(
             &file,
-            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[[models]]\nid = \"a\"\npath = \"a.gguf\"\nmax_replicas = 2\n",
+            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n\
+             [auth]\njwt_secret = \"Zq8vN2xR5tY7wK1mP4sL9cB3hJ6fD0gA\"\n[[models]]\nid = \"a\"\npath = \"a.gguf\"\nmax_replicas = 2\n",
         )
         .unwrap();
         let overrides = Overrides {
@@ -721,6 +833,21 @@ mod tests {
     }
 
     #[test]
+    fn environment_variables_set_nested_keys() {
+        // Keys no other test reads, since the environment is the whole process's.
+        std::env::set_var("GENRT_QUEUE__NODE_ID", "env-node");
+        std::env::set_var("GENRT_TELEMETRY__MAX_TENANT_LABELS", "7");
+        std::env::set_var("GENRT_TOKEN", "not configuration");
+        let c = Config::load(None, &Overrides::default());
+        std::env::remove_var("GENRT_QUEUE__NODE_ID");
+        std::env::remove_var("GENRT_TELEMETRY__MAX_TENANT_LABELS");
+        std::env::remove_var("GENRT_TOKEN");
+        let c = c.unwrap();
+        assert_eq!(c.queue.node_id, "env-node");
+        assert_eq!(c.telemetry.max_tenant_labels, 7);
+    }
+
+    #[test]
     fn invalid_values_are_refused_at_start() {
         let mut c = Config::default();
         c.auth.jwt_secret = "short".into();
@@ -728,6 +855,69 @@ mod tests {
         let mut c = Config::default();
         c.models.push(c.models[0].clone());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_off_loopback_only() {
+        let strong = "Zq8vN2xR5tY7wK1mP4sL9cB3hJ6fD0gA";
+        for (secret, why) in [
+            (DEV_JWT_SECRET, "development"),
+            ("change-me-to-at-least-32-random-bytes", "placeholder"),
+            ("0123456789abcdef0123", "shorter than 32"),
+            ("abababababababababababababababababab", "repeats"),
+        ] {
+            let mut c = Config::default();
+            c.auth.jwt_secret = secret.into();
+            c.validate()
+                .unwrap_or_else(|e| panic!("{secret} on loopback: {e}"));
+            c.server.host = "0.0.0.0".into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{secret}: {err}");
+            // Without HS256 the secret verifies nothing.
+            c.auth.allowed_algorithms = Some(vec![JwtAlgorithm::RS256]);
+            c.validate()
+                .unwrap_or_else(|e| panic!("{secret} without HS256: {e}"));
+        }
+        let mut c = Config::default();
+        c.server.host = "0.0.0.0".into();
+        c.auth.jwt_secret = strong.into();
+        c.validate().unwrap();
+        c.auth.jwt_secret = String::new();
+        assert!(c.validate().unwrap_err().to_string().contains("not set"));
+    }
+
+    #[test]
+    fn hs256_is_off_by_default_once_an_identity_provider_signs() {
+        let mut auth = AuthConfig::default();
+        assert_eq!(auth.algorithms(), [JwtAlgorithm::HS256]);
+        auth.jwks_url = Some("https://idp.example.com/jwks.json".into());
+        assert_eq!(
+            auth.algorithms(),
+            [JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+        );
+        auth.allowed_algorithms = Some(vec![JwtAlgorithm::HS256, JwtAlgorithm::RS256]);
+        assert_eq!(
+            auth.algorithms(),
+            [JwtAlgorithm::HS256, JwtAlgorithm::RS256]
+        );
+    }
+
+    #[test]
+    fn jwks_over_plain_http_only_to_loopback() {
+        for (url, ok) in [
+            ("https://idp.example.com/jwks.json", true),
+            ("http://127.0.0.1:8081/jwks.json", true),
+            ("http://[::1]:8081/jwks.json", true),
+            ("http://localhost/jwks.json", true),
+            ("http://idp.example.com/jwks.json", false),
+            ("http://127.0.0.1.evil.example/jwks.json", false),
+            ("ftp://idp.example.com/jwks.json", false),
+        ] {
+            let mut c = Config::default();
+            c.auth.jwks_url = Some(url.into());
+            let err = c.validate_auth_urls();
+            assert_eq!(err.is_ok(), ok, "{url}: {err:?}");
+        }
     }
 
     #[test]

@@ -120,7 +120,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 scopes.iter().map(String::as_str).collect()
             };
-            let ttl = Duration::from_secs(ttl_s.unwrap_or(config.auth.token_ttl_s));
+            let ttl_s = ttl_s.unwrap_or(config.auth.token_ttl_s);
+            let max = config.auth.max_token_ttl_s;
+            if max > 0 && ttl_s > max {
+                anyhow::bail!("--ttl-s {ttl_s} exceeds auth.max_token_ttl_s ({max})");
+            }
+            let ttl = Duration::from_secs(ttl_s);
             println!(
                 "{}",
                 TokenIssuer::new(&config.auth).issue(&tenant, &scopes, ttl)

@@ -64,6 +64,10 @@ shutdown_timeout_s = 2
 [auth]
 jwt_secret = "${secret}"
 
+# Test servers run beside each other: each gets its own metrics port.
+[telemetry]
+metrics_listen = "127.0.0.1:0"
+
 [queue]
 concurrency = ${slots}
 poll_ms = 100

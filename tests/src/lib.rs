@@ -85,6 +85,8 @@ impl TestServer {
         config.server.body_limit_bytes = 64 * 1024;
         config.data_dir = data.0.clone();
         config.auth.jwt_secret = SECRET.into();
+        // Many servers run at once in one test binary: each gets its own metrics port.
+        config.telemetry.metrics_listen = "127.0.0.1:0".into();
         config.supervision.base_backoff_ms = 10;
         if let Db::Postgres(url) = db {
             config.database.url = Some(url.clone());
@@ -122,6 +124,15 @@ impl TestServer {
     /// The real server (HTTP, database, actor tree, queue) on the fake engine
     /// (`genrt_actors::testing::FakeBackend`: text is `echo: <user text>`, `PANIC` in it fails
     /// the replica), for fast tests of what lies above the engine.
+    /// As [`Self::start_with`], on the given engine.
+    pub async fn start_with_backend(
+        config: Config,
+        data: TempDir,
+        backend: std::sync::Arc<dyn genrt_actors::Backend>,
+    ) -> Self {
+        Self::started(genrt_runtime::start_with_backend(config, backend), data).await
+    }
+
     pub async fn start_fake(db: Db, adjust: impl FnOnce(&mut Config)) -> Self {
         let data = TempDir::new("genrt-fake");
         let mut config = Self::config(&db, &data);
@@ -188,6 +199,19 @@ impl TestServer {
     ) -> (u16, Value) {
         let response = self.request(method, path, Some(token), body).await;
         read(response).await
+    }
+
+    /// `GET /metrics` on the server's metrics listener, with a bearer token when given.
+    pub async fn scrape(&self, token: Option<&str>) -> Response {
+        let addr = self
+            .server()
+            .metrics_addr()
+            .expect("the metrics listener is on (telemetry.metrics_listen)");
+        let mut request = self.client.get(format!("http://{addr}/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("scrape /metrics")
     }
 
     /// A request to send with [`reply`], for when headers matter (either way).
@@ -446,4 +470,58 @@ impl TestServer {
         }
         out
     }
+}
+
+/// One `#[tokio::test]` per scenario and database: `mod sqlite { fn <scenario> }` and
+/// `mod postgres { fn <scenario> }` (a throwaway cluster each), calling
+/// `<scenario>(db: Db)` of the file that invokes it.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let cluster = $crate::PgCluster::start();
+                    let url = cluster.create_database("genrt");
+                    super::$scenario($crate::Db::Postgres(url)).await;
+                    drop(cluster);
+                }
+            )*
+        }
+    };
+}
+
+/// GitHub's `X-Hub-Signature-256` hex digest of `body`, computed by openssl's HMAC rather
+/// than the server's code, so that a test checks the server against an independent
+/// implementation.
+pub fn github_signature(secret: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }

@@ -271,6 +271,8 @@ impl ServerProcess {
                 command.env_remove(name);
             }
         }
+        // Children run beside each other: each gets its own metrics port.
+        command.env("GENRT_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command.spawn().expect("start genrt")
     }

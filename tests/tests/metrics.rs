@@ -129,8 +129,12 @@ async fn metrics_show_known_traffic() {
     let (status, body) = s.invoke(&t, "no-such-function", json!({"input": {}})).await;
     assert_eq!(status, 404, "{body}");
 
-    // No credentials: operators scrape it like the probes.
+    // Not on the API listener, which callers reach: the series name tenants and functions.
     let response = s.request(Method::GET, "/metrics", None, None).await;
+    assert_eq!(response.status().as_u16(), 404);
+    // On its own loopback listener, with no token configured, operators scrape it like the
+    // probes.
+    let response = s.scrape(None).await;
     assert_eq!(response.status().as_u16(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()

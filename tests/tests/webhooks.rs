@@ -10,35 +10,11 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use genrt_tests::node::{node, node_sign};
-use genrt_tests::{token, Db, PgCluster, TempDir, TestServer, MODEL};
+use genrt_tests::{token, Db, TempDir, TestServer, MODEL};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-macro_rules! on_both_databases {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let cluster = super::PgCluster::start();
-                    let url = cluster.create_database("genrt");
-                    super::$scenario(super::Db::Postgres(url)).await;
-                    drop(cluster);
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+genrt_tests::on_both_databases!(
     results_are_signed_verifiable_and_survive_rotation,
     failed_deliveries_retry_with_one_id_and_410_disables,
     triggers_accept_signed_events_and_refuse_the_rest,
@@ -456,7 +432,7 @@ async fn triggers_accept_signed_events_and_refuse_the_rest(db: Db) {
     let gh_secret = gh["secret"].as_str().unwrap();
     let gh_url = format!("{}{}", s.base, gh["url"].as_str().unwrap());
     let body = json!({"sender": {"login": "octocat"}}).to_string();
-    let signature = format!("sha256={}", hmac_hex(gh_secret, &body));
+    let signature = format!("sha256={}", genrt_tests::github_signature(gh_secret, &body));
     let send = |sig: String, delivery: &str, body: String| {
         s.client
             .post(&gh_url)
@@ -535,28 +511,4 @@ fn chrono_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// GitHub's signature, computed with openssl's independent HMAC rather than our code.
-fn hmac_hex(secret: &str, body: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-r"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }

@@ -106,7 +106,7 @@ fn parse_body(request: &HttpRequest, body: &[u8]) -> Result<BatchRequest, ApiErr
 
 /// Submit a batch. Every input is checked first; one bad input refuses the whole batch (422,
 /// naming it), so that nothing is half accepted.
-#[utoipa::path(post, path = "/v1/functions/{name}/batches", tag = "batches", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions/{name}/batches", tag = "batches", security(("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     request_body(content = BatchRequest, description = "Also: a JSON array of inputs, or JSONL with one input per line"),
     responses(
@@ -194,7 +194,7 @@ fn info(row: BatchRow, counts: BTreeMap<String, u64>) -> BatchInfo {
 }
 
 /// A batch with its items counted by status.
-#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", security(("bearer" = ["invocations:read"])),
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = BatchInfo),
@@ -219,7 +219,7 @@ pub async fn get(
 
 /// The batch's results as JSONL, one line per input in input order (unfinished items show
 /// their current status).
-#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", security(("bearer" = ["invocations:read"])),
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, description = "application/jsonl; one BatchResultLine per line", body = BatchResultLine),

@@ -4,7 +4,6 @@
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
-use genrt_functions::TenantId;
 
 use crate::app::AppState;
 use crate::auth::Authenticator;
@@ -68,19 +67,28 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal("app state missing"))?;
     let token = bearer(req)?;
-    let (tenant, scopes, credential) = if crate::tenancy::keys::looks_like_key(token) {
+    let (tenant, scopes, credential, expires_at) = if crate::tenancy::keys::looks_like_key(token) {
         let grant = state.tenancy.verify_key(token).await?;
         (
             grant.tenant.clone(),
             grant.scopes,
             Credential::ApiKey(grant.key_id),
+            grant.expires_at,
         )
     } else {
         let auth = req
             .app_data::<web::Data<Authenticator>>()
             .ok_or_else(|| ApiError::internal("authenticator missing from app data"))?;
-        let (tenant, scopes) = verify_jwt(auth, token)?;
-        (tenant, scopes, Credential::Jwt)
+        let verified = auth.verify(token)?;
+        // Identity providers put other services' scopes in tokens too: unknown ones are
+        // ignored.
+        let scopes = Scopes::parse_lenient(verified.scopes.iter().map(String::as_str));
+        (
+            verified.tenant,
+            scopes,
+            Credential::Jwt,
+            verified.expires_at,
+        )
     };
     let limits = state.tenancy.limits_of(&tenant).await?;
     if limits.disabled {
@@ -94,13 +102,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         tenant,
         scopes,
         credential,
+        expires_at,
         limits,
     })
-}
-
-fn verify_jwt(auth: &Authenticator, token: &str) -> Result<(TenantId, Scopes), ApiError> {
-    let verified = auth.verify(token)?;
-    // Identity providers put other services' scopes in tokens too: unknown ones are ignored.
-    let scopes = Scopes::parse_lenient(verified.scopes.iter().map(String::as_str));
-    Ok((verified.tenant, scopes))
 }

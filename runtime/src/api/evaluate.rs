@@ -29,7 +29,7 @@ const CONCURRENCY: usize = 4;
 /// latest), and its output is compared with the case's reference. The cases are those given,
 /// or else the evaluation set of the latest version, so that versions are compared on the
 /// same cases. Each run is recorded as an invocation with mode `evaluate`.
-#[utoipa::path(post, path = "/v1/functions/{name}/evaluate", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions/{name}/evaluate", tag = "functions", security(("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     request_body = EvaluateRequest,
     responses(

@@ -47,7 +47,7 @@ pub(crate) fn function_not_found(name: &str) -> ApiError {
 
 /// Deploy a function. An identical definition returns the latest version (200); a changed
 /// one creates the next version (201).
-#[utoipa::path(post, path = "/v1/functions", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", security(("bearer" = ["functions:write"])),
     request_body = FunctionDefinition,
     responses(
         (status = 201, description = "New version created", body = DeployResponse),
@@ -98,7 +98,7 @@ pub async fn deploy(
 }
 
 /// List the caller's functions.
-#[utoipa::path(get, path = "/v1/functions", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/functions", tag = "functions", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     responses((status = 200, body = FunctionList), (status = 401, body = ErrorBody)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
@@ -109,7 +109,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 }
 
 /// A function with its latest definition and the versions whose actor is running.
-#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     responses(
         (status = 200, body = FunctionDetail),
@@ -141,7 +141,7 @@ pub async fn get(
 }
 
 /// Every version of a function, oldest first.
-#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     responses(
         (status = 200, body = VersionList),
@@ -168,7 +168,7 @@ pub async fn versions(
 }
 
 /// Delete a function and all its versions. Its invocation records are kept.
-#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = ["functions:write"])),
     params(("name" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
@@ -196,7 +196,7 @@ pub(crate) const MAX_PREWARM_INPUTS: usize = 1000;
 /// Run inputs ahead of demand, at low priority, so that their results are in the cache when
 /// asked for (hot topics prepared before the traffic arrives). Answers at once; the work runs
 /// in the background behind interactive invocations.
-#[utoipa::path(post, path = "/v1/functions/{name}/prewarm", tag = "functions", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions/{name}/prewarm", tag = "functions", security(("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     request_body = PrewarmRequest,
     responses(

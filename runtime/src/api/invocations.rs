@@ -22,7 +22,7 @@ pub(crate) fn invocation_not_found(id: &str) -> ApiError {
 }
 
 /// One invocation as stored: input, output or error, usage and timings.
-#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations", security(("bearer" = ["invocations:read"])),
     params(("id" = Uuid, Path, description = "Invocation id")),
     responses(
         (status = 200, body = InvocationRecord),
@@ -60,7 +60,7 @@ pub struct ListQuery {
 
 /// The caller's invocations, newest first, a page at a time: pass `next_cursor` back as
 /// `cursor` until it is null.
-#[utoipa::path(get, path = "/v1/invocations", tag = "invocations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/invocations", tag = "invocations", security(("bearer" = ["invocations:read"])),
     params(ListQuery),
     responses(
         (status = 200, body = InvocationPage),
@@ -124,7 +124,7 @@ pub async fn list(
 /// Cancel a queued or running invocation. Queued work is cancelled at once; a running
 /// generation stops within one decode step on its node (another node notices within its
 /// poll interval). Finished invocations answer 409 `not_cancellable`.
-#[utoipa::path(post, path = "/v1/invocations/{id}/cancel", tag = "invocations", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/invocations/{id}/cancel", tag = "invocations", security(("bearer" = ["functions:invoke"])),
     params(("id" = Uuid, Path, description = "Invocation id")),
     responses(
         (status = 202, description = "Cancelled, or cancellation requested", body = InvocationRecord),

@@ -26,7 +26,7 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Run the latest version of a function on an input: wait for the text, or with
 /// `"stream": true` receive it as Server-Sent Events (`token`, then `done` or `error`).
 /// Closing a stream cancels its generation.
-#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke", security(("bearer" = ["functions:invoke"])),
     params(("name" = String, Path)),
     request_body = InvokeRequest,
     responses(

@@ -17,11 +17,15 @@ use crate::tenancy::{keys, Caller, Scope, Scopes};
 pub struct CreateApiKey {
     /// A label for listings.
     pub name: String,
-    /// Scopes granted; never more than the creating credential holds. Default: the creator's
-    /// scopes.
+    /// Scopes granted; never more than the creating credential holds. Default: for the
+    /// caller's own tenant, the creator's scopes without `admin`; for another tenant (an
+    /// admin creating it), the tenant default scopes. `admin` is granted only when named
+    /// here, and only by an admin.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    /// When the key stops working.
+    /// When the key stops working: never later than the creating credential's own expiry or
+    /// `auth.max_token_ttl_s` from now. Default: the sooner of those two (no expiry when
+    /// neither applies).
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     /// With the `admin` scope: create the key for this tenant instead of the caller's.
@@ -80,7 +84,7 @@ fn key_not_found(id: &str) -> ApiError {
 }
 
 /// Create an API key for the caller's tenant (or, with `admin`, for any tenant).
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = ["keys:write"]), ("bearer" = ["admin"])),
     request_body = CreateApiKey,
     responses(
         (status = 201, description = "The key, with its secret shown this once", body = CreatedApiKey),
@@ -109,24 +113,35 @@ pub async fn create(
                 .with_field("name"),
         );
     }
+    let cross_tenant = tenant != caller.tenant;
     let scopes = match &body.scopes {
         Some(names) => Scopes::parse(names.iter().map(String::as_str))
             .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m).with_field("scopes"))?,
-        None => caller.scopes,
+        // `admin` acts on every tenant: a key gets it only when someone asks for it by name,
+        // never by copying an admin's scopes into another tenant's key.
+        None if cross_tenant => Scopes::tenant_default(),
+        None => caller.scopes.without(Scope::Admin),
     };
-    if !scopes.is_subset_of(caller.scopes) {
+    // An admin may give another tenant's key the tenant default scopes it may not hold itself
+    // (an admin token is often `admin` alone); beyond those, a key never has more than its
+    // creator.
+    let grantable = if caller.scopes.contains(Scope::Admin) {
+        caller.scopes.union(Scopes::tenant_default())
+    } else {
+        caller.scopes
+    };
+    if !scopes.is_subset_of(grantable) {
         return Err(ApiError::new(
             ErrorCode::InsufficientScope,
             "a key cannot have scopes its creator lacks",
         )
         .with_field("scopes"));
     }
-    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
-        return Err(
-            ApiError::new(ErrorCode::InvalidRequest, "expires_at is in the past")
-                .with_field("expires_at"),
-        );
-    }
+    let expires_at = key_expiry(
+        body.expires_at,
+        caller.expires_at,
+        state.config.auth.max_token_ttl_s,
+    )?;
     let secret = keys::generate();
     let row = ApiKeyRow {
         id: Uuid::now_v7(),
@@ -135,7 +150,7 @@ pub async fn create(
         prefix: keys::display_prefix(&secret),
         hash: keys::hash(&secret),
         scopes: scopes.to_claim(),
-        expires_at: body.expires_at,
+        expires_at,
         revoked_at: None,
         created_at: Utc::now(),
         last_used_at: None,
@@ -147,8 +162,38 @@ pub async fn create(
     }))
 }
 
+/// A new key's expiry: the one asked for, checked against the creator's own expiry and the
+/// longest lifetime allowed, or else the sooner of those two. A one-hour token must not be
+/// able to mint a key that works for ever.
+fn key_expiry(
+    asked: Option<DateTime<Utc>>,
+    creator: Option<DateTime<Utc>>,
+    max_ttl_s: u64,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let now = Utc::now();
+    let longest = (max_ttl_s > 0).then(|| now + chrono::Duration::seconds(max_ttl_s as i64));
+    let bound = match (creator, longest) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let invalid =
+        |m: String| Err(ApiError::new(ErrorCode::InvalidRequest, m).with_field("expires_at"));
+    match asked {
+        None => Ok(bound),
+        Some(at) if at <= now => invalid("expires_at is in the past".into()),
+        Some(at) if creator.is_some_and(|c| at > c) => invalid(format!(
+            "expires_at is later than the creating credential's own expiry ({})",
+            creator.unwrap_or(now).to_rfc3339()
+        )),
+        Some(at) if longest.is_some_and(|l| at > l) => invalid(format!(
+            "expires_at is more than auth.max_token_ttl_s ({max_ttl_s} s) from now"
+        )),
+        Some(at) => Ok(Some(at)),
+    }
+}
+
 /// The caller's tenant's keys (secrets are never shown again).
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = ["keys:write"]), ("bearer" = ["admin"])),
     responses(
         (status = 200, body = ApiKeyList),
         (status = 401, body = ErrorBody),
@@ -163,7 +208,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 
 /// Revoke a key: it stops working at once on this node, and within
 /// `tenancy.cache_ttl_s` on others.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = ["keys:write"]), ("bearer" = ["admin"])),
     params(("id" = Uuid, Path)),
     responses(
         (status = 204, description = "Revoked"),

@@ -13,7 +13,7 @@ mod health;
 mod invocations;
 mod invoke;
 mod keys;
-mod metrics;
+pub(crate) mod metrics;
 mod models;
 pub mod openai;
 pub mod openapi;
@@ -55,7 +55,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
     .app_data(web::PayloadConfig::default().limit(body_limit))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(metrics::metrics))
     .route("/openapi.json", web::get().to(openapi::document))
     .service(
         web::resource("/hooks/{id}")

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::tenancy::Caller;
 
 /// List registered models with their state (unloaded, loading, ready, failed) and replicas.
-#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     responses(
         (status = 200, body = ModelList),
         (status = 401, body = ErrorBody)))]
@@ -28,7 +28,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 }
 
 /// One model: state, replicas, busy slots, queue depth, memory and the last scaling decision.
-#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     params(("id" = String, Path)),
     responses(
         (status = 200, body = ModelInfo),
@@ -59,7 +59,7 @@ pub async fn get(
 /// The llama.cpp backends this node loaded (from `engine.backends_dir`, the binary's folder or
 /// the build's) and their devices with free memory as of now: where models without
 /// `n_gpu_layers` put their layers.
-#[utoipa::path(get, path = "/v1/devices", tag = "models", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/devices", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     responses(
         (status = 200, body = DeviceList),
         (status = 401, body = ErrorBody)))]

@@ -1,5 +1,15 @@
 //! The OpenAPI document, generated from the handlers' annotations and the wire types. The
 //! TypeScript SDK's types are generated from it.
+//!
+//! Each authenticated operation names, under `security`, the scopes its handler checks, by
+//! OpenAPI's rules: each entry of the list is one way in, and any one suffices
+//! (`security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]))`: either
+//! scope will do); all the scopes in one entry's array are needed; an empty array means any
+//! valid credential of the tenant, whatever its scopes. An operation without `security` takes
+//! no bearer credential (probes, incoming trigger webhooks, which are signed instead). The
+//! scopes named must be known ones (`security_requirements_name_known_scopes`), and
+//! `tests/tests/scopes.rs` checks against a live server that each operation answers as its
+//! `security` says.
 
 use actix_web::HttpResponse;
 use utoipa::openapi::path::{Operation, PathItem};
@@ -7,18 +17,26 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    batches, dto, evaluate, functions, health, invocations, invoke, keys, metrics, models, openai,
-    tenants, triggers, usage, webhooks,
+    batches, dto, evaluate, functions, health, invocations, invoke, keys, models, openai, tenants,
+    triggers, usage, webhooks,
 };
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "genrt", description = "Serverless runtime for generative-AI functions."),
+    info(
+        title = "genrt",
+        description = "Serverless runtime for generative-AI functions.\n\n\
+            Authenticated operations take a bearer credential (a JWT or an API key, `grt_...`) \
+            and say under `security` which scopes it needs: each entry of that list is one way \
+            in and any one suffices; the scopes in an entry's array are all needed. An empty \
+            array means any valid credential of the tenant, whatever its scopes. An operation \
+            without `security` takes no bearer credential. A credential without the scope gets \
+            403 `insufficient_scope`; another tenant's resources answer 404, as missing ones do."
+    ),
     paths(
         health::healthz,
         health::readyz,
-        metrics::metrics,
         functions::deploy,
         functions::list,
         functions::get,
@@ -317,7 +335,6 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("get", "/healthz"),
         ("get", "/readyz"),
-        ("get", "/metrics"),
         ("post", "/hooks/{id}"),
         ("post", "/v1/functions"),
         ("get", "/v1/functions"),
@@ -419,5 +436,42 @@ mod tests {
             ROUTES.len(),
             "the document has routes this list lacks"
         );
+    }
+
+    /// Every scope an operation's `security` names is one the runtime knows: a typo there would
+    /// promise clients a scope no credential can hold. Every requirement names the bearer
+    /// scheme.
+    #[test]
+    fn security_requirements_name_known_scopes() {
+        use crate::tenancy::Scope;
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        let mut named = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(requirements) = op.get("security") else {
+                    continue;
+                };
+                let requirements = requirements.as_array().unwrap();
+                assert!(
+                    !requirements.is_empty(),
+                    "{method} {path}: an empty `security` list"
+                );
+                for requirement in requirements {
+                    for (scheme, scopes) in requirement.as_object().unwrap() {
+                        assert_eq!(scheme, "bearer", "{method} {path}: unknown scheme");
+                        for scope in scopes.as_array().unwrap() {
+                            let scope = scope.as_str().unwrap();
+                            assert!(
+                                Scope::parse(scope).is_some(),
+                                "{method} {path} names the unknown scope `{scope}`; known: {known:?}"
+                            );
+                            named += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(named > 0, "no operation names a scope");
     }
 }

@@ -25,7 +25,7 @@ pub async fn http_server_span(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let method = req.method().as_str().to_owned();
-    let untraced = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let untraced = matches!(req.path(), "/healthz" | "/readyz");
     let span = if untraced {
         tracing::Span::none()
     } else {

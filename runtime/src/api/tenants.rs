@@ -31,6 +31,10 @@ pub struct TenantLimitsBody {
 pub struct CreateTenant {
     /// 1-64 of a-z, 0-9, '-', '_'.
     pub id: String,
+    /// Create it disabled: its credentials are refused from the first request, so a tenant
+    /// can be blocked before anyone has used a token for it.
+    #[serde(default)]
+    pub disabled: bool,
     #[serde(default, flatten)]
     pub limits: TenantLimitsBody,
 }
@@ -126,7 +130,7 @@ fn tenant_not_found(id: &str) -> ApiError {
 }
 
 /// Create a tenant with its limits.
-#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = ["admin"])),
     request_body = CreateTenant,
     responses(
         (status = 201, body = TenantInfo),
@@ -144,7 +148,7 @@ pub async fn create(
     let settings = body.limits.to_settings(&state)?;
     let row = state
         .store
-        .create_tenant(&id, &settings)
+        .create_tenant(&id, &settings, body.disabled)
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -157,7 +161,7 @@ pub async fn create(
 }
 
 /// Every tenant.
-#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = ["admin"])),
     responses(
         (status = 200, body = TenantList),
         (status = 401, body = ErrorBody),
@@ -171,7 +175,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 }
 
 /// One tenant.
-#[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "admin", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
     responses(
         (status = 200, body = TenantInfo),
@@ -195,7 +199,7 @@ pub async fn get(
 
 /// Change a tenant's limits (fields given replace the stored ones; others stay), or disable (`"disabled": true`) and re-enable it. A disabled
 /// tenant's credentials get 403 `tenant_disabled`; its queued work fails when it comes up.
-#[utoipa::path(patch, path = "/v1/admin/tenants/{id}", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/admin/tenants/{id}", tag = "admin", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
     request_body = UpdateTenant,
     responses(

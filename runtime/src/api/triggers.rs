@@ -21,7 +21,7 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::invocation::{Mode, Queued};
 use crate::store::TriggerRow;
 use crate::tenancy::{Caller, Scope};
-use crate::webhooks::signing::{self, VerifyError};
+use crate::webhooks::signing::{self, Verified, VerifyError};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -29,8 +29,10 @@ pub enum SignatureScheme {
     /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (Standard Webhooks).
     #[default]
     Standard,
-    /// `X-Hub-Signature-256: sha256=<hex>` with `X-GitHub-Delivery` as the message id. GitHub
-    /// signs no timestamp, so only replayed ids are refused, not stale ones.
+    /// `X-Hub-Signature-256: sha256=<hex>`, the HMAC of the body. GitHub signs no id and no
+    /// timestamp, so `X-GitHub-Delivery` is neither required nor trusted: a message is known
+    /// by a digest of its signed body, and a replay is refused while its receipt is kept
+    /// (`webhooks.trigger_receipt_retention_s`), not for being stale.
     Github,
 }
 
@@ -106,7 +108,7 @@ fn trigger_not_found(id: &str) -> ApiError {
 }
 
 /// Create a trigger for a function; the answer carries its secret, shown this once.
-#[utoipa::path(post, path = "/v1/functions/{name}/triggers", tag = "triggers", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/functions/{name}/triggers", tag = "triggers", security(("bearer" = ["webhooks:write"])),
     params(("name" = String, Path)),
     request_body = CreateTrigger,
     responses(
@@ -168,7 +170,7 @@ pub async fn create(
 }
 
 /// A function's triggers (without their secrets).
-#[utoipa::path(get, path = "/v1/functions/{name}/triggers", tag = "triggers", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/functions/{name}/triggers", tag = "triggers", security(("bearer" = ["webhooks:write"])),
     params(("name" = String, Path)),
     responses(
         (status = 200, body = TriggerList),
@@ -192,7 +194,7 @@ pub async fn list(
 }
 
 /// Delete a trigger: its URL answers 404 from then on.
-#[utoipa::path(delete, path = "/v1/triggers/{id}", tag = "triggers", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/triggers/{id}", tag = "triggers", security(("bearer" = ["webhooks:write"])),
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
@@ -216,49 +218,39 @@ pub async fn delete(
     }
 }
 
-/// Checks the message's signature by the trigger's scheme, and returns its id (the
-/// replay-protection key).
-fn verified_message_id(
+/// Checks the message's signature by the trigger's scheme, and returns what the message is
+/// known by: its receipt keys, taken only from what the signature covers (unsigned headers
+/// such as `X-GitHub-Delivery` play no part).
+fn verified_message(
     state: &AppState,
     trigger: &TriggerRow,
     request: &HttpRequest,
     body: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<Verified, ApiError> {
     let headers = request.headers();
-    let message_id = match trigger.scheme.as_str() {
+    match trigger.scheme.as_str() {
         "github" => {
             let signature = headers
                 .get(signing::GITHUB_SIGNATURE_HEADER)
                 .and_then(|v| v.to_str().ok());
-            signing::verify_github(&trigger.secret, body, signature).map_err(signature_error)?;
-            headers
-                .get("x-github-delivery")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidSignature,
-                        "X-GitHub-Delivery is required (it identifies the message)",
-                    )
-                })?
+            signing::verify_github(&trigger.secret, body, signature)
         }
-        _ => {
-            signing::verify_standard(
-                &trigger.secret,
-                headers,
-                body,
-                Utc::now().timestamp(),
-                state.config.webhooks.trigger_tolerance(),
-            )
-            .map_err(signature_error)?;
-            headers
-                .get(signing::HEADER_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        }
-    };
-    Ok(message_id)
+        _ => signing::verify_standard(
+            &trigger.secret,
+            headers,
+            body,
+            Utc::now().timestamp(),
+            state.config.webhooks.trigger_tolerance(),
+        ),
+    }
+    .map_err(signature_error)
+}
+
+fn replayed() -> ApiError {
+    ApiError::new(
+        ErrorCode::ReplayedWebhook,
+        "this message was already accepted (the same signed message was received before)",
+    )
 }
 
 /// The function's input: the payload as it is, or the fields `input_map` picks from it.
@@ -301,7 +293,7 @@ fn signature_error(err: VerifyError) -> ApiError {
         (status = 400, description = "The payload is not JSON", body = ErrorBody),
         (status = 401, description = "Bad or missing signature (`invalid_signature`), or a timestamp outside the tolerance (`stale_webhook`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "This message id was already accepted (`replayed_webhook`)", body = ErrorBody),
+        (status = 409, description = "This message (the same signed body, whatever its delivery id) was already accepted (`replayed_webhook`)", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "The mapped input fails the function's checks", body = ErrorBody),
         (status = 429, body = ErrorBody)))]
@@ -317,7 +309,16 @@ pub async fn receive(
         .await?
         .filter(|t| !t.disabled)
         .ok_or_else(|| trigger_not_found(&id))?;
-    let message_id = verified_message_id(&state, &trigger, &request, &body)?;
+    let receipt_keys = verified_message(&state, &trigger, &request, &body)?.receipt_keys();
+    // Refused before it uses the tenant's rate limit or renders anything; the receipt
+    // committed with the invocation below is what decides.
+    if state
+        .store
+        .trigger_message_seen(&trigger.id, &receipt_keys)
+        .await?
+    {
+        return Err(replayed());
+    }
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
@@ -342,6 +343,7 @@ pub async fn receive(
         tenant: tenant.clone(),
         scopes: [Scope::FunctionsInvoke].into_iter().collect(),
         credential: crate::tenancy::Credential::Trigger,
+        expires_at: None,
         limits,
     };
     let (name, version) = runnable(&state, &caller, &trigger.function_name)
@@ -373,13 +375,10 @@ pub async fn receive(
     let invocation_id = row.id;
     if !state
         .store
-        .accept_trigger_message(&trigger.id, &message_id, row)
+        .accept_trigger_message(&trigger.id, &receipt_keys, row)
         .await?
     {
-        return Err(ApiError::new(
-            ErrorCode::ReplayedWebhook,
-            format!("message `{message_id}` was already accepted"),
-        ));
+        return Err(replayed());
     }
     service.wake_queue();
     Ok(HttpResponse::Accepted().json(AsyncAccepted {

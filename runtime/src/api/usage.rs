@@ -47,7 +47,7 @@ pub struct UsageReport {
 }
 
 /// Invocations, tokens, cache hits and errors of the caller's tenant, by function or day.
-#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = ["invocations:read"])),
     params(UsageQuery),
     responses(
         (status = 200, body = UsageReport),

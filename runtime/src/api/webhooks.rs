@@ -94,7 +94,7 @@ fn info(d: DeliveryRow, attempts: Vec<AttemptRow>) -> DeliveryInfo {
 }
 
 /// The secrets that sign this tenant's webhooks (created on first use).
-#[utoipa::path(get, path = "/v1/webhooks/secret", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhooks/secret", tag = "webhooks", security(("bearer" = ["webhooks:write"])),
     responses(
         (status = 200, body = WebhookSecrets),
         (status = 401, body = ErrorBody),
@@ -110,7 +110,7 @@ pub async fn secret(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
 
 /// Start signing with a new secret. The previous one keeps signing too (a second
 /// `v1,` signature) for `overlap_s`, so receivers can switch without dropping events.
-#[utoipa::path(post, path = "/v1/webhooks/secret/rotate", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhooks/secret/rotate", tag = "webhooks", security(("bearer" = ["webhooks:write"])),
     request_body = RotateSecret,
     responses(
         (status = 200, body = WebhookSecrets),
@@ -145,7 +145,7 @@ pub async fn rotate(
 }
 
 /// Deliveries of this tenant's webhooks with every attempt.
-#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "webhooks", security(("bearer" = ["webhooks:write"]), ("bearer" = ["invocations:read"])),
     params(DeliveryQuery),
     responses(
         (status = 200, body = DeliveryList),
@@ -174,7 +174,7 @@ pub async fn deliveries(
 
 /// Send a delivery again now, with the same `webhook-id` (re-enabling its endpoint if a 410
 /// had disabled it).
-#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/redeliver", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/redeliver", tag = "webhooks", security(("bearer" = ["webhooks:write"])),
     params(("id" = String, Path)),
     responses(
         (status = 202, body = DeliveryInfo),

@@ -43,6 +43,8 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     /// The `sub` claim, when the token has one.
     pub subject: Option<String>,
+    /// The `exp` claim: an API key this token creates may not outlive it.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Why the verifier could not be built. Every variant names the file or URL at fault.
@@ -171,9 +173,15 @@ impl RemoteJwks {
         {
             return Err(fail(format!("larger than {MAX_JWKS_BYTES} bytes")));
         }
-        let body = response.bytes().await.map_err(|e| fail(error_chain(&e)))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(fail(format!("larger than {MAX_JWKS_BYTES} bytes")));
+        // Read in chunks and stopped at the cap: without a Content-Length (chunked encoding)
+        // the size is known only by reading, and a whole read would hold any size in memory.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(fail(format!("larger than {MAX_JWKS_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
         }
         parse_jwks(&self.url, &body)
     }
@@ -184,6 +192,8 @@ pub struct JwtVerifier {
     secret: DecodingKey,
     /// One validation per accepted algorithm; an algorithm missing here is refused.
     validations: Vec<(Algorithm, Validation)>,
+    /// `auth.max_token_ttl_s` plus the leeway; `None` is no limit.
+    max_ttl_s: Option<u64>,
     /// Keys from PEM files and the JWKS file, which never change while running.
     fixed: Vec<PublicKey>,
     remote: Option<RemoteJwks>,
@@ -216,7 +226,7 @@ impl JwtVerifier {
         }
         let keys = KeySet::new(keys)?;
         let validations = config
-            .allowed_algorithms
+            .algorithms()
             .iter()
             .map(|&alg| {
                 let alg = algorithm(alg);
@@ -232,6 +242,8 @@ impl JwtVerifier {
         Ok(Self {
             secret: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
             validations,
+            max_ttl_s: (config.max_token_ttl_s > 0)
+                .then_some(config.max_token_ttl_s.saturating_add(config.leeway_s)),
             fixed,
             remote,
             keys: RwLock::new(Arc::new(keys)),
@@ -268,6 +280,15 @@ impl JwtVerifier {
         let claims = decode::<TokenClaims>(token, key, validation)
             .map_err(|e| claim_error(e.kind()))?
             .claims;
+        // `exp` is required by the validation, so it is there; a token valid for longer than
+        // the configured maximum is refused whoever signed it (a leaked long-lived token).
+        if let (Some(max), Some(exp)) = (self.max_ttl_s, claims.exp) {
+            if exp.saturating_sub(unix_now()) > max {
+                return Err(invalid(
+                    "the token's `exp` lies further ahead than auth.max_token_ttl_s allows",
+                ));
+            }
+        }
         let tenant = claims
             .tenant
             .ok_or_else(|| invalid("the token lacks the `tenant` claim"))?;
@@ -277,6 +298,9 @@ impl JwtVerifier {
             tenant,
             scopes: scopes_from_claims(claims.scope.as_deref(), claims.scopes.as_deref()),
             subject: claims.sub,
+            expires_at: claims
+                .exp
+                .and_then(|exp| chrono::DateTime::from_timestamp(exp as i64, 0)),
         })
     }
 
@@ -503,6 +527,7 @@ fn signing_key(jwk: &Jwk) -> Result<PublicKey, String> {
 #[derive(Deserialize)]
 struct TokenClaims {
     tenant: Option<String>,
+    exp: Option<u64>,
     sub: Option<String>,
     scope: Option<String>,
     scopes: Option<Vec<String>>,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::entities::{disabled_endpoint, webhook_attempt, webhook_delivery, webhook_secret};
 use super::{DeliveryRow, Store};
+use crate::webhooks::fair::DueTenant;
 
 pub type AttemptRow = webhook_attempt::Model;
 
@@ -28,10 +29,53 @@ pub enum DeliveryNext {
 }
 
 impl Store {
-    /// Leases up to `limit` due deliveries.
+    /// Tenants with deliveries due now and how many each has, by tenant id: first those after
+    /// `after` (the tenant served last), then, wrapping around, the others, `limit` in all.
+    pub async fn tenants_with_due_deliveries(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<DueTenant>, DbErr> {
+        let now = Utc::now();
+        let due = |tail: Option<bool>, limit: u64| {
+            let mut query = webhook_delivery::Entity::find()
+                .select_only()
+                .column(webhook_delivery::Column::TenantId)
+                .column_as(webhook_delivery::Column::Id.count(), "due")
+                .filter(webhook_delivery::Column::Status.eq("pending"))
+                .filter(webhook_delivery::Column::NextAttemptAt.lte(now));
+            if let (Some(after), Some(tail)) = (after, tail) {
+                query = query.filter(if tail {
+                    webhook_delivery::Column::TenantId.gt(after)
+                } else {
+                    webhook_delivery::Column::TenantId.lte(after)
+                });
+            }
+            query
+                .group_by(webhook_delivery::Column::TenantId)
+                .order_by_asc(webhook_delivery::Column::TenantId)
+                .limit(limit)
+                .into_tuple::<(String, i64)>()
+        };
+        let mut tenants = due(Some(true), limit).all(&self.db).await?;
+        let found = tenants.len() as u64;
+        if after.is_some() && found < limit {
+            tenants.extend(due(Some(false), limit - found).all(&self.db).await?);
+        }
+        Ok(tenants
+            .into_iter()
+            .map(|(tenant, due)| DueTenant {
+                tenant,
+                due: u64::try_from(due).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Leases up to `limit` of `tenant`'s due deliveries, oldest due first.
     pub async fn claim_deliveries(
         &self,
         node: &str,
+        tenant: &str,
         limit: u64,
         lease: std::time::Duration,
     ) -> Result<Vec<DeliveryRow>, DbErr> {
@@ -40,6 +84,7 @@ impl Store {
         let mut due = Query::select();
         due.column(webhook_delivery::Column::Id)
             .from(webhook_delivery::Entity)
+            .and_where(webhook_delivery::Column::TenantId.eq(tenant))
             .and_where(webhook_delivery::Column::Status.eq("pending"))
             .and_where(webhook_delivery::Column::NextAttemptAt.lte(now))
             .order_by(webhook_delivery::Column::NextAttemptAt, sea_orm::Order::Asc)

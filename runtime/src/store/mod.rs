@@ -3,6 +3,7 @@
 //! function name without a tenant.
 
 mod batches;
+mod cluster;
 mod deliveries;
 pub mod entities;
 mod idempotency;

@@ -44,11 +44,12 @@ impl Store {
         &self,
         id: &TenantId,
         settings: &TenantSettings,
+        disabled: bool,
     ) -> Result<Option<TenantRow>, DbErr> {
         let now = Utc::now();
         let row = tenant::ActiveModel {
             id: Set(id.as_str().to_owned()),
-            disabled: Set(false),
+            disabled: Set(disabled),
             created_at: Set(now),
             updated_at: Set(Some(now)),
             ..Default::default()

@@ -1,4 +1,6 @@
-//! Incoming webhook triggers and the message ids they accepted (replay protection).
+//! Incoming webhook triggers and the receipts of the messages they accepted (replay
+//! protection): each receipt is keyed by what the message's signature covers
+//! ([`crate::webhooks::signing::Verified::receipt_keys`]).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr};
@@ -46,30 +48,52 @@ impl Store {
         Ok(result.rows_affected > 0)
     }
 
-    /// Records the message id and commits the invocation it starts, together. Returns false
-    /// (and commits nothing) when the id was seen before: a replay.
+    /// Whether any of a message's receipt keys is kept: a cheap check before the message uses
+    /// the tenant's rate limit or renders anything. [`Self::accept_trigger_message`] decides.
+    pub async fn trigger_message_seen(
+        &self,
+        trigger_id: &str,
+        keys: &[String],
+    ) -> Result<bool, DbErr> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        Ok(trigger_receipt::Entity::find()
+            .filter(trigger_receipt::Column::TriggerId.eq(trigger_id))
+            .filter(trigger_receipt::Column::MessageId.is_in(keys.iter().cloned()))
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    /// Records every receipt key of the message and commits the invocation it starts, in one
+    /// transaction. Returns false (and commits nothing) when any key was kept already: a
+    /// replay.
     pub async fn accept_trigger_message(
         &self,
         trigger_id: &str,
-        message_id: &str,
+        keys: &[String],
         row: InvocationRow,
     ) -> Result<bool, DbErr> {
         let txn = self.begin_write().await?;
-        let receipt = trigger_receipt::ActiveModel::from(trigger_receipt::Model {
-            trigger_id: trigger_id.to_owned(),
-            message_id: message_id.to_owned(),
-            received_at: Utc::now(),
-        });
-        match trigger_receipt::Entity::insert(receipt)
-            .exec_without_returning(&txn)
-            .await
-        {
-            Ok(_) => {}
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                txn.rollback().await?;
-                return Ok(false);
+        let now = Utc::now();
+        for key in keys {
+            let receipt = trigger_receipt::ActiveModel::from(trigger_receipt::Model {
+                trigger_id: trigger_id.to_owned(),
+                message_id: key.clone(),
+                received_at: now,
+            });
+            match trigger_receipt::Entity::insert(receipt)
+                .exec_without_returning(&txn)
+                .await
+            {
+                Ok(_) => {}
+                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    txn.rollback().await?;
+                    return Ok(false);
+                }
+                Err(err) => return Err(err),
             }
-            Err(err) => return Err(err),
         }
         invocation::Entity::insert(invocation::ActiveModel::from(row))
             .exec_without_returning(&txn)
@@ -78,7 +102,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Forgets message ids older than `before`: by then their timestamps are refused anyway.
+    /// Forgets receipts older than `before` (now less `webhooks.trigger_receipt_retention_s`).
     pub async fn purge_trigger_receipts(&self, before: DateTime<Utc>) -> Result<u64, DbErr> {
         let result = trigger_receipt::Entity::delete_many()
             .filter(trigger_receipt::Column::ReceivedAt.lt(before))

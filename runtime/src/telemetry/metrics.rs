@@ -51,6 +51,8 @@ pub struct ModelSnapshot {
 }
 
 pub struct Metrics {
+    /// Bounds the tenant and function label values (see [`Metrics::bounded_labels`]).
+    labels: LabelBudget,
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
     snapshot: Arc<Mutex<ModelSnapshot>>,
@@ -123,6 +125,7 @@ impl Metrics {
             meter.u64_counter(name).with_description(help).build()
         };
         Ok(Arc::new(Self {
+            labels: LabelBudget::new(config.max_tenant_labels, config.max_function_labels),
             invocations: counter(
                 "genrt.invocations",
                 "Invocations that ran, by tenant, function, model, mode and status (succeeded or the error code)",
@@ -428,5 +431,78 @@ mod process {
         // SAFETY: sysconf reads a constant.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Some(pages * u64::try_from(page).ok()?)
+    }
+}
+
+/// The value a label gets once its cap is reached.
+pub const OTHER_LABEL: &str = "other";
+
+/// The tenant and function names seen in labels so far, up to their caps. A name seen before
+/// the cap keeps its own series; later names share `other`. Tenants and function names come
+/// from outside, and each distinct value is a new series in every scrape for the life of the
+/// process.
+struct LabelBudget {
+    max_tenants: usize,
+    max_functions: usize,
+    seen: Mutex<SeenLabels>,
+}
+
+#[derive(Default)]
+struct SeenLabels {
+    tenants: std::collections::HashSet<String>,
+    functions: std::collections::HashSet<(String, String)>,
+}
+
+impl LabelBudget {
+    fn new(max_tenants: usize, max_functions: usize) -> Self {
+        Self {
+            max_tenants,
+            max_functions,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn bound(&self, tenant: &str, function: &str) -> (String, String) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let tenant_known = seen.tenants.contains(tenant)
+            || (seen.tenants.len() < self.max_tenants && seen.tenants.insert(tenant.to_owned()));
+        if !tenant_known {
+            return (OTHER_LABEL.into(), OTHER_LABEL.into());
+        }
+        let pair = (tenant.to_owned(), function.to_owned());
+        let function_known = seen.functions.contains(&pair)
+            || (seen.functions.len() < self.max_functions && seen.functions.insert(pair));
+        let function = if function_known {
+            function.to_owned()
+        } else {
+            OTHER_LABEL.into()
+        };
+        (tenant.to_owned(), function)
+    }
+}
+
+impl Metrics {
+    /// The tenant and function label values for an invocation: their own names until the
+    /// configured caps are reached, `other` after.
+    pub fn bounded_labels(&self, tenant: &str, function: &str) -> (String, String) {
+        self.labels.bound(tenant, function)
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn names_past_the_caps_share_the_other_label() {
+        let budget = LabelBudget::new(2, 3);
+        assert_eq!(budget.bound("a", "f"), ("a".into(), "f".into()));
+        assert_eq!(budget.bound("b", "f"), ("b".into(), "f".into()));
+        // A third tenant is past the tenant cap, whatever its function.
+        assert_eq!(budget.bound("c", "f"), ("other".into(), "other".into()));
+        assert_eq!(budget.bound("a", "g"), ("a".into(), "g".into()));
+        // The fourth pair is past the function cap; known pairs keep their names.
+        assert_eq!(budget.bound("b", "h"), ("b".into(), "other".into()));
+        assert_eq!(budget.bound("a", "f"), ("a".into(), "f".into()));
     }
 }

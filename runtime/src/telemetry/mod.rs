@@ -65,9 +65,18 @@ pub enum OtlpProtocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// Serve `GET /metrics` (Prometheus text format, no authentication: keep it on a network
-    /// only the scraper reaches).
-    pub metrics_endpoint: bool,
+    /// Where `GET /metrics` (Prometheus text format) is served: its own listener, never the
+    /// API's, because the series name tenants and functions. Loopback by default; empty
+    /// turns it off. Any other address needs `metrics_token`.
+    pub metrics_listen: String,
+    /// A bearer token scrapers must send (`Authorization: Bearer ...`), at least 16 bytes.
+    /// Required when `metrics_listen` is not a loopback address.
+    pub metrics_token: Option<String>,
+    /// Distinct tenants named in metric labels; later ones are counted under `other`, so a
+    /// flood of new tenants cannot grow the series without limit.
+    pub max_tenant_labels: usize,
+    /// Distinct (tenant, function) pairs named in metric labels; later ones under `other`.
+    pub max_function_labels: usize,
     /// Base URL of an OTLP collector (`http://collector:4318` for HTTP, `:4317` for gRPC).
     /// None: nothing is exported.
     pub otlp_endpoint: Option<String>,
@@ -81,7 +90,10 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            metrics_endpoint: true,
+            metrics_listen: "127.0.0.1:9464".into(),
+            metrics_token: None,
+            max_tenant_labels: 200,
+            max_function_labels: 2000,
             otlp_endpoint: None,
             otlp_protocol: OtlpProtocol::HttpProtobuf,
             service_name: "genrt".into(),
@@ -139,7 +151,36 @@ impl TelemetryConfig {
         if self.metric_export_interval_ms < 100 {
             return Err("telemetry.metric_export_interval_ms must be at least 100".into());
         }
+        if let Some(addr) = self.metrics_addr()? {
+            let token = self.metrics_token.as_deref().unwrap_or_default();
+            if !token.is_empty() && token.len() < 16 {
+                return Err("telemetry.metrics_token must be at least 16 bytes".into());
+            }
+            if !addr.ip().is_loopback() && token.is_empty() {
+                return Err(format!(
+                    "telemetry.metrics_listen `{addr}` is reachable from other machines: set \
+                     telemetry.metrics_token (scrapers send it as a bearer token), or listen \
+                     on 127.0.0.1"
+                ));
+            }
+        }
+        if self.max_tenant_labels == 0 || self.max_function_labels == 0 {
+            return Err(
+                "telemetry.max_tenant_labels and max_function_labels must be at least 1".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The metrics listener's address; `None` when metrics are not served.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let listen = self.metrics_listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            format!("telemetry.metrics_listen `{listen}` must be an IP address and port")
+        })
     }
 }
 

@@ -60,10 +60,12 @@ pub fn record_outcome(
     labels: &InvocationLabels,
     result: Result<&InvocationOutcome, &str>,
 ) {
+    // Spans carry the real names; metric series only as many as the label caps allow.
+    let (tenant, function) = metrics.bounded_labels(&labels.tenant, &labels.function);
     let mut attrs = vec![
         KeyValue::new("gen_ai.operation.name", "chat"),
-        KeyValue::new("genrt.tenant", labels.tenant.clone()),
-        KeyValue::new("genrt.function", labels.function.clone()),
+        KeyValue::new("genrt.tenant", tenant),
+        KeyValue::new("genrt.function", function),
     ];
     let o = match result {
         Ok(o) => o,

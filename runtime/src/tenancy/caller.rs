@@ -23,6 +23,9 @@ pub struct Caller {
     pub tenant: TenantId,
     pub scopes: Scopes,
     pub credential: Credential,
+    /// When the credential stops working (`exp` of a JWT, `expires_at` of a key); `None` for
+    /// one that does not expire. Nothing it creates may outlive it.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub limits: Arc<TenantLimits>,
 }
 

@@ -2,9 +2,14 @@
 //! running at once, and a monthly token budget. All three are decided at the edge, before any
 //! work is queued, and answered with 429 and a Retry-After.
 //!
-//! The counters live in this process. With several nodes each enforces the rate limit and the
-//! concurrency cap on its own share of traffic; the budget is read from the database (the sum
-//! of recorded usage) and refreshed every `BUDGET_REFRESH`, so nodes agree within that time.
+//! The counters live in this process. A tenant's limits are for the tenant, not per node: with
+//! N live nodes (counted from the database's heartbeats, see `tenancy::cluster`) each node
+//! enforces 1/N of the rate (rounded up for the burst) and of each concurrency cap (rounded
+//! up, at least 1), so three nodes do not allow three times the limit. This assumes the load
+//! balancer spreads a tenant's requests over the nodes, as round-robin and least-connection
+//! balancing do; a tenant pinned to one node gets only that node's share. The budget is read
+//! from the database (the sum of recorded usage) and refreshed every `BUDGET_REFRESH`, so
+//! nodes agree within that time.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -69,6 +74,8 @@ pub struct Limits {
     streams: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
     prewarms: Mutex<HashMap<TenantId, Arc<AtomicU32>>>,
     meters: Mutex<HashMap<TenantId, Meter>>,
+    /// Live nodes sharing each tenant's limits; 0 before the first count reads as 1.
+    nodes: AtomicU32,
 }
 
 /// One running invocation counted against its tenant's cap; dropping it (however the request
@@ -90,6 +97,16 @@ impl ConcurrencyPermit {
 impl Drop for ConcurrencyPermit {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// This node's share of `cap` (0: no cap) when `nodes` nodes share it: rounded up, so that no
+/// node's share is 0.
+fn share(cap: u32, nodes: u32) -> u32 {
+    if cap == 0 {
+        0
+    } else {
+        cap.div_ceil(nodes.max(1))
     }
 }
 
@@ -124,32 +141,53 @@ fn take_place(
     })
 }
 
+/// Says, in a refusal, that the limit is shared by several nodes.
+fn shared_by(nodes: u32) -> String {
+    if nodes > 1 {
+        format!(" (this node's share of {nodes} nodes)")
+    } else {
+        String::new()
+    }
+}
+
 fn this_month() -> (i32, u32) {
     let now = Utc::now();
     (now.year(), now.month())
 }
 
 impl Limits {
-    /// Takes one request from the tenant's bucket.
+    /// Sets how many live nodes share each tenant's limits.
+    pub fn set_nodes(&self, nodes: u32) {
+        self.nodes.store(nodes.max(1), Ordering::Release);
+    }
+
+    pub fn nodes(&self) -> u32 {
+        self.nodes.load(Ordering::Acquire).max(1)
+    }
+
+    /// Takes one request from the tenant's bucket (this node's share of it).
     pub fn check_rate(&self, tenant: &TenantId, limits: &TenantLimits) -> Result<(), ApiError> {
         if limits.rate_limit_rps <= 0.0 {
             return Ok(());
         }
+        let nodes = self.nodes();
+        let rps = limits.rate_limit_rps / f64::from(nodes);
+        let burst = share(limits.rate_limit_burst.max(1), nodes);
         let mut buckets = self.buckets.lock().expect("buckets lock");
         let stale = buckets
             .get(tenant)
-            .is_none_or(|b| b.rps != limits.rate_limit_rps || b.burst != limits.rate_limit_burst);
+            .is_none_or(|b| b.rps != rps || b.burst != burst);
         if stale {
-            let period = Duration::from_secs_f64(1.0 / limits.rate_limit_rps);
-            let burst = NonZeroU32::new(limits.rate_limit_burst.max(1)).expect("at least 1");
+            let period = Duration::from_secs_f64(1.0 / rps);
+            let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
             let quota = Quota::with_period(period)
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
                 .allow_burst(burst);
             buckets.insert(
                 tenant.clone(),
                 Bucket {
-                    rps: limits.rate_limit_rps,
-                    burst: limits.rate_limit_burst,
+                    rps,
+                    burst: burst.get(),
                     limiter: RateLimiter::direct(quota),
                 },
             );
@@ -160,8 +198,10 @@ impl Limits {
             ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "rate limit of {} requests/s (burst {}) exceeded",
-                    limits.rate_limit_rps, limits.rate_limit_burst
+                    "rate limit of {} requests/s (burst {}) exceeded{}",
+                    limits.rate_limit_rps,
+                    limits.rate_limit_burst,
+                    shared_by(nodes)
                 ),
             )
             .retry_after(wait.as_secs_f64().ceil() as u32)
@@ -177,7 +217,7 @@ impl Limits {
         take_place(
             &self.running,
             tenant,
-            limits.max_concurrency,
+            share(limits.max_concurrency, self.nodes()),
             "invocations may run",
         )
     }
@@ -192,7 +232,7 @@ impl Limits {
         take_place(
             &self.streams,
             tenant,
-            limits.max_concurrent_streams,
+            share(limits.max_concurrent_streams, self.nodes()),
             "streams may be open",
         )
     }
@@ -207,7 +247,7 @@ impl Limits {
         take_place(
             &self.prewarms,
             tenant,
-            limits.max_concurrent_prewarms,
+            share(limits.max_concurrent_prewarms, self.nodes()),
             "prewarm requests may run",
         )
     }
@@ -302,6 +342,36 @@ mod tests {
         // Another tenant has its own bucket.
         l.check_rate(&TenantId::parse("other").unwrap(), &limits())
             .unwrap();
+    }
+
+    #[test]
+    fn several_nodes_each_enforce_their_share() {
+        let l = Limits::default();
+        let t = TenantId::parse("acme").unwrap();
+        let mut wide = limits();
+        wide.rate_limit_burst = 6;
+        wide.max_concurrency = 4;
+        l.set_nodes(2);
+        // Half the burst and half the concurrency on each of two nodes.
+        for _ in 0..3 {
+            l.check_rate(&t, &wide).unwrap();
+        }
+        let err = l.check_rate(&t, &wide).unwrap_err();
+        assert!(err.message.contains("share of 2 nodes"), "{}", err.message);
+        let _a = l.acquire(&t, &wide).unwrap();
+        let _b = l.acquire(&t, &wide).unwrap();
+        assert!(l.acquire(&t, &wide).is_err());
+        // Shares round up: three nodes sharing a cap of 1 each still admit one.
+        l.set_nodes(3);
+        assert_eq!(share(1, 3), 1);
+        assert_eq!(share(64, 3), 22);
+        assert_eq!(share(0, 3), 0, "no cap stays no cap");
+        // Back to one node: the whole limit again (the bucket is rebuilt).
+        l.set_nodes(1);
+        let u = TenantId::parse("other").unwrap();
+        for _ in 0..6 {
+            l.check_rate(&u, &wide).unwrap();
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! models).
 
 mod caller;
+pub mod cluster;
 pub mod keys;
 pub mod limits;
 pub mod scopes;
@@ -63,12 +64,22 @@ impl Tenancy {
     }
 
     /// The limits in force for a tenant. A tenant without a row (a JWT for a tenant nobody
-    /// created yet) gets the defaults.
+    /// created yet) gets one, with the defaults, on its first request: it is then listed,
+    /// and an operator can disable or limit it like any other. (One that must never run can
+    /// be created disabled before its first token is used.)
     pub async fn limits_of(&self, tenant: &TenantId) -> Result<Arc<TenantLimits>, DbErr> {
         if let Some(l) = self.settings.get(tenant) {
             return Ok(l);
         }
-        let row = self.store.tenant(tenant).await?;
+        let mut row = self.store.tenant(tenant).await?;
+        if row.is_none() {
+            // Another node may create it at the same moment: the insert then does nothing
+            // and the reread finds that node's row.
+            self.store
+                .create_tenant(tenant, &crate::store::TenantSettings::default(), false)
+                .await?;
+            row = self.store.tenant(tenant).await?;
+        }
         let limits = Arc::new(self.resolve(row.as_ref()));
         self.settings.insert(tenant.clone(), Arc::clone(&limits));
         Ok(limits)

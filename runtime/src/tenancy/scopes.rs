@@ -72,6 +72,14 @@ impl Scopes {
         self.0 & (1 << scope as u8) != 0
     }
 
+    pub fn without(self, scope: Scope) -> Self {
+        Self(self.0 & !(1 << scope as u8))
+    }
+
+    pub fn union(self, other: Scopes) -> Self {
+        Self(self.0 | other.0)
+    }
+
     pub fn is_subset_of(self, other: Scopes) -> bool {
         self.0 & !other.0 == 0
     }

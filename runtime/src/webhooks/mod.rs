@@ -3,6 +3,7 @@
 //! retry schedule. Storage, delivery workers and HTTP routes build on these elsewhere.
 
 pub mod delivery;
+pub mod fair;
 pub mod signing;
 pub mod ssrf;
 
@@ -34,6 +35,18 @@ pub struct WebhookConfig {
     /// How far an incoming signed trigger's `webhook-timestamp` may be from now, either way,
     /// in seconds; older ones are refused as possible replays.
     pub trigger_tolerance_s: u64,
+    /// How long, in seconds, the receipt of an accepted trigger message is kept; a message
+    /// seen again while its receipt is kept is refused as a replay. GitHub signs no
+    /// timestamp, so a captured GitHub delivery is refused only while its receipt is kept.
+    /// The default, 3 days, covers GitHub's redelivery window and Stripe's retries, and is
+    /// longer than Standard Webhooks senders such as Svix retry (about 27 hours). At least
+    /// twice `trigger_tolerance_s`, so that a Standard Webhooks message is refused as stale
+    /// before its receipt is forgotten.
+    pub trigger_receipt_retention_s: u64,
+    /// How many of the node's delivery slots (16) one tenant's deliveries may hold at once,
+    /// so that a tenant whose receiver is slow or stalled cannot delay other tenants'
+    /// deliveries. Positive.
+    pub max_in_flight_per_tenant: usize,
 }
 
 impl Default for WebhookConfig {
@@ -45,6 +58,8 @@ impl Default for WebhookConfig {
             jitter: 0.2,
             max_payload_bytes: 256 * 1024,
             trigger_tolerance_s: 300,
+            trigger_receipt_retention_s: 3 * 86_400,
+            max_in_flight_per_tenant: 4,
         }
     }
 }
@@ -57,6 +72,13 @@ pub enum WebhookConfigError {
     JitterOutOfRange(f64),
     #[error("webhooks.max_payload_bytes must be positive")]
     ZeroPayloadLimit,
+    #[error(
+        "webhooks.trigger_receipt_retention_s ({retention_s}) must be at least twice \
+         webhooks.trigger_tolerance_s ({tolerance_s})"
+    )]
+    ShortReceiptRetention { retention_s: u64, tolerance_s: u64 },
+    #[error("webhooks.max_in_flight_per_tenant must be positive")]
+    ZeroInFlightCap,
     #[error("webhooks.{0}")]
     Allowlist(#[from] AllowlistError),
 }
@@ -73,6 +95,15 @@ impl WebhookConfig {
         if self.max_payload_bytes == 0 {
             return Err(WebhookConfigError::ZeroPayloadLimit);
         }
+        if self.trigger_receipt_retention_s < self.trigger_tolerance_s.saturating_mul(2) {
+            return Err(WebhookConfigError::ShortReceiptRetention {
+                retention_s: self.trigger_receipt_retention_s,
+                tolerance_s: self.trigger_tolerance_s,
+            });
+        }
+        if self.max_in_flight_per_tenant == 0 {
+            return Err(WebhookConfigError::ZeroInFlightCap);
+        }
         self.url_guard()?;
         Ok(())
     }
@@ -88,6 +119,11 @@ impl WebhookConfig {
 
     pub fn trigger_tolerance(&self) -> Duration {
         Duration::from_secs(self.trigger_tolerance_s)
+    }
+
+    /// How long an accepted trigger message's receipt is kept.
+    pub fn trigger_receipt_retention(&self) -> Duration {
+        Duration::from_secs(self.trigger_receipt_retention_s)
     }
 }
 
@@ -219,5 +255,57 @@ mod tests {
             bad(|c| c.allow_private = vec!["intranet".into()]),
             WebhookConfigError::Allowlist(_)
         ));
+    }
+
+    #[test]
+    fn receipts_are_kept_days_and_at_least_twice_the_tolerance() {
+        let config = WebhookConfig::default();
+        assert_eq!(config.trigger_receipt_retention_s, 259_200);
+        assert_eq!(
+            config.trigger_receipt_retention(),
+            Duration::from_secs(3 * 86_400)
+        );
+        // Longer than a Standard Webhooks sender retries (about 27 hours).
+        let retries: u64 = config.retry_schedule_s.iter().sum();
+        assert!(config.trigger_receipt_retention_s > retries);
+
+        let with = |retention_s: u64, tolerance_s: u64| {
+            let config = WebhookConfig {
+                trigger_receipt_retention_s: retention_s,
+                trigger_tolerance_s: tolerance_s,
+                ..WebhookConfig::default()
+            };
+            config.validate()
+        };
+        assert_eq!(with(600, 300), Ok(()));
+        assert_eq!(
+            with(599, 300),
+            Err(WebhookConfigError::ShortReceiptRetention {
+                retention_s: 599,
+                tolerance_s: 300
+            })
+        );
+        assert!(with(0, 300).is_err());
+        let parsed: WebhookConfig =
+            serde_json::from_str(r#"{"trigger_receipt_retention_s": 86400}"#).unwrap();
+        assert_eq!(
+            parsed.trigger_receipt_retention(),
+            Duration::from_secs(86_400)
+        );
+    }
+
+    #[test]
+    fn the_in_flight_cap_per_tenant_is_a_positive_share_of_the_slots() {
+        let config = WebhookConfig::default();
+        assert_eq!(config.max_in_flight_per_tenant, 4);
+        let zero = WebhookConfig {
+            max_in_flight_per_tenant: 0,
+            ..WebhookConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(WebhookConfigError::ZeroInFlightCap));
+        let parsed: WebhookConfig =
+            serde_json::from_str(r#"{"max_in_flight_per_tenant": 2}"#).unwrap();
+        assert_eq!(parsed.max_in_flight_per_tenant, 2);
+        parsed.validate().unwrap();
     }
 }

@@ -5,13 +5,16 @@
 //! decoded `whsec_` secret, of `{webhook-id}.{webhook-timestamp}.{body}`. The signature header
 //! may hold several space-separated signatures so that a secret can be rotated: the sender signs
 //! with the old and the new secret during the overlap, and a receiver accepts any match.
+//!
+//! A verified incoming message comes back as [`Verified`]: the keys its receipt is stored
+//! under to refuse replays, taken only from what its signature covers.
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 pub const HEADER_ID: &str = standardwebhooks::HEADER_WEBHOOK_ID;
 pub const HEADER_TIMESTAMP: &str = standardwebhooks::HEADER_WEBHOOK_TIMESTAMP;
@@ -60,6 +63,45 @@ pub enum VerifyError {
     TimestampTooNew { ahead_s: i64, tolerance_s: i64 },
     #[error("no signature matches the body")]
     SignatureMismatch,
+}
+
+/// What a verified incoming message is known by: the keys its receipt is stored under, so
+/// that the same signed message is accepted once. Only what the signature covers goes in, so
+/// an attacker who replays a captured message cannot make it look new: the digest is of the
+/// HMAC that matched (computed here, not the header's text, so upper-case hex, spacing or
+/// extra signatures in the header change nothing) followed by everything it signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// SHA-256 of the matching HMAC and the signed content.
+    message: [u8; 32],
+    /// SHA-256 of the signed `webhook-id` (Standard Webhooks only): a sender's retry of the
+    /// same message, signed again at a new time, is the same message.
+    id: Option<[u8; 32]>,
+}
+
+impl Verified {
+    fn new(tag: &[u8], signed: &[&[u8]], id: Option<&str>) -> Self {
+        let mut message = Sha256::new();
+        message.update(tag);
+        for part in signed {
+            message.update(part);
+        }
+        Self {
+            message: message.finalize().into(),
+            id: id.map(|id| Sha256::digest(id.as_bytes()).into()),
+        }
+    }
+
+    /// The receipt keys: `sha256:<hex digest of the signed message>`, then, for Standard
+    /// Webhooks, `id:<hex SHA-256 of its webhook-id>`. A message is a replay when any of its
+    /// keys was seen.
+    pub fn receipt_keys(&self) -> Vec<String> {
+        let mut keys = vec![format!("sha256:{}", hex::encode(self.message))];
+        if let Some(id) = &self.id {
+            keys.push(format!("id:{}", hex::encode(id)));
+        }
+        keys
+    }
 }
 
 /// Read access to request headers, so that one verifier serves actix-web requests (whose
@@ -158,7 +200,7 @@ impl SignedHeaders {
 
 /// Checks an incoming Standard Webhooks request: the three headers are present, the timestamp
 /// is within `tolerance` of `now` (unix seconds) either way, and one of the `v1` signatures is
-/// the HMAC of the body under `secret`.
+/// the HMAC of the body under `secret`. Returns the message's receipt keys.
 ///
 /// The `standardwebhooks` crate's own `verify` is not used because it reads the clock itself,
 /// fixes the tolerance at five minutes, takes only an `http` 1 `HeaderMap` and reports a bad
@@ -170,7 +212,7 @@ pub fn verify_standard(
     body: &[u8],
     now: i64,
     tolerance: Duration,
-) -> Result<(), VerifyError> {
+) -> Result<Verified, VerifyError> {
     let key = decode_secret(secret).ok_or(VerifyError::InvalidSecret)?;
     let msg_id = required_header(headers, HEADER_ID)?;
     let timestamp_text = required_header(headers, HEADER_TIMESTAMP)?;
@@ -203,11 +245,11 @@ pub fn verify_standard(
     let mut mac = HmacSha256::new_from_slice(&key).map_err(|_| VerifyError::InvalidSecret)?;
     // The timestamp is signed as the number it parses to, not as the header's text, as the
     // reference libraries do: `0100` and `100` must verify alike.
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let timestamp = timestamp.to_string();
+    let signed: [&[u8]; 5] = [msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
+    for part in signed {
+        mac.update(part);
+    }
 
     // Versions other than v1 (such as the asymmetric v1a) are skipped, not refused, so that a
     // sender may add them alongside v1.
@@ -217,7 +259,8 @@ pub fn verify_standard(
         .filter_map(|(_, encoded)| BASE64.decode(encoded).ok())
         .any(|tag| mac.clone().verify_slice(&tag).is_ok());
     if matched {
-        Ok(())
+        let tag = mac.finalize().into_bytes();
+        Ok(Verified::new(&tag, &signed, Some(msg_id)))
     } else {
         Err(VerifyError::SignatureMismatch)
     }
@@ -225,12 +268,14 @@ pub fn verify_standard(
 
 /// Checks a GitHub-style body signature, `sha256=<hex HMAC-SHA256 of the raw body>`, keyed
 /// with the secret's bytes as given (GitHub secrets are plain text, not `whsec_`). `None` is
-/// the header's absence.
+/// the header's absence. Returns the message's receipt key: GitHub signs neither a message
+/// id nor a time, so the body is the whole message (`X-GitHub-Delivery` is not signed, and an
+/// attacker may change it at will).
 pub fn verify_github(
     secret: &str,
     body: &[u8],
     signature_header: Option<&str>,
-) -> Result<(), VerifyError> {
+) -> Result<Verified, VerifyError> {
     // An empty key is one every sender knows: refuse it rather than accept forged bodies.
     if secret.is_empty() {
         return Err(VerifyError::InvalidSecret);
@@ -246,8 +291,11 @@ pub fn verify_github(
     let mut mac =
         HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| VerifyError::InvalidSecret)?;
     mac.update(body);
-    mac.verify_slice(&tag)
-        .map_err(|_| VerifyError::SignatureMismatch)
+    mac.clone()
+        .verify_slice(&tag)
+        .map_err(|_| VerifyError::SignatureMismatch)?;
+    let tag = mac.finalize().into_bytes();
+    Ok(Verified::new(&tag, &[body], None))
 }
 
 /// The key inside a `whsec_` secret (the prefix is optional, as in the reference libraries).
@@ -292,7 +340,7 @@ mod tests {
         headers: &[(String, String)],
         body: &[u8],
         now: i64,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         verify_standard(secret, headers, body, now, DEFAULT_TOLERANCE)
     }
 
@@ -551,5 +599,63 @@ mod tests {
             verify_github("", GH_BODY, Some(GH_SIGNATURE)),
             Err(VerifyError::InvalidSecret)
         );
+    }
+
+    #[test]
+    fn a_github_message_is_keyed_by_what_its_signature_covers() {
+        let keys = verify_github(GH_SECRET, GH_BODY, Some(GH_SIGNATURE))
+            .unwrap()
+            .receipt_keys();
+        assert_eq!(keys.len(), 1, "no id: GitHub signs none");
+        assert!(keys[0].starts_with("sha256:") && keys[0].len() == 7 + 64);
+        // The same message, however its header is written, is the same receipt.
+        let upper = format!("sha256={}", GH_SIGNATURE[7..].to_ascii_uppercase());
+        for header in [upper.as_str(), &format!("  {GH_SIGNATURE} ")] {
+            assert_eq!(
+                verify_github(GH_SECRET, GH_BODY, Some(header))
+                    .unwrap()
+                    .receipt_keys(),
+                keys
+            );
+        }
+        // Another body is another message.
+        let other = b"Hello, World?";
+        let mut mac = HmacSha256::new_from_slice(GH_SECRET.as_bytes()).unwrap();
+        mac.update(other);
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_ne!(
+            verify_github(GH_SECRET, other, Some(&signature))
+                .unwrap()
+                .receipt_keys(),
+            keys
+        );
+    }
+
+    #[test]
+    fn a_standard_message_is_keyed_by_its_signed_content_and_its_signed_id() {
+        let keys = |h: &[(String, String)], body: &[u8], now: i64| {
+            verify(REF_SECRET, h, body, now).unwrap().receipt_keys()
+        };
+        let first = keys(&headers(REF_ID, REF_TS, REF_SIGNATURE), REF_BODY, REF_TS);
+        assert_eq!(first.len(), 2);
+        assert!(first[0].starts_with("sha256:") && first[0].len() == 7 + 64);
+        assert_eq!(
+            first[1],
+            format!("id:{}", hex::encode(Sha256::digest(REF_ID.as_bytes())))
+        );
+        // Extra signatures, other versions and spacing do not make it another message.
+        let padded = headers(REF_ID, REF_TS, &format!("v1a,abc {REF_SIGNATURE} v1,AAAA"));
+        assert_eq!(keys(&padded, REF_BODY, REF_TS), first);
+        // Signed again later (a sender's retry): another digest, the same id.
+        let secrets = [REF_SECRET.to_owned()];
+        let later = sign(REF_ID, REF_TS + 60, REF_BODY, &secrets).unwrap();
+        let retried = keys(&headers(REF_ID, REF_TS + 60, &later), REF_BODY, REF_TS);
+        assert_ne!(retried[0], first[0]);
+        assert_eq!(retried[1], first[1]);
+        // Another id: both keys differ.
+        let other = sign("msg_other", REF_TS, REF_BODY, &secrets).unwrap();
+        let other = keys(&headers("msg_other", REF_TS, &other), REF_BODY, REF_TS);
+        assert_ne!(other[0], first[0]);
+        assert_ne!(other[1], first[1]);
     }
 }

@@ -107,6 +107,14 @@ pub enum SsrfError {
     },
     #[error("callback host {0:?} resolved to no addresses")]
     NoAddresses(String),
+    /// A host name that does not resolve, or resolves to a forbidden address. One message
+    /// for both, naming neither the address nor its class: the difference would tell a
+    /// tenant which names exist in the internal DNS and where they point.
+    #[error(
+        "callback host {0:?} does not resolve to an address genrt may call (a public one, or one \
+         webhooks.allow_private lists)"
+    )]
+    UnusableName(String),
 }
 
 /// Decides which callback URLs and addresses may be connected to. Cheap to share behind an
@@ -172,20 +180,27 @@ impl UrlGuard {
             return Ok(vec![SocketAddr::new(addr, port)]);
         }
         check_host_name(host)?;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|source| SsrfError::Resolve {
-                host: host.to_owned(),
-                source,
-            })?
-            .collect();
-        if addrs.is_empty() {
-            return Err(SsrfError::NoAddresses(host.to_owned()));
-        }
-        for addr in &addrs {
-            self.check_addr(host, addr.ip())?;
-        }
-        Ok(addrs)
+        let checked = async {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|source| SsrfError::Resolve {
+                    host: host.to_owned(),
+                    source,
+                })?
+                .collect();
+            if addrs.is_empty() {
+                return Err(SsrfError::NoAddresses(host.to_owned()));
+            }
+            for addr in &addrs {
+                self.check_addr(host, addr.ip())?;
+            }
+            Ok(addrs)
+        };
+        checked.await.map_err(|err| {
+            // The detail is for the operator's log, never for the tenant's answer.
+            tracing::debug!(host, error = %err, "callback host refused");
+            SsrfError::UnusableName(host.to_owned())
+        })
     }
 
     /// Refuses `addr` if it is in a forbidden class and the allowlist does not name it.
@@ -511,15 +526,19 @@ mod tests {
     async fn resolution_refuses_internal_names() {
         let g = guard(&[]);
         let refused = g.resolve("localhost", 80).await.unwrap_err();
+        assert!(matches!(refused, SsrfError::UnusableName(_)), "{refused:?}");
+        // Neither the address nor its class is named, and an unknown name reads the same.
+        let message = refused.to_string();
         assert!(
-            matches!(
-                refused,
-                SsrfError::ForbiddenAddress {
-                    class: AddressClass::Loopback,
-                    ..
-                }
-            ),
-            "{refused:?}"
+            !message.contains("127.0.0.1") && !message.contains("loopback"),
+            "{message}"
+        );
+        let unknown = g.resolve("no-such-host.invalid", 80).await.unwrap_err();
+        assert_eq!(
+            unknown
+                .to_string()
+                .replace("no-such-host.invalid", "localhost"),
+            message
         );
         assert!(matches!(
             g.resolve("metadata.google.internal", 80).await,
@@ -564,7 +583,7 @@ mod tests {
         while let Some(e) = source {
             guarded |= matches!(
                 e.downcast_ref::<SsrfError>(),
-                Some(SsrfError::ForbiddenAddress { .. })
+                Some(SsrfError::UnusableName(_))
             );
             source = e.source();
         }

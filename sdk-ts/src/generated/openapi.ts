@@ -39,23 +39,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/metrics": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Prometheus text exposition (version 0.0.4) of every metric of this node. */
-        get: operations["metrics"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/openai/v1/chat/completions": {
         parameters: {
             query?: never;
@@ -844,7 +827,7 @@ export interface components {
             presence_penalty?: number | null;
             /** Format: int64 */
             seed?: number | null;
-            /** @description One stop string or up to 8. */
+            /** @description One stop string or up to 8, each 1-256 bytes. */
             stop?: Record<string, unknown> | null;
             stream?: boolean;
             stream_options?: null | components["schemas"]["StreamOptions"];
@@ -887,14 +870,18 @@ export interface components {
         CreateApiKey: {
             /**
              * Format: date-time
-             * @description When the key stops working.
+             * @description When the key stops working: never later than the creating credential's own expiry or
+             *     `auth.max_token_ttl_s` from now. Default: the sooner of those two (no expiry when
+             *     neither applies).
              */
             expires_at?: string | null;
             /** @description A label for listings. */
             name: string;
             /**
-             * @description Scopes granted; never more than the creating credential holds. Default: the creator's
-             *     scopes.
+             * @description Scopes granted; never more than the creating credential holds. Default: for the
+             *     caller's own tenant, the creator's scopes without `admin`; for another tenant (an
+             *     admin creating it), the tenant default scopes. `admin` is granted only when named
+             *     here, and only by an admin.
              */
             scopes?: string[] | null;
             /** @description With the `admin` scope: create the key for this tenant instead of the caller's. */
@@ -905,6 +892,11 @@ export interface components {
             secret: string;
         };
         CreateTenant: components["schemas"]["TenantLimitsBody"] & {
+            /**
+             * @description Create it disabled: its credentials are refused from the first request, so a tenant
+             *     can be blocked before anyone has used a token for it.
+             */
+            disabled?: boolean;
             /** @description 1-64 of a-z, 0-9, '-', '_'. */
             id: string;
         };
@@ -1338,6 +1330,7 @@ export interface components {
             repeat_penalty?: number | null;
             /** Format: int32 */
             seed?: number | null;
+            /** @description Up to 8 stop sequences, each 1-256 bytes; generation ends before the first one. */
             stop?: string[];
             /** Format: float */
             temperature?: number | null;
@@ -1661,7 +1654,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This message id was already accepted (`replayed_webhook`) */
+            /** @description This message (the same signed body, whatever its delivery id) was already accepted (`replayed_webhook`) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1697,35 +1690,6 @@ export interface operations {
                 };
             };
             429: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-        };
-    };
-    metrics: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Metrics in the Prometheus text format */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/plain": string;
-                };
-            };
-            /** @description Turned off (`telemetry.metrics_endpoint = false`) */
-            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -26,7 +26,9 @@ pub struct Params {
     pub repeat_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
+    /// Up to 8 stop sequences, each 1-256 bytes; generation ends before the first one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
     pub stop: Vec<String>,
     /// Generate exactly `max_tokens`, past end-of-generation (for load tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -68,7 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
 }
 
 /// The caller's functions and the registered models it may use.
-#[utoipa::path(get, path = "/openai/v1/models", tag = "openai", security(("bearer" = [])),
+#[utoipa::path(get, path = "/openai/v1/models", tag = "openai", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
     responses(
         (status = 200, body = ModelListObject),
         (status = 401, body = OpenAiErrorBody)))]
@@ -110,7 +110,7 @@ pub async fn models(
 
 /// Chat completion, or with `stream` a stream of `chat.completion.chunk` events ending with
 /// `data: [DONE]`.
-#[utoipa::path(post, path = "/openai/v1/chat/completions", tag = "openai", security(("bearer" = [])),
+#[utoipa::path(post, path = "/openai/v1/chat/completions", tag = "openai", security(("bearer" = ["functions:invoke"])),
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "The completion, or with `stream` an event stream (text/event-stream) of ChatCompletionChunk ending with `[DONE]`", body = ChatCompletion),
@@ -173,7 +173,7 @@ pub async fn chat_completions(
 /// Text completion: the prompt goes to a model as it is (no chat template); with a function
 /// as `model` it is the function's input. With `stream`, `text_completion` chunks and
 /// `data: [DONE]`.
-#[utoipa::path(post, path = "/openai/v1/completions", tag = "openai", security(("bearer" = [])),
+#[utoipa::path(post, path = "/openai/v1/completions", tag = "openai", security(("bearer" = ["functions:invoke"])),
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "The completion, or with `stream` an event stream of TextCompletion chunks ending with `[DONE]`", body = TextCompletion),
@@ -264,7 +264,7 @@ pub async fn completions(
 
 /// Embeddings from a model configured with `embeddings = true`: mean-pooled, unit-length
 /// hidden states. Other models answer 400 `embeddings_not_supported`.
-#[utoipa::path(post, path = "/openai/v1/embeddings", tag = "openai", security(("bearer" = [])),
+#[utoipa::path(post, path = "/openai/v1/embeddings", tag = "openai", security(("bearer" = ["functions:invoke"])),
     request_body = EmbeddingRequest,
     responses(
         (status = 200, body = EmbeddingList),

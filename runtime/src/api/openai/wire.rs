@@ -72,7 +72,7 @@ pub struct CommonFields {
     /// Choices to generate, 1-8; streaming takes only 1.
     #[serde(default)]
     pub n: Option<u32>,
-    /// One stop string or up to 8.
+    /// One stop string or up to 8, each 1-256 bytes.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Stop>,

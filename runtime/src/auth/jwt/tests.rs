@@ -41,6 +41,12 @@ fn secret_only() -> AuthConfig {
 
 fn with_pem_keys() -> AuthConfig {
     AuthConfig {
+        // HS256 beside the keys on purpose: these tests check each algorithm's key choice.
+        allowed_algorithms: Some(vec![
+            JwtAlgorithm::HS256,
+            JwtAlgorithm::RS256,
+            JwtAlgorithm::ES256,
+        ]),
         public_keys: vec![
             pem_key(Some("rsa-1"), JwtAlgorithm::RS256, "rsa-public.pem"),
             pem_key(Some("ec-1"), JwtAlgorithm::ES256, "ec-public.pem"),
@@ -292,7 +298,7 @@ async fn alg_none_and_unaccepted_algorithms_are_refused() {
 
     // With HS256 taken out of `allowed_algorithms`, even a correctly signed one is refused.
     let asymmetric_only = JwtVerifier::new(&AuthConfig {
-        allowed_algorithms: vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256],
+        allowed_algorithms: Some(vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]),
         ..with_pem_keys()
     })
     .await
@@ -578,12 +584,12 @@ fn bad_key_files_are_configuration_errors_naming_the_file() {
     });
     assert!(message.contains("RS256 or ES256"), "{message}");
     let message = invalid(AuthConfig {
-        allowed_algorithms: vec![JwtAlgorithm::HS256],
+        allowed_algorithms: Some(vec![JwtAlgorithm::HS256]),
         ..rsa_only()
     });
     assert!(message.contains("allowed_algorithms"), "{message}");
     let message = invalid(AuthConfig {
-        allowed_algorithms: Vec::new(),
+        allowed_algorithms: Some(Vec::new()),
         ..secret_only()
     });
     assert!(message.contains("allowed_algorithms"), "{message}");
@@ -605,10 +611,81 @@ fn auth_settings_load_from_toml() {
     let config = Config::load(Some(&file), &Default::default()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
-        config.auth.allowed_algorithms,
+        config.auth.algorithms(),
         [JwtAlgorithm::RS256, JwtAlgorithm::ES256]
     );
     assert_eq!(config.auth.public_keys[0].kid.as_deref(), Some("rsa-pem"));
     assert_eq!(config.auth.jwks_file, Some(fixture("jwks.json")));
     assert_eq!(config.auth.jwks_refresh_s, 60);
+}
+
+#[tokio::test]
+async fn a_token_living_longer_than_the_maximum_is_refused_whoever_signed_it() {
+    let verifier = verifier(&with_pem_keys()).await;
+    let now = unix_now();
+    // The default maximum is a year: a day is fine, ten years is a leaked forever-token.
+    accepted(&verifier, &hs(&claims_with(json!({"exp": now + 86_400}))));
+    let forever = claims_with(json!({"exp": now + 10 * 365 * 86_400}));
+    let message = refused(&verifier, &hs(&forever), ErrorCode::InvalidToken);
+    assert!(message.contains("max_token_ttl_s"), "{message}");
+    refused(
+        &verifier,
+        &rs(Some("rsa-1"), &forever),
+        ErrorCode::InvalidToken,
+    );
+    let unlimited = JwtVerifier::new(&AuthConfig {
+        max_token_ttl_s: 0,
+        ..with_pem_keys()
+    })
+    .await
+    .unwrap();
+    let verified = accepted(&unlimited, &hs(&forever));
+    assert_eq!(
+        verified.expires_at.map(|e| e.timestamp() as u64),
+        Some(now + 10 * 365 * 86_400)
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_jwks_larger_than_the_cap_is_refused_without_reading_it_whole() {
+    // No Content-Length: the size is known only while reading.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b' '; 64 * 1024];
+        // 64 MiB offered; the client must hang up long before.
+        for _ in 0..1024 {
+            let frame = format!("{:x}\r\n", chunk.len());
+            if stream.write_all(frame.as_bytes()).await.is_err()
+                || stream.write_all(&chunk).await.is_err()
+                || stream.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+            counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let err = JwtVerifier::new(&AuthConfig {
+        jwks_url: Some(url),
+        ..secret_only()
+    })
+    .await
+    .err()
+    .expect("an oversized JWKS fails the start");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 16 * 1024 * 1024, "{sent} bytes were read");
 }

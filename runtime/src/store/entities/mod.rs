@@ -8,6 +8,7 @@ pub mod function_version;
 pub mod idempotency_key;
 pub mod invocation;
 pub mod model;
+pub mod node;
 pub mod tenant;
 pub mod trigger;
 pub mod trigger_receipt;

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-/// A message id a trigger has accepted, kept to refuse replays.
+/// A message a trigger has accepted, kept to refuse replays; `message_id` holds the receipt
+/// key (a digest of the signed message, or of its signed id).
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "trigger_receipts")]
 pub struct Model {
