@@ -44,5 +44,5 @@ pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, TreeConfig};
 pub use types::{
     DeployedFunction, Fault, FinishReason, Invocation, InvocationId, InvocationOutcome,
-    ModelConfig, ModelPhase, ModelStatus, ScalingEvent, Timings, Usage,
+    ModelConfig, ModelPhase, ModelStatus, PrefixCacheStatus, ScalingEvent, Timings, Usage,
 };

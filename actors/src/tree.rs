@@ -244,6 +244,7 @@ impl ActorTree {
                 device: String::new(),
                 gpu_layers: None,
                 last_scaling: None,
+                prefix_cache: Default::default(),
             }));
         }
         out

@@ -153,9 +153,21 @@ pub struct ModelConfig {
     /// Sequences one replica decodes together (continuous batching).
     #[serde(default = "default_slots")]
     pub slots: u32,
-    /// At most this many prompt tokens are prefilled in a step while other sequences decode.
-    #[serde(default = "default_prefill_chunk")]
-    pub prefill_chunk: u32,
+    /// Tokens one decode step holds while any sequence is generating: one per generating
+    /// sequence first, then prompt tokens of new sequences up to this budget (at least a few
+    /// per step). Bounds how long admitting prompts stalls the running streams; a step with
+    /// nothing generating takes whole prompts. (`prefill_chunk` is its former name.)
+    #[serde(default = "default_step_tokens", alias = "prefill_chunk")]
+    pub step_tokens: u32,
+    /// Reuse the KV of earlier prompts of the same tenant that start the same way (see
+    /// `engine::scheduler`). Off only to measure the cache or to rule it out.
+    #[serde(default = "default_true")]
+    pub prefix_cache: bool,
+    /// KV streams each replica keeps beside its slots for the prefix cache, each as large as
+    /// a slot's (`n_ctx` tokens) and counted in the replica's memory. Unset: half the slots,
+    /// rounded up.
+    #[serde(default)]
+    pub cache_streams: Option<u32>,
     /// Replicas kept even when idle; 0 lets the model scale to zero.
     #[serde(default)]
     pub min_replicas: u32,
@@ -209,8 +221,13 @@ fn default_max_replicas() -> u32 {
 fn default_slots() -> u32 {
     4
 }
-fn default_prefill_chunk() -> u32 {
-    128
+fn default_step_tokens() -> u32 {
+    STEP_TOKENS_DEFAULT
+}
+/// Chosen by measurement: see benchmarks/README.md, "Streaming under load".
+const STEP_TOKENS_DEFAULT: u32 = 128;
+fn default_true() -> bool {
+    true
 }
 fn default_upscale_delay_ms() -> u64 {
     250
@@ -233,7 +250,9 @@ impl ModelConfig {
             n_ctx: default_n_ctx(),
             threads: 0,
             slots: default_slots(),
-            prefill_chunk: default_prefill_chunk(),
+            step_tokens: default_step_tokens(),
+            prefix_cache: true,
+            cache_streams: None,
             min_replicas: 0,
             max_replicas: default_max_replicas(),
             target_ongoing: 0,
@@ -246,6 +265,17 @@ impl ModelConfig {
             main_gpu: 0,
             embeddings: false,
         }
+    }
+
+    /// KV streams of one replica: one per slot, and the prefix cache's.
+    pub fn kv_streams(&self) -> u32 {
+        let slots = self.slots.max(1);
+        let cache = match (self.prefix_cache, self.cache_streams) {
+            (false, _) => 0,
+            (true, Some(n)) => n,
+            (true, None) => slots.div_ceil(2),
+        };
+        slots + cache
     }
 
     pub fn target_ongoing(&self) -> u32 {
@@ -334,4 +364,19 @@ pub struct ModelStatus {
     /// Layers offloaded to the GPU; `None` until the model's file has been read once.
     pub gpu_layers: Option<u32>,
     pub last_scaling: Option<ScalingEvent>,
+    pub prefix_cache: PrefixCacheStatus,
+}
+
+/// A model's prefix-cache counters since the process started, over all its replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixCacheStatus {
+    /// Sequences that looked for a cached prefix.
+    pub lookups: u64,
+    /// Of those, the ones that reused one.
+    pub hits: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens whose KV came from the cache.
+    pub cached_tokens: u64,
+    /// Cached prefixes dropped to make room for another sequence.
+    pub evictions: u64,
 }

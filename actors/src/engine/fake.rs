@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
 
 use super::devices::{Device, DeviceKind, Placement};
-use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, Tokenized, Weights};
+use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, TokenId, Weights};
 use crate::ModelConfig;
 
 /// Separates system from user bytes in a fake prompt.
@@ -133,7 +133,7 @@ impl Drop for FakeWeights {
 
 impl Weights for FakeWeights {
     fn kv_bytes(&self, model: &ModelConfig) -> u64 {
-        u64::from(model.n_ctx) * u64::from(model.slots) * 1024
+        u64::from(model.n_ctx) * u64::from(model.kv_streams()) * 1024
     }
 
     fn run_session(
@@ -142,6 +142,7 @@ impl Weights for FakeWeights {
         serve: &mut dyn FnMut(&mut dyn Session),
     ) -> Result<(), EngineError> {
         let mut session = FakeSession::new(model.slots as usize, model.n_ctx, 512);
+        session.streams = model.kv_streams() as usize;
         session.started = Some(Arc::clone(&self.started));
         serve(&mut session);
         Ok(())
@@ -150,6 +151,7 @@ impl Weights for FakeWeights {
 
 pub(crate) struct FakeSession {
     slots: usize,
+    streams: usize,
     n_ctx: u32,
     n_batch: usize,
     /// Tokens in each sequence's KV.
@@ -158,6 +160,8 @@ pub(crate) struct FakeSession {
     pub(crate) last_batch_len: usize,
     pub(crate) max_sequences_in_one_batch: usize,
     pub(crate) copies: usize,
+    /// Prompt tokens computed (not copied from a cached prefix).
+    pub(crate) prompt_tokens_decoded: usize,
     /// Where to record the user text of each prompt as it starts (tokenizing is the first
     /// thing the scheduler does with an admitted job).
     started: Option<Arc<Mutex<Vec<String>>>>,
@@ -167,6 +171,7 @@ impl FakeSession {
     pub(crate) fn new(slots: usize, n_ctx: u32, n_batch: usize) -> Self {
         Self {
             slots,
+            streams: slots,
             n_ctx,
             n_batch,
             kv: HashMap::new(),
@@ -174,6 +179,7 @@ impl FakeSession {
             last_batch_len: 0,
             max_sequences_in_one_batch: 0,
             copies: 0,
+            prompt_tokens_decoded: 0,
             started: None,
         }
     }
@@ -207,6 +213,10 @@ impl Session for FakeSession {
         self.slots
     }
 
+    fn streams(&self) -> usize {
+        self.streams
+    }
+
     fn n_ctx_per_seq(&self) -> u32 {
         self.n_ctx
     }
@@ -215,7 +225,7 @@ impl Session for FakeSession {
         self.n_batch
     }
 
-    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Vec<TokenId>, EngineError> {
         if let Some(started) = &self.started {
             started.lock().unwrap().push(prompt.user.clone());
         }
@@ -226,12 +236,11 @@ impl Session for FakeSession {
             .bytes()
             .map(i32::from)
             .collect();
-        let mut tokens = system.clone();
+        let mut tokens = system;
         tokens.push(SEPARATOR);
-        let prefix_len = tokens.len();
         tokens.extend(prompt.user.bytes().map(i32::from));
         tokens.push(END);
-        Ok(Tokenized { tokens, prefix_len })
+        Ok(tokens)
     }
 
     fn begin(
@@ -240,7 +249,6 @@ impl Session for FakeSession {
         _params: &SamplingParams,
         _output: &OutputSpec,
     ) -> Result<(), EngineError> {
-        self.kv.insert(seq, Vec::new());
         self.generated.insert(seq, 0);
         Ok(())
     }
@@ -251,6 +259,10 @@ impl Session for FakeSession {
         self.max_sequences_in_one_batch = self.max_sequences_in_one_batch.max(seqs.len());
         self.last_batch_len = batch.len();
         for item in batch {
+            // Generated tokens are `1000 + byte` (see `sample`); the rest come from prompts.
+            if item.token < 1000 {
+                self.prompt_tokens_decoded += 1;
+            }
             let kv = self.kv.entry(item.seq).or_default();
             assert_eq!(kv.len(), item.pos as usize, "positions are contiguous");
             kv.push(item.token);
@@ -280,9 +292,14 @@ impl Session for FakeSession {
         out
     }
 
-    fn end(&mut self, seq: SeqId) {
-        self.kv.remove(&seq);
+    fn release(&mut self, seq: SeqId) {
         self.generated.remove(&seq);
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: usize) {
+        if let Some(kv) = self.kv.get_mut(&seq) {
+            kv.truncate(len);
+        }
     }
 
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {

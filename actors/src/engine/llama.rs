@@ -21,9 +21,8 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
 use super::devices::{Device, DeviceKind, Placement};
-use super::scheduler::PREFIX_ENTRIES;
 use super::{
-    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, Tokenized,
+    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, TokenId,
     Weights,
 };
 use crate::ModelConfig;
@@ -249,9 +248,10 @@ struct LlamaWeights {
     eog_tokens: Vec<LlamaToken>,
 }
 
-/// KV cells of one replica: one full context for each slot and each cached prompt prefix.
+/// KV cells of one replica: one full context for each of its streams, the slots' and the
+/// prefix cache's.
 fn kv_cells(config: &ModelConfig) -> u32 {
-    config.n_ctx * (config.slots.max(1) + PREFIX_ENTRIES as u32)
+    config.n_ctx * config.kv_streams()
 }
 
 impl Weights for LlamaWeights {
@@ -274,7 +274,7 @@ impl Weights for LlamaWeights {
             .with_n_ctx(NonZeroU32::new(kv_cells(config)))
             .with_n_batch(N_BATCH)
             .with_n_ubatch(N_BATCH)
-            .with_n_seq_max(slots + PREFIX_ENTRIES as u32)
+            .with_n_seq_max(config.kv_streams())
             // One KV stream per sequence: a sequence's cells and attention arithmetic are then
             // the same whatever else runs beside it, so batching never changes a greedy
             // result. (A unified cache interleaves sequences' cells, which reorders float sums.)
@@ -291,6 +291,7 @@ impl Weights for LlamaWeights {
             batch: LlamaBatch::new(N_BATCH as usize, 1),
             samplers: HashMap::new(),
             slots: slots as usize,
+            streams: config.kv_streams() as usize,
             n_ctx: config.n_ctx,
         };
         serve(&mut session);
@@ -334,6 +335,7 @@ struct LlamaSession<'a> {
     batch: LlamaBatch<'static>,
     samplers: HashMap<SeqId, Sampler>,
     slots: usize,
+    streams: usize,
     n_ctx: u32,
 }
 
@@ -477,6 +479,10 @@ impl Session for LlamaSession<'_> {
         self.slots
     }
 
+    fn streams(&self) -> usize {
+        self.streams
+    }
+
     fn n_ctx_per_seq(&self) -> u32 {
         self.n_ctx
     }
@@ -485,33 +491,16 @@ impl Session for LlamaSession<'_> {
         N_BATCH as usize
     }
 
-    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError> {
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Vec<TokenId>, EngineError> {
         if prompt.raw {
-            return Ok(Tokenized {
-                tokens: self.tokens(&prompt.user),
-                prefix_len: 0,
-            });
+            return Ok(self.tokens(&prompt.user));
         }
         let full = self.format(
             prompt.system.as_deref(),
             &prompt.history,
             Some(&prompt.user),
         )?;
-        let tokens = self.tokens(&full);
-        let prefix_len = match &prompt.system {
-            Some(system) => {
-                // The tokens of the system turn alone, as far as they agree with the full
-                // prompt's: tokenization may merge differently at the boundary.
-                let alone = self.tokens(&self.format(Some(system), &[], None)?);
-                alone
-                    .iter()
-                    .zip(&tokens)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-            }
-            None => 0,
-        };
-        Ok(Tokenized { tokens, prefix_len })
+        Ok(self.tokens(&full))
     }
 
     fn begin(
@@ -610,9 +599,12 @@ impl Session for LlamaSession<'_> {
         }
     }
 
-    fn end(&mut self, seq: SeqId) {
+    fn release(&mut self, seq: SeqId) {
         self.samplers.remove(&seq);
-        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: usize) {
+        let _ = self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None);
     }
 
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {

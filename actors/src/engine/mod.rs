@@ -19,6 +19,7 @@ mod thread;
 /// a test.
 pub mod fake;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub(crate) use thread::{EngineEvent, EngineThread};
 
 /// A token id of the model's vocabulary.
 pub type TokenId = i32;
-/// A llama.cpp sequence id: one per slot, plus one per cached prompt prefix.
+/// A llama.cpp sequence id: one per KV stream (the slots', then the prefix cache's).
 pub type SeqId = i32;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -136,14 +137,6 @@ pub trait Embedder {
     fn embed(&mut self, text: &str) -> Result<Embedding, EngineError>;
 }
 
-/// A prompt as tokens, with how many leading tokens come from the system prompt alone (the
-/// part that may be shared between invocations of a function).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tokenized {
-    pub tokens: Vec<TokenId>,
-    pub prefix_len: usize,
-}
-
 /// One token of a decode call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchItem {
@@ -164,14 +157,17 @@ pub struct Sampled {
 /// engine thread. The methods are the primitives of continuous batching; the policy (which
 /// sequences run, chunking, stopping) is the scheduler's.
 pub trait Session {
-    /// Concurrent sequences this context holds.
+    /// Concurrent sequences this context runs.
     fn slots(&self) -> usize;
+    /// KV streams (sequence ids `0..streams`): the slots' and the prefix cache's.
+    fn streams(&self) -> usize;
     /// Tokens one sequence may hold, prompt and completion together.
     fn n_ctx_per_seq(&self) -> u32;
     /// Most tokens one decode call takes.
     fn n_batch(&self) -> usize;
-    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Tokenized, EngineError>;
-    /// Prepares sampling for a sequence about to start.
+    fn tokenize(&self, prompt: &RenderedPrompt) -> Result<Vec<TokenId>, EngineError>;
+    /// Prepares sampling for a sequence about to start in stream `seq` (whose KV is left as
+    /// it is: the scheduler cuts it to the prefix it reuses).
     fn begin(
         &mut self,
         seq: SeqId,
@@ -181,8 +177,10 @@ pub trait Session {
     fn decode(&mut self, batch: &[BatchItem]) -> Result<(), EngineError>;
     /// Samples (and accepts) the next token of `seq` from the logits at `batch_index`.
     fn sample(&mut self, seq: SeqId, batch_index: usize) -> Sampled;
-    /// Drops a sequence's KV and sampler.
-    fn end(&mut self, seq: SeqId);
+    /// Drops a finished sequence's sampler; its KV stays, for the prefix cache.
+    fn release(&mut self, seq: SeqId);
+    /// Keeps only the first `len` positions of stream `seq`'s KV (0 empties it).
+    fn truncate(&mut self, seq: SeqId, len: usize);
     /// Makes `to` hold exactly the first `len` positions of `from`'s KV.
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize);
 }
@@ -195,6 +193,33 @@ pub struct EngineRequest {
     pub output: OutputSpec,
     pub deadline: Instant,
     pub fault: Option<Fault>,
+}
+
+/// Counters of a model's prefix caches, summed over its replicas (each replica's engine
+/// thread adds to them as sequences finish); shown by `GET /v1/models` and the metrics.
+#[derive(Debug, Default)]
+pub struct PrefixCacheStats {
+    /// Sequences that looked for a cached prefix (every one, with the cache on).
+    pub lookups: AtomicU64,
+    /// Of those, the ones that reused one.
+    pub hits: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens whose KV came from the cache.
+    pub cached_tokens: AtomicU64,
+    /// Cached prefixes dropped to make room for another sequence.
+    pub evictions: AtomicU64,
+}
+
+impl PrefixCacheStats {
+    pub fn snapshot(&self) -> crate::PrefixCacheStatus {
+        crate::PrefixCacheStatus {
+            lookups: self.lookups.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

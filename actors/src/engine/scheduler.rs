@@ -1,39 +1,83 @@
-//! Continuous batching over one inference context.
+//! Continuous batching over one inference context, with a prefix cache over its KV streams.
 //!
-//! Up to `slots` sequences run at once, one per slot (its llama.cpp sequence id). Each
-//! [`Scheduler::step`] builds one batch: first one token for every sequence that is decoding,
-//! then prompt tokens of sequences still prefilling, oldest first, within the batch size; while
-//! others decode, one step prefills at most `max_prefill_per_step` tokens, so that a long prompt
-//! delays the others' next token by a bounded amount. One `decode` call runs the batch; every
+//! The context has one KV stream (llama.cpp sequence id) per slot plus `cache_streams` more.
+//! Up to `slots` sequences run at once, each in a stream of its own. A stream keeps the KV of
+//! the last sequence that ran in it, with those tokens and the tenant whose prompt they were:
+//! that is the prefix cache. A new sequence of the same tenant whose prompt starts with tokens
+//! some stream holds (a chat resending its history, a function's system prompt, a document
+//! asked many questions) reuses them and prefills only the rest:
+//! - from an idle stream, in place: the stream is cut to the common prefix and extended, unless
+//!   what lies beyond the prefix is worth more than the least valuable other idle stream, which
+//!   then receives a copy of the prefix instead (a branch keeps both);
+//! - from a stream a sequence runs in, by copy into an idle stream;
+//! - from a sequence still prefilling the same prefix, by waiting until its prefill has passed
+//!   the prefix and copying it then, rather than computing the same tokens twice side by side.
+//!
+//! A new sequence without a usable prefix takes the least valuable idle stream: an empty one,
+//! else the least recently used. That is the eviction; a stream a sequence runs in, or one a
+//! waiting sequence will copy from, is never taken. The cache's memory is the streams' KV,
+//! allocated with the context and counted in the replica's memory (`kv_cells` in llama.rs).
+//!
+//! Why streams and not a radix tree of shared cells: the context keeps one KV stream per
+//! sequence (see llama.rs: sequences sharing cells in a unified cache change each other's
+//! float sums, so batching would change greedy output), so cells cannot be shared between
+//! entries, only copied whole. With a few dozen streams, finding the longest common prefix by
+//! scanning them costs microseconds per admission; the index that must scale is the pool's,
+//! across replicas (`model_pool::affinity`).
+//!
+//! Isolation: a stream is matched only against prompts of the tenant that filled it, so
+//! neither `cached_prompt_tokens` nor timing can tell one tenant what another sent.
+//!
+//! Each [`Scheduler::step`] builds one batch: first one token for every sequence that is
+//! decoding, then prompt tokens of sequences still prefilling, oldest first, up to the step's
+//! token budget (see [`Scheduler::prefill_budget`]), so that admitting prompts delays the
+//! running streams' next token by a bounded amount. One `decode` call runs the batch; every
 //! sequence whose logits were requested samples its next token with its own sampler. New jobs
 //! join between steps; a sequence that finishes, is cancelled (its caller left, its deadline
-//! passed, the replica is stopping) or fails leaves at once and frees its slot and its KV.
-//!
-//! Prompt prefixes (the rendered system prompt of a function) are cached per context: once the
-//! first sequence with a given prefix has it in its KV, the prefix is copied to a spare sequence
-//! id; later sequences copy it from there and prefill only the rest.
+//! passed, the replica is stopping) or fails frees its slot at once, and its stream keeps what
+//! it computed.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
+use genrt_functions::TenantId;
+
 use super::text::TextState;
-use super::{BatchItem, Completion, EngineError, EngineJob, SeqId, Session, TokenId};
+use super::{
+    BatchItem, Completion, EngineError, EngineJob, PrefixCacheStats, SeqId, Session, TokenId,
+};
 use crate::FinishReason;
 
-/// Prefixes shorter than this are cheaper to prefill than to manage.
+/// Common prefixes shorter than this are prefilled rather than copied: a copy moves a whole
+/// stream, and a few tokens cost less to compute.
 pub(crate) const MIN_PREFIX_TOKENS: usize = 16;
-/// Cached prefixes per context.
-pub(crate) const PREFIX_ENTRIES: usize = 2;
+/// Prompt tokens a step takes while sequences decode, whatever the budget left after their
+/// decode tokens, so that prompts still advance when every slot decodes.
+const MIN_PREFILL_PER_STEP: usize = 8;
+
+/// How the scheduler is set up for one context.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SchedulerConfig {
+    /// Sequences that run at once.
+    pub slots: usize,
+    /// KV streams: the slots' and the cache's (at least `slots`).
+    pub streams: usize,
+    /// Reuse cached prefixes at all.
+    pub prefix_cache: bool,
+    /// Tokens one step holds while any sequence decodes (decode tokens first).
+    pub step_tokens: usize,
+}
 
 struct Running {
     job: EngineJob,
     admitted: u64,
-    tokens: Vec<TokenId>,
-    prefix_len: usize,
-    /// Positions already in the KV cache.
-    n_past: usize,
+    prompt: Vec<TokenId>,
+    /// Prompt tokens whose KV came from the cache.
     cached: usize,
-    /// The prefix entry this sequence is writing while it prefills.
-    filling: Option<SeqId>,
+    /// Waiting for the sequence in stream `.0` to have prefilled the `.1` tokens this prompt
+    /// shares with it, to copy them.
+    awaiting: Option<(usize, usize)>,
     /// Set once the prompt is in: the token to feed next.
     last_token: Option<TokenId>,
     generated: u32,
@@ -47,85 +91,125 @@ struct Running {
     batch_prompt: usize,
 }
 
-struct PrefixEntry {
-    seq: SeqId,
+struct Stream {
+    /// The tokens whose KV the stream holds, at positions `0..tokens.len()`: while a sequence
+    /// runs in it, what that sequence has computed so far.
     tokens: Vec<TokenId>,
-    ready: bool,
+    /// Whose prompt they came from: only that tenant's prompts may reuse them.
+    tenant: Option<TenantId>,
     last_used: u64,
+    running: Option<Running>,
+}
+
+impl Stream {
+    fn is_idle(&self) -> bool {
+        self.running.is_none()
+    }
+}
+
+/// Where a new sequence's prompt comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    Nothing,
+    /// The target stream already holds this many leading tokens.
+    InPlace(usize),
+    Copy { from: usize, len: usize },
+    Await { from: usize, len: usize },
 }
 
 pub(crate) struct Scheduler {
-    slots: Vec<Option<Running>>,
-    prefixes: Vec<Option<PrefixEntry>>,
-    max_prefill_per_step: usize,
+    streams: Vec<Stream>,
+    config: SchedulerConfig,
     clock: u64,
     batch: Vec<BatchItem>,
+    stats: Arc<PrefixCacheStats>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(slots: usize, max_prefill_per_step: usize) -> Self {
+    pub(crate) fn new(config: SchedulerConfig, stats: Arc<PrefixCacheStats>) -> Self {
+        let streams = config.streams.max(config.slots).max(1);
         Self {
-            slots: (0..slots).map(|_| None).collect(),
-            prefixes: (0..PREFIX_ENTRIES).map(|_| None).collect(),
-            max_prefill_per_step,
+            streams: (0..streams)
+                .map(|_| Stream {
+                    tokens: Vec::new(),
+                    tenant: None,
+                    last_used: 0,
+                    running: None,
+                })
+                .collect(),
+            config,
             clock: 0,
             batch: Vec::new(),
+            stats,
         }
     }
 
     pub(crate) fn active(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.streams.iter().filter(|s| !s.is_idle()).count()
     }
 
     pub(crate) fn free_slots(&self) -> usize {
-        self.slots.len() - self.active()
-    }
-
-    /// The sequence id of the `i`-th prefix entry: after the slots'.
-    fn prefix_seq(&self, i: usize) -> SeqId {
-        (self.slots.len() + i) as SeqId
+        self.config.slots.max(1).saturating_sub(self.active())
     }
 
     /// Puts a job in a free slot. Returns how many jobs left the engine (1 when the job was
     /// answered at once, because it cannot run), so that the caller can report freed slots.
     pub(crate) fn admit(&mut self, session: &mut dyn Session, job: EngineJob) -> usize {
-        let Some(slot) = self.slots.iter().position(Option::is_none) else {
-            let _ = job
-                .reply
-                .send(Err(EngineError::Crashed("no free slot".into())));
-            return 1;
-        };
-        let seq = slot as SeqId;
-        let tokenized = match session.tokenize(&job.request.prompt) {
+        if self.free_slots() == 0 {
+            return reject(job, EngineError::Crashed("no free slot".into()));
+        }
+        let prompt = match session.tokenize(&job.request.prompt) {
             Ok(t) => t,
             Err(err) => return reject(job, err),
         };
         let n_ctx = session.n_ctx_per_seq();
         let max_tokens = job.request.params.max_tokens;
-        if tokenized.tokens.is_empty()
-            || tokenized.tokens.len() as u64 + u64::from(max_tokens) > u64::from(n_ctx)
-        {
+        if prompt.is_empty() || prompt.len() as u64 + u64::from(max_tokens) > u64::from(n_ctx) {
             let err = EngineError::PromptTooLong {
-                prompt_tokens: tokenized.tokens.len() as u32,
+                prompt_tokens: prompt.len() as u32,
                 max_tokens,
                 n_ctx,
             };
             return reject(job, err);
         }
+        let (target, reuse) = self.place(&job.tenant, &prompt);
+        let seq = target as SeqId;
         if let Err(err) = session.begin(seq, &job.request.params, &job.request.output) {
             return reject(job, err);
         }
         self.clock += 1;
-        // The last prompt token is always computed, for its logits.
-        let prefix_len = tokenized.prefix_len.min(tokenized.tokens.len() - 1);
-        let mut running = Running {
+        let overwritten = !matches!(reuse, Reuse::InPlace(_));
+        if overwritten && !self.streams[target].tokens.is_empty() {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut awaiting = None;
+        let kept = match reuse {
+            Reuse::InPlace(len) => len,
+            Reuse::Copy { from, len } => {
+                session.copy_prefix(from as SeqId, seq, len);
+                let copied = self.streams[from].tokens[..len].to_vec();
+                self.streams[target].tokens = copied;
+                len
+            }
+            Reuse::Await { from, len } => {
+                awaiting = Some((from, len));
+                0
+            }
+            Reuse::Nothing => 0,
+        };
+        let stream = &mut self.streams[target];
+        if stream.tokens.len() > kept {
+            session.truncate(seq, kept);
+            stream.tokens.truncate(kept);
+        }
+        stream.tenant = Some(job.tenant.clone());
+        stream.last_used = self.clock;
+        stream.running = Some(Running {
             job,
             admitted: self.clock,
-            tokens: tokenized.tokens,
-            prefix_len,
-            n_past: 0,
-            cached: 0,
-            filling: None,
+            prompt,
+            cached: kept,
+            awaiting,
             last_token: None,
             generated: 0,
             text: TextState::default(),
@@ -134,50 +218,132 @@ impl Scheduler {
             first_token_at: None,
             batch_index: None,
             batch_prompt: 0,
-        };
-        if prefix_len >= MIN_PREFIX_TOKENS {
-            self.attach_prefix(session, seq, &mut running);
-        }
-        self.slots[slot] = Some(running);
+        });
         0
     }
 
-    fn attach_prefix(&mut self, session: &mut dyn Session, seq: SeqId, running: &mut Running) {
-        let key = &running.tokens[..running.prefix_len];
-        let clock = self.clock;
-        if let Some(entry) = self.prefixes.iter_mut().flatten().find(|e| e.tokens == key) {
-            if entry.ready {
-                session.copy_prefix(entry.seq, seq, key.len());
-                entry.last_used = clock;
-                running.n_past = key.len();
-                running.cached = key.len();
+    /// Chooses the stream a new sequence of `tenant` runs in, and what of `prompt` it reuses.
+    fn place(&self, tenant: &TenantId, prompt: &[TokenId]) -> (usize, Reuse) {
+        // The last prompt token is always computed, for its logits.
+        let limit = prompt.len() - 1;
+        // (stream, common prefix, whether its KV is already there)
+        let mut best: Option<(usize, usize, bool)> = None;
+        if self.config.prefix_cache {
+            for (i, s) in self.streams.iter().enumerate() {
+                if s.tenant.as_ref() != Some(tenant) {
+                    continue;
+                }
+                let have = common_prefix(&s.tokens, prompt).min(limit);
+                let (len, ready) = match &s.running {
+                    Some(r) if r.last_token.is_none() && r.awaiting.is_none() => {
+                        let will = common_prefix(&r.prompt, prompt).min(limit);
+                        if will > have {
+                            (will, false)
+                        } else {
+                            (have, true)
+                        }
+                    }
+                    _ => (have, true),
+                };
+                // Longer first; at equal length, KV already there, then an idle stream.
+                let rank = (len, ready, s.is_idle());
+                if best.is_none_or(|(b, blen, bready)| {
+                    rank > (blen, bready, self.streams[b].is_idle())
+                }) {
+                    best = Some((i, len, ready));
+                }
             }
-            // An entry still being written is simply not used yet.
-            return;
         }
-        // Make room: evict the least recently used finished entry.
-        if self.prefixes.iter().all(Option::is_some) {
-            let victim = self
-                .prefixes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| e.as_ref().filter(|e| e.ready).map(|e| (i, e.last_used)))
-                .min_by_key(|(_, used)| *used)
-                .map(|(i, _)| i);
-            let Some(i) = victim else { return };
-            if let Some(entry) = self.prefixes[i].take() {
-                session.end(entry.seq);
+        let best = best.filter(|&(_, len, _)| len >= MIN_PREFIX_TOKENS);
+        let victim = |except: Option<usize>| {
+            self.victim(except)
+                .expect("a free slot leaves an idle stream")
+        };
+        match best {
+            None => (victim(None), Reuse::Nothing),
+            Some((i, len, true)) if self.streams[i].is_idle() => {
+                // Extending in place overwrites what lies beyond the prefix; a copy into
+                // another idle stream overwrites that one instead. Keep the more recently used.
+                let tail = self.streams[i].tokens.len().saturating_sub(len);
+                match self.victim(Some(i)) {
+                    Some(v)
+                        if tail >= MIN_PREFIX_TOKENS
+                            && (self.streams[v].tokens.is_empty()
+                                || self.streams[v].last_used < self.streams[i].last_used) =>
+                    {
+                        (v, Reuse::Copy { from: i, len })
+                    }
+                    _ => (i, Reuse::InPlace(len)),
+                }
             }
+            Some((i, len, true)) => (victim(None), Reuse::Copy { from: i, len }),
+            Some((i, len, false)) => (victim(None), Reuse::Await { from: i, len }),
         }
-        if let Some(i) = self.prefixes.iter().position(Option::is_none) {
-            let entry_seq = self.prefix_seq(i);
-            self.prefixes[i] = Some(PrefixEntry {
-                seq: entry_seq,
-                tokens: key.to_vec(),
-                ready: false,
-                last_used: clock,
+    }
+
+    /// The idle stream whose content is worth least (empty, else least recently used), other
+    /// than `except`, and not one a waiting sequence will copy from.
+    fn victim(&self, except: Option<usize>) -> Option<usize> {
+        let awaited: Vec<usize> = self
+            .running()
+            .filter_map(|r| r.awaiting.map(|(from, _)| from))
+            .collect();
+        self.streams
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.is_idle() && Some(*i) != except && !awaited.contains(i))
+            .min_by_key(|(_, s)| (!s.tokens.is_empty(), s.last_used))
+            .map(|(i, _)| i)
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Running> {
+        self.streams.iter().filter_map(|s| s.running.as_ref())
+    }
+
+    /// Prompt tokens this step may take beside `decoding` decode tokens: all the batch holds
+    /// when nothing decodes (no stream to stall), else what is left of the step budget.
+    fn prefill_budget(&self, decoding: usize, n_batch: usize) -> usize {
+        let room = n_batch.saturating_sub(decoding);
+        if decoding == 0 {
+            return room;
+        }
+        self.config
+            .step_tokens
+            .saturating_sub(decoding)
+            .max(MIN_PREFILL_PER_STEP)
+            .min(room)
+    }
+
+    /// Sequences waiting for another's prefill copy it once it is there, or give up waiting
+    /// when it will not be.
+    fn resolve_waits(&mut self, session: &mut dyn Session) {
+        for i in 0..self.streams.len() {
+            let Some((from, len)) = self.streams[i].running.as_ref().and_then(|r| r.awaiting)
+            else {
+                continue;
+            };
+            let source = &self.streams[from];
+            let prompt = &self.streams[i].running.as_ref().expect("running").prompt;
+            let same = source.tenant == self.streams[i].tenant
+                && source.tokens.len() >= len
+                && source.tokens[..len] == prompt[..len];
+            let still_coming = source.running.as_ref().is_some_and(|r| {
+                r.last_token.is_none()
+                    && r.awaiting.is_none()
+                    && common_prefix(&r.prompt, prompt) >= len
             });
-            running.filling = Some(entry_seq);
+            if same {
+                session.copy_prefix(from as SeqId, i as SeqId, len);
+                let copied = self.streams[from].tokens[..len].to_vec();
+                let stream = &mut self.streams[i];
+                stream.tokens = copied;
+                let r = stream.running.as_mut().expect("running");
+                r.awaiting = None;
+                r.cached = len;
+            } else if !still_coming {
+                let r = self.streams[i].running.as_mut().expect("running");
+                r.awaiting = None;
+            }
         }
     }
 
@@ -185,8 +351,10 @@ impl Scheduler {
     pub(crate) fn step(&mut self, session: &mut dyn Session, stopping: bool) -> usize {
         let now = Instant::now();
         let mut left = 0;
-        for slot in 0..self.slots.len() {
-            let Some(r) = &self.slots[slot] else { continue };
+        for i in 0..self.streams.len() {
+            let Some(r) = &self.streams[i].running else {
+                continue;
+            };
             let reason = if stopping || r.job.caller_gone() {
                 Some(EngineError::Cancelled)
             } else if now >= r.job.request.deadline {
@@ -195,54 +363,56 @@ impl Scheduler {
                 None
             };
             if let Some(err) = reason {
-                left += self.finish(session, slot, Err(err));
+                left += self.finish(session, i, Err(err));
             }
         }
+        self.resolve_waits(session);
 
         self.batch.clear();
-        let n_batch = session.n_batch();
-        for (slot, r) in self.slots.iter_mut().enumerate() {
-            let Some(r) = r else { continue };
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            let n_past = s.tokens.len();
+            let Some(r) = &mut s.running else { continue };
             r.batch_index = None;
             r.batch_prompt = 0;
             if let Some(token) = r.last_token {
                 r.batch_index = Some(self.batch.len());
                 self.batch.push(BatchItem {
                     token,
-                    pos: r.n_past as i32,
-                    seq: slot as SeqId,
+                    pos: n_past as i32,
+                    seq: i as SeqId,
                     logits: true,
                 });
             }
         }
         let decoding = self.batch.len();
-        let mut budget = n_batch.saturating_sub(decoding);
-        if decoding > 0 {
-            budget = budget.min(self.max_prefill_per_step);
-        }
-        let mut prefilling: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                self.slots[i]
-                    .as_ref()
-                    .is_some_and(|r| r.last_token.is_none())
+        let mut budget = self.prefill_budget(decoding, session.n_batch());
+        let mut prefilling: Vec<(u64, usize)> = self
+            .streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let r = s.running.as_ref()?;
+                (r.last_token.is_none() && r.awaiting.is_none()).then_some((r.admitted, i))
             })
             .collect();
-        prefilling.sort_by_key(|&i| self.slots[i].as_ref().map(|r| r.admitted));
-        for slot in prefilling {
+        prefilling.sort_unstable();
+        for (_, i) in prefilling {
             if budget == 0 {
                 break;
             }
-            let r = self.slots[slot].as_mut().expect("slot is running");
-            let take = (r.tokens.len() - r.n_past).min(budget);
-            for pos in r.n_past..r.n_past + take {
-                let last = pos == r.tokens.len() - 1;
+            let s = &mut self.streams[i];
+            let n_past = s.tokens.len();
+            let r = s.running.as_mut().expect("running");
+            let take = (r.prompt.len() - n_past).min(budget);
+            for pos in n_past..n_past + take {
+                let last = pos == r.prompt.len() - 1;
                 if last {
                     r.batch_index = Some(self.batch.len());
                 }
                 self.batch.push(BatchItem {
-                    token: r.tokens[pos],
+                    token: r.prompt[pos],
                     pos: pos as i32,
-                    seq: slot as SeqId,
+                    seq: i as SeqId,
                     logits: last,
                 });
             }
@@ -259,28 +429,17 @@ impl Scheduler {
         }
 
         let now = Instant::now();
-        for slot in 0..self.slots.len() {
-            let Some(r) = self.slots[slot].as_mut() else {
+        for i in 0..self.streams.len() {
+            let s = &mut self.streams[i];
+            let Some(r) = s.running.as_mut() else {
                 continue;
             };
             if r.batch_prompt > 0 {
-                r.n_past += r.batch_prompt;
-                if let Some(entry_seq) = r.filling {
-                    if r.n_past >= r.prefix_len {
-                        r.filling = None;
-                        session.copy_prefix(slot as SeqId, entry_seq, r.prefix_len);
-                        if let Some(e) = self
-                            .prefixes
-                            .iter_mut()
-                            .flatten()
-                            .find(|e| e.seq == entry_seq)
-                        {
-                            e.ready = true;
-                        }
-                    }
-                }
-            } else if r.last_token.is_some() && r.batch_index.is_some() {
-                r.n_past += 1;
+                let n_past = s.tokens.len();
+                s.tokens
+                    .extend_from_slice(&r.prompt[n_past..n_past + r.batch_prompt]);
+            } else if let (Some(token), Some(_)) = (r.last_token, r.batch_index) {
+                s.tokens.push(token);
             }
             let Some(index) = r.batch_index else { continue };
             if r.prefill_done_at.is_none() {
@@ -301,10 +460,10 @@ impl Scheduler {
                 }
                 None => {}
             }
-            let sampled = session.sample(slot as SeqId, index);
+            let sampled = session.sample(i as SeqId, index);
             r.first_token_at.get_or_insert(now);
             if sampled.end_of_generation {
-                left += self.finish(session, slot, Ok(FinishReason::Stop));
+                left += self.finish(session, i, Ok(FinishReason::Stop));
                 continue;
             }
             r.generated += 1;
@@ -317,9 +476,9 @@ impl Scheduler {
                 }
             }
             if delta.stopped {
-                left += self.finish(session, slot, Ok(FinishReason::StopSequence));
+                left += self.finish(session, i, Ok(FinishReason::StopSequence));
             } else if r.generated >= r.job.request.params.max_tokens {
-                left += self.finish(session, slot, Ok(FinishReason::Length));
+                left += self.finish(session, i, Ok(FinishReason::Length));
             } else {
                 r.last_token = Some(sampled.token);
             }
@@ -327,27 +486,30 @@ impl Scheduler {
         left
     }
 
-    /// Ends the sequence in `slot`, answers its job and frees its KV. Returns 1.
+    /// Ends the sequence in stream `i` and answers its job; the stream keeps the KV computed
+    /// so far for later prompts. Returns 1.
     fn finish(
         &mut self,
         session: &mut dyn Session,
-        slot: usize,
+        i: usize,
         outcome: Result<FinishReason, EngineError>,
     ) -> usize {
-        let Some(r) = self.slots[slot].take() else {
+        let stream = &mut self.streams[i];
+        let Some(r) = stream.running.take() else {
             return 0;
         };
-        session.end(slot as SeqId);
-        if let Some(entry_seq) = r.filling {
-            // The prefix was not completely written: it is of no use to anyone.
-            if let Some(i) = self
-                .prefixes
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.seq == entry_seq))
-            {
-                self.prefixes[i] = None;
-                session.end(entry_seq);
-            }
+        session.release(i as SeqId);
+        stream.last_used = self.clock;
+        if self.config.prefix_cache {
+            let s = &self.stats;
+            s.lookups.fetch_add(1, Ordering::Relaxed);
+            s.hits.fetch_add(u64::from(r.cached > 0), Ordering::Relaxed);
+            s.prompt_tokens
+                .fetch_add(r.prompt.len() as u64, Ordering::Relaxed);
+            s.cached_tokens.fetch_add(r.cached as u64, Ordering::Relaxed);
+        } else {
+            session.truncate(i as SeqId, 0);
+            stream.tokens.clear();
         }
         let result = outcome.map(|finish_reason| {
             if finish_reason != FinishReason::StopSequence {
@@ -358,7 +520,7 @@ impl Scheduler {
             }
             Completion {
                 text: r.text.finish(),
-                prompt_tokens: r.tokens.len() as u32,
+                prompt_tokens: r.prompt.len() as u32,
                 cached_prompt_tokens: r.cached as u32,
                 completion_tokens: r.generated,
                 finish_reason,
@@ -372,18 +534,29 @@ impl Scheduler {
         1
     }
 
-    /// Answers every running job with `err` (after a failed decode, or a panic). Returns how
-    /// many left.
+    /// Answers every running job with `err` (after a failed decode, or a panic) and forgets
+    /// every cached prefix, since the KV may be half-written. Returns how many left.
     pub(crate) fn fail_all(&mut self, session: &mut dyn Session, err: EngineError) -> usize {
-        (0..self.slots.len())
-            .map(|slot| self.finish(session, slot, Err(err.clone())))
-            .sum()
+        let left = (0..self.streams.len())
+            .map(|i| self.finish(session, i, Err(err.clone())))
+            .sum();
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            session.truncate(i as SeqId, 0);
+            s.tokens.clear();
+            s.tenant = None;
+        }
+        left
     }
 }
 
 fn reject(job: EngineJob, err: EngineError) -> usize {
     let _ = job.reply.send(Err(err));
     1
+}
+
+/// How many leading elements `a` and `b` share.
+pub(crate) fn common_prefix(a: &[TokenId], b: &[TokenId]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]
@@ -397,14 +570,9 @@ mod tests {
     use crate::engine::fake::FakeSession;
     use crate::engine::{stream_channel, EngineRequest};
 
-    fn job(
-        system: Option<&str>,
-        user: &str,
-        max_tokens: u32,
-    ) -> (
-        EngineJob,
-        oneshot::Receiver<Result<Completion, EngineError>>,
-    ) {
+    type Reply = oneshot::Receiver<Result<Completion, EngineError>>;
+
+    fn job_of(tenant: &str, system: Option<&str>, user: &str, max_tokens: u32) -> (EngineJob, Reply) {
         let (reply, rx) = oneshot::channel();
         let params = GenerationParams {
             max_tokens: Some(max_tokens),
@@ -423,7 +591,7 @@ mod tests {
                 deadline: Instant::now() + Duration::from_secs(30),
                 fault: None,
             },
-            tenant: TenantId::parse("acme").unwrap(),
+            tenant: TenantId::parse(tenant).unwrap(),
             enqueued_at: Instant::now(),
             load_wait: Duration::ZERO,
             low_priority: false,
@@ -431,6 +599,20 @@ mod tests {
             reply,
         };
         (job, rx)
+    }
+
+    fn job(system: Option<&str>, user: &str, max_tokens: u32) -> (EngineJob, Reply) {
+        job_of("acme", system, user, max_tokens)
+    }
+
+    fn scheduler(slots: usize, streams: usize, step_tokens: usize) -> Scheduler {
+        let config = SchedulerConfig {
+            slots,
+            streams,
+            prefix_cache: true,
+            step_tokens,
+        };
+        Scheduler::new(config, Arc::default())
     }
 
     fn run_until_idle(s: &mut Scheduler, session: &mut FakeSession) -> usize {
@@ -444,10 +626,23 @@ mod tests {
         panic!("scheduler did not finish");
     }
 
+    /// Runs one job to its end and returns its completion.
+    fn run_one(
+        s: &mut Scheduler,
+        session: &mut FakeSession,
+        (job, mut rx): (EngineJob, Reply),
+    ) -> Completion {
+        assert_eq!(s.admit(session, job), 0);
+        run_until_idle(s, session);
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    const SYSTEM: &str = "You are a careful assistant who follows the house style.";
+
     #[test]
     fn sequences_share_decode_steps_and_each_gets_its_own_text() {
         let mut session = FakeSession::new(4, 256, 64);
-        let mut s = Scheduler::new(4, 32);
+        let mut s = scheduler(4, 4, 32);
         let (a, mut ra) = job(None, "alpha", 100);
         let (b, mut rb) = job(None, "bravo charlie", 100);
         assert_eq!(s.admit(&mut session, a), 0);
@@ -460,28 +655,38 @@ mod tests {
     }
 
     #[test]
-    fn a_long_prompt_is_prefilled_in_chunks_while_others_decode() {
-        let mut session = FakeSession::new(2, 4096, 512);
-        let mut s = Scheduler::new(2, 16);
-        let (short, _r1) = job(None, "hi", 200);
-        s.admit(&mut session, short);
-        s.step(&mut session, false); // prefill of the short prompt
-        let long_prompt = "x".repeat(400);
-        let (long, _r2) = job(None, &long_prompt, 10);
+    fn a_step_holds_decode_tokens_first_then_prompt_tokens_up_to_the_budget() {
+        let mut session = FakeSession::new(3, 4096, 512);
+        let mut s = scheduler(3, 3, 16);
+        let (a, _ra) = job(None, "hi", 200);
+        let (b, _rb) = job(None, "yo", 200);
+        s.admit(&mut session, a);
+        s.admit(&mut session, b);
+        s.step(&mut session, false); // both prompts at once: nothing decodes yet
+        let (long, _r) = job(None, &"x".repeat(400), 10);
         s.admit(&mut session, long);
         s.step(&mut session, false);
-        // One decode token for the short sequence plus at most 16 prompt tokens.
-        assert_eq!(session.last_batch_len, 17);
+        // Two decode tokens, then 14 prompt tokens: 16 in all.
+        assert_eq!(session.last_batch_len, 16);
+        // However many decode, prompts still advance.
+        let mut session = FakeSession::new(3, 4096, 512);
+        let mut s = scheduler(3, 3, 2);
+        let (a, _ra) = job(None, "hi", 200);
+        let (b, _rb) = job(None, "yo", 200);
+        s.admit(&mut session, a);
+        s.admit(&mut session, b);
+        s.step(&mut session, false);
+        let (long, _r) = job(None, &"x".repeat(400), 10);
+        s.admit(&mut session, long);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 2 + MIN_PREFILL_PER_STEP);
     }
 
     #[test]
     fn max_tokens_stops_with_length_and_a_gone_caller_frees_the_slot() {
         let mut session = FakeSession::new(2, 256, 64);
-        let mut s = Scheduler::new(2, 32);
-        let (a, mut ra) = job(None, "a long enough text", 3);
-        s.admit(&mut session, a);
-        run_until_idle(&mut s, &mut session);
-        let done = ra.try_recv().unwrap().unwrap();
+        let mut s = scheduler(2, 2, 32);
+        let done = run_one(&mut s, &mut session, job(None, "a long enough text", 3));
         assert_eq!(done.finish_reason, FinishReason::Length);
         assert_eq!(done.completion_tokens, 3);
 
@@ -494,13 +699,12 @@ mod tests {
         drop(rb);
         assert_eq!(s.step(&mut session, false), 1, "the cancelled job left");
         assert_eq!(s.free_slots(), 2);
-        assert!(session.live_sequences().is_empty(), "its KV was freed");
     }
 
     #[test]
     fn deadline_and_context_limits_are_enforced() {
         let mut session = FakeSession::new(1, 32, 64);
-        let mut s = Scheduler::new(1, 32);
+        let mut s = scheduler(1, 1, 32);
         let (too_long, mut r) = job(None, &"y".repeat(40), 4);
         assert_eq!(s.admit(&mut session, too_long), 1);
         assert!(matches!(
@@ -517,20 +721,167 @@ mod tests {
 
     #[test]
     fn a_shared_system_prompt_is_prefilled_once() {
-        let system = "You are a careful assistant who follows the house style.";
         let mut session = FakeSession::new(2, 512, 512);
-        let mut s = Scheduler::new(2, 64);
-        let (a, mut ra) = job(Some(system), "first", 50);
-        s.admit(&mut session, a);
-        run_until_idle(&mut s, &mut session);
-        let first = ra.try_recv().unwrap().unwrap();
+        let mut s = scheduler(2, 2, 64);
+        let first = run_one(&mut s, &mut session, job(Some(SYSTEM), "first", 50));
         assert_eq!(first.cached_prompt_tokens, 0);
-        let (b, mut rb) = job(Some(system), "second", 50);
+        let prefilled = session.prompt_tokens_decoded;
+        let second = run_one(&mut s, &mut session, job(Some(SYSTEM), "second", 50));
+        assert_eq!(second.text, "echo: second");
+        // The system prompt and its separator.
+        assert_eq!(second.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(
+            session.prompt_tokens_decoded - prefilled,
+            second.prompt_tokens as usize - SYSTEM.len() - 1
+        );
+    }
+
+    #[test]
+    fn a_conversation_resending_its_history_prefills_only_the_new_turn() {
+        let mut session = FakeSession::new(2, 4096, 512);
+        let mut s = scheduler(2, 4, 64);
+        // The fake echoes the user text; a conversation is the user text growing by a turn.
+        let mut history = String::from("turn 0: tell me about the weather in the mountains");
+        let first = run_one(&mut s, &mut session, job(None, &history, 1000));
+        assert_eq!(first.cached_prompt_tokens, 0);
+        for turn in 1..20 {
+            history.push_str(&format!(" | turn {turn}: and then?"));
+            let done = run_one(&mut s, &mut session, job(None, &history, 1000));
+            assert_eq!(done.text, format!("echo: {history}"), "turn {turn}");
+            // Everything before this turn's text was cached.
+            let new = format!(" | turn {turn}: and then?").len() + 1;
+            assert_eq!(
+                done.cached_prompt_tokens as usize,
+                done.prompt_tokens as usize - new,
+                "turn {turn}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_tenant_never_reuses_a_prefix_and_keeps_its_own() {
+        let mut session = FakeSession::new(2, 512, 512);
+        let mut s = scheduler(2, 4, 64);
+        run_one(&mut s, &mut session, job_of("acme", Some(SYSTEM), "a", 50));
+        let other = run_one(&mut s, &mut session, job_of("globex", Some(SYSTEM), "a", 50));
+        assert_eq!(other.cached_prompt_tokens, 0, "the key includes the tenant");
+        assert_eq!(other.text, "echo: a");
+        // Each tenant's own prefix is still there for that tenant.
+        let again = run_one(&mut s, &mut session, job_of("acme", Some(SYSTEM), "b", 50));
+        assert_eq!(again.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        let again = run_one(&mut s, &mut session, job_of("globex", Some(SYSTEM), "b", 50));
+        assert_eq!(again.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+    }
+
+    #[test]
+    fn sequences_admitted_together_prefill_a_shared_prefix_once() {
+        let mut session = FakeSession::new(4, 512, 512);
+        let mut s = scheduler(4, 4, 512);
+        let mut replies = Vec::new();
+        for user in ["one", "two", "three", "four"] {
+            let (j, r) = job(Some(SYSTEM), user, 30);
+            s.admit(&mut session, j);
+            replies.push((user, r));
+        }
+        run_until_idle(&mut s, &mut session);
+        for (i, (user, mut r)) in replies.into_iter().enumerate() {
+            let done = r.try_recv().unwrap().unwrap();
+            assert_eq!(done.text, format!("echo: {user}"));
+            let expected = if i == 0 { 0 } else { SYSTEM.len() + 1 };
+            assert_eq!(done.cached_prompt_tokens as usize, expected, "{user}");
+        }
+        let users = "one".len() + "two".len() + "three".len() + "four".len();
+        assert_eq!(
+            session.prompt_tokens_decoded,
+            SYSTEM.len() + 1 + users + 4,
+            "the system prompt was computed once, each user text and end once"
+        );
+        assert_eq!(session.copies, 3);
+    }
+
+    #[test]
+    fn a_running_sequence_shares_its_prefix_by_copy() {
+        let mut session = FakeSession::new(2, 512, 512);
+        let mut s = scheduler(2, 2, 64);
+        let (a, mut ra) = job(Some(SYSTEM), "long running answer here", 100);
+        s.admit(&mut session, a);
+        s.step(&mut session, false);
+        s.step(&mut session, false);
+        let (b, mut rb) = job(Some(SYSTEM), "short", 100);
         s.admit(&mut session, b);
         run_until_idle(&mut s, &mut session);
-        let second = rb.try_recv().unwrap().unwrap();
-        assert_eq!(second.text, "echo: second");
-        assert_eq!(second.cached_prompt_tokens as usize, system.len() + 1);
-        assert_eq!(session.copies, 2, "one copy into the cache, one out of it");
+        assert_eq!(ra.try_recv().unwrap().unwrap().text, "echo: long running answer here");
+        let b = rb.try_recv().unwrap().unwrap();
+        assert_eq!(b.text, "echo: short");
+        assert_eq!(b.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(session.copies, 1);
+    }
+
+    #[test]
+    fn the_least_recently_used_prefix_is_evicted_and_output_stays_right() {
+        let mut session = FakeSession::new(1, 512, 512);
+        let stats = Arc::new(PrefixCacheStats::default());
+        let config = SchedulerConfig {
+            slots: 1,
+            streams: 2,
+            prefix_cache: true,
+            step_tokens: 64,
+        };
+        let mut s = Scheduler::new(config, Arc::clone(&stats));
+        let systems: Vec<String> = (0..3)
+            .map(|i| format!("{i}: a system prompt, long enough to be cached."))
+            .collect();
+        for system in &systems {
+            run_one(&mut s, &mut session, job(Some(system), "q", 20));
+        }
+        // Two streams: the first system prompt was evicted, the last two are held.
+        assert_eq!(stats.evictions.load(Ordering::Relaxed), 1);
+        let done = run_one(&mut s, &mut session, job(Some(&systems[2]), "again", 20));
+        assert_eq!(done.cached_prompt_tokens as usize, systems[2].len() + 1);
+        let done = run_one(&mut s, &mut session, job(Some(&systems[0]), "again", 20));
+        assert_eq!(done.cached_prompt_tokens, 0);
+        assert_eq!(done.text, "echo: again");
+        // That took the stream of systems[1], the least recently used.
+        let done = run_one(&mut s, &mut session, job(Some(&systems[1]), "again", 20));
+        assert_eq!(done.cached_prompt_tokens, 0);
+        let done = run_one(&mut s, &mut session, job(Some(&systems[0]), "more", 20));
+        assert_eq!(done.cached_prompt_tokens as usize, systems[0].len() + 1);
+        assert_eq!(stats.lookups.load(Ordering::Relaxed), 7);
+        assert_eq!(stats.hits.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_branch_keeps_the_longer_history_when_a_stream_is_free() {
+        let mut session = FakeSession::new(1, 1024, 512);
+        let mut s = scheduler(1, 2, 64);
+        let conversation = "a question about the attached report and its findings";
+        run_one(&mut s, &mut session, job(Some(SYSTEM), conversation, 100));
+        // Another question on the same system prompt: copied into the empty stream, so the
+        // first conversation's history stays whole.
+        let other = run_one(&mut s, &mut session, job(Some(SYSTEM), "unrelated", 100));
+        assert_eq!(other.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(session.copies, 1);
+        let follow_up = format!("{conversation} and more");
+        let done = run_one(&mut s, &mut session, job(Some(SYSTEM), &follow_up, 100));
+        assert_eq!(
+            done.cached_prompt_tokens as usize,
+            SYSTEM.len() + 1 + conversation.len()
+        );
+    }
+
+    #[test]
+    fn with_the_cache_off_nothing_is_reused() {
+        let mut session = FakeSession::new(1, 512, 512);
+        let config = SchedulerConfig {
+            slots: 1,
+            streams: 1,
+            prefix_cache: false,
+            step_tokens: 64,
+        };
+        let mut s = Scheduler::new(config, Arc::default());
+        run_one(&mut s, &mut session, job(Some(SYSTEM), "a", 20));
+        let done = run_one(&mut s, &mut session, job(Some(SYSTEM), "b", 20));
+        assert_eq!(done.cached_prompt_tokens, 0);
+        assert!(session.live_sequences().is_empty(), "nothing kept");
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::scheduler::Scheduler;
-use super::{EngineError, EngineJob, Session, Weights};
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::{EngineError, EngineJob, PrefixCacheStats, Session, Weights};
 use crate::ModelConfig;
 
 /// What the engine thread tells its replica actor.
@@ -63,12 +63,14 @@ impl EngineThread {
         name: String,
         weights: Arc<dyn Weights>,
         model: ModelConfig,
+        stats: Arc<PrefixCacheStats>,
         events: Box<dyn Fn(EngineEvent) + Send>,
     ) -> Result<Self, EngineError> {
         // Capacity = slots: the pool only sends a replica as many jobs as it has free slots,
         // so a full channel means a scheduling bug, reported by `submit`, never a queue.
         let (jobs, rx) = sync_channel::<EngineJob>(model.slots.max(1) as usize);
-        let prefill_chunk = model.prefill_chunk.max(1) as usize;
+        let step_tokens = model.step_tokens.max(1) as usize;
+        let prefix_cache = model.prefix_cache;
         let (ready_tx, ready_rx) = oneshot::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let thread_stopping = Arc::clone(&stopping);
@@ -82,11 +84,17 @@ impl EngineThread {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
+                    let config = SchedulerConfig {
+                        slots: session.slots(),
+                        streams: session.streams(),
+                        prefix_cache,
+                        step_tokens,
+                    };
                     let running = Running {
                         jobs: &rx,
                         stopping: &thread_stopping,
                         progress: &thread_progress,
-                        prefill_chunk,
+                        scheduler: Scheduler::new(config, Arc::clone(&stats)),
                         events: &*events,
                     };
                     serve(session, running);
@@ -174,7 +182,7 @@ struct Running<'a> {
     jobs: &'a Receiver<EngineJob>,
     stopping: &'a AtomicBool,
     progress: &'a Progress,
-    prefill_chunk: usize,
+    scheduler: Scheduler,
     events: &'a dyn Fn(EngineEvent),
 }
 
@@ -183,10 +191,9 @@ fn serve(session: &mut dyn Session, running: Running<'_>) {
         jobs,
         stopping,
         progress,
-        prefill_chunk,
+        mut scheduler,
         events,
     } = running;
-    let mut scheduler = Scheduler::new(session.slots(), prefill_chunk);
     let finished = |n: usize| (0..n).for_each(|_| events(EngineEvent::Finished));
     let mut open = true;
     loop {

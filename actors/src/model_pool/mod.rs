@@ -19,7 +19,7 @@ pub(crate) use state::ReplicaKey;
 use state::{Action, PoolState};
 
 use crate::engine::devices::split;
-use crate::engine::{Backend, EngineError, EngineJob, Placement, Weights};
+use crate::engine::{Backend, EngineError, EngineJob, Placement, PrefixCacheStats, Weights};
 use crate::memory::{Budgets, Held};
 use crate::replica::{ModelReplica, ReplicaArgs, ReplicaMsg};
 use crate::supervision::{RestartDecision, RestartPolicy};
@@ -55,6 +55,7 @@ pub(crate) struct Pool {
     weights: Option<(Arc<dyn Weights>, Held)>,
     replicas: HashMap<ReplicaKey, LiveReplica>,
     by_actor: HashMap<ActorId, ReplicaKey>,
+    cache_stats: Arc<PrefixCacheStats>,
 }
 
 impl Actor for ModelPool {
@@ -78,6 +79,7 @@ impl Actor for ModelPool {
             weights: None,
             replicas: HashMap::new(),
             by_actor: HashMap::new(),
+            cache_stats: Arc::default(),
         })
     }
 
@@ -188,6 +190,7 @@ impl Pool {
             held.fold((0, 0), |(h, g), m| (h + m.host_bytes(), g + m.gpu_bytes()));
         status.device = self.placement.label();
         status.gpu_layers = self.n_layer.map(|n| self.placement.gpu_layers(n));
+        status.prefix_cache = self.cache_stats.snapshot();
         status
     }
 
@@ -280,6 +283,7 @@ impl Pool {
             config: self.state.config.clone(),
             weights,
             pool: myself.clone(),
+            cache_stats: Arc::clone(&self.cache_stats),
             hang_timeout: self.hang_timeout,
         };
         match Actor::spawn_linked(None, ModelReplica, args, myself.get_cell()).await {

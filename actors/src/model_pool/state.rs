@@ -360,6 +360,7 @@ impl PoolState {
             device: String::new(),
             gpu_layers: None,
             last_scaling: self.last_scaling.clone(),
+            prefix_cache: Default::default(),
         }
     }
 }

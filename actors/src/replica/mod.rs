@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 pub(crate) use messages::ReplicaMsg;
 
-use crate::engine::{EngineError, EngineEvent, EngineThread, Weights};
+use crate::engine::{EngineError, EngineEvent, EngineThread, PrefixCacheStats, Weights};
 use crate::model_pool::{PoolMsg, ReplicaKey};
 use crate::ModelConfig;
 
@@ -23,6 +23,8 @@ pub(crate) struct ReplicaArgs {
     pub config: ModelConfig,
     pub weights: Arc<dyn Weights>,
     pub pool: ActorRef<PoolMsg>,
+    /// The model's prefix-cache counters, which this replica's engine adds to.
+    pub cache_stats: Arc<PrefixCacheStats>,
     /// No step for this long while jobs are out: the engine is hung. Zero: no watchdog.
     pub hang_timeout: Duration,
 }
@@ -57,7 +59,7 @@ impl Actor for ModelReplica {
         let events = Box::new(move |event| {
             let _ = me.cast(ReplicaMsg::Engine(event));
         });
-        let engine = EngineThread::spawn(name, args.weights, args.config, events).await?;
+        let engine = EngineThread::spawn(name, args.weights, args.config, args.cache_stats, events).await?;
         if !args.hang_timeout.is_zero() {
             // A few looks per timeout, so that a hang is noticed within about 1.25 of it.
             let every =
