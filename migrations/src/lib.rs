@@ -7,6 +7,7 @@ mod m20261128_000001_initial;
 mod m20261128_000002_tenancy;
 mod m20261130_000003_trigger_receipts;
 mod m20261130_000004_nodes;
+mod m20261130_000005_cached_prompt_tokens;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_tenancy::Migration),
             Box::new(m20261130_000003_trigger_receipts::Migration),
             Box::new(m20261130_000004_nodes::Migration),
+            Box::new(m20261130_000005_cached_prompt_tokens::Migration),
         ]
     }
 }

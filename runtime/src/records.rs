@@ -21,7 +21,9 @@ pub struct Output {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageInfo {
     pub prompt_tokens: u32,
-    /// Prompt tokens served from the replica's prefix cache (the function's system prompt).
+    /// Prompt tokens whose KV came from the replica's prefix cache (an earlier prompt of the
+    /// same tenant that started the same way: a chat's history, a shared system prompt or
+    /// document); never another tenant's.
     #[serde(default)]
     pub cached_prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -98,14 +100,14 @@ impl From<InvocationRow> for InvocationRecord {
             }),
             usage: UsageInfo {
                 prompt_tokens: r.prompt_tokens as u32,
-                cached_prompt_tokens: 0,
+                cached_prompt_tokens: r.cached_prompt_tokens.max(0) as u32,
                 completion_tokens: r.completion_tokens as u32,
             },
             cache_hit: r.cache_hit,
             timings: TimingsInfo {
                 load_ms: r.load_ms,
                 queue_ms: r.queue_ms,
-                prefill_ms: 0.0,
+                prefill_ms: r.prefill_ms,
                 ttft_ms: r.ttft_ms,
                 total_ms: r.total_ms,
             },

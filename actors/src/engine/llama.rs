@@ -62,6 +62,9 @@ pub fn load_backends(dir: Option<&Path>) -> Result<BackendsInfo, EngineError> {
             }
             llama_cpp_2::llama_backend::load_backends_from_path(&dir);
             explain_unloaded_modules(&dir);
+            if !batch_invariant::install() {
+                tracing::warn!("could not make llama.cpp's CPU kernels batch-invariant: greedy output may depend on batching and on the prefix cache");
+            }
             let backends = registered_backends();
             tracing::info!(dir = %dir.display(), ?backends, "llama.cpp backends loaded");
             if !backends.iter().any(|b| b == "CPU") {
@@ -74,6 +77,112 @@ pub fn load_backends(dir: Option<&Path>) -> Result<BackendsInfo, EngineError> {
         })
         .clone()
         .map_err(EngineError::Load)
+}
+
+/// Batch invariance for the CPU backend.
+///
+/// llama.cpp's CPU kernels pick their algorithm by batch shape: flash attention takes a tiled
+/// path for 64 or more query tokens of a sequence and splits the KV across threads for a
+/// single token of a single sequence over 512 or more cells; matrix products take llamafile's
+/// or the tiled kernels for several rows. Each sums in another order, so a token's logits
+/// depend on what else was in its batch and on how its prompt was cut into chunks: a prompt
+/// whose prefix came from the cache, or a chat whose history was generated one token at a
+/// time, would then get a different greedy answer than the same prompt prefilled whole (the
+/// prefix-cache tests in tests/tests/prefix_cache.rs catch exactly that). ggml's reference
+/// mode (`ggml_backend_cpu_set_use_ref`) computes every query and row the same way whatever
+/// the batch, the guarantee SGLang's and vLLM's deterministic modes give.
+///
+/// llama.cpp does not expose its context's CPU backend, so the mode is set the one way it can
+/// reach it: the CPU registry's `get_proc_address` is wrapped, so that the
+/// `ggml_backend_set_n_threads` every context looks up and calls before each graph also sets
+/// reference mode on the backend it is given. The registry is the CPU module's own static,
+/// its layout that of `ggml-backend-impl.h` at the pinned version (checked by API version).
+mod batch_invariant {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::sync::OnceLock;
+
+    type GetProcAddress = unsafe extern "C" fn(reg: *mut c_void, name: *const c_char) -> *mut c_void;
+    type SetNThreads = unsafe extern "C" fn(backend: *mut c_void, n_threads: c_int);
+    type SetUseRef = unsafe extern "C" fn(backend: *mut c_void, use_ref: bool);
+
+    /// `struct ggml_backend_reg` of ggml-backend-impl.h.
+    #[repr(C)]
+    struct Registry {
+        api_version: c_int,
+        get_name: *const c_void,
+        get_device_count: *const c_void,
+        get_device: *const c_void,
+        get_proc_address: Option<GetProcAddress>,
+        context: *mut c_void,
+    }
+
+    /// The registry layout above is that of this API version.
+    const GGML_BACKEND_API_VERSION: c_int = 3;
+
+    struct Originals {
+        get_proc_address: GetProcAddress,
+        set_n_threads: SetNThreads,
+        set_use_ref: SetUseRef,
+    }
+
+    static ORIGINALS: OnceLock<Originals> = OnceLock::new();
+
+    /// Wraps the CPU registry once per process; returns whether reference mode is in place.
+    pub(super) fn install() -> bool {
+        let reg = unsafe { llama_cpp_sys_2::ggml_backend_reg_by_name(c"CPU".as_ptr()) };
+        if reg.is_null() {
+            return false;
+        }
+        let reg = reg.cast::<Registry>();
+        // SAFETY: `reg` is the CPU module's registry, a static that lives as long as the
+        // process; it is read and written here before any context exists (load_backends runs
+        // once, before llama.cpp is initialised), so nothing reads it concurrently.
+        unsafe {
+            if (*reg).api_version != GGML_BACKEND_API_VERSION {
+                return false;
+            }
+            let Some(get_proc_address) = (*reg).get_proc_address else {
+                return false;
+            };
+            let lookup = |name: &CStr| get_proc_address(reg.cast(), name.as_ptr());
+            let set_n_threads = lookup(c"ggml_backend_set_n_threads");
+            let set_use_ref = lookup(c"ggml_backend_cpu_set_use_ref");
+            if set_n_threads.is_null() || set_use_ref.is_null() {
+                return false;
+            }
+            let originals = Originals {
+                get_proc_address,
+                set_n_threads: std::mem::transmute::<*mut c_void, SetNThreads>(set_n_threads),
+                set_use_ref: std::mem::transmute::<*mut c_void, SetUseRef>(set_use_ref),
+            };
+            if ORIGINALS.set(originals).is_err() {
+                return true;
+            }
+            (*reg).get_proc_address = Some(wrapped_get_proc_address);
+        }
+        true
+    }
+
+    unsafe extern "C" fn wrapped_get_proc_address(
+        reg: *mut c_void,
+        name: *const c_char,
+    ) -> *mut c_void {
+        let originals = ORIGINALS.get().expect("installed before the wrapper");
+        // SAFETY: llama.cpp passes a NUL-terminated name.
+        if unsafe { CStr::from_ptr(name) } == c"ggml_backend_set_n_threads" {
+            return set_n_threads_in_reference_mode as SetNThreads as *mut c_void;
+        }
+        unsafe { (originals.get_proc_address)(reg, name) }
+    }
+
+    unsafe extern "C" fn set_n_threads_in_reference_mode(backend: *mut c_void, n_threads: c_int) {
+        let originals = ORIGINALS.get().expect("installed before the wrapper");
+        // SAFETY: `backend` is a CPU backend (the registry handed this function out for it).
+        unsafe {
+            (originals.set_use_ref)(backend, true);
+            (originals.set_n_threads)(backend, n_threads);
+        }
+    }
 }
 
 fn is_backend_module(name: &str) -> bool {

@@ -97,6 +97,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         dto::InvocationRecord,
         dto::InvocationError,
         dto::ModelInfo,
+        dto::PrefixCacheInfo,
         dto::ModelList,
         dto::DeviceInfo,
         dto::DeviceList,

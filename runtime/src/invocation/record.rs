@@ -81,6 +81,8 @@ pub fn new_row(of: RowOf<'_>, status: Status) -> InvocationRow {
         callback_events: None,
         output_json: None,
         traceparent: None,
+        cached_prompt_tokens: 0,
+        prefill_ms: 0.0,
     }
 }
 
@@ -105,6 +107,8 @@ pub fn succeeded(row: &mut InvocationRow, o: &InvocationOutcome) {
     row.finish_reason = Some(o.finish_reason.as_str().to_owned());
     row.prompt_tokens = o.usage.prompt_tokens as i32;
     row.completion_tokens = o.usage.completion_tokens as i32;
+    row.cached_prompt_tokens = o.usage.cached_prompt_tokens as i32;
+    row.prefill_ms = o.timings.prefill_ms;
     row.cache_hit = o.cache_hit;
     row.load_ms = o.timings.load_ms;
     row.queue_ms = o.timings.queue_ms;

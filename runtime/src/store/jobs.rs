@@ -274,6 +274,11 @@ impl Store {
                         invocation::Column::CompletionTokens,
                         Expr::value(row.completion_tokens),
                     )
+                    .col_expr(
+                        invocation::Column::CachedPromptTokens,
+                        Expr::value(row.cached_prompt_tokens),
+                    )
+                    .col_expr(invocation::Column::PrefillMs, Expr::value(row.prefill_ms))
                     .col_expr(invocation::Column::CacheHit, Expr::value(row.cache_hit))
                     .col_expr(invocation::Column::LoadMs, Expr::value(row.load_ms))
                     .col_expr(invocation::Column::QueueMs, Expr::value(row.queue_ms))

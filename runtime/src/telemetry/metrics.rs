@@ -352,7 +352,7 @@ fn observe(meter: &Meter, snapshot: &Arc<Mutex<ModelSnapshot>>) {
             })
             .build();
     }
-    let counters: [(&'static str, &'static str, Field); 2] = [
+    let counters: [(&'static str, &'static str, Field); 7] = [
         (
             "genrt.model.cold_starts",
             "Weight loads (cold starts) since the process started",
@@ -362,6 +362,32 @@ fn observe(meter: &Meter, snapshot: &Arc<Mutex<ModelSnapshot>>) {
             "genrt.model.restarts",
             "Replica restarts by the supervisor since the process started",
             |m| m.replica_restarts,
+        ),
+        // The prefix cache: hit rate = hits / lookups, token hit rate = cached / prompt.
+        (
+            "genrt.model.prefix_cache.lookups",
+            "Sequences that looked for a cached prompt prefix",
+            |m| m.prefix_cache.lookups,
+        ),
+        (
+            "genrt.model.prefix_cache.hits",
+            "Sequences that reused a cached prompt prefix",
+            |m| m.prefix_cache.hits,
+        ),
+        (
+            "genrt.model.prefix_cache.prompt_tokens",
+            "Prompt tokens of the sequences that looked",
+            |m| m.prefix_cache.prompt_tokens,
+        ),
+        (
+            "genrt.model.prefix_cache.cached_tokens",
+            "Prompt tokens whose KV came from the prefix cache",
+            |m| m.prefix_cache.cached_tokens,
+        ),
+        (
+            "genrt.model.prefix_cache.evictions",
+            "Cached prefixes dropped to make room for another sequence",
+            |m| m.prefix_cache.evictions,
         ),
     ];
     for (name, help, field) in counters {

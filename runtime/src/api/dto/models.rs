@@ -13,6 +13,20 @@ pub struct ScalingInfo {
     pub reason: String,
 }
 
+/// The model's prefix caches since the process started, over all its replicas.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrefixCacheInfo {
+    /// Sequences that looked for a cached prompt prefix.
+    pub lookups: u64,
+    /// Of those, the ones that reused one.
+    pub hits: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens whose KV came from the cache.
+    pub cached_tokens: u64,
+    /// Cached prefixes dropped to make room for another sequence.
+    pub evictions: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelInfo {
     pub id: String,
@@ -41,6 +55,7 @@ pub struct ModelInfo {
     pub loads: u64,
     pub replica_restarts: u64,
     pub last_load_ms: Option<f64>,
+    pub prefix_cache: PrefixCacheInfo,
     /// Why the model is failed.
     pub error: Option<String>,
 }
@@ -76,6 +91,13 @@ impl From<ModelStatus> for ModelInfo {
             loads: s.loads,
             replica_restarts: s.replica_restarts,
             last_load_ms: s.last_load_ms,
+            prefix_cache: PrefixCacheInfo {
+                lookups: s.prefix_cache.lookups,
+                hits: s.prefix_cache.hits,
+                prompt_tokens: s.prefix_cache.prompt_tokens,
+                cached_tokens: s.prefix_cache.cached_tokens,
+                evictions: s.prefix_cache.evictions,
+            },
             error,
         }
     }

@@ -46,6 +46,9 @@ pub struct Model {
     /// The parsed output of a function with JSON output, as JSON text.
     pub output_json: Option<String>,
     pub traceparent: Option<String>,
+    /// Prompt tokens whose KV came from a replica's prefix cache.
+    pub cached_prompt_tokens: i32,
+    pub prefill_ms: f64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
