@@ -49,6 +49,7 @@ build: deps
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
 bench: deps model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
+	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-cache
 
 ## The GPU benchmark (benchmarks/gpu/run.sh): needs an NVIDIA GPU and the CUDA toolkit.
 bench-gpu: deps model

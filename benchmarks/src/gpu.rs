@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     model.idle_timeout_s = 2;
     model.queue_capacity = 1024;
     model.n_gpu_layers = args.n_gpu_layers;
+    let kv_streams = model.kv_streams();
     let b = Bench::start(model, args.backends_dir.clone()).await?;
     let mut notes = String::new();
 
@@ -121,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
                 &args.model,
                 args.threads,
                 args.n_gpu_layers,
-                (slots as u32 + 2, args.n_ctx),
+                (kv_streams, args.n_ctx),
                 SYSTEM,
                 &prompt(i),
             )

@@ -52,6 +52,14 @@ pub struct Bench {
 
 impl Bench {
     pub async fn start(model: ModelConfig, backends_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_models(vec![model], backends_dir).await
+    }
+
+    /// As [`Self::start`], with several models registered (the functions use the first).
+    pub async fn start_models(
+        models: Vec<ModelConfig>,
+        backends_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("genrt-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut config = Config::default();
@@ -65,7 +73,7 @@ impl Bench {
         config.tenancy.max_concurrency = 0;
         config.tenancy.max_concurrent_streams = 0;
         config.engine.backends_dir = backends_dir;
-        config.models = vec![model];
+        config.models = models;
         let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(
             &genrt_functions::TenantId::parse("bench")?,
             genrt_runtime::auth::DEFAULT_TENANT_SCOPES,

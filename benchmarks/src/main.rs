@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     model.n_ctx = N_CTX;
     model.idle_timeout_s = 2;
     model.queue_capacity = 256;
+    let kv_streams = model.kv_streams();
     let b = Bench::start(model, None).await?;
     let mut rows = Vec::new();
     let mut notes = String::new();
@@ -93,12 +94,12 @@ async fn main() -> anyhow::Result<()> {
     let mut raw_cold = Vec::new();
     for i in 0..runs {
         raw_cold.push(tokio::task::block_in_place(|| {
-            // The same context shape as a replica: a stream per slot plus two prefix streams.
+            // The same context shape as a replica: a stream per slot and the prefix cache's.
             raw::cold_first_token_ms(
                 &model_path,
                 threads,
                 None,
-                (streams as u32 + 2, N_CTX),
+                (kv_streams, N_CTX),
                 SYSTEM,
                 &prompt(i),
             )

@@ -58,6 +58,17 @@ impl Raw {
         Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
+    /// A whole chat (role, content), templated for a reply, as tokens.
+    pub fn chat_tokens(&self, turns: &[(String, String)]) -> anyhow::Result<Vec<LlamaToken>> {
+        let template = self.model.chat_template(None)?;
+        let messages = turns
+            .iter()
+            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = self.model.apply_chat_template(&template, &messages, true)?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+
     fn context(&self, n_seq: u32, n_ctx: u32) -> anyhow::Result<LlamaContext<'_>> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx * n_seq))
@@ -88,31 +99,6 @@ impl Raw {
         let mut ctx = self.context(n_seq, n_ctx)?;
         let prefill_started = Instant::now();
         let mut batch = LlamaBatch::new(512, 1);
-        let mut last_index = vec![0i32; n];
-        // Prefill each prompt (in batch-size chunks across sequences).
-        let mut pending: Vec<(usize, usize)> = (0..n).map(|s| (s, 0)).collect();
-        while !pending.is_empty() {
-            batch.clear();
-            let mut next = Vec::new();
-            for (seq, from) in pending {
-                let p = &prompts[seq];
-                let room = 512 - batch.n_tokens() as usize;
-                let take = (p.len() - from).min(room);
-                for (i, t) in p[from..from + take].iter().enumerate() {
-                    let pos = from + i;
-                    let last = pos == p.len() - 1;
-                    if last {
-                        last_index[seq] = batch.n_tokens();
-                    }
-                    batch.add(*t, pos as i32, &[seq as i32], last)?;
-                }
-                if from + take < p.len() {
-                    next.push((seq, from + take));
-                }
-            }
-            ctx.decode(&mut batch)?;
-            pending = next;
-        }
         let vocab = self.model.vocab();
         let eog: Vec<LlamaToken> = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
         let greedy = |ctx: &LlamaContext, index: i32| -> LlamaToken {
@@ -125,7 +111,36 @@ impl Raw {
             }
             LlamaToken(best as i32)
         };
-        let mut next: Vec<LlamaToken> = (0..n).map(|s| greedy(&ctx, last_index[s])).collect();
+        let mut next = vec![LlamaToken(0); n];
+        // Prefill each prompt (in batch-size chunks across sequences); a sequence's first
+        // token is sampled after the call that held its last prompt token.
+        let mut pending: Vec<(usize, usize)> = (0..n).map(|s| (s, 0)).collect();
+        while !pending.is_empty() {
+            batch.clear();
+            let mut next_pending = Vec::new();
+            let mut ended = Vec::new();
+            for (seq, from) in pending {
+                let p = &prompts[seq];
+                let room = 512 - batch.n_tokens() as usize;
+                let take = (p.len() - from).min(room);
+                for (i, t) in p[from..from + take].iter().enumerate() {
+                    let pos = from + i;
+                    let last = pos == p.len() - 1;
+                    if last {
+                        ended.push((seq, batch.n_tokens()));
+                    }
+                    batch.add(*t, pos as i32, &[seq as i32], last)?;
+                }
+                if from + take < p.len() {
+                    next_pending.push((seq, from + take));
+                }
+            }
+            ctx.decode(&mut batch)?;
+            for (seq, index) in ended {
+                next[seq] = greedy(&ctx, index);
+            }
+            pending = next_pending;
+        }
         let first_tokens_ms = prefill_started.elapsed().as_secs_f64() * 1000.0;
         let decode_started = Instant::now();
         let mut pos: Vec<i32> = prompts.iter().map(|p| p.len() as i32).collect();

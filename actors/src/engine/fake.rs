@@ -158,6 +158,8 @@ pub(crate) struct FakeSession {
     kv: HashMap<SeqId, Vec<i32>>,
     generated: HashMap<SeqId, usize>,
     pub(crate) last_batch_len: usize,
+    /// The sequence ids of the last batch, in order, each once.
+    pub(crate) last_batch_seqs: Vec<SeqId>,
     pub(crate) max_sequences_in_one_batch: usize,
     pub(crate) copies: usize,
     /// Prompt tokens computed (not copied from a cached prefix).
@@ -177,6 +179,7 @@ impl FakeSession {
             kv: HashMap::new(),
             generated: HashMap::new(),
             last_batch_len: 0,
+            last_batch_seqs: Vec::new(),
             max_sequences_in_one_batch: 0,
             copies: 0,
             prompt_tokens_decoded: 0,
@@ -258,6 +261,7 @@ impl Session for FakeSession {
         seqs.dedup();
         self.max_sequences_in_one_batch = self.max_sequences_in_one_batch.max(seqs.len());
         self.last_batch_len = batch.len();
+        self.last_batch_seqs = seqs.clone();
         for item in batch {
             // Generated tokens are `1000 + byte` (see `sample`); the rest come from prompts.
             if item.token < 1000 {

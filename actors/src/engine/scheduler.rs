@@ -1,22 +1,23 @@
 //! Continuous batching over one inference context, with a prefix cache over its KV streams.
 //!
-//! The context has one KV stream (llama.cpp sequence id) per slot plus `cache_streams` more.
-//! Up to `slots` sequences run at once, each in a stream of its own. A stream keeps the KV of
-//! the last sequence that ran in it, with those tokens and the tenant whose prompt they were:
-//! that is the prefix cache. A new sequence of the same tenant whose prompt starts with tokens
-//! some stream holds (a chat resending its history, a function's system prompt, a document
-//! asked many questions) reuses them and prefills only the rest:
-//! - from an idle stream, in place: the stream is cut to the common prefix and extended, unless
-//!   what lies beyond the prefix is worth more than the least valuable other idle stream, which
-//!   then receives a copy of the prefix instead (a branch keeps both);
-//! - from a stream a sequence runs in, by copy into an idle stream;
-//! - from a sequence still prefilling the same prefix, by waiting until its prefill has passed
-//!   the prefix and copying it then, rather than computing the same tokens twice side by side.
+//! The context has one KV stream (llama.cpp sequence id) per slot, `0..slots`, plus
+//! `cache_streams` more after them. Up to `slots` sequences run at once, each in a slot. Every
+//! stream keeps the KV of the last sequence that was in it, with those tokens and the tenant
+//! whose prompt they were: that is the prefix cache. A new sequence always takes the lowest
+//! free slot (running sequences on consecutive ids are computed in one pass; see
+//! [`Scheduler::place`]). If its prompt starts with tokens a stream of the same tenant holds
+//! (a chat resending its history, a function's system prompt, a document asked many
+//! questions), it reuses the longest such prefix and prefills only the rest:
+//! - held by the slot itself: kept in place, the rest of the slot cut off;
+//! - held by another stream, idle or running: copied into the slot;
+//! - being prefilled by another sequence right now: the new sequence waits until that prefill
+//!   has passed the shared prefix and copies it then, rather than computing it a second time.
 //!
-//! A new sequence without a usable prefix takes the least valuable idle stream: an empty one,
-//! else the least recently used. That is the eviction; a stream a sequence runs in, or one a
-//! waiting sequence will copy from, is never taken. The cache's memory is the streams' KV,
-//! allocated with the context and counted in the replica's memory (`kv_cells` in llama.rs).
+//! Before a slot's content is overwritten it moves to a cache stream if it is worth more than
+//! the least recently used entry there (which is then evicted). A stream a waiting sequence
+//! will copy from is never evicted, and a running sequence's stream is never touched. The
+//! cache's memory is the streams' KV, allocated with the context and counted in the replica's
+//! memory (`kv_cells` in llama.rs).
 //!
 //! Why streams and not a radix tree of shared cells: the context keeps one KV stream per
 //! sequence (see llama.rs: sequences sharing cells in a unified cache change each other's
@@ -107,6 +108,16 @@ impl Stream {
     }
 }
 
+/// Where a new sequence runs and what it starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    /// The slot (a stream below `slots`).
+    target: usize,
+    reuse: Reuse,
+    /// A cache stream to move the slot's current content to first.
+    spill: Option<usize>,
+}
+
 /// Where a new sequence's prompt comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reuse {
@@ -172,14 +183,33 @@ impl Scheduler {
             };
             return reject(job, err);
         }
-        let (target, reuse) = self.place(&job.tenant, &prompt);
+        let Placement {
+            target,
+            reuse,
+            spill,
+        } = self.place(&job.tenant, &prompt);
         let seq = target as SeqId;
         if let Err(err) = session.begin(seq, &job.request.params, &job.request.output) {
             return reject(job, err);
         }
         self.clock += 1;
-        let overwritten = !matches!(reuse, Reuse::InPlace(_));
-        if overwritten && !self.streams[target].tokens.is_empty() {
+        if let Some(to) = spill {
+            // Queued before the copy into the slot below, and llama.cpp runs stream copies in
+            // order: the cache stream receives the slot's old content.
+            let len = self.streams[target].tokens.len();
+            session.copy_prefix(seq, to as SeqId, len);
+            if !self.streams[to].tokens.is_empty() {
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            let (tokens, tenant, last_used) = {
+                let from = &self.streams[target];
+                (from.tokens.clone(), from.tenant.clone(), from.last_used)
+            };
+            // A branch kept beside the slot that continues its prefix is worth least.
+            let last_used = if matches!(reuse, Reuse::InPlace(_)) { 0 } else { last_used };
+            let cache = &mut self.streams[to];
+            (cache.tokens, cache.tenant, cache.last_used) = (tokens, tenant, last_used);
+        } else if !matches!(reuse, Reuse::InPlace(_)) && !self.streams[target].tokens.is_empty() {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         let mut awaiting = None;
@@ -187,7 +217,13 @@ impl Scheduler {
             Reuse::InPlace(len) => len,
             Reuse::Copy { from, len } => {
                 session.copy_prefix(from as SeqId, seq, len);
-                let copied = self.streams[from].tokens[..len].to_vec();
+                let source = &mut self.streams[from];
+                let copied = source.tokens[..len].to_vec();
+                if source.is_idle() {
+                    // The slot now holds the same prefix and will extend it: the source is
+                    // the first to go when room is needed.
+                    source.last_used = 0;
+                }
                 self.streams[target].tokens = copied;
                 len
             }
@@ -222,8 +258,17 @@ impl Scheduler {
         0
     }
 
-    /// Chooses the stream a new sequence of `tenant` runs in, and what of `prompt` it reuses.
-    fn place(&self, tenant: &TenantId, prompt: &[TokenId]) -> (usize, Reuse) {
+    /// Chooses the slot a new sequence of `tenant` runs in, what of `prompt` it reuses, and
+    /// where the slot's own content is kept first, if anywhere.
+    ///
+    /// The slot is always the lowest free one: llama.cpp computes consecutive sequence ids in
+    /// one pass and splits a batch at every gap (`split_equal`, sequential, with one KV stream
+    /// per sequence), so that running sequences spread over the streams would cost a pass
+    /// each. Cached KV elsewhere is copied into the slot rather than run where it lies.
+    fn place(&self, tenant: &TenantId, prompt: &[TokenId]) -> Placement {
+        let target = (0..self.config.slots)
+            .find(|&i| self.streams[i].is_idle())
+            .expect("admit checked for a free slot");
         // The last prompt token is always computed, for its logits.
         let limit = prompt.len() - 1;
         // (stream, common prefix, whether its KV is already there)
@@ -245,55 +290,55 @@ impl Scheduler {
                     }
                     _ => (have, true),
                 };
-                // Longer first; at equal length, KV already there, then an idle stream.
-                let rank = (len, ready, s.is_idle());
-                if best.is_none_or(|(b, blen, bready)| {
-                    rank > (blen, bready, self.streams[b].is_idle())
-                }) {
+                // Longer first; at equal length, KV already there, then the target itself
+                // (no copy).
+                let rank = (len, ready, i == target);
+                if best.is_none_or(|(b, blen, bready)| rank > (blen, bready, b == target)) {
                     best = Some((i, len, ready));
                 }
             }
         }
         let best = best.filter(|&(_, len, _)| len >= MIN_PREFIX_TOKENS);
-        let victim = |except: Option<usize>| {
-            self.victim(except)
-                .expect("a free slot leaves an idle stream")
+        let reuse = match best {
+            None => Reuse::Nothing,
+            Some((i, len, _)) if i == target => Reuse::InPlace(len),
+            Some((i, len, true)) => Reuse::Copy { from: i, len },
+            Some((i, len, false)) => Reuse::Await { from: i, len },
         };
-        match best {
-            None => (victim(None), Reuse::Nothing),
-            Some((i, len, true)) if self.streams[i].is_idle() => {
-                // Extending in place overwrites what lies beyond the prefix; a copy into
-                // another idle stream overwrites that one instead. Keep the more recently used.
-                let tail = self.streams[i].tokens.len().saturating_sub(len);
-                match self.victim(Some(i)) {
-                    Some(v)
-                        if tail >= MIN_PREFIX_TOKENS
-                            && (self.streams[v].tokens.is_empty()
-                                || self.streams[v].last_used < self.streams[i].last_used) =>
-                    {
-                        (v, Reuse::Copy { from: i, len })
-                    }
-                    _ => (i, Reuse::InPlace(len)),
-                }
-            }
-            Some((i, len, true)) => (victim(None), Reuse::Copy { from: i, len }),
-            Some((i, len, false)) => (victim(None), Reuse::Await { from: i, len }),
+        // A slot about to be overwritten moves its content to the cache streams first, if it
+        // is worth more than the least valuable entry there. A slot kept in place loses only
+        // what lies beyond the reused prefix (in a chat, the tail of the previous answer; for
+        // a shared document, another question): that branch is kept only in an empty stream.
+        let content = &self.streams[target];
+        let branch = match reuse {
+            Reuse::InPlace(len) => content.tokens.len() >= len + MIN_PREFIX_TOKENS,
+            _ => false,
+        };
+        let spill = (branch
+            || !matches!(reuse, Reuse::InPlace(_)) && content.tokens.len() >= MIN_PREFIX_TOKENS)
+            .then(|| self.victim(best.map(|(i, ..)| i)))
+            .flatten()
+            .filter(|&v| {
+                let v = &self.streams[v];
+                v.tokens.is_empty() || !branch && v.last_used < content.last_used
+            });
+        Placement {
+            target,
+            reuse,
+            spill,
         }
     }
 
-    /// The idle stream whose content is worth least (empty, else least recently used), other
+    /// The cache stream whose content is worth least (empty, else least recently used), other
     /// than `except`, and not one a waiting sequence will copy from.
     fn victim(&self, except: Option<usize>) -> Option<usize> {
         let awaited: Vec<usize> = self
             .running()
             .filter_map(|r| r.awaiting.map(|(from, _)| from))
             .collect();
-        self.streams
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| s.is_idle() && Some(*i) != except && !awaited.contains(i))
-            .min_by_key(|(_, s)| (!s.tokens.is_empty(), s.last_used))
-            .map(|(i, _)| i)
+        (self.config.slots..self.streams.len())
+            .filter(|&i| Some(i) != except && !awaited.contains(&i))
+            .min_by_key(|&i| (!self.streams[i].tokens.is_empty(), self.streams[i].last_used))
     }
 
     fn running(&self) -> impl Iterator<Item = &Running> {
@@ -368,23 +413,12 @@ impl Scheduler {
         }
         self.resolve_waits(session);
 
-        self.batch.clear();
-        for (i, s) in self.streams.iter_mut().enumerate() {
-            let n_past = s.tokens.len();
-            let Some(r) = &mut s.running else { continue };
-            r.batch_index = None;
-            r.batch_prompt = 0;
-            if let Some(token) = r.last_token {
-                r.batch_index = Some(self.batch.len());
-                self.batch.push(BatchItem {
-                    token,
-                    pos: n_past as i32,
-                    seq: i as SeqId,
-                    logits: true,
-                });
-            }
-        }
-        let decoding = self.batch.len();
+        // How many prompt tokens each prefilling sequence puts in: oldest first, within the
+        // budget left by the decoding ones.
+        let decoding = self
+            .running()
+            .filter(|r| r.last_token.is_some())
+            .count();
         let mut budget = self.prefill_budget(decoding, session.n_batch());
         let mut prefilling: Vec<(u64, usize)> = self
             .streams
@@ -396,15 +430,37 @@ impl Scheduler {
             })
             .collect();
         prefilling.sort_unstable();
-        for (_, i) in prefilling {
-            if budget == 0 {
-                break;
+        for s in &mut self.streams {
+            if let Some(r) = &mut s.running {
+                r.batch_prompt = 0;
             }
+        }
+        for (_, i) in prefilling {
             let s = &mut self.streams[i];
             let n_past = s.tokens.len();
             let r = s.running.as_mut().expect("running");
-            let take = (r.prompt.len() - n_past).min(budget);
-            for pos in n_past..n_past + take {
+            r.batch_prompt = (r.prompt.len() - n_past).min(budget);
+            budget -= r.batch_prompt;
+        }
+        // The batch in sequence-id order: llama.cpp groups a batch into passes by runs of
+        // consecutive ids in the order it meets them.
+        self.batch.clear();
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            let n_past = s.tokens.len();
+            let Some(r) = &mut s.running else { continue };
+            r.batch_index = None;
+            if let Some(token) = r.last_token {
+                r.batch_prompt = 0;
+                r.batch_index = Some(self.batch.len());
+                self.batch.push(BatchItem {
+                    token,
+                    pos: n_past as i32,
+                    seq: i as SeqId,
+                    logits: true,
+                });
+                continue;
+            }
+            for pos in n_past..n_past + r.batch_prompt {
                 let last = pos == r.prompt.len() - 1;
                 if last {
                     r.batch_index = Some(self.batch.len());
@@ -416,8 +472,6 @@ impl Scheduler {
                     logits: last,
                 });
             }
-            r.batch_prompt = take;
-            budget -= take;
         }
         if self.batch.is_empty() {
             return left;
@@ -499,6 +553,8 @@ impl Scheduler {
             return 0;
         };
         session.release(i as SeqId);
+        // Recency by finishing order: what finished last is evicted last.
+        self.clock += 1;
         stream.last_used = self.clock;
         if self.config.prefix_cache {
             let s = &self.stats;
@@ -867,6 +923,68 @@ mod tests {
             done.cached_prompt_tokens as usize,
             SYSTEM.len() + 1 + conversation.len()
         );
+    }
+
+    #[test]
+    fn a_new_sequence_takes_the_lowest_free_slot_so_that_running_ones_stay_together() {
+        let mut session = FakeSession::new(3, 1024, 512);
+        let mut s = scheduler(3, 5, 64);
+        let (a, _ra) = job(None, "a long one that keeps going", 100);
+        let (b, mut rb) = job(None, "b", 100);
+        let (c, _rc) = job(None, "another long one that keeps going", 100);
+        for j in [a, b, c] {
+            s.admit(&mut session, j);
+        }
+        while rb.try_recv().is_err() {
+            s.step(&mut session, false);
+        }
+        let (d, _rd) = job(None, "d comes later", 100);
+        s.admit(&mut session, d);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_seqs, vec![0, 1, 2], "d runs in b's slot");
+    }
+
+    #[test]
+    fn concurrent_conversations_keep_their_histories_whatever_order_turns_arrive_in() {
+        let mut session = FakeSession::new(4, 8192, 512);
+        let mut s = scheduler(4, 6, 64);
+        let mut histories: Vec<String> = (0..4)
+            .map(|c| format!("conversation {c} begins with a question about the sea"))
+            .collect();
+        for turn in 0..12 {
+            // Turns arrive in a different order each round, some while others still run.
+            let order: Vec<usize> = match turn % 3 {
+                0 => vec![0, 1, 2, 3],
+                1 => vec![3, 1, 0, 2],
+                _ => vec![2, 0, 3, 1],
+            };
+            let mut replies = Vec::new();
+            for (n, &c) in order.iter().enumerate() {
+                if turn > 0 {
+                    histories[c].push_str(&format!(" | turn {turn}: go on"));
+                }
+                let (j, r) = job(None, &histories[c], 2000);
+                s.admit(&mut session, j);
+                replies.push((c, r));
+                // Stagger: a few steps between arrivals.
+                for _ in 0..n {
+                    s.step(&mut session, false);
+                }
+            }
+            run_until_idle(&mut s, &mut session);
+            for (c, mut r) in replies {
+                let done = r.try_recv().unwrap().unwrap();
+                assert_eq!(done.text, format!("echo: {}", histories[c]));
+                if turn > 0 {
+                    let new = format!(" | turn {turn}: go on").len() + 1;
+                    assert_eq!(
+                        done.cached_prompt_tokens as usize,
+                        done.prompt_tokens as usize - new,
+                        "turn {turn}, conversation {c}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! with the load, feeds their slots from bounded queues that serve tenants in turn, restarts
 //! the ones that fail, and when idle stops them all and frees the weights (scale to zero).
 
+mod affinity;
 mod fair;
 mod messages;
 mod state;

@@ -15,11 +15,13 @@
 //! last one (down to `min_replicas`) only after `idle_timeout_s` without any work; when no
 //! replica is left the weights are freed.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use genrt_functions::TenantId;
 
+use super::affinity::{prompt_blocks, ReplicaIndex};
 use super::fair::FairQueue;
 use crate::engine::{EngineError, EngineJob};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
@@ -54,6 +56,8 @@ pub(crate) struct PoolState {
     /// Background work (prewarming): served only when `queue` is empty.
     background: FairQueue<TenantId, EngineJob>,
     replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
+    /// What each replica was sent, for cache-aware placement.
+    affinity: HashMap<ReplicaKey, ReplicaIndex>,
     next_key: u64,
     last_activity: Instant,
     failed_at: Option<Instant>,
@@ -76,6 +80,7 @@ impl PoolState {
             queue: FairQueue::new(),
             background: FairQueue::new(),
             replicas: BTreeMap::new(),
+            affinity: HashMap::new(),
             next_key: 0,
             last_activity: now,
             failed_at: None,
@@ -221,21 +226,28 @@ impl PoolState {
     }
 
     /// Pairs the next waiting job (interactive before background, tenants in turn within
-    /// each) with the least busy replica that has a free slot. Without a free slot nothing
-    /// leaves the queue: a replica is never handed a job it would have to queue itself, where
-    /// the order would no longer be fair.
+    /// each) with a replica that has a free slot (see [`Self::place`]). Without a free slot
+    /// nothing leaves the queue: a replica is never handed a job it would have to queue
+    /// itself, where the order would no longer be fair.
     pub(crate) fn next_assignment(&mut self, now: Instant) -> Option<(ReplicaKey, EngineJob)> {
         if self.phase != ModelPhase::Ready {
             return None;
         }
         let slots = self.config.slots.max(1);
-        let (key, info) = self
+        let free: Vec<(ReplicaKey, u32)> = self
             .replicas
-            .iter_mut()
+            .iter()
             .filter(|(_, r)| !r.stopping && r.busy < slots)
-            .min_by_key(|(_, r)| r.busy)?;
+            .map(|(k, r)| (*k, r.busy))
+            .collect();
+        if free.is_empty() {
+            return None;
+        }
         let mut job = self.queue.pop().or_else(|| self.background.pop())?;
-        info.busy += 1;
+        let key = self.place(&job, &free);
+        if let Some(info) = self.replicas.get_mut(&key) {
+            info.busy += 1;
+        }
         if let Some(started) = self.load_started {
             // The part of this job's wait that overlapped the load.
             let from = job.enqueued_at.max(started);
@@ -243,7 +255,39 @@ impl PoolState {
             job.load_wait = until.saturating_duration_since(from);
         }
         self.last_activity = now;
-        Some((*key, job))
+        Some((key, job))
+    }
+
+    /// Which of the replicas with a free slot (`free`, with their busy slots) runs `job`:
+    /// the one that was sent the longest prefix of its prompt (so that a conversation keeps
+    /// landing where its history is cached), unless that one is busier than the least busy by
+    /// more than half a replica's slots, as SGLang's router bounds the imbalance; otherwise,
+    /// and without any match, the least busy.
+    fn place(&mut self, job: &EngineJob, free: &[(ReplicaKey, u32)]) -> ReplicaKey {
+        let (least, least_busy) = *free
+            .iter()
+            .min_by_key(|(_, busy)| *busy)
+            .expect("a free replica");
+        if self.replicas.len() < 2 || !self.config.prefix_cache {
+            return least;
+        }
+        let blocks = prompt_blocks(&job.tenant, &job.request.prompt);
+        let max_imbalance = (self.config.slots / 2).max(1);
+        let best = free
+            .iter()
+            .map(|&(key, busy)| {
+                let matched = self.affinity.get(&key).map_or(0, |i| i.matched(&blocks));
+                (matched, Reverse(busy), Reverse(key), key, busy)
+            })
+            .max();
+        let chosen = match best {
+            Some((matched, .., key, busy)) if matched > 0 && busy <= least_busy + max_imbalance => {
+                key
+            }
+            _ => least,
+        };
+        self.affinity.entry(chosen).or_default().record(&blocks);
+        chosen
     }
 
     pub(crate) fn load_started(&mut self, now: Instant) {
@@ -307,11 +351,13 @@ impl PoolState {
 
     pub(crate) fn replica_gone(&mut self, key: ReplicaKey) {
         self.replicas.remove(&key);
+        self.affinity.remove(&key);
     }
 
     /// A replica failed: decide whether to start another.
     pub(crate) fn replica_failed(&mut self, key: ReplicaKey, now: Instant) -> RestartDecision {
         self.replicas.remove(&key);
+        self.affinity.remove(&key);
         self.restarts.on_failure(now)
     }
 
@@ -414,6 +460,41 @@ mod tests {
     fn ready(p: &mut PoolState, now: Instant) {
         p.load_started(now);
         p.load_finished(Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_conversation_keeps_landing_on_the_replica_holding_its_history_within_a_bound() {
+        let (mut p, now) = pool(64, 4, 2);
+        ready(&mut p, now);
+        let (a, b) = (p.add_replica("test"), p.add_replica("test"));
+        let history = "a long shared history, ".repeat(20);
+        let turn = |k: usize| format!("{history} turn {k}");
+        let send = |p: &mut PoolState, user: String| {
+            p.admit(job_of("acme", &user, now), now).unwrap();
+            p.next_assignment(now).unwrap().0
+        };
+        // Both idle: the first turn goes to the first, least busy replica.
+        assert_eq!(send(&mut p, turn(0)), a);
+        // Later turns follow it, though `b` is less busy, while the imbalance stays within
+        // half a replica's slots (2).
+        assert_eq!(send(&mut p, turn(1)), a);
+        assert_eq!(send(&mut p, turn(2)), a);
+        // `a` now has 3 busy and `b` none: beyond the bound, the least busy wins.
+        assert_eq!(send(&mut p, turn(3)), b);
+        // Another tenant's identical prompt does not follow the history.
+        p.slot_freed(a, now);
+        p.slot_freed(a, now);
+        p.slot_freed(a, now);
+        p.slot_freed(b, now);
+        p.admit(job_of("globex", &turn(4), now), now).unwrap();
+        let (key, _) = p.next_assignment(now).unwrap();
+        assert_eq!(key, a, "ties go to the least busy, then the lowest key: no affinity needed");
+        p.admit(job_of("globex", &turn(5), now), now).unwrap();
+        let (key, _) = p.next_assignment(now).unwrap();
+        assert_eq!(key, a, "globex's own history is on `a` now");
+        p.admit(job_of("acme", &format!("{history} turn 6"), now), now).unwrap();
+        let (key, _) = p.next_assignment(now).unwrap();
+        assert_eq!(key, b, "acme's latest turn went to `b`, and `b` is less busy");
     }
 
     #[test]

@@ -1249,6 +1249,7 @@ export interface components {
             min_replicas: number;
             /** Format: int32 */
             n_ctx: number;
+            prefix_cache: components["schemas"]["PrefixCacheInfo"];
             /** Format: int32 */
             queued: number;
             /** Format: int64 */
@@ -1338,6 +1339,31 @@ export interface components {
             top_k?: number | null;
             /** Format: float */
             top_p?: number | null;
+        };
+        /** @description The model's prefix caches since the process started, over all its replicas. */
+        PrefixCacheInfo: {
+            /**
+             * Format: int64
+             * @description Prompt tokens whose KV came from the cache.
+             */
+            cached_tokens: number;
+            /**
+             * Format: int64
+             * @description Cached prefixes dropped to make room for another sequence.
+             */
+            evictions: number;
+            /**
+             * Format: int64
+             * @description Of those, the ones that reused one.
+             */
+            hits: number;
+            /**
+             * Format: int64
+             * @description Sequences that looked for a cached prompt prefix.
+             */
+            lookups: number;
+            /** Format: int64 */
+            prompt_tokens: number;
         };
         PrewarmRequest: {
             /** @description Inputs to run ahead of demand (at most 1000), at low priority, to fill the cache. */
@@ -1519,7 +1545,9 @@ export interface components {
         UsageInfo: {
             /**
              * Format: int32
-             * @description Prompt tokens served from the replica's prefix cache (the function's system prompt).
+             * @description Prompt tokens whose KV came from the replica's prefix cache (an earlier prompt of the
+             *     same tenant that started the same way: a chat's history, a shared system prompt or
+             *     document); never another tenant's.
              */
             cached_prompt_tokens?: number;
             /** Format: int32 */
