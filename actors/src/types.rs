@@ -225,7 +225,7 @@ fn default_step_tokens() -> u32 {
     STEP_TOKENS_DEFAULT
 }
 /// Chosen by measurement: see benchmarks/README.md, "Streaming under load".
-const STEP_TOKENS_DEFAULT: u32 = 20;
+const STEP_TOKENS_DEFAULT: u32 = 24;
 fn default_true() -> bool {
     true
 }
