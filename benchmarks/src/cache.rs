@@ -53,8 +53,16 @@ const ANSWER_TOKENS: u32 = 48;
 const LOAD_SLOTS: u32 = 16;
 const LOAD_TOKENS: u32 = 128;
 const SUBJECTS: [&str; 10] = [
-    "lighthouses", "honeybees", "glaciers", "violins", "deserts", "comets", "orchards",
-    "canals", "owls", "volcanoes",
+    "lighthouses",
+    "honeybees",
+    "glaciers",
+    "violins",
+    "deserts",
+    "comets",
+    "orchards",
+    "canals",
+    "owls",
+    "volcanoes",
 ];
 
 /// One turn as the client saw it.
@@ -239,8 +247,15 @@ async fn main() -> anyhow::Result<()> {
             let _ = writeln!(table, "| {label}, cache {} | {t1:.0} | {tn:.0} | {:.2}× | {goal_t} | {sent} | {prefilled} | {:.0}% | {goal_p} |",
                 if cache { "on" } else { "off" }, tn / t1, drop * 100.0);
             let per_turn: Vec<String> = ttft.iter().map(|v| format!("{v:.0}")).collect();
-            eprintln!("{label}, cache {cache}: TTFT {per_turn:?}, sent {sent}, prefilled {prefilled}");
-            let _ = writeln!(report, "- {label}, cache {}: TTFT by turn (ms, median over conversations): {}", if cache { "on" } else { "off" }, per_turn.join(", "));
+            eprintln!(
+                "{label}, cache {cache}: TTFT {per_turn:?}, sent {sent}, prefilled {prefilled}"
+            );
+            let _ = writeln!(
+                report,
+                "- {label}, cache {}: TTFT by turn (ms, median over conversations): {}",
+                if cache { "on" } else { "off" },
+                per_turn.join(", ")
+            );
             if cache && n == 1 {
                 history = h;
                 on_turn_last = tn;
@@ -268,7 +283,18 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Streaming under load, per step budget.
     let raw_prompts: Vec<_> = (0..LOAD_SLOTS as usize)
-        .map(|i| raw.chat_tokens(&[("system".into(), harness_system()), ("user".into(), load_body(i)["input"]["prompt"].as_str().unwrap_or_default().to_owned())]))
+        .map(|i| {
+            raw.chat_tokens(&[
+                ("system".into(), harness_system()),
+                (
+                    "user".into(),
+                    load_body(i)["input"]["prompt"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+            ])
+        })
         .collect::<anyhow::Result<_>>()?;
     // The same work on raw llama.cpp: the 16 prompts prefilled, then 16 sequences decoded in
     // one batch per step; tokens over the whole time.
@@ -281,12 +307,23 @@ async fn main() -> anyhow::Result<()> {
     let mut table = format!("| `step_tokens` | ITL p50 (ms) | ITL p99 (ms) | p99 ÷ p50 | goal | TTFT p50 (ms) | summed tokens/s | ÷ raw, same work ({raw_same_work:.1}/s) | goal |\n|---|---|---|---|---|---|---|---|---|\n");
     for &budget in &args.step_tokens {
         let id = format!("load-{budget}");
-        b.deploy(json!({"name": id, "model": id, "system": harness_system(), "prompt": "{{ prompt }}",
-            "params": {"temperature": 0}, "cache": {"enabled": false}})).await?;
+        b.deploy(
+            json!({"name": id, "model": id, "system": harness_system(), "prompt": "{{ prompt }}",
+            "params": {"temperature": 0}, "cache": {"enabled": false}}),
+        )
+        .await?;
         // Warm: load the model.
-        let _ = t.stream(&id, json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}})).await;
+        let _ = t
+            .stream(
+                &id,
+                json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}}),
+            )
+            .await;
         let offset = budget as usize * 1000;
-        let r = closed_loop(t, &id, LOAD_SLOTS as usize, args.per_client, move |i| load_body(offset + i)).await;
+        let r = closed_loop(t, &id, LOAD_SLOTS as usize, args.per_client, move |i| {
+            load_body(offset + i)
+        })
+        .await;
         if r.failed > 0 {
             bail!("{} of {} requests failed under load", r.failed, r.requests);
         }

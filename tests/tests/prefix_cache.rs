@@ -54,13 +54,20 @@ async fn a_twenty_turn_chat_answers_as_without_the_cache_and_prefills_only_each_
         "rivers", "bread", "owls", "glass", "tides", "maps", "bees", "salt", "clocks", "moss",
         "kites", "iron", "fog", "ink", "wool", "caves", "tea", "sand", "bells", "ice",
     ];
-    let mut messages = vec![json!({"role": "system", "content": "You answer in one short sentence."})];
+    let mut messages =
+        vec![json!({"role": "system", "content": "You answer in one short sentence."})];
     let mut previous_prompt = 0;
     for (turn, topic) in topics.iter().enumerate() {
-        messages.push(json!({"role": "user", "content": format!("Tell me one fact about {topic}.")}));
+        messages
+            .push(json!({"role": "user", "content": format!("Tell me one fact about {topic}.")}));
         let (answer, prompt, cached) = chat(&s, &t, MODEL, &messages).await;
         let (reference, ref_prompt, ref_cached) = chat(&s, &t, FASHION_MODEL, &messages).await;
-        assert_eq!(answer, reference, "turn {}: the cached prefix changed the answer", turn + 1);
+        assert_eq!(
+            answer,
+            reference,
+            "turn {}: the cached prefix changed the answer",
+            turn + 1
+        );
         assert_eq!((prompt, ref_cached), (ref_prompt, 0), "turn {}", turn + 1);
         if turn > 0 {
             // The whole previous exchange is reused, up to where its answer's tokens and the
@@ -130,12 +137,9 @@ async fn many_concurrent_questions_on_one_document_answer_as_without_the_cache()
     ];
     // All at once on the cache (they share the document: one prefills it, the others copy it),
     // one at a time on the reference.
-    let cached = futures_util::future::join_all(
-        questions
-            .iter()
-            .map(|q| invoke_text(&s, &t, "cached", q)),
-    )
-    .await;
+    let cached =
+        futures_util::future::join_all(questions.iter().map(|q| invoke_text(&s, &t, "cached", q)))
+            .await;
     let mut shared = 0;
     for (q, (text, body)) in questions.iter().zip(&cached) {
         let (reference, _) = invoke_text(&s, &t, "reference", q).await;
@@ -144,7 +148,10 @@ async fn many_concurrent_questions_on_one_document_answer_as_without_the_cache()
             shared += 1;
         }
     }
-    assert!(shared >= questions.len() - 1, "the document was computed once: {cached:?}");
+    assert!(
+        shared >= questions.len() - 1,
+        "the document was computed once: {cached:?}"
+    );
     s.stop().await;
 }
 
@@ -214,7 +221,10 @@ async fn cached_by_route(s: &TestServer, t: &str, route: &str, prompt: &str) -> 
                 )
                 .await;
             assert_eq!(status, 202, "{body}");
-            let path = format!("/v1/invocations/{}", body["invocation_id"].as_str().unwrap());
+            let path = format!(
+                "/v1/invocations/{}",
+                body["invocation_id"].as_str().unwrap()
+            );
             for _ in 0..600 {
                 let (_, record) = s.call(Method::GET, &path, t, None).await;
                 if record["status"] == "succeeded" {
@@ -270,7 +280,9 @@ async fn one_tenant_cannot_observe_another_tenants_cached_prefixes_through_any_r
     let (a, b) = (token("acme"), token("globex"));
     for t in [&a, &b] {
         for route in ["invoke", "stream", "async"] {
-            let (status, body) = s.deploy(t, reader(route, MODEL, &format!("{route}: "), REPORT)).await;
+            let (status, body) = s
+                .deploy(t, reader(route, MODEL, &format!("{route}: "), REPORT))
+                .await;
             assert!(status == 200 || status == 201, "{body}");
         }
     }
@@ -279,13 +291,79 @@ async fn one_tenant_cannot_observe_another_tenants_cached_prefixes_through_any_r
         // Tenant A fills the cache with the document...
         let first_a = cached_by_route(&s, &a, route, &prompt).await;
         let again_a = cached_by_route(&s, &a, route, &format!("{prompt} Again.")).await;
-        assert!(again_a >= 60, "{route}: the route reports A's own reuse ({first_a}, {again_a})");
+        assert!(
+            again_a >= 60,
+            "{route}: the route reports A's own reuse ({first_a}, {again_a})"
+        );
         // ...and tenant B, sending the very same prompt, finds nothing of it.
         let b_same = cached_by_route(&s, &b, route, &prompt).await;
         assert_eq!(b_same, 0, "{route}: tenant B saw tenant A's cached prefix");
         // B's own second call reuses B's own prefix.
         let again_b = cached_by_route(&s, &b, route, &format!("{prompt} Again.")).await;
         assert!(again_b >= 60, "{route}: {again_b}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_keeps_landing_on_the_replica_that_holds_its_history() {
+    let s = server(|m| {
+        m.slots = 2;
+        m.min_replicas = 2;
+        m.max_replicas = 2;
+    })
+    .await;
+    let t = token("acme");
+    let (status, body) = s
+        .deploy(
+            &t,
+            json!({"name": "busy", "model": MODEL, "prompt": "{{ prompt }}",
+                   "params": {"max_tokens": 400, "ignore_eos": true}, "cache": {"enabled": false}}),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let mut messages = vec![
+        json!({"role": "system", "content": format!("Answer briefly.\n\n{REPORT}")}),
+        json!({"role": "user", "content": "What opened in March?"}),
+    ];
+    let (answer, ..) = chat(&s, &t, MODEL, &messages).await;
+    s.eventually(
+        "two replicas",
+        std::time::Duration::from_secs(60),
+        || async { s.model(&t, MODEL).await["replicas"] == 2 },
+    )
+    .await;
+    for (turn, question) in [
+        "What closed?",
+        "How deep is the channel?",
+        "What share was grain?",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        messages.push(json!({"role": "assistant", "content": answer.clone()}));
+        messages.push(json!({"role": "user", "content": question}));
+        // Keep the conversation's replica busier than the other one: an unrelated stream
+        // runs there (both replicas idle, the first takes it).
+        let (status, mut busy) = s
+            .open_stream(
+                &t,
+                "busy",
+                json!({"input": {"prompt": format!("Count slowly, run {turn}.")}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let first = busy.next().await.expect("the busy stream started");
+        assert_eq!(first.event, "token", "{first:?}");
+        // The least busy replica is now the other one; the history is on this one, within
+        // the imbalance bound (one slot), so the turn follows its history.
+        let (_, prompt, cached) = chat(&s, &t, MODEL, &messages).await;
+        assert!(
+            cached * 2 > prompt,
+            "turn {}: {cached} of {prompt} prompt tokens cached: the turn went to the replica without its history",
+            turn + 2
+        );
+        drop(busy);
     }
     s.stop().await;
 }

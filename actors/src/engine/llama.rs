@@ -22,8 +22,7 @@ use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
 use super::devices::{Device, DeviceKind, Placement};
 use super::{
-    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, TokenId,
-    Weights,
+    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, TokenId, Weights,
 };
 use crate::ModelConfig;
 
@@ -101,7 +100,8 @@ mod batch_invariant {
     use std::ffi::{c_char, c_int, c_void, CStr};
     use std::sync::OnceLock;
 
-    type GetProcAddress = unsafe extern "C" fn(reg: *mut c_void, name: *const c_char) -> *mut c_void;
+    type GetProcAddress =
+        unsafe extern "C" fn(reg: *mut c_void, name: *const c_char) -> *mut c_void;
     type SetNThreads = unsafe extern "C" fn(backend: *mut c_void, n_threads: c_int);
     type SetUseRef = unsafe extern "C" fn(backend: *mut c_void, use_ref: bool);
 

@@ -124,8 +124,14 @@ enum Reuse {
     Nothing,
     /// The target stream already holds this many leading tokens.
     InPlace(usize),
-    Copy { from: usize, len: usize },
-    Await { from: usize, len: usize },
+    Copy {
+        from: usize,
+        len: usize,
+    },
+    Await {
+        from: usize,
+        len: usize,
+    },
 }
 
 pub(crate) struct Scheduler {
@@ -206,7 +212,11 @@ impl Scheduler {
                 (from.tokens.clone(), from.tenant.clone(), from.last_used)
             };
             // A branch kept beside the slot that continues its prefix is worth least.
-            let last_used = if matches!(reuse, Reuse::InPlace(_)) { 0 } else { last_used };
+            let last_used = if matches!(reuse, Reuse::InPlace(_)) {
+                0
+            } else {
+                last_used
+            };
             let cache = &mut self.streams[to];
             (cache.tokens, cache.tenant, cache.last_used) = (tokens, tenant, last_used);
         } else if !matches!(reuse, Reuse::InPlace(_)) && !self.streams[target].tokens.is_empty() {
@@ -338,7 +348,12 @@ impl Scheduler {
             .collect();
         (self.config.slots..self.streams.len())
             .filter(|&i| Some(i) != except && !awaited.contains(&i))
-            .min_by_key(|&i| (!self.streams[i].tokens.is_empty(), self.streams[i].last_used))
+            .min_by_key(|&i| {
+                (
+                    !self.streams[i].tokens.is_empty(),
+                    self.streams[i].last_used,
+                )
+            })
     }
 
     fn running(&self) -> impl Iterator<Item = &Running> {
@@ -415,10 +430,7 @@ impl Scheduler {
 
         // How many prompt tokens each prefilling sequence puts in: oldest first, within the
         // budget left by the decoding ones.
-        let decoding = self
-            .running()
-            .filter(|r| r.last_token.is_some())
-            .count();
+        let decoding = self.running().filter(|r| r.last_token.is_some()).count();
         let mut budget = self.prefill_budget(decoding, session.n_batch());
         let mut prefilling: Vec<(u64, usize)> = self
             .streams
@@ -562,7 +574,8 @@ impl Scheduler {
             s.hits.fetch_add(u64::from(r.cached > 0), Ordering::Relaxed);
             s.prompt_tokens
                 .fetch_add(r.prompt.len() as u64, Ordering::Relaxed);
-            s.cached_tokens.fetch_add(r.cached as u64, Ordering::Relaxed);
+            s.cached_tokens
+                .fetch_add(r.cached as u64, Ordering::Relaxed);
         } else {
             session.truncate(i as SeqId, 0);
             stream.tokens.clear();
@@ -628,7 +641,12 @@ mod tests {
 
     type Reply = oneshot::Receiver<Result<Completion, EngineError>>;
 
-    fn job_of(tenant: &str, system: Option<&str>, user: &str, max_tokens: u32) -> (EngineJob, Reply) {
+    fn job_of(
+        tenant: &str,
+        system: Option<&str>,
+        user: &str,
+        max_tokens: u32,
+    ) -> (EngineJob, Reply) {
         let (reply, rx) = oneshot::channel();
         let params = GenerationParams {
             max_tokens: Some(max_tokens),
@@ -819,13 +837,21 @@ mod tests {
         let mut session = FakeSession::new(2, 512, 512);
         let mut s = scheduler(2, 4, 64);
         run_one(&mut s, &mut session, job_of("acme", Some(SYSTEM), "a", 50));
-        let other = run_one(&mut s, &mut session, job_of("globex", Some(SYSTEM), "a", 50));
+        let other = run_one(
+            &mut s,
+            &mut session,
+            job_of("globex", Some(SYSTEM), "a", 50),
+        );
         assert_eq!(other.cached_prompt_tokens, 0, "the key includes the tenant");
         assert_eq!(other.text, "echo: a");
         // Each tenant's own prefix is still there for that tenant.
         let again = run_one(&mut s, &mut session, job_of("acme", Some(SYSTEM), "b", 50));
         assert_eq!(again.cached_prompt_tokens as usize, SYSTEM.len() + 1);
-        let again = run_one(&mut s, &mut session, job_of("globex", Some(SYSTEM), "b", 50));
+        let again = run_one(
+            &mut s,
+            &mut session,
+            job_of("globex", Some(SYSTEM), "b", 50),
+        );
         assert_eq!(again.cached_prompt_tokens as usize, SYSTEM.len() + 1);
     }
 
@@ -866,7 +892,10 @@ mod tests {
         let (b, mut rb) = job(Some(SYSTEM), "short", 100);
         s.admit(&mut session, b);
         run_until_idle(&mut s, &mut session);
-        assert_eq!(ra.try_recv().unwrap().unwrap().text, "echo: long running answer here");
+        assert_eq!(
+            ra.try_recv().unwrap().unwrap().text,
+            "echo: long running answer here"
+        );
         let b = rb.try_recv().unwrap().unwrap();
         assert_eq!(b.text, "echo: short");
         assert_eq!(b.cached_prompt_tokens as usize, SYSTEM.len() + 1);

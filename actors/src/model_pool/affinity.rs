@@ -44,7 +44,8 @@ pub(crate) fn prompt_blocks(tenant: &TenantId, prompt: &RenderedPrompt) -> Vec<u
         turn("user", &prompt.user);
     }
     // A fixed-key hasher: the same text must hash the same on every call.
-    let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let state =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
     let mut seed = state.build_hasher();
     seed.write(tenant.as_str().as_bytes());
     let mut previous = seed.finish();
@@ -102,7 +103,11 @@ mod tests {
             history: turns
                 .iter()
                 .map(|(role, content)| ChatTurn {
-                    role: if *role == "user" { ChatRole::User } else { ChatRole::Assistant },
+                    role: if *role == "user" {
+                        ChatRole::User
+                    } else {
+                        ChatRole::Assistant
+                    },
                     content: (*content).to_owned(),
                 })
                 .collect(),
@@ -115,12 +120,18 @@ mod tests {
     fn a_conversations_next_turn_matches_all_blocks_of_the_previous_one() {
         let acme = TenantId::parse("acme").unwrap();
         let system = "You are a guide. ".repeat(8);
-        let first = prompt_blocks(&acme, &chat(&system, &[], "Tell me about owls, at length please."));
+        let first = prompt_blocks(
+            &acme,
+            &chat(&system, &[], "Tell me about owls, at length please."),
+        );
         let next = prompt_blocks(
             &acme,
             &chat(
                 &system,
-                &[("user", "Tell me about owls, at length please."), ("assistant", "Owls hunt at night.")],
+                &[
+                    ("user", "Tell me about owls, at length please."),
+                    ("assistant", "Owls hunt at night."),
+                ],
                 "And bats?",
             ),
         );
@@ -130,7 +141,10 @@ mod tests {
         assert_eq!(index.matched(&next), first.len());
         // Another tenant's identical prompt matches nothing.
         let globex = TenantId::parse("globex").unwrap();
-        let theirs = prompt_blocks(&globex, &chat(&system, &[], "Tell me about owls, at length please."));
+        let theirs = prompt_blocks(
+            &globex,
+            &chat(&system, &[], "Tell me about owls, at length please."),
+        );
         assert_eq!(index.matched(&theirs), 0);
     }
 

@@ -268,9 +268,10 @@ impl PoolState {
             .iter()
             .min_by_key(|(_, busy)| *busy)
             .expect("a free replica");
-        if self.replicas.len() < 2 || !self.config.prefix_cache {
+        if !self.config.prefix_cache {
             return least;
         }
+        // Recorded with a single replica too: a second one may start before the next turn.
         let blocks = prompt_blocks(&job.tenant, &job.request.prompt);
         let max_imbalance = (self.config.slots / 2).max(1);
         let best = free
@@ -488,13 +489,20 @@ mod tests {
         p.slot_freed(b, now);
         p.admit(job_of("globex", &turn(4), now), now).unwrap();
         let (key, _) = p.next_assignment(now).unwrap();
-        assert_eq!(key, a, "ties go to the least busy, then the lowest key: no affinity needed");
+        assert_eq!(
+            key, a,
+            "ties go to the least busy, then the lowest key: no affinity needed"
+        );
         p.admit(job_of("globex", &turn(5), now), now).unwrap();
         let (key, _) = p.next_assignment(now).unwrap();
         assert_eq!(key, a, "globex's own history is on `a` now");
-        p.admit(job_of("acme", &format!("{history} turn 6"), now), now).unwrap();
+        p.admit(job_of("acme", &format!("{history} turn 6"), now), now)
+            .unwrap();
         let (key, _) = p.next_assignment(now).unwrap();
-        assert_eq!(key, b, "acme's latest turn went to `b`, and `b` is less busy");
+        assert_eq!(
+            key, b,
+            "acme's latest turn went to `b`, and `b` is less busy"
+        );
     }
 
     #[test]

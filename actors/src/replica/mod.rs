@@ -59,7 +59,8 @@ impl Actor for ModelReplica {
         let events = Box::new(move |event| {
             let _ = me.cast(ReplicaMsg::Engine(event));
         });
-        let engine = EngineThread::spawn(name, args.weights, args.config, args.cache_stats, events).await?;
+        let engine =
+            EngineThread::spawn(name, args.weights, args.config, args.cache_stats, events).await?;
         if !args.hang_timeout.is_zero() {
             // A few looks per timeout, so that a hang is noticed within about 1.25 of it.
             let every =
