@@ -29,10 +29,11 @@
 //! Isolation: a stream is matched only against prompts of the tenant that filled it, so
 //! neither `cached_prompt_tokens` nor timing can tell one tenant what another sent.
 //!
-//! Each [`Scheduler::step`] builds one batch: first one token for every sequence that is
-//! decoding, then prompt tokens of sequences still prefilling, oldest first, up to the step's
-//! token budget (see [`Scheduler::prefill_budget`]), so that admitting prompts delays the
-//! running streams' next token by a bounded amount. One `decode` call runs the batch; every
+//! Each [`Scheduler::step`] builds one batch, in sequence-id order: one token for every
+//! sequence that is decoding, and prompt tokens of sequences still prefilling (oldest first
+//! within the step's token budget left after the decode tokens, see
+//! [`Scheduler::prefill_budget`]), so that admitting prompts delays the running streams' next
+//! token by a bounded amount. One `decode` call runs the batch; every
 //! sequence whose logits were requested samples its next token with its own sampler. New jobs
 //! join between steps; a sequence that finishes, is cancelled (its caller left, its deadline
 //! passed, the replica is stopping) or fails frees its slot at once, and its stream keeps what
