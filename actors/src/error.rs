@@ -26,6 +26,8 @@ pub enum InvokeError {
     },
     #[error("model `{0}` is not registered")]
     UnknownModel(ModelId),
+    #[error("model `{0}` is being removed and takes no new work")]
+    ModelDraining(ModelId),
     #[error("model `{model}` cannot be loaded: {reason}")]
     ModelUnavailable { model: ModelId, reason: String },
     #[error("model `{model}` has {queued} invocations waiting; try again shortly")]
@@ -63,6 +65,7 @@ impl InvokeError {
             | Self::MaxTokensExceedContext { .. }
             | Self::PromptTooLong { .. }
             | Self::UnknownModel(_)
+            | Self::ModelDraining(_)
             | Self::OutputSpec(_)
             | Self::InvalidOutput(_) => false,
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genrt_functions::ModelId;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::dispatcher::{Dispatcher, DispatcherArgs};
 use crate::engine::Backend;
@@ -21,6 +21,13 @@ use crate::{ModelConfig, ResponseCache};
 pub(crate) enum RootMsg {
     RestartPool(ModelId),
     RestartDispatcher,
+    /// A model registered at run time: start its pool.
+    AddPool(
+        Box<(ModelConfig, Placement)>,
+        RpcReplyPort<Result<(), String>>,
+    ),
+    /// A drained model: stop its pool and forget it (no restart).
+    RemovePool(ModelId, RpcReplyPort<()>),
 }
 
 pub(crate) struct RootSupervisor;
@@ -104,6 +111,36 @@ impl Actor for RootSupervisor {
                 }
             }
             RootMsg::RestartDispatcher => root.start_dispatcher(&myself).await?,
+            RootMsg::AddPool(added, reply) => {
+                let (config, placement) = *added;
+                if root.args.models.iter().any(|m| m.id == config.id) {
+                    let _ = reply.send(Err(format!("model `{}` is already served", config.id)));
+                    return Ok(());
+                }
+                root.args.placements.insert(config.id.clone(), placement);
+                root.args.models.push(config.clone());
+                // A pool that fails to start is the model's failure, not the root's.
+                let result = root
+                    .start_pool(&myself, config.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                if result.is_err() {
+                    root.args.models.retain(|m| m.id != config.id);
+                    root.args.placements.remove(&config.id);
+                }
+                let _ = reply.send(result);
+            }
+            RootMsg::RemovePool(id, reply) => {
+                root.args.models.retain(|m| m.id != id);
+                root.args.placements.remove(&id);
+                let child = Child::Pool(id.clone());
+                root.children.retain(|_, c| *c != child);
+                root.budgets.remove(&child);
+                if let Some(pool) = root.args.directory.remove_pool(&id) {
+                    let _ = pool.stop_and_wait(None, Some(STOP_TIMEOUT)).await;
+                }
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! [`ActorTree`], the handle the runtime holds: start the tree, invoke, report, shut down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(45);
 pub(crate) struct Directory {
     dispatcher: RwLock<Option<ActorRef<DispatcherMsg>>>,
     pools: RwLock<BTreeMap<ModelId, (ModelConfig, ActorRef<PoolMsg>)>>,
+    /// Models being removed: the dispatcher refuses new work for them (`model_draining`)
+    /// while what they already accepted finishes.
+    draining: RwLock<BTreeSet<ModelId>>,
 }
 
 impl Directory {
@@ -44,6 +47,27 @@ impl Directory {
             .write()
             .expect("directory lock")
             .insert(config.id.clone(), (config, pool));
+    }
+
+    pub(crate) fn remove_pool(&self, id: &ModelId) -> Option<ActorRef<PoolMsg>> {
+        self.pools
+            .write()
+            .expect("directory lock")
+            .remove(id)
+            .map(|(_, pool)| pool)
+    }
+
+    pub(crate) fn is_draining(&self, id: &ModelId) -> bool {
+        self.draining.read().expect("directory lock").contains(id)
+    }
+
+    fn set_draining(&self, id: &ModelId, draining: bool) {
+        let mut set = self.draining.write().expect("directory lock");
+        if draining {
+            set.insert(id.clone());
+        } else {
+            set.remove(id);
+        }
     }
 
     pub(crate) fn take_pools(&self) -> Vec<ActorRef<PoolMsg>> {
@@ -81,11 +105,29 @@ pub struct ActorTree {
     root: ActorRef<RootMsg>,
     join: Mutex<Option<JoinHandle<()>>>,
     directory: Arc<Directory>,
-    models: Vec<ModelConfig>,
+    /// Served models in the order they were added (the configuration's first). Models are
+    /// added and removed at run time by the runtime's registry.
+    models: RwLock<Vec<ModelConfig>>,
     /// One per model configured with `embeddings = true`.
-    embeddings: BTreeMap<ModelId, EmbeddingService>,
+    embeddings: RwLock<BTreeMap<ModelId, Arc<EmbeddingService>>>,
     backend: Arc<dyn Backend>,
 }
+
+/// Why a model could not be added to or removed from the tree.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelChangeError {
+    #[error("model `{0}` is already served")]
+    Exists(ModelId),
+    #[error("model `{0}` is not served")]
+    Unknown(ModelId),
+    #[error("model `{model}` cannot be placed: {reason}")]
+    Placement { model: ModelId, reason: String },
+    #[error("the actor tree is stopping")]
+    ShuttingDown,
+}
+
+/// How often a draining model's pool is asked whether its work has finished.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[error("actor tree failed to start: {0}")]
@@ -127,7 +169,7 @@ impl ActorTree {
             .filter(|m| m.embeddings)
             .map(|m| {
                 let service = EmbeddingService::new(m.clone(), Arc::clone(&backend));
-                (m.id.clone(), service)
+                (m.id.clone(), Arc::new(service))
             })
             .collect();
         let args = RootArgs {
@@ -150,10 +192,109 @@ impl ActorTree {
             root,
             join: Mutex::new(Some(join)),
             directory,
-            models: config.models,
-            embeddings,
+            models: RwLock::new(config.models),
+            embeddings: RwLock::new(embeddings),
             backend: tree_backend,
         })
+    }
+
+    /// Starts serving `config` (a pool that scales from zero like the configured ones).
+    pub async fn add_model(&self, config: ModelConfig) -> Result<(), ModelChangeError> {
+        if self.model(&config.id).is_some() {
+            return Err(ModelChangeError::Exists(config.id));
+        }
+        let placement = Placement::decide(&config, &self.backend.devices()).map_err(|reason| {
+            ModelChangeError::Placement {
+                model: config.id.clone(),
+                reason,
+            }
+        })?;
+        let id = config.id.clone();
+        let result = self
+            .root
+            .call(
+                |reply| RootMsg::AddPool(Box::new((config.clone(), placement)), reply),
+                Some(STATUS_TIMEOUT * 5),
+            )
+            .await
+            .ok()
+            .and_then(success)
+            .ok_or(ModelChangeError::ShuttingDown)?;
+        result.map_err(|reason| ModelChangeError::Placement {
+            model: id.clone(),
+            reason,
+        })?;
+        if config.embeddings {
+            let service = EmbeddingService::new(config.clone(), Arc::clone(&self.backend));
+            self.embeddings
+                .write()
+                .expect("embeddings lock")
+                .insert(id, Arc::new(service));
+        }
+        self.models.write().expect("models lock").push(config);
+        Ok(())
+    }
+
+    /// Stops serving `id` without cutting off accepted work: new invocations are refused with
+    /// [`InvokeError::ModelDraining`] at once; the pool stops when nothing is running or
+    /// queued on it any more, or when `limit` has passed (what is left then fails as at
+    /// shutdown). Returns whether the work had all finished.
+    pub async fn remove_model(
+        &self,
+        id: &ModelId,
+        limit: Duration,
+    ) -> Result<bool, ModelChangeError> {
+        if self.model(id).is_none() {
+            return Err(ModelChangeError::Unknown(id.clone()));
+        }
+        self.directory.set_draining(id, true);
+        let started = tokio::time::Instant::now();
+        // Twice idle in a row: an invocation the dispatcher passed on just before the model
+        // started draining may still be on its way from the function actor to the pool.
+        let mut idle_polls = 0;
+        while idle_polls < 2 {
+            let idle = match self.directory.pool(id) {
+                Some((_, pool)) => pool
+                    .call(PoolMsg::Status, Some(STATUS_TIMEOUT))
+                    .await
+                    .ok()
+                    .and_then(success)
+                    .is_none_or(|s| s.busy_slots == 0 && s.queued == 0 && s.background_queued == 0),
+                None => true,
+            };
+            idle_polls = if idle { idle_polls + 1 } else { 0 };
+            if idle_polls < 2 && started.elapsed() > limit {
+                tracing::warn!(model = %id, ?limit, "model still busy at the end of its drain; stopping it");
+                break;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let drained = idle_polls >= 2;
+        let _ = self
+            .root
+            .call(
+                |reply| RootMsg::RemovePool(id.clone(), reply),
+                Some(STATUS_TIMEOUT * 10),
+            )
+            .await;
+        self.embeddings.write().expect("embeddings lock").remove(id);
+        self.models
+            .write()
+            .expect("models lock")
+            .retain(|m| &m.id != id);
+        self.directory.set_draining(id, false);
+        Ok(drained)
+    }
+
+    /// Whether this engine can load the model file at `path` (see [`Backend::probe`]). Reads
+    /// the file: call it off the async threads.
+    pub fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+        self.backend.probe(path)
+    }
+
+    /// Whether `id` is being removed (new work is refused).
+    pub fn is_draining(&self, id: &ModelId) -> bool {
+        self.directory.is_draining(id)
     }
 
     /// The devices of the loaded llama.cpp backends, with their memory as of now.
@@ -167,19 +308,26 @@ impl ActorTree {
         model: &ModelId,
         texts: Vec<String>,
     ) -> Result<Vec<Embedding>, InvokeError> {
+        if self.directory.is_draining(model) {
+            return Err(InvokeError::ModelDraining(model.clone()));
+        }
         let service = self
             .embeddings
+            .read()
+            .expect("embeddings lock")
             .get(model)
+            .cloned()
             .ok_or_else(|| InvokeError::UnknownModel(model.clone()))?;
         service.embed(texts).await
     }
 
-    pub fn model(&self, id: &ModelId) -> Option<&ModelConfig> {
-        self.models.iter().find(|m| &m.id == id)
+    pub fn model(&self, id: &ModelId) -> Option<ModelConfig> {
+        let models = self.models.read().expect("models lock");
+        models.iter().find(|m| &m.id == id).cloned()
     }
 
-    pub fn model_configs(&self) -> &[ModelConfig] {
-        &self.models
+    pub fn model_configs(&self) -> Vec<ModelConfig> {
+        self.models.read().expect("models lock").clone()
     }
 
     /// Whether the root and the dispatcher are running: what `/readyz` reports.
@@ -212,8 +360,9 @@ impl ActorTree {
 
     /// Status of every registered model, in configuration order.
     pub async fn models(&self) -> Vec<ModelStatus> {
-        let mut out = Vec::with_capacity(self.models.len());
-        for config in &self.models {
+        let models = self.model_configs();
+        let mut out = Vec::with_capacity(models.len());
+        for config in &models {
             let status = match self.directory.pool(&config.id) {
                 Some((_, pool)) => pool
                     .call(PoolMsg::Status, Some(STATUS_TIMEOUT))

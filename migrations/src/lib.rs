@@ -8,6 +8,7 @@ mod m20261128_000002_tenancy;
 mod m20261130_000003_trigger_receipts;
 mod m20261130_000004_nodes;
 mod m20261130_000005_cached_prompt_tokens;
+mod m20261201_000006_model_registry;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_trigger_receipts::Migration),
             Box::new(m20261130_000004_nodes::Migration),
             Box::new(m20261130_000005_cached_prompt_tokens::Migration),
+            Box::new(m20261201_000006_model_registry::Migration),
         ]
     }
 }

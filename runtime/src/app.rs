@@ -19,6 +19,7 @@ use crate::config::{Config, JwtAlgorithm};
 use crate::error::ApiError;
 use crate::invocation::{InvocationService, Parts};
 use crate::queue::{JobQueue, QueueRunner};
+use crate::registry::ModelRegistry;
 use crate::store::{Recorder, Store};
 use crate::tenancy::Tenancy;
 use crate::webhooks::delivery::Deliverer;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The llama.cpp backend modules loaded at start.
     pub backends: BackendsInfo,
+    /// Models registered at run time (`/v1/models`), and this node's share of them.
+    pub registry: ModelRegistry,
     /// Wakes the webhook delivery loop when new deliveries were committed on this node.
     deliveries: Arc<tokio::sync::Notify>,
 }
@@ -98,6 +101,8 @@ pub struct RunningServer {
     metrics_sampler: tokio::task::JoinHandle<()>,
     cluster_stop: CancellationToken,
     cluster_sync: tokio::task::JoinHandle<()>,
+    registry_stop: CancellationToken,
+    registry_sync: tokio::task::JoinHandle<()>,
     /// The metrics listener, when `telemetry.metrics_listen` is set.
     metrics_listener: Option<(
         ServerHandle,
@@ -148,7 +153,7 @@ async fn start_server(
     let auth = web::Data::new(Authenticator::new(&config.auth).await?);
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
-    store.sync_models(&config.models).await?;
+    store.seed_models(&config.models).await?;
     let (records, record_writer) = Recorder::start(store.clone());
     let metrics = crate::telemetry::Metrics::new(&config.telemetry)?;
     let cache = Arc::new(MokaResponseCache::new(
@@ -181,6 +186,17 @@ async fn start_server(
             .map_err(|e| StartError::Actors(format!("webhooks: {e}")))?,
     );
     let tree = Arc::new(tree);
+    let registry = ModelRegistry::new(
+        store.clone(),
+        Arc::clone(&tree),
+        config.registry.clone(),
+        config.memory_budget_bytes(),
+        Arc::clone(&url_guard),
+    )
+    .map_err(StartError::Config)?;
+    // Before the first request: the models registered earlier (here or on another node) are
+    // served, and registrations a previous run left unfinished start again.
+    registry.sync(true).await?;
     let deliveries = Arc::new(tokio::sync::Notify::new());
     let tenancy = Arc::new(Tenancy::new(store.clone(), config.tenancy.clone()));
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
@@ -203,6 +219,7 @@ async fn start_server(
         records,
         metrics,
         backends,
+        registry: registry.clone(),
         tenancy,
         queue,
         deliveries: Arc::clone(&deliveries),
@@ -252,6 +269,8 @@ async fn start_server(
             stop: cluster_stop.clone(),
         },
     ));
+    let registry_stop = CancellationToken::new();
+    let registry_sync = tokio::spawn(registry.run_sync(registry_stop.clone()));
     let metrics_sampler = tokio::spawn(crate::telemetry::sample(
         Arc::clone(&state.metrics),
         Arc::clone(&state.tree),
@@ -328,6 +347,8 @@ async fn start_server(
         metrics_listener,
         cluster_stop,
         cluster_sync,
+        registry_stop,
+        registry_sync,
     })
 }
 
@@ -425,6 +446,8 @@ impl RunningServer {
         // Before the database closes: the node removes its heartbeat on the way out.
         self.cluster_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster_sync).await;
+        self.registry_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.registry_sync).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
         if unwritten > 0 {

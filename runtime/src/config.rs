@@ -53,6 +53,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "webhooks",
     "telemetry",
     "templates",
+    "registry",
     "models",
 ];
 
@@ -71,7 +72,47 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub telemetry: TelemetryConfig,
     pub templates: TemplatesConfig,
+    pub registry: RegistryConfig,
+    /// Models served from the start. They seed the model registry (see `registry`), where
+    /// more are registered at run time.
     pub models: Vec<ModelConfig>,
+}
+
+/// The model registry (`POST /v1/models`, see `registry`): where registered files live, how
+/// many registrations a node runs at once, and how nodes of one database learn of each
+/// other's models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The model store: `path` sources must lie under it, downloads and uploads are written
+    /// to it (`registry/` inside). With several nodes, a volume they all mount.
+    pub store_dir: PathBuf,
+    /// Largest file accepted from a URL or an upload, in MiB.
+    pub max_file_mb: u64,
+    /// Registrations (download or hashing, validation) one node runs at once; more wait.
+    pub concurrent: usize,
+    /// How often each node reads the registry to start models registered elsewhere and stop
+    /// deleted ones: the bound on how long another node takes to serve a new model.
+    pub sync_interval_ms: u64,
+    /// How long a deleted model's running and queued work may take before its replicas stop
+    /// anyway.
+    pub drain_timeout_s: u64,
+    /// Accept `http://` model URLs (a local mirror, tests); `https://` only otherwise. The
+    /// address checks of `webhooks.allow_private` apply either way.
+    pub allow_http: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            store_dir: PathBuf::from("models"),
+            max_file_mb: 64 * 1024,
+            concurrent: 1,
+            sync_interval_ms: 2000,
+            drain_timeout_s: 300,
+            allow_http: false,
+        }
+    }
 }
 
 /// Limits on tenants' templates, which are compiled and rendered on a pool of their own
@@ -396,6 +437,33 @@ pub struct SupervisionConfig {
     pub engine_hang_timeout_s: u64,
 }
 
+/// The checks a model's settings must pass, whether from the configuration file or
+/// registered through the API.
+pub fn validate_model(model: &ModelConfig) -> Result<(), String> {
+    if model.n_ctx < 64 {
+        return Err(format!("model `{}`: n_ctx must be at least 64", model.id));
+    }
+    if model.slots == 0 || model.slots > 64 {
+        return Err(format!(
+            "model `{}`: slots must be between 1 and 64",
+            model.id
+        ));
+    }
+    if model.min_replicas > model.max_replicas {
+        return Err(format!(
+            "model `{}`: min_replicas exceeds max_replicas",
+            model.id
+        ));
+    }
+    if model.max_replicas == 0 || model.queue_capacity == 0 {
+        return Err(format!(
+            "model `{}`: max_replicas and queue_capacity must be at least 1",
+            model.id
+        ));
+    }
+    Ok(())
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -411,6 +479,7 @@ impl Default for Config {
             webhooks: WebhookConfig::default(),
             telemetry: TelemetryConfig::default(),
             templates: TemplatesConfig::default(),
+            registry: RegistryConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
         }
     }
@@ -579,27 +648,12 @@ impl Config {
             if !seen.insert(&model.id) {
                 return invalid(format!("model `{}` is registered twice", model.id));
             }
-            if model.n_ctx < 64 {
-                return invalid(format!("model `{}`: n_ctx must be at least 64", model.id));
-            }
-            if model.slots == 0 || model.slots > 64 {
-                return invalid(format!(
-                    "model `{}`: slots must be between 1 and 64",
-                    model.id
-                ));
-            }
-            if model.min_replicas > model.max_replicas {
-                return invalid(format!(
-                    "model `{}`: min_replicas exceeds max_replicas",
-                    model.id
-                ));
-            }
-            if model.max_replicas == 0 || model.queue_capacity == 0 {
-                return invalid(format!(
-                    "model `{}`: max_replicas and queue_capacity must be at least 1",
-                    model.id
-                ));
-            }
+            validate_model(model).map_err(ConfigError::Invalid)?;
+        }
+        if self.registry.concurrent == 0 || self.registry.sync_interval_ms < 100 {
+            return invalid(
+                "registry: concurrent must be at least 1, sync_interval_ms at least 100".into(),
+            );
         }
         if self.server.fault_injection && !is_loopback_host(&self.server.host) {
             return invalid(format!(

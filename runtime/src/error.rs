@@ -84,6 +84,17 @@ error_codes! {
     InvalidOutput => ("invalid_output", BAD_GATEWAY, None),
     InsufficientMemory => ("insufficient_memory", SERVICE_UNAVAILABLE, Some(30)),
     ModelNotFound => ("model_not_found", NOT_FOUND, None),
+    ModelExists => ("model_exists", CONFLICT, None),
+    ModelDraining => ("model_draining", CONFLICT, None),
+    InvalidModelSource => ("invalid_model_source", UNPROCESSABLE_ENTITY, None),
+    ModelNotAwaitingUpload => ("model_not_awaiting_upload", CONFLICT, None),
+    ModelSha256Mismatch => ("model_sha256_mismatch", UNPROCESSABLE_ENTITY, None),
+    ModelNotGguf => ("model_not_gguf", UNPROCESSABLE_ENTITY, None),
+    ModelGgufVersion => ("model_gguf_version", UNPROCESSABLE_ENTITY, None),
+    ModelTruncated => ("model_truncated", UNPROCESSABLE_ENTITY, None),
+    ModelUnsupportedArchitecture => ("model_unsupported_architecture", UNPROCESSABLE_ENTITY, None),
+    ModelTooLarge => ("model_too_large", UNPROCESSABLE_ENTITY, None),
+    ModelDownloadFailed => ("model_download_failed", BAD_GATEWAY, None),
     ModelUnavailable => ("model_unavailable", SERVICE_UNAVAILABLE, Some(5)),
     Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Some(1)),
     ReplicaFailed => ("replica_failed", SERVICE_UNAVAILABLE, Some(1)),
@@ -223,6 +234,7 @@ fn api_error_of(err: InvokeError) -> ApiError {
             }
             InvokeError::PromptTooLong { .. } => ApiError::new(ErrorCode::PromptTooLong, message),
             InvokeError::UnknownModel(_) => ApiError::new(ErrorCode::UnknownModel, message),
+            InvokeError::ModelDraining(_) => ApiError::new(ErrorCode::ModelDraining, message),
             InvokeError::ModelUnavailable { .. } => {
                 ApiError::new(ErrorCode::ModelUnavailable, message)
             }

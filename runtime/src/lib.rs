@@ -12,6 +12,7 @@ pub mod error;
 pub mod invocation;
 pub mod queue;
 pub mod records;
+pub mod registry;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;

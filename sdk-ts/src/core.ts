@@ -41,11 +41,16 @@ export interface RequestOptions {
 }
 
 export interface FinalRequest {
-  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   path: string;
   query?: Record<string, string | number | undefined | null>;
   /** Serialized as JSON. */
   body?: unknown;
+  /**
+   * Sent as it is, `application/octet-stream` (a model file). A stream is sent once: a failed
+   * attempt is not retried, since its bytes are gone.
+   */
+  rawBody?: Uint8Array | Blob | ReadableStream<Uint8Array>;
   options?: RequestOptions;
   /** Resolve with the open Response instead of reading the body (Server-Sent Events). */
   stream?: boolean;
@@ -102,18 +107,21 @@ export class APIClient {
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const url = this.#url(req.path, req.query);
     const headers = this.#headers(req, options);
-    const body = req.body === undefined ? undefined : JSON.stringify(req.body);
+    const body = req.rawBody ?? (req.body === undefined ? undefined : JSON.stringify(req.body));
+    const streamed = req.rawBody instanceof ReadableStream;
+    // Node's fetch sends a stream body only half-duplex, and says so only when asked.
+    const init = streamed ? { duplex: 'half' } : {};
 
     for (let attempt = 0; ; attempt++) {
       const retriesLeft = maxRetries - attempt;
       const attemptSignal = new AttemptSignal(options.signal, timeoutMs);
       let response: Response;
       try {
-        response = await this.#fetch(url, { method: req.method, headers, body, signal: attemptSignal.signal });
+        response = await this.#fetch(url, { method: req.method, headers, body, signal: attemptSignal.signal, ...init } as RequestInit);
       } catch (cause) {
         attemptSignal.done();
         const error = attemptSignal.failure(cause);
-        if (error instanceof APIUserAbortError || retriesLeft <= 0 || req.retryWithoutResponse === false) throw error;
+        if (error instanceof APIUserAbortError || retriesLeft <= 0 || req.retryWithoutResponse === false || streamed) throw error;
         await sleep(backoff(attempt), options.signal);
         continue;
       }
@@ -148,7 +156,7 @@ export class APIClient {
         attemptSignal.done();
       }
       const error = APIError.generate(response.status, errorBody, response.statusText, response.headers);
-      const delay = retriesLeft > 0 ? retryDelay(response, error, attempt) : undefined;
+      const delay = retriesLeft > 0 && !streamed ? retryDelay(response, error, attempt) : undefined;
       if (delay === undefined) throw error;
       await sleep(delay, options.signal);
     }
@@ -169,7 +177,8 @@ export class APIClient {
       ...this.#defaultHeaders,
     };
     if (this.#credential) headers.authorization = `Bearer ${this.#credential}`;
-    if (req.body !== undefined) headers['content-type'] = 'application/json';
+    if (req.rawBody !== undefined) headers['content-type'] = 'application/octet-stream';
+    else if (req.body !== undefined) headers['content-type'] = 'application/json';
     return { ...headers, ...options.headers };
   }
 }

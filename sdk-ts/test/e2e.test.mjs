@@ -323,3 +323,57 @@ test('429: a tenant over its rate limit gets a RateLimitError; retries honour Re
   const retrying = new Genrt({ baseURL: server.baseURL, token, maxRetries: 2 });
   assert.deepEqual(await retrying.functions.list(), []);
 });
+
+test('models: register by upload (streamed, with progress), serve, delete', async () => {
+  const { createHash } = await import('node:crypto');
+  const { createReadStream } = await import('node:fs');
+  const { readFile } = await import('node:fs/promises');
+  const { Readable } = await import('node:stream');
+  const { MODEL_PATH } = await import('./server.mjs');
+  const admin = new Genrt({ baseURL: server.baseURL, token: await server.token('ops', ['admin']) });
+  const sha256 = createHash('sha256').update(await readFile(MODEL_PATH)).digest('hex');
+  const created = await admin.models.register({
+    id: 'sdk-upload',
+    source: { upload: true },
+    sha256,
+    settings: { n_ctx: 512, threads: 1 },
+  });
+  assert.equal(created.registration.state, 'awaiting_upload');
+  // A tenant credential cannot register.
+  await assert.rejects(
+    genrt.models.register({ id: 'nope', source: { upload: true }, sha256 }),
+    (err) => err.status === 403 && err.code === 'insufficient_scope',
+  );
+  await admin.models.upload('sdk-upload', Readable.toWeb(createReadStream(MODEL_PATH)));
+  const seen = [];
+  const ready = await admin.models.waitUntilRegistered('sdk-upload', {
+    intervalMs: 50,
+    onProgress: (m) => seen.push(m.registration.state),
+  });
+  assert.equal(ready.registration.state, 'ready', JSON.stringify(ready));
+  assert.equal(ready.registration.file.architecture, 'llama');
+  assert.equal(ready.registration.sha256, sha256);
+  assert.ok(seen.length >= 1);
+  await genrt.functions.deploy({ ...SAY, name: 'say-uploaded', model: 'sdk-upload' });
+  const out = await genrt.invoke('say-uploaded', { who: 'Ada' });
+  assert.equal(out.model, 'sdk-upload');
+  assert.ok(out.output.text.length > 0);
+  // A second registration under a taken id is a ConflictError with its code.
+  await assert.rejects(
+    admin.models.register({ id: 'sdk-upload', source: { upload: true }, sha256 }),
+    (err) => err instanceof ConflictError && err.code === 'model_exists',
+  );
+  const deleting = await admin.models.delete('sdk-upload');
+  assert.ok(['draining', 'deleting'].includes(deleting.state), deleting.state);
+  for (let i = 0; ; i++) {
+    try {
+      await admin.models.get('sdk-upload');
+    } catch (err) {
+      assert.ok(err instanceof NotFoundError);
+      assert.equal(err.code, 'model_not_found');
+      break;
+    }
+    assert.ok(i < 200, 'the model was not deleted');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});

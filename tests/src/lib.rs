@@ -84,6 +84,9 @@ impl TestServer {
         config.server.fault_injection = true;
         config.server.body_limit_bytes = 64 * 1024;
         config.data_dir = data.0.clone();
+        // The model registry's store, one per server unless a test shares one (a volume that
+        // several nodes mount).
+        config.registry.store_dir = data.0.join("store");
         config.auth.jwt_secret = SECRET.into();
         // Many servers run at once in one test binary: each gets its own metrics port.
         config.telemetry.metrics_listen = "127.0.0.1:0".into();

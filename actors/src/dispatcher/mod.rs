@@ -122,6 +122,10 @@ impl DispatcherState {
                 }
             },
         };
+        if self.directory.is_draining(&model) {
+            let _ = reply.send(Err(InvokeError::ModelDraining(model)));
+            return;
+        }
         let Some((config, pool)) = self.directory.pool(&model) else {
             let _ = reply.send(Err(InvokeError::UnknownModel(model)));
             return;

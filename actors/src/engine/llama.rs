@@ -277,6 +277,15 @@ impl LlamaCppBackend {
 }
 
 impl Backend for LlamaCppBackend {
+    fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+        // `vocab_only` reads the architecture, hyperparameters and vocabulary and allocates no
+        // tensors: llama.cpp refuses an unknown architecture here as it would at a full load.
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        LlamaModel::load_from_file(&self.backend, path, &params)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     fn load(
         &self,
         model: &ModelConfig,

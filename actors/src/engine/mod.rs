@@ -94,6 +94,15 @@ pub trait Backend: Send + Sync + 'static {
         let _ = model;
         Ok(1)
     }
+
+    /// Whether this engine can load the model at `path`: its architecture is known and its
+    /// hyperparameters and vocabulary read, without the weights. The registry asks before a
+    /// file is accepted, so that an unsupported model is refused at registration and not at
+    /// its first invocation.
+    fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// Loaded weights.

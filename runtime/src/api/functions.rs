@@ -65,7 +65,9 @@ pub async fn deploy(
     let definition = body.into_inner();
     let name = FunctionName::parse(&definition.name)?;
     let spec = definition.to_spec()?;
-    spec.validate_fields(|m| state.tree.model(m).is_some())?;
+    // Served here or ready in the registry; never one being deleted.
+    let models = state.registry.deployable().await?;
+    spec.validate_fields(|m| models.contains(m))?;
     caller
         .require_models(spec.models().into_iter().map(|m| m.as_str()))
         .map_err(|e| e.with_field("model"))?;

@@ -130,8 +130,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
                     .route(web::get().to(tenants::get))
                     .route(web::patch().to(tenants::update)),
             )
-            .route("/models", web::get().to(models::list))
-            .route("/models/{id}", web::get().to(models::get))
+            .service(
+                web::resource("/models")
+                    .route(web::get().to(models::list))
+                    .route(web::post().to(models::register)),
+            )
+            .service(
+                web::resource("/models/{id}")
+                    .route(web::get().to(models::get))
+                    .route(web::delete().to(models::delete)),
+            )
+            .route("/models/{id}/file", web::put().to(models::upload))
             .route("/devices", web::get().to(models::devices)),
     )
     .configure(|cfg| openai::configure(cfg, body_limit))

@@ -1,34 +1,188 @@
-//! Registered models and their live state.
+//! Registered models and their live state; registering and deleting them (`admin`). The
+//! registry itself is `crate::registry`; these handlers translate.
 
 use actix_web::{web, HttpResponse};
 
 use genrt_functions::ModelId;
 
-use crate::api::dto::{DeviceInfo, DeviceList, ModelInfo, ModelList};
-use crate::api::functions::READ;
+use crate::api::dto::{
+    DeviceInfo, DeviceList, ModelInfo, ModelList, ModelSourceSpec, RegisterModel,
+};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::tenancy::Caller;
+use crate::registry::{Registration, Source};
+use crate::store::ModelRow;
+use crate::tenancy::{Caller, Scope};
 
-/// List registered models with their state (unloaded, loading, ready, failed) and replicas.
-#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
+/// Who may read the models: deployers and invokers (to choose one), and the operator.
+const READ: [Scope; 3] = [Scope::FunctionsWrite, Scope::FunctionsInvoke, Scope::Admin];
+
+/// Every model this node serves, then the registry's others, each with its registry entry.
+async fn infos(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
+    let statuses = state.tree.models().await;
+    let rows = state.registry.rows().await?;
+    let row = |id: &str| rows.iter().find(|r| r.id == id);
+    let mut out: Vec<ModelInfo> = statuses
+        .into_iter()
+        .map(|s| {
+            let draining = state.tree.is_draining(&s.id);
+            let r = row(s.id.as_str());
+            ModelInfo::served(s, r, draining)
+        })
+        .collect();
+    for r in &rows {
+        if !out.iter().any(|m| m.id == r.id) {
+            out.push(registered(r));
+        }
+    }
+    Ok(out)
+}
+
+fn registered(row: &ModelRow) -> ModelInfo {
+    let settings = crate::registry::row_config(row).ok();
+    ModelInfo::registered(row, settings.as_ref())
+}
+
+async fn info(state: &AppState, id: &str) -> Result<ModelInfo, ApiError> {
+    infos(state)
+        .await?
+        .into_iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("model `{id}` is not registered"),
+            )
+        })
+}
+
+fn accepted(info: ModelInfo) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header(("Location", format!("/v1/models/{}", info.id)))
+        .json(info)
+}
+
+/// Registers a model (`admin`). The answer is `202` with the model `registering` (or
+/// `awaiting_upload` for an upload); the file is fetched or hashed, checked against `sha256`,
+/// and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
+/// (served) or `failed` with a code. Functions may use the model once it is ready.
+#[utoipa::path(post, path = "/v1/models", tag = "models", security(("bearer" = ["admin"])),
+    request_body = RegisterModel,
+    responses(
+        (status = 202, description = "Accepted; registration runs in the background", body = ModelInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Lacks `admin`", body = ErrorBody),
+        (status = 409, description = "`model_exists`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `invalid_model_source`", body = ErrorBody)))]
+pub async fn register(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<RegisterModel>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let body = body.into_inner();
+    let source = source(body.source)?;
+    let row = state
+        .registry
+        .register(Registration {
+            id: ModelId::new(body.id),
+            source,
+            sha256: body.sha256,
+            settings: body.settings.unwrap_or_default(),
+        })
+        .await?;
+    Ok(accepted(registered(&row)))
+}
+
+fn source(spec: ModelSourceSpec) -> Result<Source, ApiError> {
+    match spec {
+        ModelSourceSpec {
+            path: Some(path),
+            url: None,
+            upload: None | Some(false),
+        } => Ok(Source::Path(path)),
+        ModelSourceSpec {
+            path: None,
+            url: Some(url),
+            upload: None | Some(false),
+        } => Ok(Source::Url(url)),
+        ModelSourceSpec {
+            path: None,
+            url: None,
+            upload: Some(true),
+        } => Ok(Source::Upload),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "source must be exactly one of {\"path\": ...}, {\"url\": ...} or {\"upload\": true}",
+        )
+        .with_field("source")),
+    }
+}
+
+/// The file of a model registered with `{"upload": true}` (`admin`), as the raw request body
+/// (`application/octet-stream`). Streamed to the model store and hashed on the way, never
+/// held in memory; larger than `registry.max_file_mb` or another sha256 fails the
+/// registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
+/// background like the other sources.
+#[utoipa::path(put, path = "/v1/models/{id}/file", tag = "models", security(("bearer" = ["admin"])),
+    params(("id" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 202, description = "Received; validation runs in the background", body = ModelInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Lacks `admin`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`model_not_awaiting_upload`", body = ErrorBody),
+        (status = 422, description = "`model_sha256_mismatch`, `model_too_large`, `model_truncated`", body = ErrorBody)))]
+pub async fn upload(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let row = state.registry.upload(&id, body).await?;
+    Ok(accepted(registered(&row)))
+}
+
+/// Deletes a model (`admin`): new invocations are refused at once with `model_draining`,
+/// running and queued work finishes (up to `registry.drain_timeout_s`), the replicas stop on
+/// every node, then the entry goes and the file the registry wrote is removed when no other
+/// model uses it. A registration still in progress is cancelled. `202` with the model
+/// `deleting`; `GET` answers `404` once it is gone.
+#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models", security(("bearer" = ["admin"])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Draining", body = ModelInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Lacks `admin`", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    state.registry.delete(&id).await?;
+    Ok(accepted(info(&state, &id).await?))
+}
+
+/// List models: those this node serves with their live state, and every registry entry
+/// (registering, failed, ...) with its source, sha256, progress and what its file holds.
+#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]), ("bearer" = ["admin"])),
     responses(
         (status = 200, body = ModelList),
         (status = 401, body = ErrorBody)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
-    let models = state
-        .tree
-        .models()
-        .await
-        .into_iter()
-        .map(ModelInfo::from)
-        .collect();
+    let models = infos(&state).await?;
     Ok(HttpResponse::Ok().json(ModelList { models }))
 }
 
-/// One model: state, replicas, busy slots, queue depth, memory and the last scaling decision.
-#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
+/// One model: state, replicas, busy slots, queue depth, memory and the last scaling decision;
+/// its registry entry (registration progress, the file's architecture, parameters,
+/// quantization, context length, size and sha256, or why it failed).
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]), ("bearer" = ["admin"])),
     params(("id" = String, Path)),
     responses(
         (status = 200, body = ModelInfo),
@@ -40,26 +194,13 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
-    let id = ModelId::new(id.into_inner());
-    let status = state
-        .tree
-        .models()
-        .await
-        .into_iter()
-        .find(|m| m.id == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::ModelNotFound,
-                format!("model `{id}` is not registered"),
-            )
-        })?;
-    Ok(HttpResponse::Ok().json(ModelInfo::from(status)))
+    Ok(HttpResponse::Ok().json(info(&state, &id).await?))
 }
 
 /// The llama.cpp backends this node loaded (from `engine.backends_dir`, the binary's folder or
 /// the build's) and their devices with free memory as of now: where models without
 /// `n_gpu_layers` put their layers.
-#[utoipa::path(get, path = "/v1/devices", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"])),
+#[utoipa::path(get, path = "/v1/devices", tag = "models", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]), ("bearer" = ["admin"])),
     responses(
         (status = 200, body = DeviceList),
         (status = 401, body = ErrorBody)))]

@@ -8,6 +8,7 @@ mod deliveries;
 pub mod entities;
 mod idempotency;
 mod jobs;
+mod models;
 mod recorder;
 mod tenants;
 mod triggers;
@@ -17,6 +18,7 @@ pub use batches::BatchRow;
 pub use deliveries::{AttemptRow, DeliveryNext};
 pub use idempotency::KeyClaim;
 pub use jobs::{DeliveryRow, InvocationFilter, JobEnd};
+pub use models::{ModelChange, ModelRow, NewModel};
 pub use recorder::Recorder;
 pub use tenants::{ApiKeyRow, TenantRow, TenantSettings};
 pub use triggers::TriggerRow;
@@ -25,7 +27,6 @@ pub use usage::{UsageGroup, UsageRow};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use genrt_actors::ModelConfig;
 use genrt_functions::{FunctionName, FunctionSpec, TenantId};
 use genrt_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::OnConflict;
@@ -37,7 +38,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::config::Config;
-use entities::{function, function_version, invocation, model, tenant};
+use entities::{function, function_version, invocation, tenant};
 
 #[derive(Clone)]
 pub struct Store {
@@ -119,27 +120,6 @@ impl Store {
 
     pub async fn close(self) {
         let _ = self.db.close().await;
-    }
-
-    /// Records the configured models, so that the database describes what invocations ran on.
-    pub async fn sync_models(&self, models: &[ModelConfig]) -> Result<(), DbErr> {
-        for m in models {
-            let row = model::ActiveModel {
-                id: Set(m.id.as_str().to_owned()),
-                path: Set(m.path.display().to_string()),
-                n_ctx: Set(m.n_ctx as i32),
-                registered_at: Set(Utc::now()),
-            };
-            model::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(model::Column::Id)
-                        .update_columns([model::Column::Path, model::Column::NCtx])
-                        .to_owned(),
-                )
-                .exec(&self.db)
-                .await?;
-        }
-        Ok(())
     }
 
     async fn ensure_tenant(db: &impl ConnectionTrait, tenant: &TenantId) -> Result<(), DbErr> {

@@ -492,10 +492,19 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List registered models with their state (unloaded, loading, ready, failed) and replicas. */
+        /**
+         * List models: those this node serves with their live state, and every registry entry
+         *     (registering, failed, ...) with its source, sha256, progress and what its file holds.
+         */
         get: operations["models_list"];
         put?: never;
-        post?: never;
+        /**
+         * Registers a model (`admin`). The answer is `202` with the model `registering` (or
+         *     `awaiting_upload` for an upload); the file is fetched or hashed, checked against `sha256`,
+         *     and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
+         *     (served) or `failed` with a code. Functions may use the model once it is ready.
+         */
+        post: operations["register"];
         delete?: never;
         options?: never;
         head?: never;
@@ -509,9 +518,43 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One model: state, replicas, busy slots, queue depth, memory and the last scaling decision. */
+        /**
+         * One model: state, replicas, busy slots, queue depth, memory and the last scaling decision;
+         *     its registry entry (registration progress, the file's architecture, parameters,
+         *     quantization, context length, size and sha256, or why it failed).
+         */
         get: operations["models_get"];
         put?: never;
+        post?: never;
+        /**
+         * Deletes a model (`admin`): new invocations are refused at once with `model_draining`,
+         *     running and queued work finishes (up to `registry.drain_timeout_s`), the replicas stop on
+         *     every node, then the entry goes and the file the registry wrote is removed when no other
+         *     model uses it. A registration still in progress is cancelled. `202` with the model
+         *     `deleting`; `GET` answers `404` once it is gone.
+         */
+        delete: operations["models_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{id}/file": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * The file of a model registered with `{"upload": true}` (`admin`), as the raw request body
+         *     (`application/octet-stream`). Streamed to the model store and hashed on the way, never
+         *     held in memory; larger than `registry.max_file_mb` or another sha256 fails the
+         *     registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
+         *     background like the other sources.
+         */
+        put: operations["upload"];
         post?: never;
         delete?: never;
         options?: never;
@@ -1023,7 +1066,7 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
@@ -1205,6 +1248,31 @@ export interface components {
             /** @description Decoding is always constrained by the schema; `strict` changes nothing. */
             strict?: boolean | null;
         };
+        /** @description What validation read from a model's file. */
+        ModelFileInfo: {
+            /** @description `general.architecture`, e.g. `llama`. */
+            architecture: string;
+            /** @description Whether the file has a chat template (without one, chat uses a plain layout). */
+            chat_template: boolean;
+            /**
+             * Format: int32
+             * @description The context the model was trained for.
+             */
+            context_length?: number | null;
+            /** Format: int64 */
+            file_bytes: number;
+            /** Format: int32 */
+            gguf_version: number;
+            /**
+             * Format: int64
+             * @description Weights, counted from the tensor table.
+             */
+            parameters: number;
+            /** @description The tensor type holding most of the bytes: `q4_1`, `q8_0`, `f16`, ... */
+            quantization: string;
+            /** Format: int64 */
+            tensors: number;
+        };
         ModelInfo: {
             /**
              * Format: int32
@@ -1252,13 +1320,20 @@ export interface components {
             prefix_cache: components["schemas"]["PrefixCacheInfo"];
             /** Format: int32 */
             queued: number;
+            registration?: null | components["schemas"]["RegistrationInfo"];
             /** Format: int64 */
             replica_restarts: number;
             /** Format: int32 */
             replicas: number;
             /** Format: int32 */
             slots_per_replica: number;
-            /** @description `unloaded`, `loading`, `ready` or `failed`. */
+            /**
+             * @description Served on this node: `unloaded`, `loading`, `ready`, `failed`, or `draining` while it
+             *     is being deleted. Not served here: the registry's state (`awaiting_upload`,
+             *     `registering`, `failed`, `deleting`), or `syncing` for a model ready in the registry
+             *     that this node does not serve yet (it checks the file first; see
+             *     `registry.sync_interval_ms`).
+             */
             state: string;
         };
         ModelList: {
@@ -1277,6 +1352,16 @@ export interface components {
             object: string;
             /** @description `genrt` for registered models, the tenant for its functions. */
             owned_by: string;
+        };
+        /**
+         * @description Where the file comes from: `{"path": "..."}` (a file under the model store),
+         *     `{"url": "https://..."}` (fetched through the SSRF guard), or `{"upload": true}` (sent
+         *     next with `PUT /v1/models/{id}/file`).
+         */
+        ModelSourceSpec: {
+            path?: string | null;
+            upload?: boolean | null;
+            url?: string | null;
         };
         /** @description OpenAI's error envelope, used on every `/openai/v1` route. */
         OpenAiErrorBody: {
@@ -1382,6 +1467,59 @@ export interface components {
             database: boolean;
             /** @description `ready` or `not_ready`. */
             status: string;
+        };
+        /** @description `POST /v1/models`: a model to register. Exactly one source. */
+        RegisterModel: {
+            /**
+             * @description 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, starting with a letter or digit.
+             * @example smollm2-fashion
+             */
+            id: string;
+            /**
+             * @description Serving settings, the configuration file's `[[models]]` keys: `n_ctx`, `slots`,
+             *     `min_replicas`, `max_replicas`, `idle_timeout_s`, `n_gpu_layers`, `main_gpu`,
+             *     `embeddings`, `threads`, `queue_capacity`, ... Unknown keys are refused.
+             */
+            settings?: Record<string, unknown> | null;
+            /** @description The file's SHA-256 (64 hex digits); the registration fails if the bytes differ. */
+            sha256: string;
+            source: components["schemas"]["ModelSourceSpec"];
+        };
+        /** @description Why a registration failed. */
+        RegistrationError: {
+            /** @description An error code: `model_sha256_mismatch`, `model_not_gguf`, `model_truncated`, ... */
+            code: string;
+            message: string;
+        };
+        /** @description The model's entry in the registry. */
+        RegistrationInfo: {
+            /**
+             * Format: int64
+             * @description Bytes fetched, received or hashed so far.
+             */
+            bytes_done: number;
+            error?: null | components["schemas"]["RegistrationError"];
+            file?: null | components["schemas"]["ModelFileInfo"];
+            /**
+             * Format: double
+             * @description `bytes_done` of `size_bytes`, once the size is known.
+             */
+            percent?: number | null;
+            /** Format: date-time */
+            registered_at: string;
+            sha256?: string | null;
+            /**
+             * Format: int64
+             * @description The file's size, once known.
+             */
+            size_bytes: number;
+            source?: string | null;
+            /** @description `config` (seeded from the configuration file), `path`, `url` or `upload`. */
+            source_kind: string;
+            /** @description `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`. */
+            state: string;
+            /** Format: date-time */
+            updated_at?: string | null;
         };
         /** @description Structured output, mapped onto genrt's constrained decoding. */
         ResponseFormat: {
@@ -3793,6 +3931,101 @@ export interface operations {
             };
         };
     };
+    register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegisterModel"];
+            };
+        };
+        responses: {
+            /** @description Accepted; registration runs in the background */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Lacks `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_exists` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `invalid_request`, `invalid_model_source` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     models_get: {
         parameters: {
             query?: never;
@@ -3830,6 +4063,167 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    models_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Draining */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelInfo"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Lacks `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    upload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": number[];
+            };
+        };
+        responses: {
+            /** @description Received; validation runs in the background */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Lacks `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_awaiting_upload` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_sha256_mismatch`, `model_too_large`, `model_truncated` */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -8,6 +8,7 @@ import type {
   CreateTrigger,
   DeviceList,
   ModelInfo,
+  RegisterModel,
   TenantInfo,
   TriggerInfo,
   UpdateTenant,
@@ -32,10 +33,68 @@ export class Usage {
   }
 }
 
+export interface RegistrationWaitOptions extends RequestOptions {
+  /** Between polls; default 500 ms. */
+  intervalMs?: number;
+  /** Give up after this long; default 30 minutes (a large download). */
+  waitMs?: number;
+  /** Called after each poll with the model's entry (`registration.percent`, `bytes_done`). */
+  onProgress?: (model: ModelInfo) => void;
+}
+
 export class Models {
   constructor(private readonly client: APIClient) {}
 
-  /** Registered models with state, replicas, busy slots and queue depth. */
+  /**
+   * Registers a model (`admin`): `source` is `{ path }` (a file under the server's model
+   * store), `{ url }` (fetched by the server) or `{ upload: true }` (then send the file with
+   * `upload`). Resolves at once with the model `registering` (or `awaiting_upload`); see
+   * `waitUntilRegistered`.
+   */
+  register(params: RegisterModel, options?: RequestOptions): Promise<ModelInfo> {
+    return this.client.post('/v1/models', params, options);
+  }
+
+  /**
+   * The file of a model registered with `{ upload: true }`, streamed (in Node:
+   * `Readable.toWeb(fs.createReadStream(path))`); never retried, since a stream is read once.
+   */
+  async upload(
+    id: string,
+    file: Uint8Array | Blob | ReadableStream<Uint8Array>,
+    options?: RequestOptions,
+  ): Promise<ModelInfo> {
+    const path = `/v1/models/${encodeURIComponent(id)}/file`;
+    return (await this.client.request<ModelInfo>({ method: 'PUT', path, rawBody: file, options })).data;
+  }
+
+  /**
+   * Polls until the registration is `ready` or `failed` and resolves with the entry either
+   * way (`registration.error` says why it failed).
+   */
+  async waitUntilRegistered(id: string, options: RegistrationWaitOptions = {}): Promise<ModelInfo> {
+    const { intervalMs = 500, waitMs = 30 * 60_000, onProgress, ...request } = options;
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const model = await this.get(id, request);
+      onProgress?.(model);
+      const state = model.registration?.state;
+      if (state === 'ready' || state === 'failed') return model;
+      if (Date.now() > deadline) throw new Error(`model ${id} still ${state} after ${waitMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    }
+  }
+
+  /**
+   * Deletes a model (`admin`): new work is refused (`model_draining`), running work
+   * finishes, then it is gone. Resolves with the model `draining`/`deleting`.
+   */
+  async delete(id: string, options?: RequestOptions): Promise<ModelInfo> {
+    const path = `/v1/models/${encodeURIComponent(id)}`;
+    return (await this.client.request<ModelInfo>({ method: 'DELETE', path, options })).data;
+  }
+
+  /** Models with state, replicas, busy slots and queue depth, and each one's registry entry. */
   async list(options?: RequestOptions): Promise<ModelInfo[]> {
     return (await this.client.get<{ models: ModelInfo[] }>('/v1/models', undefined, options)).models;
   }

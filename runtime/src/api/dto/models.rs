@@ -1,9 +1,129 @@
 //! Models, devices and health.
 
 use chrono::{DateTime, Utc};
+use genrt_actors::engine::gguf::GgufInfo;
 use genrt_actors::{ModelPhase, ModelStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::store::ModelRow;
+
+/// `POST /v1/models`: a model to register. Exactly one source.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterModel {
+    /// 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, starting with a letter or digit.
+    #[schema(example = "smollm2-fashion")]
+    pub id: String,
+    pub source: ModelSourceSpec,
+    /// The file's SHA-256 (64 hex digits); the registration fails if the bytes differ.
+    pub sha256: String,
+    /// Serving settings, the configuration file's `[[models]]` keys: `n_ctx`, `slots`,
+    /// `min_replicas`, `max_replicas`, `idle_timeout_s`, `n_gpu_layers`, `main_gpu`,
+    /// `embeddings`, `threads`, `queue_capacity`, ... Unknown keys are refused.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Where the file comes from: `{"path": "..."}` (a file under the model store),
+/// `{"url": "https://..."}` (fetched through the SSRF guard), or `{"upload": true}` (sent
+/// next with `PUT /v1/models/{id}/file`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSourceSpec {
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub upload: Option<bool>,
+}
+
+/// What validation read from a model's file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelFileInfo {
+    /// `general.architecture`, e.g. `llama`.
+    pub architecture: String,
+    /// Weights, counted from the tensor table.
+    pub parameters: u64,
+    /// The tensor type holding most of the bytes: `q4_1`, `q8_0`, `f16`, ...
+    pub quantization: String,
+    /// The context the model was trained for.
+    pub context_length: Option<u32>,
+    /// Whether the file has a chat template (without one, chat uses a plain layout).
+    pub chat_template: bool,
+    pub gguf_version: u32,
+    pub tensors: u64,
+    pub file_bytes: u64,
+}
+
+impl From<GgufInfo> for ModelFileInfo {
+    fn from(i: GgufInfo) -> Self {
+        Self {
+            architecture: i.architecture,
+            parameters: i.parameters,
+            quantization: i.quantization,
+            context_length: i.context_length,
+            chat_template: i.chat_template,
+            gguf_version: i.version,
+            tensors: i.tensors,
+            file_bytes: i.file_bytes,
+        }
+    }
+}
+
+/// Why a registration failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationError {
+    /// An error code: `model_sha256_mismatch`, `model_not_gguf`, `model_truncated`, ...
+    pub code: String,
+    pub message: String,
+}
+
+/// The model's entry in the registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationInfo {
+    /// `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`.
+    pub state: String,
+    /// `config` (seeded from the configuration file), `path`, `url` or `upload`.
+    pub source_kind: String,
+    pub source: Option<String>,
+    pub sha256: Option<String>,
+    /// The file's size, once known.
+    pub size_bytes: u64,
+    /// Bytes fetched, received or hashed so far.
+    pub bytes_done: u64,
+    /// `bytes_done` of `size_bytes`, once the size is known.
+    pub percent: Option<f64>,
+    pub file: Option<ModelFileInfo>,
+    pub error: Option<RegistrationError>,
+    pub registered_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ModelRow> for RegistrationInfo {
+    fn from(r: &ModelRow) -> Self {
+        let (size, done) = (r.size_bytes.max(0) as u64, r.bytes_done.max(0) as u64);
+        Self {
+            state: r.state.clone(),
+            source_kind: r.source_kind.clone(),
+            source: r.source.clone(),
+            sha256: r.sha256.clone(),
+            size_bytes: size,
+            bytes_done: done,
+            percent: (size > 0).then(|| (done as f64 * 100.0 / size as f64).min(100.0)),
+            file: r
+                .info
+                .as_deref()
+                .and_then(|raw| serde_json::from_str::<GgufInfo>(raw).ok())
+                .map(ModelFileInfo::from),
+            error: r.error_code.clone().map(|code| RegistrationError {
+                code,
+                message: r.error_message.clone().unwrap_or_default(),
+            }),
+            registered_at: r.registered_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScalingInfo {
@@ -30,7 +150,11 @@ pub struct PrefixCacheInfo {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelInfo {
     pub id: String,
-    /// `unloaded`, `loading`, `ready` or `failed`.
+    /// Served on this node: `unloaded`, `loading`, `ready`, `failed`, or `draining` while it
+    /// is being deleted. Not served here: the registry's state (`awaiting_upload`,
+    /// `registering`, `failed`, `deleting`), or `syncing` for a model ready in the registry
+    /// that this node does not serve yet (it checks the file first; see
+    /// `registry.sync_interval_ms`).
     pub state: String,
     pub replicas: u32,
     pub busy_replicas: u32,
@@ -58,6 +182,60 @@ pub struct ModelInfo {
     pub prefix_cache: PrefixCacheInfo,
     /// Why the model is failed.
     pub error: Option<String>,
+    /// The model's registry entry: source, sha256, progress, what its file holds.
+    pub registration: Option<RegistrationInfo>,
+}
+
+impl ModelInfo {
+    /// A served model's live state with its registry entry; `draining` while it is being
+    /// removed.
+    pub fn served(status: ModelStatus, row: Option<&ModelRow>, draining: bool) -> Self {
+        let mut info = Self::from(status);
+        if draining || row.is_some_and(|r| r.state == "deleting") {
+            info.state = "draining".into();
+        }
+        info.registration = row.map(RegistrationInfo::from);
+        info
+    }
+
+    /// A registered model this node does not serve (yet, or any more): its registry state.
+    pub fn registered(row: &ModelRow, settings: Option<&genrt_actors::ModelConfig>) -> Self {
+        let registration = RegistrationInfo::from(row);
+        let state = match row.state.as_str() {
+            "ready" => "syncing".to_owned(),
+            other => other.to_owned(),
+        };
+        Self {
+            id: row.id.clone(),
+            state,
+            replicas: 0,
+            busy_replicas: 0,
+            slots_per_replica: settings.map_or(0, |s| s.slots),
+            busy_slots: 0,
+            queued: 0,
+            background_queued: 0,
+            min_replicas: settings.map_or(0, |s| s.min_replicas),
+            max_replicas: settings.map_or(0, |s| s.max_replicas),
+            memory_bytes: 0,
+            gpu_memory_bytes: 0,
+            device: String::new(),
+            gpu_layers: None,
+            last_scaling: None,
+            n_ctx: row.n_ctx.max(0) as u32,
+            loads: 0,
+            replica_restarts: 0,
+            last_load_ms: None,
+            prefix_cache: PrefixCacheInfo {
+                lookups: 0,
+                hits: 0,
+                prompt_tokens: 0,
+                cached_tokens: 0,
+                evictions: 0,
+            },
+            error: registration.error.as_ref().map(|e| e.message.clone()),
+            registration: Some(registration),
+        }
+    }
 }
 
 impl From<ModelStatus> for ModelInfo {
@@ -99,6 +277,7 @@ impl From<ModelStatus> for ModelInfo {
                 evictions: s.prefix_cache.evictions,
             },
             error,
+            registration: None,
         }
     }
 }

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+/// A model of the registry (see `crate::registry`): seeded from the configuration or
+/// registered through the API.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "models")]
 pub struct Model {
@@ -8,6 +10,21 @@ pub struct Model {
     pub path: String,
     pub n_ctx: i32,
     pub registered_at: ChronoDateTimeUtc,
+    /// The tenant of a private model; `None` for a public one.
+    pub owner: Option<String>,
+    /// `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`.
+    pub state: String,
+    /// `config`, `path`, `url` or `upload`.
+    pub source_kind: String,
+    pub source: Option<String>,
+    pub sha256: Option<String>,
+    pub size_bytes: i64,
+    pub bytes_done: i64,
+    pub settings: Option<String>,
+    pub info: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub updated_at: Option<ChronoDateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,877 @@
+//! The model registry: models registered at run time, next to those the configuration seeds.
+//!
+//! A registration is a row in the `models` table (durable, shared by every node of one
+//! database) and a job on the node that accepted it:
+//!
+//! ```text
+//! POST /v1/models ──► awaiting_upload ──PUT …/file──┐
+//!        │                                          ▼
+//!        └──────────────────────────────────► registering ──► ready ──DELETE──► deleting ──► (gone)
+//!                                                   │
+//!                                                   └──► failed (code + reason; registering the
+//!                                                        same id again replaces it)
+//! ```
+//!
+//! `registering` fetches the file (a URL through the webhooks' SSRF guard, streamed to the
+//! store) or hashes it (a path under the store, an upload), checks its sha256, then validates
+//! it before anything loads it: GGUF magic and version, the header and tensor table, every
+//! tensor inside the file (`engine::gguf::inspect`), the architecture known to this llama.cpp
+//! (a vocabulary-only load), the size against the memory budget. A failure removes what the
+//! registration wrote to the store and leaves the row `failed` with a code naming the problem.
+//! Jobs run on a bounded pool (`registry.concurrent`); progress is written to the row.
+//!
+//! Every node reads the registry every `registry.sync_interval_ms` ([`ModelRegistry::sync`]):
+//! a `ready` model it does not serve is started once the file's sha256 has been checked on
+//! this node (the store is a shared volume); a model deleted or `deleting` is drained and
+//! stopped. That interval (plus the hash) bounds how long a model registered on one node takes
+//! to be served by the others. Polling rather than LISTEN/NOTIFY: it works on SQLite too, and
+//! the registry changes rarely.
+//!
+//! Deleting drains: new invocations are refused with `model_draining`, running and queued work
+//! finishes (up to `registry.drain_timeout_s`), the replicas stop, the row goes and, when no
+//! other model names it, the file the registry wrote (URL and upload sources; a `path` source
+//! is the operator's and stays).
+
+mod fetch;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use genrt_actors::engine::gguf::{self, GgufInfo, GgufProblem};
+use genrt_actors::{ActorTree, ModelChangeError, ModelConfig};
+use genrt_functions::ModelId;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::{validate_model, RegistryConfig};
+use crate::error::{ApiError, ErrorCode};
+use crate::store::{ModelChange, ModelRow, NewModel, Store};
+use crate::webhooks::ssrf::UrlGuard;
+
+pub use fetch::Hashed;
+
+/// Where a registered model's file comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Relative to `registry.store_dir` (or absolute inside it).
+    Path(String),
+    Url(String),
+    /// Sent afterwards with `PUT /v1/models/{id}/file`.
+    Upload,
+}
+
+/// A registration as the API accepted it.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub id: ModelId,
+    pub source: Source,
+    pub sha256: String,
+    /// The serving settings, the configuration file's keys (`n_ctx`, `slots`, ...); `id` and
+    /// `path` are the registry's.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A registration job that failed: the code and message the row keeps.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<GgufProblem> for Failure {
+    fn from(problem: GgufProblem) -> Self {
+        let code = match &problem {
+            GgufProblem::NotGguf => ErrorCode::ModelNotGguf,
+            GgufProblem::Version(_) => ErrorCode::ModelGgufVersion,
+            GgufProblem::Truncated(_) => ErrorCode::ModelTruncated,
+            GgufProblem::Io(_) => ErrorCode::InvalidModelSource,
+        };
+        Self::new(code, problem.to_string())
+    }
+}
+
+/// The registry service: one per node, cloned into the handlers and the sync loop.
+#[derive(Clone)]
+pub struct ModelRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    tree: Arc<ActorTree>,
+    config: RegistryConfig,
+    /// The canonical store directory.
+    root: PathBuf,
+    memory_budget_bytes: u64,
+    guard: Arc<UrlGuard>,
+    http: reqwest::Client,
+    jobs: Arc<Semaphore>,
+    /// Registration jobs running on this node, to cancel them when the model is deleted.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Models this node is draining, so that the sync loop starts one drain per model.
+    removing: Mutex<HashSet<String>>,
+    /// Files whose sha256 this node checked: path → (size, modified, sha256).
+    verified: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+/// Longest accepted model id, and the characters: lower-case letters, digits, `-`, `_`, `.`.
+/// `:` and `@` are kept out for adapters (`base:adapter`) and versions (`name@3`).
+const MAX_ID_LEN: usize = 64;
+
+/// Folder of the store the registry writes to.
+const REGISTRY_DIR: &str = "registry";
+
+pub fn valid_model_id(raw: &str) -> bool {
+    let mut chars = raw.chars();
+    raw.len() <= MAX_ID_LEN
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+impl ModelRegistry {
+    pub fn new(
+        store: Store,
+        tree: Arc<ActorTree>,
+        config: RegistryConfig,
+        memory_budget_bytes: u64,
+        guard: Arc<UrlGuard>,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(config.store_dir.join(REGISTRY_DIR).join(".partial"))
+            .map_err(|e| format!("registry.store_dir {}: {e}", config.store_dir.display()))?;
+        let root = config
+            .store_dir
+            .canonicalize()
+            .map_err(|e| format!("registry.store_dir {}: {e}", config.store_dir.display()))?;
+        let http = fetch::client(Arc::clone(&guard)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                tree,
+                jobs: Arc::new(Semaphore::new(config.concurrent.max(1))),
+                config,
+                root,
+                memory_budget_bytes,
+                guard,
+                http,
+                running: Mutex::new(HashMap::new()),
+                removing: Mutex::new(HashSet::new()),
+                verified: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn store_root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Accepts a registration: checks what can be checked now (id, sha256, settings, source)
+    /// and records it; the job that fetches and validates the file runs in the background.
+    pub async fn register(&self, r: Registration) -> Result<ModelRow, ApiError> {
+        let inner = &self.inner;
+        if !valid_model_id(r.id.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("model id `{}` must be 1 to {MAX_ID_LEN} lower-case letters, digits, `-`, `_` or `.`, starting with a letter or digit", r.id),
+            )
+            .with_field("id"));
+        }
+        let sha256 = r.sha256.to_ascii_lowercase();
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "sha256 must be the file's SHA-256 as 64 hexadecimal digits",
+            )
+            .with_field("sha256"));
+        }
+        let (state, kind, source, path) = match &r.source {
+            Source::Path(raw) => {
+                let path = self.resolve_store_path(raw)?;
+                (
+                    "registering",
+                    "path",
+                    Some(raw.clone()),
+                    path.display().to_string(),
+                )
+            }
+            Source::Url(raw) => {
+                self.check_url(raw)?;
+                (
+                    "registering",
+                    "url",
+                    Some(raw.clone()),
+                    self.file_path(r.id.as_str(), &sha256),
+                )
+            }
+            Source::Upload => (
+                "awaiting_upload",
+                "upload",
+                None,
+                self.file_path(r.id.as_str(), &sha256),
+            ),
+        };
+        let settings = settings(&r.id, &path, r.settings)?;
+        if inner.tree.model(&r.id).is_some() {
+            return Err(exists(&r.id));
+        }
+        let inserted = inner
+            .store
+            .insert_model(NewModel {
+                id: r.id.as_str().to_owned(),
+                owner: None,
+                state,
+                source_kind: kind,
+                source,
+                sha256,
+                path,
+                settings,
+            })
+            .await?;
+        if !inserted {
+            return Err(exists(&r.id));
+        }
+        if state == "registering" {
+            self.spawn_job(r.id.as_str());
+        }
+        self.row(r.id.as_str()).await
+    }
+
+    /// Receives an upload's bytes (`PUT /v1/models/{id}/file`): streamed to the store while
+    /// hashed, never held whole; a wrong sha256 or a file over `registry.max_file_mb` fails
+    /// the registration at once. Validation then runs as for the other sources.
+    pub async fn upload<S, E>(&self, id: &str, body: S) -> Result<ModelRow, ApiError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let inner = &self.inner;
+        let row = self.row(id).await?;
+        if row.state != "awaiting_upload" {
+            return Err(ApiError::new(
+                ErrorCode::ModelNotAwaitingUpload,
+                format!(
+                    "model `{id}` is `{}`: only a registration with source `upload` that has not received its file takes one",
+                    row.state
+                ),
+            ));
+        }
+        // Claim the row, so that two uploads cannot write the same file.
+        if !inner
+            .store
+            .model_transition(
+                id,
+                &["awaiting_upload"],
+                "registering",
+                ModelChange::default(),
+            )
+            .await?
+        {
+            return Err(ApiError::new(
+                ErrorCode::ModelNotAwaitingUpload,
+                format!("model `{id}` is already receiving its file"),
+            ));
+        }
+        let cancel = self.track(id);
+        let progress = fetch::Progress::new(inner.store.clone(), id);
+        let result = fetch::receive(
+            body,
+            &self.partial_path(id),
+            Path::new(&row.path),
+            row.sha256.as_deref().unwrap_or_default(),
+            self.max_file_bytes(),
+            &progress,
+            &cancel,
+        )
+        .await;
+        match result {
+            Ok(hashed) => {
+                self.remember(Path::new(&row.path), &hashed.sha256);
+                self.spawn_validation(id.to_owned(), cancel);
+            }
+            Err(failure) => {
+                self.fail(&row, failure.clone()).await;
+                self.untrack(id);
+                return Err(ApiError::new(failure.code, failure.message));
+            }
+        }
+        self.row(id).await
+    }
+
+    /// Deletes a model: `deleting` at once (every node stops giving it work), then drained,
+    /// stopped and removed in the background.
+    pub async fn delete(&self, id: &str) -> Result<ModelRow, ApiError> {
+        let inner = &self.inner;
+        let row = self.row(id).await?;
+        if row.state != "deleting" {
+            inner
+                .store
+                .model_transition(
+                    id,
+                    &["awaiting_upload", "registering", "ready", "failed"],
+                    "deleting",
+                    ModelChange::default(),
+                )
+                .await?;
+        }
+        if let Some(token) = inner.running.lock().expect("running lock").get(id) {
+            token.cancel();
+        }
+        self.spawn_removal(row.clone(), true);
+        self.row(id).await
+    }
+
+    /// The row of `id`, or `model_not_found`.
+    pub async fn row(&self, id: &str) -> Result<ModelRow, ApiError> {
+        self.inner.store.model_row(id).await?.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("model `{id}` is not registered"),
+            )
+        })
+    }
+
+    pub async fn rows(&self) -> Result<Vec<ModelRow>, ApiError> {
+        Ok(self.inner.store.model_rows().await?)
+    }
+
+    /// Models a function may be deployed on: served here, or ready in the registry (another
+    /// node registered it and this one has not synced yet). Not those being deleted.
+    pub async fn deployable(&self) -> Result<HashSet<ModelId>, ApiError> {
+        let inner = &self.inner;
+        let rows = inner.store.model_rows().await?;
+        let deleting: HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.state == "deleting")
+            .map(|r| r.id.as_str())
+            .collect();
+        let mut ids: HashSet<ModelId> = rows
+            .iter()
+            .filter(|r| r.state == "ready")
+            .map(|r| ModelId::new(r.id.clone()))
+            .collect();
+        ids.extend(
+            inner
+                .tree
+                .model_configs()
+                .into_iter()
+                .filter(|m| !deleting.contains(m.id.as_str()) && !inner.tree.is_draining(&m.id))
+                .map(|m| m.id),
+        );
+        Ok(ids)
+    }
+
+    /// Brings this node in line with the registry: starts `ready` models it does not serve
+    /// (after checking their files), drains those deleted, and resumes registrations left
+    /// `registering` by a previous run (`resume`, at start).
+    pub async fn sync(&self, resume: bool) -> Result<(), sea_orm::DbErr> {
+        let inner = &self.inner;
+        let rows = inner.store.model_rows().await?;
+        let by_id: HashMap<&str, &ModelRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        for row in &rows {
+            let id = ModelId::new(row.id.clone());
+            match row.state.as_str() {
+                "ready" if inner.tree.model(&id).is_none() => {
+                    if let Err(err) = self.serve(row).await {
+                        tracing::warn!(model = %row.id, error = %err, "registered model not served on this node");
+                    }
+                }
+                // At start, a deletion a previous run left unfinished is this node's to finish.
+                "deleting" => self.spawn_removal(row.clone(), resume),
+                "registering" if resume => self.spawn_job(&row.id),
+                _ => {}
+            }
+        }
+        for config in inner.tree.model_configs() {
+            if !by_id.contains_key(config.id.as_str()) {
+                // Deleted on another node after its drain there.
+                self.spawn_removal_of(config.id.as_str().to_owned(), None, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`Self::sync`] every `registry.sync_interval_ms` until `stop`.
+    pub async fn run_sync(self, stop: CancellationToken) {
+        let every = Duration::from_millis(self.inner.config.sync_interval_ms);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(err) = self.sync(false).await {
+                tracing::warn!(error = %err, "model registry sync failed");
+            }
+        }
+    }
+
+    /// Starts serving a `ready` row on this node, once its file matches its sha256.
+    async fn serve(&self, row: &ModelRow) -> Result<(), String> {
+        let config = row_config(row)?;
+        if let Some(expected) = &row.sha256 {
+            let path = PathBuf::from(&row.path);
+            if !self.is_verified(&path, expected) {
+                let hashed = fetch::hash_file(&path, None, &CancellationToken::new())
+                    .await
+                    .map_err(|f| f.message)?;
+                if &hashed.sha256 != expected {
+                    return Err(format!(
+                        "{} has sha256 {} on this node, not the registered {expected}",
+                        path.display(),
+                        hashed.sha256
+                    ));
+                }
+                self.remember(&path, expected);
+            }
+        }
+        match self.inner.tree.add_model(config).await {
+            Ok(()) | Err(ModelChangeError::Exists(_)) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    fn spawn_job(&self, id: &str) {
+        let cancel = self.track(id);
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                permit = Arc::clone(&this.inner.jobs).acquire_owned() => permit,
+                () = cancel.cancelled() => { this.untrack(&id); return; }
+            };
+            let Ok(_permit) = permit else {
+                return;
+            };
+            let row = match this.inner.store.model_row(&id).await {
+                Ok(Some(row)) if row.state == "registering" => row,
+                _ => {
+                    this.untrack(&id);
+                    return;
+                }
+            };
+            let acquired = this.acquire(&row, &cancel).await;
+            match acquired {
+                Ok(()) => this.validate_and_serve(&row, &cancel).await,
+                Err(failure) => this.fail(&row, failure).await,
+            }
+            this.untrack(&id);
+        });
+    }
+
+    fn spawn_validation(&self, id: String, cancel: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = Arc::clone(&this.inner.jobs).acquire_owned().await else {
+                return;
+            };
+            if let Ok(Some(row)) = this.inner.store.model_row(&id).await {
+                if row.state == "registering" {
+                    this.validate_and_serve(&row, &cancel).await;
+                }
+            }
+            this.untrack(&id);
+        });
+    }
+
+    /// Puts the file at `row.path` with the registered sha256: downloads it, or hashes what
+    /// is there.
+    async fn acquire(&self, row: &ModelRow, cancel: &CancellationToken) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let expected = row.sha256.as_deref().unwrap_or_default();
+        let progress = fetch::Progress::new(inner.store.clone(), &row.id);
+        let path = PathBuf::from(&row.path);
+        let hashed = match row.source_kind.as_str() {
+            "url" => {
+                let url = row.source.clone().unwrap_or_default();
+                let url = self
+                    .check_url(&url)
+                    .map_err(|e| Failure::new(ErrorCode::InvalidModelSource, e.message.clone()))?;
+                fetch::download(
+                    &inner.http,
+                    url,
+                    &self.partial_path(&row.id),
+                    &path,
+                    expected,
+                    self.max_file_bytes(),
+                    &progress,
+                    cancel,
+                )
+                .await?
+            }
+            _ => {
+                let hashed = fetch::hash_file(&path, Some(&progress), cancel).await?;
+                if hashed.sha256 != expected {
+                    return Err(fetch::mismatch(expected, &hashed.sha256));
+                }
+                hashed
+            }
+        };
+        self.remember(&path, &hashed.sha256);
+        Ok(())
+    }
+
+    /// Validates the file, marks the row `ready` with what was read, and starts serving it.
+    async fn validate_and_serve(&self, row: &ModelRow, cancel: &CancellationToken) {
+        let inner = &self.inner;
+        let path = PathBuf::from(&row.path);
+        let info = match self.validate(&path).await {
+            Ok(info) => info,
+            Err(failure) => return self.fail(row, failure).await,
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        let change = ModelChange {
+            info: serde_json::to_string(&info).ok(),
+            size_bytes: Some(info.file_bytes),
+            ..Default::default()
+        };
+        match inner
+            .store
+            .model_transition(&row.id, &["registering"], "ready", change)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::error!(model = %row.id, error = %err, "cannot record a validated model");
+                return;
+            }
+        }
+        tracing::info!(model = %row.id, architecture = %info.architecture, quantization = %info.quantization, "model registered");
+        if let Err(err) = self.serve(row).await {
+            let failure = Failure::new(ErrorCode::ModelUnavailable, err);
+            self.fail_state(row, &["ready"], failure).await;
+        }
+    }
+
+    /// The checks of a file before anything loads it.
+    async fn validate(&self, path: &Path) -> Result<GgufInfo, Failure> {
+        let inner = &self.inner;
+        let (p, tree) = (path.to_owned(), Arc::clone(&inner.tree));
+        let budget = inner.memory_budget_bytes;
+        let gpu = inner.tree.devices().iter().any(|d| d.takes_layers());
+        tokio::task::spawn_blocking(move || {
+            let info = gguf::inspect(&p)?;
+            if info.kind == "adapter" {
+                return Err(Failure::new(
+                    ErrorCode::ModelUnsupportedArchitecture,
+                    "the file is a LoRA adapter, not a model",
+                ));
+            }
+            // On the CPU the weights live in host memory; with a GPU the pool's own budget
+            // check decides per device at load.
+            if !gpu && info.file_bytes > budget {
+                return Err(Failure::new(
+                    ErrorCode::ModelTooLarge,
+                    format!(
+                        "the weights take {} MiB and the memory budget (engine.memory_budget_mb) is {} MiB",
+                        info.file_bytes >> 20,
+                        budget >> 20
+                    ),
+                ));
+            }
+            tree.probe(&p).map_err(|reason| {
+                Failure::new(
+                    ErrorCode::ModelUnsupportedArchitecture,
+                    format!(
+                        "this llama.cpp cannot load architecture `{}`: {reason}",
+                        info.architecture
+                    ),
+                )
+            })?;
+            Ok(info)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, e.to_string())))
+    }
+
+    /// Records a failure and removes what the registration wrote.
+    async fn fail(&self, row: &ModelRow, failure: Failure) {
+        self.fail_state(row, &["registering", "awaiting_upload"], failure)
+            .await
+    }
+
+    async fn fail_state(&self, row: &ModelRow, from: &[&str], failure: Failure) {
+        tracing::warn!(model = %row.id, code = failure.code.as_str(), reason = %failure.message, "model registration failed");
+        self.remove_written(row).await;
+        let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
+        let change = ModelChange {
+            error: Some((failure.code.as_str().to_owned(), failure.message)),
+            ..Default::default()
+        };
+        if let Err(err) = self
+            .inner
+            .store
+            .model_transition(&row.id, from, "failed", change)
+            .await
+        {
+            tracing::error!(model = %row.id, error = %err, "cannot record a failed registration");
+        }
+    }
+
+    /// Removes the file a URL or upload registration wrote, unless another row names it.
+    async fn remove_written(&self, row: &ModelRow) {
+        if !matches!(row.source_kind.as_str(), "url" | "upload") {
+            return;
+        }
+        match self.inner.store.model_path_in_use(&row.path, &row.id).await {
+            Ok(false) => {
+                let _ = tokio::fs::remove_file(&row.path).await;
+                self.inner
+                    .verified
+                    .lock()
+                    .expect("verified lock")
+                    .remove(Path::new(&row.path));
+            }
+            Ok(true) => {}
+            Err(err) => {
+                tracing::warn!(model = %row.id, error = %err, "cannot tell whether a model file is shared; kept")
+            }
+        }
+    }
+
+    fn spawn_removal(&self, row: ModelRow, owner: bool) {
+        self.spawn_removal_of(row.id.clone(), Some(row), owner);
+    }
+
+    /// Drains and stops `id` on this node; the node that finishes the deletion (`owner`: the
+    /// one that took the DELETE, or one that restarts and finds it unfinished) then removes
+    /// the file and the row. Drains seen by the sync loop run once per model; the owner's
+    /// always runs (two drains of one model are harmless: the second finds it idle).
+    fn spawn_removal_of(&self, id: String, row: Option<ModelRow>, owner: bool) {
+        let first = self
+            .inner
+            .removing
+            .lock()
+            .expect("removing lock")
+            .insert(id.clone());
+        if !first && !owner {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let inner = &this.inner;
+            let model = ModelId::new(id.clone());
+            if inner.tree.model(&model).is_some() {
+                let limit = Duration::from_secs(inner.config.drain_timeout_s);
+                match inner.tree.remove_model(&model, limit).await {
+                    Ok(drained) => {
+                        tracing::info!(model = %id, drained, "model stopped after deletion")
+                    }
+                    Err(err) => tracing::debug!(model = %id, error = %err, "model removal"),
+                }
+            }
+            if owner {
+                if let Some(row) = &row {
+                    // A job still running (cancelled above) removes its partial file itself.
+                    this.remove_written(row).await;
+                }
+                if let Err(err) = inner.store.delete_model_row(&id).await {
+                    tracing::error!(model = %id, error = %err, "cannot delete a model's row");
+                }
+            }
+            if first {
+                inner.removing.lock().expect("removing lock").remove(&id);
+            }
+        });
+    }
+
+    fn track(&self, id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.inner
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(id.to_owned(), token.clone());
+        token
+    }
+
+    fn untrack(&self, id: &str) {
+        self.inner.running.lock().expect("running lock").remove(id);
+    }
+
+    fn remember(&self, path: &Path, sha256: &str) {
+        if let Ok(md) = std::fs::metadata(path) {
+            if let Ok(modified) = md.modified() {
+                self.inner
+                    .verified
+                    .lock()
+                    .expect("verified lock")
+                    .insert(path.to_owned(), (md.len(), modified, sha256.to_owned()));
+            }
+        }
+    }
+
+    fn is_verified(&self, path: &Path, sha256: &str) -> bool {
+        let Ok(md) = std::fs::metadata(path) else {
+            return false;
+        };
+        let verified = self.inner.verified.lock().expect("verified lock");
+        verified.get(path).is_some_and(|(len, modified, sha)| {
+            *len == md.len() && md.modified().ok() == Some(*modified) && sha == sha256
+        })
+    }
+
+    fn max_file_bytes(&self) -> u64 {
+        self.inner.config.max_file_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Where the registry keeps the file of a URL or upload registration: named by id and
+    /// hash, so that two registrations of one file on a shared store cannot collide.
+    fn file_path(&self, id: &str, sha256: &str) -> String {
+        self.inner
+            .root
+            .join(REGISTRY_DIR)
+            .join(format!("{id}-{}.gguf", &sha256[..16]))
+            .display()
+            .to_string()
+    }
+
+    fn partial_path(&self, id: &str) -> PathBuf {
+        self.inner
+            .root
+            .join(REGISTRY_DIR)
+            .join(".partial")
+            .join(format!("{id}.part"))
+    }
+
+    /// A `path` source: an existing file inside the store, after resolving `..` and links.
+    fn resolve_store_path(&self, raw: &str) -> Result<PathBuf, ApiError> {
+        let root = &self.inner.root;
+        let refuse = |why: String| {
+            Err(ApiError::new(ErrorCode::InvalidModelSource, why).with_field("source.path"))
+        };
+        let joined = root.join(raw);
+        let Ok(path) = joined.canonicalize() else {
+            return refuse(format!(
+                "`{raw}` is not a file in the model store ({})",
+                root.display()
+            ));
+        };
+        if !path.starts_with(root) {
+            return refuse(format!(
+                "`{raw}` is outside the model store ({})",
+                root.display()
+            ));
+        }
+        if !path.is_file() {
+            return refuse(format!("`{raw}` is not a file"));
+        }
+        Ok(path)
+    }
+
+    fn check_url(&self, raw: &str) -> Result<Url, ApiError> {
+        let refuse = |why: String| {
+            Err(ApiError::new(ErrorCode::InvalidModelSource, why).with_field("source.url"))
+        };
+        let url = match self.inner.guard.check_url(raw) {
+            Ok(url) => url,
+            Err(err) => return refuse(format!("`{raw}` cannot be fetched: {err}")),
+        };
+        if url.scheme() != "https" && !self.inner.config.allow_http {
+            return refuse(format!(
+                "`{raw}` is not https (plain http only with registry.allow_http)"
+            ));
+        }
+        Ok(url)
+    }
+}
+
+fn exists(id: &ModelId) -> ApiError {
+    ApiError::new(
+        ErrorCode::ModelExists,
+        format!("model `{id}` is already registered (delete it first)"),
+    )
+    .with_field("id")
+}
+
+/// The model's serving settings: the request's `settings` read as the configuration file's
+/// `[[models]]` keys, with the registry's id and path.
+fn settings(
+    id: &ModelId,
+    path: &str,
+    mut settings: serde_json::Map<String, serde_json::Value>,
+) -> Result<ModelConfig, ApiError> {
+    for reserved in ["id", "path"] {
+        if settings.contains_key(reserved) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("settings.{reserved} is set by the registry"),
+            )
+            .with_field(format!("settings.{reserved}")));
+        }
+    }
+    settings.insert("id".into(), id.as_str().into());
+    settings.insert("path".into(), path.into());
+    let config: ModelConfig =
+        serde_json::from_value(serde_json::Value::Object(settings)).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidRequest, format!("settings: {e}"))
+                .with_field("settings")
+        })?;
+    validate_model(&config)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e).with_field("settings"))?;
+    Ok(config)
+}
+
+/// The configuration a row describes, with its current path.
+pub fn row_config(row: &ModelRow) -> Result<ModelConfig, String> {
+    let raw = row
+        .settings
+        .as_deref()
+        .ok_or_else(|| format!("model `{}` has no settings", row.id))?;
+    let mut config: ModelConfig = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    config.path = PathBuf::from(&row.path);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_keep_adapter_and_version_separators_out() {
+        for ok in ["smollm2", "qwen2.5-0.5b", "a_b", "9x"] {
+            assert!(valid_model_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Upper",
+            "-lead",
+            "base:adapter",
+            "name@3",
+            "a/b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_model_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_are_the_configuration_keys_and_are_checked() {
+        let id = ModelId::new("m");
+        let ok = serde_json::json!({"n_ctx": 1024, "slots": 2});
+        let config = settings(&id, "/s/m.gguf", ok.as_object().unwrap().clone()).unwrap();
+        assert_eq!((config.n_ctx, config.slots), (1024, 2));
+        assert_eq!(config.path, PathBuf::from("/s/m.gguf"));
+        let unknown = serde_json::json!({"n_ctxx": 1024});
+        let err = settings(&id, "p", unknown.as_object().unwrap().clone()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        let bad = serde_json::json!({"slots": 0});
+        assert!(settings(&id, "p", bad.as_object().unwrap().clone()).is_err());
+        let reserved = serde_json::json!({"path": "/etc/passwd"});
+        assert!(settings(&id, "p", reserved.as_object().unwrap().clone()).is_err());
+    }
+}
