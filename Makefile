@@ -50,6 +50,7 @@ build: deps
 bench: deps model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-cache
+	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-models
 
 ## The GPU benchmark (benchmarks/gpu/run.sh): needs an NVIDIA GPU and the CUDA toolkit.
 bench-gpu: deps model

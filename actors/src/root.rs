@@ -22,9 +22,10 @@ pub(crate) enum RootMsg {
     RestartPool(ModelId),
     RestartDispatcher,
     /// A model registered at run time: start its pool.
+    /// Answers `Ok(false)` when the model is served already (two adds raced).
     AddPool(
         Box<(ModelConfig, Placement)>,
-        RpcReplyPort<Result<(), String>>,
+        RpcReplyPort<Result<bool, String>>,
     ),
     /// A drained model: stop its pool and forget it (no restart).
     RemovePool(ModelId, RpcReplyPort<()>),
@@ -114,7 +115,7 @@ impl Actor for RootSupervisor {
             RootMsg::AddPool(added, reply) => {
                 let (config, placement) = *added;
                 if root.args.models.iter().any(|m| m.id == config.id) {
-                    let _ = reply.send(Err(format!("model `{}` is already served", config.id)));
+                    let _ = reply.send(Ok(false));
                     return Ok(());
                 }
                 root.args.placements.insert(config.id.clone(), placement);
@@ -123,6 +124,7 @@ impl Actor for RootSupervisor {
                 let result = root
                     .start_pool(&myself, config.clone())
                     .await
+                    .map(|()| true)
                     .map_err(|e| e.to_string());
                 if result.is_err() {
                     root.args.models.retain(|m| m.id != config.id);

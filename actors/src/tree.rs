@@ -220,10 +220,13 @@ impl ActorTree {
             .ok()
             .and_then(success)
             .ok_or(ModelChangeError::ShuttingDown)?;
-        result.map_err(|reason| ModelChangeError::Placement {
+        let added = result.map_err(|reason| ModelChangeError::Placement {
             model: id.clone(),
             reason,
         })?;
+        if !added {
+            return Err(ModelChangeError::Exists(id));
+        }
         if config.embeddings {
             let service = EmbeddingService::new(config.clone(), Arc::clone(&self.backend));
             self.embeddings

@@ -42,6 +42,21 @@ pub fn stream_body(i: usize, tokens: u32) -> Value {
     json!({"input": {"prompt": prompt(i)}, "params": {"max_tokens": tokens, "ignore_eos": true}})
 }
 
+const SECRET: &str = "benchmark-secret-0123456789";
+
+/// A token for `tenant` with `scopes`, signed as the bench server expects.
+pub fn token(tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
+    let auth = genrt_runtime::config::AuthConfig {
+        jwt_secret: SECRET.into(),
+        ..Default::default()
+    };
+    Ok(genrt_runtime::auth::TokenIssuer::new(&auth).issue(
+        &genrt_functions::TenantId::parse(tenant)?,
+        scopes,
+        Duration::from_secs(3600),
+    ))
+}
+
 /// genrt in this process, on an ephemeral port and SQLite in a temporary folder, with `model`
 /// registered as `bench` and two functions deployed: `stream` (no cache) and `cached`.
 pub struct Bench {
@@ -65,7 +80,8 @@ impl Bench {
         let mut config = Config::default();
         config.server.port = 0;
         config.data_dir = dir.clone();
-        config.auth.jwt_secret = "benchmark-secret-0123456789".into();
+        config.registry.store_dir = dir.join("store");
+        config.auth.jwt_secret = SECRET.into();
         config.telemetry.metrics_listen = "127.0.0.1:0".into();
         // The per-tenant limits are policy, not cost: off, so that they do not cap what is
         // measured (the default 50 requests/s would refuse the runtime-overhead loop).

@@ -9,6 +9,7 @@ mod m20261130_000003_trigger_receipts;
 mod m20261130_000004_nodes;
 mod m20261130_000005_cached_prompt_tokens;
 mod m20261201_000006_model_registry;
+mod m20261201_000007_model_quantization;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_nodes::Migration),
             Box::new(m20261130_000005_cached_prompt_tokens::Migration),
             Box::new(m20261201_000006_model_registry::Migration),
+            Box::new(m20261201_000007_model_quantization::Migration),
         ]
     }
 }

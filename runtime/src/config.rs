@@ -100,6 +100,11 @@ pub struct RegistryConfig {
     /// Accept `http://` model URLs (a local mirror, tests); `https://` only otherwise. The
     /// address checks of `webhooks.allow_private` apply either way.
     pub allow_http: bool,
+    /// Quantizations (`quantize` on registration) one node runs at once; more wait. Each
+    /// takes the CPU for seconds to minutes.
+    pub concurrent_quantizations: usize,
+    /// CPU threads of one quantization; 0 uses every core.
+    pub quantize_threads: u32,
 }
 
 impl Default for RegistryConfig {
@@ -111,6 +116,8 @@ impl Default for RegistryConfig {
             sync_interval_ms: 2000,
             drain_timeout_s: 300,
             allow_http: false,
+            concurrent_quantizations: 1,
+            quantize_threads: 0,
         }
     }
 }
@@ -650,9 +657,11 @@ impl Config {
             }
             validate_model(model).map_err(ConfigError::Invalid)?;
         }
-        if self.registry.concurrent == 0 || self.registry.sync_interval_ms < 100 {
+        let r = &self.registry;
+        if r.concurrent == 0 || r.concurrent_quantizations == 0 || r.sync_interval_ms < 100 {
             return invalid(
-                "registry: concurrent must be at least 1, sync_interval_ms at least 100".into(),
+                "registry: concurrent and concurrent_quantizations must be at least 1, sync_interval_ms at least 100"
+                    .into(),
             );
         }
         if self.server.fault_injection && !is_loopback_host(&self.server.host) {

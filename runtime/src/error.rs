@@ -95,6 +95,8 @@ error_codes! {
     ModelUnsupportedArchitecture => ("model_unsupported_architecture", UNPROCESSABLE_ENTITY, None),
     ModelTooLarge => ("model_too_large", UNPROCESSABLE_ENTITY, None),
     ModelDownloadFailed => ("model_download_failed", BAD_GATEWAY, None),
+    ModelAlreadyQuantized => ("model_already_quantized", UNPROCESSABLE_ENTITY, None),
+    ModelQuantizationFailed => ("model_quantization_failed", UNPROCESSABLE_ENTITY, None),
     ModelUnavailable => ("model_unavailable", SERVICE_UNAVAILABLE, Some(5)),
     Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Some(1)),
     ReplicaFailed => ("replica_failed", SERVICE_UNAVAILABLE, Some(1)),

@@ -147,7 +147,8 @@ async fn generate(s: &TestServer, t: &str, model: &str) -> String {
                    "params": {"max_tokens": 16, "temperature": 0}, "cache": {"enabled": false}}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
+    // 200 when the same definition was deployed before.
+    assert!(status == 201 || status == 200, "{body}");
     let (status, body) = s
         .invoke(t, &name, json!({"input": {"thing": "autumn leaves"}}))
         .await;
@@ -559,22 +560,27 @@ async fn deleting_drains_running_work() {
 }
 
 /// Two nodes of one Postgres sharing a model store: a model uploaded to node A is served by
-/// node B within the sync interval (plus B's own sha256 check of the file), and deleting it
-/// on A stops it on B.
+/// node B within B's sync interval (plus B's own sha256 check of the file); deleted and
+/// registered again on A with other settings, B serves the new entry; deleted on A, it stops
+/// on B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_registered_on_one_node_is_served_by_another() {
     let cluster = PgCluster::start();
     let url = cluster.create_database("genrt");
     let shared = TempDir::new("genrt-shared-store");
-    let node = |url: String| {
+    // B looks less often than A, so that a deletion and a new registration on A usually both
+    // fall between two of B's looks.
+    const B_SYNC_MS: u64 = 2000;
+    let node = |url: String, sync_ms: u64| {
         let store = shared.0.clone();
         TestServer::start_adjusted(Db::Postgres(url), move |c| {
             configure(c);
             c.registry.store_dir = store;
+            c.registry.sync_interval_ms = sync_ms;
         })
     };
-    let a = node(url.clone()).await;
-    let b = node(url).await;
+    let a = node(url.clone(), SYNC_MS).await;
+    let b = node(url, B_SYNC_MS).await;
     let gguf = std::fs::read(model_path()).unwrap();
     let (status, entry) = register(
         &a,
@@ -606,15 +612,52 @@ async fn a_model_registered_on_one_node_is_served_by_another() {
     .await;
     let took = ready_at.elapsed();
     eprintln!(
-        "node B served the model {took:?} after node A had it ready (sync interval {SYNC_MS} ms)"
+        "node B served the model {took:?} after node A had it ready (sync interval {B_SYNC_MS} ms)"
     );
     assert!(
-        took < Duration::from_millis(SYNC_MS) + Duration::from_secs(5),
+        took < Duration::from_millis(B_SYNC_MS) + Duration::from_secs(5),
         "node B took {took:?}"
     );
     let t = token("acme");
     let on_b = generate(&b, &t, "shared").await;
     assert!(!on_b.is_empty());
+    // Deleted and registered again under the same id, with other settings, faster than B
+    // looks: B must not keep serving the old entry.
+    let (status, _) = a
+        .call(Method::DELETE, "/v1/models/shared", &admin_token(), None)
+        .await;
+    assert_eq!(status, 202);
+    a.eventually(
+        "the first entry to be gone",
+        Duration::from_secs(30),
+        || async {
+            a.call(Method::GET, "/v1/models/shared", &admin_token(), None)
+                .await
+                .0
+                == 404
+        },
+    )
+    .await;
+    link_or_copy(&model_path(), &shared.0.join("again.gguf"));
+    let entry = registered(
+        &a,
+        json!({"id": "shared", "source": {"path": "again.gguf"}, "sha256": sha256(&std::fs::read(model_path()).unwrap()),
+               "settings": {"n_ctx": 256, "threads": 2}}),
+    )
+    .await;
+    assert_eq!(entry["registration"]["state"], "ready", "{entry}");
+    b.eventually(
+        "node B to serve the new entry",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = b
+                .call(Method::GET, "/v1/models/shared", &admin_token(), None)
+                .await;
+            body["n_ctx"] == 256 && (body["state"] == "unloaded" || body["state"] == "ready")
+        },
+    )
+    .await;
+    assert!(!generate(&b, &t, "shared").await.is_empty());
     // Deleted on A: B stops serving it.
     let (status, _) = a
         .call(Method::DELETE, "/v1/models/shared", &admin_token(), None)
@@ -633,4 +676,156 @@ async fn a_model_registered_on_one_node_is_served_by_another() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// llama.cpp's next-token distribution after every token of `text`, read from the model at
+/// `path` directly (not through genrt).
+fn distributions(path: &Path, text: &str) -> Vec<Vec<f64>> {
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::model::LlamaModel;
+    let backend = genrt_actors::llama_backend().unwrap();
+    let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default()).unwrap();
+    let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(512))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(2)
+        .with_n_threads_batch(2);
+    let mut ctx = model.new_context(&backend, params).unwrap();
+    let mut batch = LlamaBatch::new(512, 1);
+    batch.add_sequence(&tokens, 0, true).unwrap();
+    ctx.decode(&mut batch).unwrap();
+    (0..tokens.len() as i32)
+        .map(|i| {
+            let logits = ctx.get_logits_ith(i);
+            let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let exp: Vec<f64> = logits.iter().map(|l| (*l as f64 - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            exp.into_iter().map(|e| e / sum).collect()
+        })
+        .collect()
+}
+
+/// Mean over positions of KL(p ‖ q), in nats.
+fn mean_kl(p: &[Vec<f64>], q: &[Vec<f64>]) -> f64 {
+    assert_eq!(p.len(), q.len());
+    let kl = |p: &[f64], q: &[f64]| -> f64 {
+        p.iter()
+            .zip(q)
+            .filter(|(p, _)| **p > 0.0)
+            .map(|(p, q)| p * (p / q.max(1e-30)).ln())
+            .sum()
+    };
+    p.iter().zip(q).map(|(p, q)| kl(p, q)).sum::<f64>() / p.len() as f64
+}
+
+/// The served file of a registered model: the registry names it `<id>-<sha>…` in `registry/`.
+fn served_file(store: &Path, id: &str) -> PathBuf {
+    let prefix = format!("{id}-");
+    std::fs::read_dir(store.join("registry"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .unwrap_or_else(|| panic!("no file of {id} in the store"))
+}
+
+/// Quantization on registration, on real weights: SmolLM2 is first turned into an F16 model
+/// (its Q4_1 weights dequantized, `requantize`), which is then registered with `Q8_0` and with
+/// `Q4_0`. Q8_0 is about half the F16 file and its next-token distributions stay within a
+/// mean KL divergence of 0.01 nats of the F16 model's on a fixed text. The bound: llama.cpp's
+/// own measurements put Q8_0 at a mean KLD of about 0.001 against F16 on 7–8B models
+/// (`tools/perplexity/README.md`); small models lose more to quantization, so ten times that.
+/// Q4_0 must lose clearly more than Q8_0, or the measure would not tell them apart. An
+/// already quantized source is refused unless `requantize` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantizing_on_registration_keeps_the_next_token_distributions_close() {
+    let s = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let store = PathBuf::from(s.server().state().registry.store_root());
+    link_or_copy(&model_path(), &store.join("smollm2.gguf"));
+    let sha = sha256(&std::fs::read(model_path()).unwrap());
+    let small = json!({"n_ctx": 512, "threads": 2});
+    let q4_1 = json!({"id": "requant", "source": {"path": "smollm2.gguf"}, "sha256": sha,
+                      "quantize": "Q8_0", "settings": small});
+    failed_with(&registered(&s, q4_1).await, "model_already_quantized");
+    let (status, body) = register(
+        &s,
+        json!({"id": "bad-type", "source": {"path": "smollm2.gguf"}, "sha256": sha, "quantize": "Q9_9"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("quantize")),
+        "{body}"
+    );
+
+    let f16 = registered(
+        &s,
+        json!({"id": "smol-f16", "source": {"path": "smollm2.gguf"}, "sha256": sha,
+               "quantize": "F16", "requantize": true, "settings": small}),
+    )
+    .await;
+    assert_eq!(f16["registration"]["state"], "ready", "{f16}");
+    assert_eq!(f16["registration"]["file"]["quantization"], "f16", "{f16}");
+    let f16_path = served_file(&store, "smol-f16");
+    let f16_sha = f16["registration"]["file_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(f16_sha, sha256(&std::fs::read(&f16_path).unwrap()));
+    let relative = f16_path.strip_prefix(&store).unwrap().display().to_string();
+
+    let mut files = HashMap::new();
+    for target in ["Q8_0", "Q4_0"] {
+        let id = format!("smol-{}", target.to_ascii_lowercase().replace('_', ""));
+        let entry = registered(
+            &s,
+            json!({"id": id, "source": {"path": relative}, "sha256": f16_sha,
+                   "quantize": target, "settings": small}),
+        )
+        .await;
+        assert_eq!(entry["registration"]["state"], "ready", "{entry}");
+        assert_eq!(
+            entry["registration"]["file"]["quantization"],
+            target.to_ascii_lowercase(),
+            "{entry}"
+        );
+        assert_eq!(entry["registration"]["percent"], 100.0, "{entry}");
+        files.insert(target, (id, entry));
+    }
+    let f16_bytes = f16["registration"]["file"]["file_bytes"].as_u64().unwrap() as f64;
+    let q8_bytes = files["Q8_0"].1["registration"]["file"]["file_bytes"]
+        .as_u64()
+        .unwrap() as f64;
+    let ratio = q8_bytes / f16_bytes;
+    assert!((0.45..0.62).contains(&ratio), "Q8_0 is {ratio:.3} of F16");
+    // The quantized model serves.
+    let t = token("acme");
+    assert!(!generate(&s, &t, &files["Q8_0"].0).await.is_empty());
+
+    let text = "The history of the printing press begins in the fifteenth century, when \
+                Johannes Gutenberg combined movable metal type, oil-based inks and a wooden \
+                press. Within fifty years, printing shops had spread to more than two hundred \
+                cities across Europe, and the price of books fell sharply.";
+    let p = distributions(&f16_path, text);
+    let q8 = distributions(&served_file(&store, &files["Q8_0"].0), text);
+    let q4 = distributions(&served_file(&store, &files["Q4_0"].0), text);
+    let (kl8, kl4) = (mean_kl(&p, &q8), mean_kl(&p, &q4));
+    eprintln!(
+        "mean KL over {} positions: Q8_0 {kl8:.5} nats, Q4_0 {kl4:.5} nats; Q8_0 is {ratio:.3} of the F16 file",
+        p.len()
+    );
+    assert!(kl8 < 0.01, "Q8_0 moved the distributions by {kl8} nats");
+    assert!(
+        kl4 > 2.0 * kl8,
+        "Q4_0 ({kl4}) should lose clearly more than Q8_0 ({kl8})"
+    );
+    s.stop().await;
 }

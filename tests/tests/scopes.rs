@@ -218,6 +218,14 @@ fn fixtures() -> Vec<Fixture> {
         // What every tenant shares, and the operator's.
         op("models_list", Global, 200),
         op("models_get", Global, 200).on("id", Model),
+        // The operator's model registry: an upload registration (no file needed to accept
+        // it), an upload refused because the model is not awaiting one, a drain.
+        op("models_register", Global, 202)
+            .body(|o| json!({"id": o.fresh("model"), "source": {"upload": true}, "sha256": "0".repeat(64)})),
+        op("models_upload", Global, 409)
+            .on("id", Model)
+            .body(|_| json!({})),
+        op("models_delete", Global, 202).on("id", Model).consumes(),
         op("devices", Global, 200),
         op("admin_create", Global, 201).body(|o| json!({"id": o.fresh("newco")})),
         op("admin_list", Global, 200),
@@ -612,6 +620,12 @@ async fn value(s: &TestServer, owned: &Owned, resource: Resource, fresh: bool) -
                 let path = format!("/v1/functions/{}/triggers", owned.function);
                 let trigger = ok(s, Method::POST, &path, Some(json!({}))).await;
                 return trigger["id"].as_str().unwrap().to_owned();
+            }
+            Model => {
+                let id = owned.fresh("model");
+                let body = json!({"id": id, "source": {"upload": true}, "sha256": "0".repeat(64)});
+                ok(s, Method::POST, "/v1/models", Some(body)).await;
+                return id;
             }
             _ => panic!("nothing makes a fresh {resource:?}"),
         }

@@ -8,6 +8,7 @@
 pub mod devices;
 pub mod gguf;
 mod llama;
+pub mod quantize;
 pub(crate) mod scheduler;
 mod text;
 mod thread;

@@ -66,7 +66,7 @@ fn accepted(info: ModelInfo) -> HttpResponse {
 /// `awaiting_upload` for an upload); the file is fetched or hashed, checked against `sha256`,
 /// and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
 /// (served) or `failed` with a code. Functions may use the model once it is ready.
-#[utoipa::path(post, path = "/v1/models", tag = "models", security(("bearer" = ["admin"])),
+#[utoipa::path(post, path = "/v1/models", tag = "models", operation_id = "models_register", security(("bearer" = ["admin"])),
     request_body = RegisterModel,
     responses(
         (status = 202, description = "Accepted; registration runs in the background", body = ModelInfo),
@@ -89,6 +89,8 @@ pub async fn register(
             source,
             sha256: body.sha256,
             settings: body.settings.unwrap_or_default(),
+            quantize: body.quantize,
+            requantize: body.requantize,
         })
         .await?;
     Ok(accepted(registered(&row)))
@@ -124,7 +126,7 @@ fn source(spec: ModelSourceSpec) -> Result<Source, ApiError> {
 /// held in memory; larger than `registry.max_file_mb` or another sha256 fails the
 /// registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
 /// background like the other sources.
-#[utoipa::path(put, path = "/v1/models/{id}/file", tag = "models", security(("bearer" = ["admin"])),
+#[utoipa::path(put, path = "/v1/models/{id}/file", tag = "models", operation_id = "models_upload", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -132,7 +134,7 @@ fn source(spec: ModelSourceSpec) -> Result<Source, ApiError> {
         (status = 401, body = ErrorBody),
         (status = 403, description = "Lacks `admin`", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "`model_not_awaiting_upload`", body = ErrorBody),
+        (status = 409, description = "`model_not_awaiting_upload`; `model_draining` when the model was deleted during the upload", body = ErrorBody),
         (status = 422, description = "`model_sha256_mismatch`, `model_too_large`, `model_truncated`", body = ErrorBody)))]
 pub async fn upload(
     state: web::Data<AppState>,
@@ -150,7 +152,7 @@ pub async fn upload(
 /// every node, then the entry goes and the file the registry wrote is removed when no other
 /// model uses it. A registration still in progress is cancelled. `202` with the model
 /// `deleting`; `GET` answers `404` once it is gone.
-#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models", security(("bearer" = ["admin"])),
+#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models", operation_id = "models_delete", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
     responses(
         (status = 202, description = "Draining", body = ModelInfo),
@@ -163,8 +165,13 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
-    state.registry.delete(&id).await?;
-    Ok(accepted(info(&state, &id).await?))
+    let row = state.registry.delete(&id).await?;
+    // Still served here (draining), or already gone: then the entry as the DELETE left it.
+    let info = match info(&state, &id).await {
+        Ok(info) => info,
+        Err(_) => registered(&row),
+    };
+    Ok(accepted(info))
 }
 
 /// List models: those this node serves with their live state, and every registry entry

@@ -73,7 +73,7 @@ impl Progress {
         }
     }
 
-    async fn report(&self, done: u64, size: u64, last: bool) {
+    pub(super) async fn report(&self, done: u64, size: u64, last: bool) {
         {
             let mut at = self.last.lock().expect("progress lock");
             if !last && at.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
@@ -108,7 +108,7 @@ fn io(err: std::io::Error) -> Failure {
     Failure::new(ErrorCode::Internal, format!("model store: {err}"))
 }
 
-fn cancelled() -> Failure {
+pub(super) fn cancelled() -> Failure {
     Failure::new(
         ErrorCode::ModelDraining,
         "the registration was deleted while in progress",

@@ -6,19 +6,24 @@
 //! ```text
 //! POST /v1/models ──► awaiting_upload ──PUT …/file──┐
 //!        │                                          ▼
-//!        └──────────────────────────────────► registering ──► ready ──DELETE──► deleting ──► (gone)
-//!                                                   │
-//!                                                   └──► failed (code + reason; registering the
-//!                                                        same id again replaces it)
+//!        └──────────────────────────────────► registering ─(quantize)─► quantizing ─┐
+//!                                                   │ └─────────────────────────────┴► ready
+//!                                                   │                                   │
+//!                                                   └──► failed (code + reason;     DELETE
+//!                                                        registering the id again       ▼
+//!                                                        replaces it)          deleting ──► (gone)
 //! ```
 //!
 //! `registering` fetches the file (a URL through the webhooks' SSRF guard, streamed to the
 //! store) or hashes it (a path under the store, an upload), checks its sha256, then validates
 //! it before anything loads it: GGUF magic and version, the header and tensor table, every
 //! tensor inside the file (`engine::gguf::inspect`), the architecture known to this llama.cpp
-//! (a vocabulary-only load), the size against the memory budget. A failure removes what the
-//! registration wrote to the store and leaves the row `failed` with a code naming the problem.
-//! Jobs run on a bounded pool (`registry.concurrent`); progress is written to the row.
+//! (a vocabulary-only load), the size against the memory budget. With `quantize`, an
+//! F32/F16/BF16 source is then quantized by llama.cpp's own quantizer (`quantizing`, on a pool
+//! of `registry.concurrent_quantizations`), and the output is validated and hashed in turn and
+//! served in its place. A failure removes what the registration wrote to the store and leaves
+//! the row `failed` with a code naming the problem. Jobs run on a bounded pool
+//! (`registry.concurrent`); progress is written to the row.
 //!
 //! Every node reads the registry every `registry.sync_interval_ms` ([`ModelRegistry::sync`]):
 //! a `ready` model it does not serve is started once the file's sha256 has been checked on
@@ -40,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use genrt_actors::engine::gguf::{self, GgufInfo, GgufProblem};
+use genrt_actors::engine::quantize;
 use genrt_actors::{ActorTree, ModelChangeError, ModelConfig};
 use genrt_functions::ModelId;
 use tokio::sync::Semaphore;
@@ -72,6 +78,11 @@ pub struct Registration {
     /// The serving settings, the configuration file's keys (`n_ctx`, `slots`, ...); `id` and
     /// `path` are the registry's.
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Quantize the source to this type (`Q8_0`, `Q4_K_M`, ...; see
+    /// `engine::quantize::type_names`) before serving it.
+    pub quantize: Option<String>,
+    /// Let an already quantized source be quantized again.
+    pub requantize: bool,
 }
 
 /// A registration job that failed: the code and message the row keeps.
@@ -118,6 +129,7 @@ struct Inner {
     guard: Arc<UrlGuard>,
     http: reqwest::Client,
     jobs: Arc<Semaphore>,
+    quantizations: Arc<Semaphore>,
     /// Registration jobs running on this node, to cancel them when the model is deleted.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Models this node is draining, so that the sync loop starts one drain per model.
@@ -162,6 +174,7 @@ impl ModelRegistry {
                 store,
                 tree,
                 jobs: Arc::new(Semaphore::new(config.concurrent.max(1))),
+                quantizations: Arc::new(Semaphore::new(config.concurrent_quantizations.max(1))),
                 config,
                 root,
                 memory_budget_bytes,
@@ -197,6 +210,22 @@ impl ModelRegistry {
             )
             .with_field("sha256"));
         }
+        let quantize = match &r.quantize {
+            None => None,
+            Some(name) => match quantize::bits_per_weight(name) {
+                Some(_) => Some(name.to_ascii_uppercase()),
+                None => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "quantize `{name}` is not one of {}",
+                            quantize::type_names().join(", ")
+                        ),
+                    )
+                    .with_field("quantize"))
+                }
+            },
+        };
         let (state, kind, source, path) = match &r.source {
             Source::Path(raw) => {
                 let path = self.resolve_store_path(raw)?;
@@ -238,6 +267,8 @@ impl ModelRegistry {
                 sha256,
                 path,
                 settings,
+                quantize,
+                requantize: r.requantize,
             })
             .await?;
         if !inserted {
@@ -285,10 +316,16 @@ impl ModelRegistry {
             ));
         }
         let cancel = self.track(id);
+        let partial = self.partial_path(id);
+        let mut guard = UploadGuard {
+            registry: self.clone(),
+            row: Some(row.clone()),
+            partial: partial.clone(),
+        };
         let progress = fetch::Progress::new(inner.store.clone(), id);
         let result = fetch::receive(
             body,
-            &self.partial_path(id),
+            &partial,
             Path::new(&row.path),
             row.sha256.as_deref().unwrap_or_default(),
             self.max_file_bytes(),
@@ -296,6 +333,7 @@ impl ModelRegistry {
             &cancel,
         )
         .await;
+        guard.row = None;
         match result {
             Ok(hashed) => {
                 self.remember(Path::new(&row.path), &hashed.sha256);
@@ -320,7 +358,13 @@ impl ModelRegistry {
                 .store
                 .model_transition(
                     id,
-                    &["awaiting_upload", "registering", "ready", "failed"],
+                    &[
+                        "awaiting_upload",
+                        "registering",
+                        "quantizing",
+                        "ready",
+                        "failed",
+                    ],
                     "deleting",
                     ModelChange::default(),
                 )
@@ -330,7 +374,11 @@ impl ModelRegistry {
             token.cancel();
         }
         self.spawn_removal(row.clone(), true);
-        self.row(id).await
+        // As it is now; not read back, since the removal may already have deleted the row.
+        Ok(ModelRow {
+            state: "deleting".into(),
+            ..row
+        })
     }
 
     /// The row of `id`, or `model_not_found`.
@@ -390,13 +438,13 @@ impl ModelRegistry {
                 }
                 // At start, a deletion a previous run left unfinished is this node's to finish.
                 "deleting" => self.spawn_removal(row.clone(), resume),
-                "registering" if resume => self.spawn_job(&row.id),
+                "registering" | "quantizing" if resume => self.spawn_job(&row.id),
                 _ => {}
             }
         }
         for config in inner.tree.model_configs() {
-            if !by_id.contains_key(config.id.as_str()) {
-                // Deleted on another node after its drain there.
+            let stale = is_stale(by_id.get(config.id.as_str()).copied(), &config);
+            if stale {
                 self.spawn_removal_of(config.id.as_str().to_owned(), None, false);
             }
         }
@@ -420,7 +468,7 @@ impl ModelRegistry {
     /// Starts serving a `ready` row on this node, once its file matches its sha256.
     async fn serve(&self, row: &ModelRow) -> Result<(), String> {
         let config = row_config(row)?;
-        if let Some(expected) = &row.sha256 {
+        if let Some(expected) = row.file_sha256.as_ref().or(row.sha256.as_ref()) {
             let path = PathBuf::from(&row.path);
             if !self.is_verified(&path, expected) {
                 let hashed = fetch::hash_file(&path, None, &CancellationToken::new())
@@ -456,6 +504,24 @@ impl ModelRegistry {
             };
             let row = match this.inner.store.model_row(&id).await {
                 Ok(Some(row)) if row.state == "registering" => row,
+                // Interrupted by a restart while quantizing: the source is still there.
+                Ok(Some(row)) if row.state == "quantizing" => {
+                    let moved = this
+                        .inner
+                        .store
+                        .model_transition(
+                            &id,
+                            &["quantizing"],
+                            "registering",
+                            ModelChange::default(),
+                        )
+                        .await;
+                    if !matches!(moved, Ok(true)) {
+                        this.untrack(&id);
+                        return;
+                    }
+                    row
+                }
                 _ => {
                     this.untrack(&id);
                     return;
@@ -522,25 +588,37 @@ impl ModelRegistry {
         Ok(())
     }
 
-    /// Validates the file, marks the row `ready` with what was read, and starts serving it.
+    /// Validates the file (and quantizes it when asked), marks the row `ready` with what was
+    /// read, and starts serving it.
     async fn validate_and_serve(&self, row: &ModelRow, cancel: &CancellationToken) {
         let inner = &self.inner;
-        let path = PathBuf::from(&row.path);
-        let info = match self.validate(&path).await {
+        let source = PathBuf::from(&row.path);
+        // A source to be quantized need not fit the memory budget; its output must.
+        let info = match self.validate(&source, row.quantize.is_none()).await {
             Ok(info) => info,
             Err(failure) => return self.fail(row, failure).await,
+        };
+        let (served, info, file_sha256) = match &row.quantize {
+            None => (source.clone(), info, None),
+            Some(target) => match self.quantize(row, &info, target, cancel).await {
+                Ok((path, info, sha)) => (path, info, Some(sha)),
+                Err(failure) => return self.fail(row, failure).await,
+            },
         };
         if cancel.is_cancelled() {
             return;
         }
+        let quantized = file_sha256.is_some();
         let change = ModelChange {
+            path: quantized.then(|| served.display().to_string()),
             info: serde_json::to_string(&info).ok(),
             size_bytes: Some(info.file_bytes),
+            file_sha256,
             ..Default::default()
         };
         match inner
             .store
-            .model_transition(&row.id, &["registering"], "ready", change)
+            .model_transition(&row.id, &["registering", "quantizing"], "ready", change)
             .await
         {
             Ok(true) => {}
@@ -550,18 +628,106 @@ impl ModelRegistry {
                 return;
             }
         }
+        if quantized && row.source_kind != "path" {
+            // The source the registry fetched or received is not served: it goes.
+            self.remove_written(row).await;
+        }
         tracing::info!(model = %row.id, architecture = %info.architecture, quantization = %info.quantization, "model registered");
-        if let Err(err) = self.serve(row).await {
+        let Ok(Some(ready)) = inner.store.model_row(&row.id).await else {
+            return;
+        };
+        if let Err(err) = self.serve(&ready).await {
             let failure = Failure::new(ErrorCode::ModelUnavailable, err);
-            self.fail_state(row, &["ready"], failure).await;
+            self.fail_state(&ready, &["ready"], failure).await;
         }
     }
 
+    /// Quantizes the validated source of `row` to `target` on the quantization pool, with
+    /// progress (the output grows tensor by tensor), then validates and hashes the output.
+    /// llama.cpp's quantizer cannot be interrupted: a registration deleted meanwhile waits for
+    /// it, then its output is removed.
+    async fn quantize(
+        &self,
+        row: &ModelRow,
+        source: &GgufInfo,
+        target: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(PathBuf, GgufInfo, String), Failure> {
+        let inner = &self.inner;
+        if !quantize::UNQUANTIZED.contains(&source.quantization.as_str()) && !row.requantize {
+            return Err(Failure::new(
+                ErrorCode::ModelAlreadyQuantized,
+                format!(
+                    "the source is already quantized ({}); quantizing it again adds the losses of both. Set requantize to do it anyway",
+                    source.quantization
+                ),
+            ));
+        }
+        inner
+            .store
+            .model_transition(
+                &row.id,
+                &["registering"],
+                "quantizing",
+                ModelChange::default(),
+            )
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+        let _permit = tokio::select! {
+            permit = Arc::clone(&inner.quantizations).acquire_owned() => permit,
+            () = cancel.cancelled() => return Err(fetch::cancelled()),
+        };
+        let output = PathBuf::from(format!(
+            "{}-{}.gguf",
+            self.file_path(&row.id, row.sha256.as_deref().unwrap_or_default())
+                .trim_end_matches(".gguf"),
+            target.to_ascii_lowercase()
+        ));
+        let expected = (source.parameters as f64 * quantize::bits_per_weight(target).unwrap_or(8.0)
+            / 8.0) as u64;
+        let progress = fetch::Progress::new(inner.store.clone(), &row.id);
+        let started = std::time::Instant::now();
+        let (input, out, t) = (PathBuf::from(&row.path), output.clone(), target.to_owned());
+        let (requantize, threads) = (row.requantize, inner.config.quantize_threads);
+        let mut work = tokio::task::spawn_blocking(move || {
+            quantize::quantize(&input, &out, &t, requantize, threads)
+        });
+        let result = loop {
+            tokio::select! {
+                done = &mut work => break done.unwrap_or_else(|e| Err(e.to_string())),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let written = std::fs::metadata(&output).map_or(0, |m| m.len());
+                    // Never 100% before the end: the estimate of the output size is rough.
+                    progress.report(written.min(expected * 99 / 100), expected, false).await;
+                }
+            }
+        };
+        let checked = async {
+            result.map_err(|e| Failure::new(ErrorCode::ModelQuantizationFailed, e))?;
+            if cancel.is_cancelled() {
+                return Err(fetch::cancelled());
+            }
+            tracing::info!(model = %row.id, target, seconds = started.elapsed().as_secs_f64(), "model quantized");
+            let info = self.validate(&output, true).await?;
+            let hashed = fetch::hash_file(&output, None, cancel).await?;
+            self.remember(&output, &hashed.sha256);
+            Ok((output.clone(), info, hashed.sha256))
+        }
+        .await;
+        if checked.is_err() {
+            let _ = tokio::fs::remove_file(&output).await;
+        }
+        checked
+    }
+
     /// The checks of a file before anything loads it.
-    async fn validate(&self, path: &Path) -> Result<GgufInfo, Failure> {
+    async fn validate(&self, path: &Path, check_budget: bool) -> Result<GgufInfo, Failure> {
         let inner = &self.inner;
         let (p, tree) = (path.to_owned(), Arc::clone(&inner.tree));
-        let budget = inner.memory_budget_bytes;
+        let budget = match check_budget {
+            true => inner.memory_budget_bytes,
+            false => u64::MAX,
+        };
         let gpu = inner.tree.devices().iter().any(|d| d.takes_layers());
         tokio::task::spawn_blocking(move || {
             let info = gguf::inspect(&p)?;
@@ -600,14 +766,17 @@ impl ModelRegistry {
 
     /// Records a failure and removes what the registration wrote.
     async fn fail(&self, row: &ModelRow, failure: Failure) {
-        self.fail_state(row, &["registering", "awaiting_upload"], failure)
-            .await
+        self.fail_state(
+            row,
+            &["registering", "quantizing", "awaiting_upload"],
+            failure,
+        )
+        .await
     }
 
     async fn fail_state(&self, row: &ModelRow, from: &[&str], failure: Failure) {
         tracing::warn!(model = %row.id, code = failure.code.as_str(), reason = %failure.message, "model registration failed");
         self.remove_written(row).await;
-        let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
         let change = ModelChange {
             error: Some((failure.code.as_str().to_owned(), failure.message)),
             ..Default::default()
@@ -622,9 +791,16 @@ impl ModelRegistry {
         }
     }
 
-    /// Removes the file a URL or upload registration wrote, unless another row names it.
+    /// Removes the file at `row.path` if the registry wrote it (a download, an upload, a
+    /// quantized output: whatever lies in the store's `registry/`), unless another row names
+    /// it. A `path` source is the operator's file and stays.
     async fn remove_written(&self, row: &ModelRow) {
-        if !matches!(row.source_kind.as_str(), "url" | "upload") {
+        let written = match row.source_kind.as_str() {
+            "url" | "upload" => true,
+            // A path source is the operator's file; a quantized output of it is the registry's.
+            _ => row.file_sha256.is_some(),
+        };
+        if !written || !Path::new(&row.path).starts_with(self.inner.root.join(REGISTRY_DIR)) {
             return;
         }
         match self.inner.store.model_path_in_use(&row.path, &row.id).await {
@@ -735,17 +911,21 @@ impl ModelRegistry {
         self.inner
             .root
             .join(REGISTRY_DIR)
-            .join(format!("{id}-{}.gguf", &sha256[..16]))
+            .join(format!("{id}-{}.gguf", sha256.get(..16).unwrap_or(sha256)))
             .display()
             .to_string()
     }
 
+    /// Where one transfer writes before its sha256 is checked: a name of its own, so that two
+    /// nodes resuming the same registration on a shared store never write one file. The
+    /// transfer removes it on failure; a crash leaves it (`.partial/` may be emptied while no
+    /// registration runs).
     fn partial_path(&self, id: &str) -> PathBuf {
         self.inner
             .root
             .join(REGISTRY_DIR)
             .join(".partial")
-            .join(format!("{id}.part"))
+            .join(format!("{id}-{}.part", uuid::Uuid::new_v4().simple()))
     }
 
     /// A `path` source: an existing file inside the store, after resolving `..` and links.
@@ -790,6 +970,35 @@ impl ModelRegistry {
     }
 }
 
+/// Fails an upload's registration when the request ends before its body was received (the
+/// client went away, the server is stopping: the handler's future is dropped mid-transfer),
+/// which would otherwise leave the row `registering` with no job behind it, and removes the
+/// partial file.
+struct UploadGuard {
+    registry: ModelRegistry,
+    /// `None` once the transfer has ended either way.
+    row: Option<ModelRow>,
+    partial: PathBuf,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        let Some(row) = self.row.take() else { return };
+        let (registry, partial) = (self.registry.clone(), self.partial.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::fs::remove_file(&partial).await;
+                let failure = Failure::new(
+                    ErrorCode::ModelTruncated,
+                    "the upload ended before the whole file was received",
+                );
+                registry.fail(&row, failure).await;
+                registry.untrack(&row.id);
+            });
+        }
+    }
+}
+
 fn exists(id: &ModelId) -> ApiError {
     ApiError::new(
         ErrorCode::ModelExists,
@@ -826,6 +1035,28 @@ fn settings(
     Ok(config)
 }
 
+/// Whether a model this node serves as `served` is no longer what the registry says (`row`
+/// being its entry now), so that the node must drain it.
+fn is_stale(row: Option<&ModelRow>, served: &ModelConfig) -> bool {
+    let Some(row) = row else {
+        // Deleted on another node after its drain there.
+        return true;
+    };
+    match row.state.as_str() {
+        // Each node serves its own configuration's models as its file says; a registered one
+        // must be the registry's current entry (deleted and registered again under its id
+        // between two looks of this node, the served one is stale).
+        "ready" => {
+            row.source_kind != "config"
+                && row_config(row).map_or(true, |current| &current != served)
+        }
+        // Being drained already.
+        "deleting" => false,
+        // Failed, or being registered again: not what this node serves.
+        _ => true,
+    }
+}
+
 /// The configuration a row describes, with its current path.
 pub fn row_config(row: &ModelRow) -> Result<ModelConfig, String> {
     let raw = row
@@ -857,6 +1088,55 @@ mod tests {
         ] {
             assert!(!valid_model_id(bad), "{bad}");
         }
+    }
+
+    fn row(state: &str, kind: &str, config: &ModelConfig) -> ModelRow {
+        ModelRow {
+            id: config.id.as_str().into(),
+            path: config.path.display().to_string(),
+            n_ctx: config.n_ctx as i32,
+            registered_at: chrono::Utc::now(),
+            owner: None,
+            state: state.into(),
+            source_kind: kind.into(),
+            source: None,
+            sha256: None,
+            size_bytes: 0,
+            bytes_done: 0,
+            settings: Some(serde_json::to_string(config).unwrap()),
+            info: None,
+            error_code: None,
+            error_message: None,
+            updated_at: None,
+            quantize: None,
+            requantize: false,
+            file_sha256: None,
+        }
+    }
+
+    #[test]
+    fn a_node_drains_what_the_registry_no_longer_describes() {
+        let served = ModelConfig::new("m", "/store/registry/m-1.gguf");
+        assert!(!is_stale(Some(&row("ready", "upload", &served)), &served));
+        assert!(!is_stale(
+            Some(&row("deleting", "upload", &served)),
+            &served
+        ));
+        assert!(is_stale(None, &served), "deleted elsewhere");
+        for state in ["registering", "quantizing", "awaiting_upload", "failed"] {
+            assert!(
+                is_stale(Some(&row(state, "url", &served)), &served),
+                "{state}"
+            );
+        }
+        // Deleted and registered again between two looks: other settings, or another file.
+        let mut again = served.clone();
+        again.n_ctx = 256;
+        assert!(is_stale(Some(&row("ready", "upload", &again)), &served));
+        let moved = ModelConfig::new("m", "/store/registry/m-2.gguf");
+        assert!(is_stale(Some(&row("ready", "path", &moved)), &served));
+        // A configured model is served as this node's configuration says.
+        assert!(!is_stale(Some(&row("ready", "config", &again)), &served));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct NewModel {
     /// Where the file is (a `path` source) or will be once fetched.
     pub path: String,
     pub settings: ModelConfig,
+    pub quantize: Option<String>,
+    pub requantize: bool,
 }
 
 fn settings_json(config: &ModelConfig) -> String {
@@ -51,11 +53,17 @@ impl Store {
                 error_code: Set(None),
                 error_message: Set(None),
                 updated_at: Set(Some(now)),
+                quantize: Set(None),
+                requantize: Set(false),
+                file_sha256: Set(None),
             };
             model::Entity::insert(row)
                 .on_conflict(
                     OnConflict::column(model::Column::Id)
                         .update_columns([
+                            model::Column::Quantize,
+                            model::Column::Requantize,
+                            model::Column::FileSha256,
                             model::Column::Path,
                             model::Column::NCtx,
                             model::Column::Owner,
@@ -101,6 +109,9 @@ impl Store {
                 error_code: Set(None),
                 error_message: Set(None),
                 updated_at: Set(Some(now)),
+                quantize: Set(new.quantize.clone()),
+                requantize: Set(new.requantize),
+                file_sha256: Set(None),
             };
             let inserted = model::Entity::insert(row)
                 .on_conflict(
@@ -173,6 +184,9 @@ impl Store {
                 .col_expr(model::Column::SizeBytes, Expr::value(size as i64))
                 .col_expr(model::Column::BytesDone, Expr::value(size as i64));
         }
+        if let Some(sha) = change.file_sha256 {
+            update = update.col_expr(model::Column::FileSha256, Expr::value(sha));
+        }
         if let Some((code, message)) = change.error {
             update = update
                 .col_expr(model::Column::ErrorCode, Expr::value(code))
@@ -210,5 +224,6 @@ pub struct ModelChange {
     pub path: Option<String>,
     pub info: Option<String>,
     pub size_bytes: Option<u64>,
+    pub file_sha256: Option<String>,
     pub error: Option<(String, String)>,
 }

@@ -504,7 +504,7 @@ export interface paths {
          *     and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
          *     (served) or `failed` with a code. Functions may use the model once it is ready.
          */
-        post: operations["register"];
+        post: operations["models_register"];
         delete?: never;
         options?: never;
         head?: never;
@@ -554,7 +554,7 @@ export interface paths {
          *     registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
          *     background like the other sources.
          */
-        put: operations["upload"];
+        put: operations["models_upload"];
         post?: never;
         delete?: never;
         options?: never;
@@ -1066,7 +1066,7 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_already_quantized" | "model_quantization_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
@@ -1476,6 +1476,18 @@ export interface components {
              */
             id: string;
             /**
+             * @description Quantize the source (F32, F16 or BF16) with llama.cpp's quantizer before serving it:
+             *     `Q8_0`, `Q6_K`, `Q5_K_M`, `Q5_K_S`, `Q5_1`, `Q5_0`, `Q4_K_M`, `Q4_K_S`, `Q4_1`,
+             *     `Q4_0`, `Q3_K_L`, `Q3_K_M`, `Q3_K_S`, `Q2_K`, `F16` or `BF16`.
+             * @example Q8_0
+             */
+            quantize?: string | null;
+            /**
+             * @description Quantize a source that is already quantized (`model_already_quantized` otherwise):
+             *     its quality losses add up.
+             */
+            requantize?: boolean;
+            /**
              * @description Serving settings, the configuration file's `[[models]]` keys: `n_ctx`, `slots`,
              *     `min_replicas`, `max_replicas`, `idle_timeout_s`, `n_gpu_layers`, `main_gpu`,
              *     `embeddings`, `threads`, `queue_capacity`, ... Unknown keys are refused.
@@ -1495,18 +1507,24 @@ export interface components {
         RegistrationInfo: {
             /**
              * Format: int64
-             * @description Bytes fetched, received or hashed so far.
+             * @description Bytes fetched, received or hashed so far (while `quantizing`: written of the expected
+             *     output).
              */
             bytes_done: number;
             error?: null | components["schemas"]["RegistrationError"];
             file?: null | components["schemas"]["ModelFileInfo"];
+            /** @description The served file's sha256 when it is not the source (a quantized output). */
+            file_sha256?: string | null;
             /**
              * Format: double
              * @description `bytes_done` of `size_bytes`, once the size is known.
              */
             percent?: number | null;
+            /** @description The quantization asked for, if any. */
+            quantize?: string | null;
             /** Format: date-time */
             registered_at: string;
+            /** @description The registered source's sha256. */
             sha256?: string | null;
             /**
              * Format: int64
@@ -1516,7 +1534,7 @@ export interface components {
             source?: string | null;
             /** @description `config` (seeded from the configuration file), `path`, `url` or `upload`. */
             source_kind: string;
-            /** @description `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`. */
+            /** @description `awaiting_upload`, `registering`, `quantizing`, `ready`, `failed` or `deleting`. */
             state: string;
             /** Format: date-time */
             updated_at?: string | null;
@@ -3931,7 +3949,7 @@ export interface operations {
             };
         };
     };
-    register: {
+    models_register: {
         parameters: {
             query?: never;
             header?: never;
@@ -4137,7 +4155,7 @@ export interface operations {
             };
         };
     };
-    upload: {
+    models_upload: {
         parameters: {
             query?: never;
             header?: never;

@@ -24,6 +24,15 @@ pub struct RegisterModel {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Quantize the source (F32, F16 or BF16) with llama.cpp's quantizer before serving it:
+    /// `Q8_0`, `Q6_K`, `Q5_K_M`, `Q5_K_S`, `Q5_1`, `Q5_0`, `Q4_K_M`, `Q4_K_S`, `Q4_1`,
+    /// `Q4_0`, `Q3_K_L`, `Q3_K_M`, `Q3_K_S`, `Q2_K`, `F16` or `BF16`.
+    #[schema(example = "Q8_0")]
+    pub quantize: Option<String>,
+    /// Quantize a source that is already quantized (`model_already_quantized` otherwise):
+    /// its quality losses add up.
+    #[serde(default)]
+    pub requantize: bool,
 }
 
 /// Where the file comes from: `{"path": "..."}` (a file under the model store),
@@ -81,15 +90,21 @@ pub struct RegistrationError {
 /// The model's entry in the registry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegistrationInfo {
-    /// `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`.
+    /// `awaiting_upload`, `registering`, `quantizing`, `ready`, `failed` or `deleting`.
     pub state: String,
     /// `config` (seeded from the configuration file), `path`, `url` or `upload`.
     pub source_kind: String,
     pub source: Option<String>,
+    /// The registered source's sha256.
     pub sha256: Option<String>,
+    /// The quantization asked for, if any.
+    pub quantize: Option<String>,
+    /// The served file's sha256 when it is not the source (a quantized output).
+    pub file_sha256: Option<String>,
     /// The file's size, once known.
     pub size_bytes: u64,
-    /// Bytes fetched, received or hashed so far.
+    /// Bytes fetched, received or hashed so far (while `quantizing`: written of the expected
+    /// output).
     pub bytes_done: u64,
     /// `bytes_done` of `size_bytes`, once the size is known.
     pub percent: Option<f64>,
@@ -107,6 +122,8 @@ impl From<&ModelRow> for RegistrationInfo {
             source_kind: r.source_kind.clone(),
             source: r.source.clone(),
             sha256: r.sha256.clone(),
+            quantize: r.quantize.clone(),
+            file_sha256: r.file_sha256.clone(),
             size_bytes: size,
             bytes_done: done,
             percent: (size > 0).then(|| (done as f64 * 100.0 / size as f64).min(100.0)),

@@ -12,7 +12,7 @@ pub struct Model {
     pub registered_at: ChronoDateTimeUtc,
     /// The tenant of a private model; `None` for a public one.
     pub owner: Option<String>,
-    /// `awaiting_upload`, `registering`, `ready`, `failed` or `deleting`.
+    /// `awaiting_upload`, `registering`, `quantizing`, `ready`, `failed` or `deleting`.
     pub state: String,
     /// `config`, `path`, `url` or `upload`.
     pub source_kind: String,
@@ -25,6 +25,12 @@ pub struct Model {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub updated_at: Option<ChronoDateTimeUtc>,
+    /// The quantization type asked for at registration (`Q8_0`, ...).
+    pub quantize: Option<String>,
+    pub requantize: bool,
+    /// The sha256 of the served file when it is not the registered source (a quantized
+    /// output); otherwise `sha256` is.
+    pub file_sha256: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
