@@ -305,12 +305,17 @@ impl ActorTree {
         self.backend.devices()
     }
 
-    /// Embeds `texts` with `model`, which must be configured with `embeddings = true`.
+    /// Embeds `texts` with `model` for `tenant`; the model must be configured with
+    /// `embeddings = true`, and public or `tenant`'s own.
     pub async fn embed(
         &self,
+        tenant: &TenantId,
         model: &ModelId,
         texts: Vec<String>,
     ) -> Result<Vec<Embedding>, InvokeError> {
+        if self.model(model).is_some_and(|m| !m.visible_to(tenant)) {
+            return Err(InvokeError::UnknownModel(model.clone()));
+        }
         if self.directory.is_draining(model) {
             return Err(InvokeError::ModelDraining(model.clone()));
         }

@@ -210,6 +210,11 @@ pub struct ModelConfig {
     /// context of their own; see `embeddings.rs`.
     #[serde(default)]
     pub embeddings: bool,
+    /// The tenant a private model belongs to, set by the runtime's registry (not a
+    /// configuration key): only that tenant's work runs on it; to everyone else it does not
+    /// exist (`unknown_model`).
+    #[serde(skip)]
+    pub owner: Option<genrt_functions::TenantId>,
 }
 
 fn default_n_ctx() -> u32 {
@@ -264,7 +269,13 @@ impl ModelConfig {
             n_gpu_layers: None,
             main_gpu: 0,
             embeddings: false,
+            owner: None,
         }
+    }
+
+    /// Whether `tenant`'s work may run on this model: a public one, or the tenant's own.
+    pub fn visible_to(&self, tenant: &genrt_functions::TenantId) -> bool {
+        self.owner.as_ref().is_none_or(|owner| owner == tenant)
     }
 
     /// KV streams of one replica: one per slot, and the prefix cache's.

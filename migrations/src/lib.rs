@@ -10,6 +10,7 @@ mod m20261130_000004_nodes;
 mod m20261130_000005_cached_prompt_tokens;
 mod m20261201_000006_model_registry;
 mod m20261201_000007_model_quantization;
+mod m20261201_000008_private_models;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_cached_prompt_tokens::Migration),
             Box::new(m20261201_000006_model_registry::Migration),
             Box::new(m20261201_000007_model_quantization::Migration),
+            Box::new(m20261201_000008_private_models::Migration),
         ]
     }
 }

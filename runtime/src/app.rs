@@ -186,9 +186,11 @@ async fn start_server(
             .map_err(|e| StartError::Actors(format!("webhooks: {e}")))?,
     );
     let tree = Arc::new(tree);
+    let tenancy = Arc::new(Tenancy::new(store.clone(), config.tenancy.clone()));
     let registry = ModelRegistry::new(
         store.clone(),
         Arc::clone(&tree),
+        Arc::clone(&tenancy),
         config.registry.clone(),
         config.memory_budget_bytes(),
         Arc::clone(&url_guard),
@@ -198,7 +200,6 @@ async fn start_server(
     // served, and registrations a previous run left unfinished start again.
     registry.sync(true).await?;
     let deliveries = Arc::new(tokio::sync::Notify::new());
-    let tenancy = Arc::new(Tenancy::new(store.clone(), config.tenancy.clone()));
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
     let invocations = InvocationService::new(Parts {
         config: Arc::clone(&config),

@@ -17,6 +17,7 @@ pub const SCOPE_FUNCTIONS_INVOKE: &str = "functions:invoke";
 pub const SCOPE_INVOCATIONS_READ: &str = "invocations:read";
 pub const SCOPE_WEBHOOKS_WRITE: &str = "webhooks:write";
 pub const SCOPE_KEYS_WRITE: &str = "keys:write";
+pub const SCOPE_MODELS_WRITE: &str = "models:write";
 pub const SCOPE_ADMIN: &str = "admin";
 
 /// Every scope genrt knows.
@@ -26,6 +27,7 @@ pub const ALL_SCOPES: &[&str] = &[
     SCOPE_INVOCATIONS_READ,
     SCOPE_WEBHOOKS_WRITE,
     SCOPE_KEYS_WRITE,
+    SCOPE_MODELS_WRITE,
     SCOPE_ADMIN,
 ];
 
@@ -38,6 +40,7 @@ pub const DEFAULT_TENANT_SCOPES: &[&str] = &[
     SCOPE_INVOCATIONS_READ,
     SCOPE_WEBHOOKS_WRITE,
     SCOPE_KEYS_WRITE,
+    SCOPE_MODELS_WRITE,
 ];
 
 /// Checks the credentials of requests; lives in the app data for the `Caller` extractor.

@@ -203,6 +203,12 @@ pub struct TenancyConfig {
     /// Prewarm requests a tenant may have running at once (each runs its inputs one at a
     /// time, in the background); more get 429 `concurrency_limited`.
     pub max_concurrent_prewarms: u32,
+    /// Models a tenant may register for itself (`POST /v1/models` with `models:write`), unless
+    /// its own limits say otherwise; 0: only the operator registers models.
+    pub max_private_models: u32,
+    /// MiB a tenant's own models may take together; 0 is no cap beyond
+    /// `registry.max_file_mb` each.
+    pub max_private_model_mb: u64,
     /// How long tenant settings and API keys are cached at most. Changes are seen sooner:
     /// at once on the node that made them, within `sync_interval_ms` on the others.
     pub cache_ttl_s: u64,
@@ -248,6 +254,8 @@ impl Default for TenancyConfig {
             max_concurrent_streams: 32,
             monthly_token_budget: 0,
             max_concurrent_prewarms: 1,
+            max_private_models: 0,
+            max_private_model_mb: 0,
             cache_ttl_s: 5,
             sync_interval_ms: 1000,
         }

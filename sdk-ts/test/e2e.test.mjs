@@ -339,10 +339,10 @@ test('models: register by upload (streamed, with progress), serve, delete', asyn
     settings: { n_ctx: 512, threads: 1 },
   });
   assert.equal(created.registration.state, 'awaiting_upload');
-  // A tenant credential cannot register.
+  // A tenant registers only its own models, named `<tenant>.<name>`.
   await assert.rejects(
     genrt.models.register({ id: 'nope', source: { upload: true }, sha256 }),
-    (err) => err.status === 403 && err.code === 'insufficient_scope',
+    (err) => err instanceof UnprocessableEntityError && err.field === 'id',
   );
   await admin.models.upload('sdk-upload', Readable.toWeb(createReadStream(MODEL_PATH)));
   const seen = [];

@@ -187,14 +187,15 @@ async fn sources_and_refusals(db: Db) {
     let good_sha = sha256(&gguf);
     let baseline = generate(&s, &t, MODEL).await;
 
-    // Refused at once, nothing recorded: a tenant's credential, a path outside the store,
-    // a bad id, a malformed sha256, two sources, unknown settings.
+    // Refused at once, nothing recorded: a credential with neither `admin` nor
+    // `models:write`, a path outside the store, a bad id, a malformed sha256, two sources,
+    // unknown settings.
     let path_body = |id: &str, path: &str, sha: &str| json!({"id": id, "source": {"path": path}, "sha256": sha});
     let (status, body) = s
         .call(
             Method::POST,
             "/v1/models",
-            &t,
+            &genrt_tests::token_scoped("acme", &["functions:write", "functions:invoke"]),
             Some(path_body("m", "x.gguf", &good_sha)),
         )
         .await;
@@ -827,5 +828,229 @@ async fn quantizing_on_registration_keeps_the_next_token_distributions_close() {
         kl4 > 2.0 * kl8,
         "Q4_0 ({kl4}) should lose clearly more than Q8_0 ({kl8})"
     );
+    s.stop().await;
+}
+
+/// A tenant's own models (`models:write`): named in its namespace, by URL or upload only,
+/// within its `max_private_models` and `max_private_model_mb`; served to it through every
+/// route, and to any other tenant indistinguishable from a model that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_model_is_invisible_to_other_tenants() {
+    let s = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let admin = admin_token();
+    for (tenant, models, mb) in [("acme", 1, 0), ("tiny", 1, 50)] {
+        let (status, body) = s
+            .call(
+                Method::POST,
+                "/v1/admin/tenants",
+                &admin,
+                Some(
+                    json!({"id": tenant, "max_private_models": models, "max_private_model_mb": mb}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (acme, globex, tiny) = (token("acme"), token("globex"), token("tiny"));
+    let gguf = std::fs::read(model_path()).unwrap();
+    let sha = sha256(&gguf);
+    let as_tenant = |t: &str, body: Value| {
+        let t = t.to_owned();
+        let s = &s;
+        async move { s.call(Method::POST, "/v1/models", &t, Some(body)).await }
+    };
+    let upload = |t: &str, id: &str| {
+        let request = s
+            .build(Method::PUT, &format!("/v1/models/{id}/file"), t)
+            .body(gguf.clone());
+        genrt_tests::reply(request)
+    };
+    // The rules of a tenant's own registration.
+    let (status, body) = as_tenant(
+        &acme,
+        json!({"id": "fashion", "source": {"upload": true}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("id")),
+        "{body}"
+    );
+    let (status, body) = as_tenant(
+        &acme,
+        json!({"id": "acme.x", "source": {"path": "x.gguf"}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_model_source")),
+        "{body}"
+    );
+    let (status, body) = as_tenant(
+        &globex,
+        json!({"id": "globex.m", "source": {"upload": true}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("model_quota_exceeded")),
+        "{body}"
+    );
+    let (status, body) = as_tenant(
+        &acme,
+        json!({"id": "acme.x", "source": {"upload": true}, "sha256": sha, "owner": "globex"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("owner")),
+        "{body}"
+    );
+    // Over the tenant's MiB: refused in the upload's answer.
+    let (status, _) = as_tenant(
+        &tiny,
+        json!({"id": "tiny.big", "source": {"upload": true}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let sent = upload(&tiny, "tiny.big").await;
+    assert_eq!(
+        (sent.status, sent.code()),
+        (422, "model_too_large"),
+        "{:?}",
+        sent.body
+    );
+
+    let (status, body) = as_tenant(
+        &acme,
+        json!({"id": "acme.fashion", "source": {"upload": true}, "sha256": sha,
+               "settings": {"n_ctx": 512, "threads": 2, "embeddings": true}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["registration"]["owner"], "acme");
+    assert_eq!(upload(&acme, "acme.fashion").await.status, 202);
+    let entry = settled(&s, "acme.fashion").await;
+    assert_eq!(entry["registration"]["state"], "ready", "{entry}");
+    let (status, body) = as_tenant(
+        &acme,
+        json!({"id": "acme.second", "source": {"upload": true}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("model_quota_exceeded")),
+        "{body}"
+    );
+
+    // The owner uses it through every route.
+    let text = generate(&s, &acme, "acme.fashion").await;
+    assert!(!text.is_empty());
+    let chat = json!({"model": "acme.fashion", "max_tokens": 2,
+                      "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/openai/v1/chat/completions",
+            &acme,
+            Some(chat.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let embed = json!({"model": "acme.fashion", "input": "a red dress"});
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/openai/v1/embeddings",
+            &acme,
+            Some(embed.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, listed) = s.call(Method::GET, "/openai/v1/models", &acme, None).await;
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "acme.fashion"));
+
+    // Another tenant: nothing, anywhere, as for a model never registered.
+    let (status, listed) = s.call(Method::GET, "/v1/models", &globex, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        !listed.to_string().contains("acme.fashion"),
+        "listed to another tenant: {listed}"
+    );
+    for (method, path) in [
+        (Method::GET, "/v1/models/acme.fashion"),
+        (Method::DELETE, "/v1/models/acme.fashion"),
+    ] {
+        let (status, body) = s.call(method.clone(), path, &globex, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("model_not_found")),
+            "{method} {path}: {body}"
+        );
+    }
+    let sent = upload(&globex, "acme.fashion").await;
+    assert_eq!((sent.status, sent.code()), (404, "model_not_found"));
+    let (status, body) = s
+        .deploy(
+            &globex,
+            json!({"name": "steal", "model": "acme.fashion", "prompt": "{{ x }}"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("model")),
+        "{body}"
+    );
+    let unknown = "model `acme.fashion` is not registered";
+    assert!(body.to_string().contains(unknown), "{body}");
+    for (path, request) in [
+        ("/openai/v1/chat/completions", chat),
+        ("/openai/v1/embeddings", embed),
+    ] {
+        let (status, body) = s.call(Method::POST, path, &globex, Some(request)).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{path}: {body}");
+    }
+    let (_, listed) = s
+        .call(Method::GET, "/openai/v1/models", &globex, None)
+        .await;
+    assert!(!listed.to_string().contains("acme.fashion"), "{listed}");
+    // Its namespace is not another tenant's to register in.
+    let (status, body) = as_tenant(
+        &globex,
+        json!({"id": "acme.fashion", "source": {"upload": true}, "sha256": sha}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("id")),
+        "{body}"
+    );
+    // A tenant changes only its own models; the public ones are the operator's.
+    let (status, body) = s
+        .call(Method::DELETE, &format!("/v1/models/{MODEL}"), &acme, None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("insufficient_scope")),
+        "{body}"
+    );
+    // The operator sees it, with its owner, and the owner deletes it.
+    let (status, body) = s
+        .call(Method::GET, "/v1/models/acme.fashion", &admin, None)
+        .await;
+    assert_eq!(
+        (status, body["registration"]["owner"].as_str()),
+        (200, Some("acme")),
+        "{body}"
+    );
+    let (status, _) = s
+        .call(Method::DELETE, "/v1/models/acme.fashion", &acme, None)
+        .await;
+    assert_eq!(status, 202);
     s.stop().await;
 }

@@ -126,7 +126,12 @@ impl DispatcherState {
             let _ = reply.send(Err(InvokeError::ModelDraining(model)));
             return;
         }
-        let Some((config, pool)) = self.directory.pool(&model) else {
+        // Another tenant's private model is as missing as one never registered.
+        let Some((config, pool)) = self
+            .directory
+            .pool(&model)
+            .filter(|(config, _)| config.visible_to(&function.tenant))
+        else {
             let _ = reply.send(Err(InvokeError::UnknownModel(model)));
             return;
         };

@@ -66,7 +66,7 @@ pub async fn deploy(
     let name = FunctionName::parse(&definition.name)?;
     let spec = definition.to_spec()?;
     // Served here or ready in the registry; never one being deleted.
-    let models = state.registry.deployable().await?;
+    let models = state.registry.deployable(&caller.tenant).await?;
     spec.validate_fields(|m| models.contains(m))?;
     caller
         .require_models(spec.models().into_iter().map(|m| m.as_str()))

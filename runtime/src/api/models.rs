@@ -3,27 +3,41 @@
 
 use actix_web::{web, HttpResponse};
 
-use genrt_functions::ModelId;
+use genrt_functions::{ModelId, TenantId};
 
 use crate::api::dto::{
     DeviceInfo, DeviceList, ModelInfo, ModelList, ModelSourceSpec, RegisterModel,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::registry::{Registration, Source};
+use crate::registry::{ModelRegistry, Registration, Source};
 use crate::store::ModelRow;
 use crate::tenancy::{Caller, Scope};
 
 /// Who may read the models: deployers and invokers (to choose one), and the operator.
 const READ: [Scope; 3] = [Scope::FunctionsWrite, Scope::FunctionsInvoke, Scope::Admin];
 
-/// Every model this node serves, then the registry's others, each with its registry entry.
-async fn infos(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
+/// Every model this node serves, then the registry's others, each with its registry entry:
+/// those `caller` may see (another tenant's own models are not there at all).
+async fn infos(state: &AppState, caller: &Caller) -> Result<Vec<ModelInfo>, ApiError> {
     let statuses = state.tree.models().await;
-    let rows = state.registry.rows().await?;
+    let rows: Vec<ModelRow> = state
+        .registry
+        .rows()
+        .await?
+        .into_iter()
+        .filter(|r| ModelRegistry::visible(r, caller))
+        .collect();
+    let hidden = |id: &ModelId| {
+        state
+            .tree
+            .model(id)
+            .is_some_and(|m| !caller.scopes.contains(Scope::Admin) && !m.visible_to(&caller.tenant))
+    };
     let row = |id: &str| rows.iter().find(|r| r.id == id);
     let mut out: Vec<ModelInfo> = statuses
         .into_iter()
+        .filter(|s| !hidden(&s.id))
         .map(|s| {
             let draining = state.tree.is_draining(&s.id);
             let r = row(s.id.as_str());
@@ -43,8 +57,8 @@ fn registered(row: &ModelRow) -> ModelInfo {
     ModelInfo::registered(row, settings.as_ref())
 }
 
-async fn info(state: &AppState, id: &str) -> Result<ModelInfo, ApiError> {
-    infos(state)
+async fn info(state: &AppState, caller: &Caller, id: &str) -> Result<ModelInfo, ApiError> {
+    infos(state, caller)
         .await?
         .into_iter()
         .find(|m| m.id == id)
@@ -62,16 +76,20 @@ fn accepted(info: ModelInfo) -> HttpResponse {
         .json(info)
 }
 
-/// Registers a model (`admin`). The answer is `202` with the model `registering` (or
+/// Registers a model: the operator (`admin`) a public one, or a private one for a tenant
+/// (`owner`); a tenant (`models:write`) one of its own, named `<tenant>.<name>`, by URL or
+/// upload, within its `max_private_models` and `max_private_model_mb` (`model_quota_exceeded`
+/// otherwise). A tenant's own models are invisible to other tenants (404 everywhere). The
+/// answer is `202` with the model `registering` (or
 /// `awaiting_upload` for an upload); the file is fetched or hashed, checked against `sha256`,
 /// and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
 /// (served) or `failed` with a code. Functions may use the model once it is ready.
-#[utoipa::path(post, path = "/v1/models", tag = "models", operation_id = "models_register", security(("bearer" = ["admin"])),
+#[utoipa::path(post, path = "/v1/models", tag = "models", operation_id = "models_register", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
     request_body = RegisterModel,
     responses(
         (status = 202, description = "Accepted; registration runs in the background", body = ModelInfo),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "Lacks `admin`", body = ErrorBody),
+        (status = 403, description = "Lacks `admin` or `models:write`; `model_quota_exceeded`", body = ErrorBody),
         (status = 409, description = "`model_exists`", body = ErrorBody),
         (status = 422, description = "`invalid_request`, `invalid_model_source`", body = ErrorBody)))]
 pub async fn register(
@@ -79,8 +97,26 @@ pub async fn register(
     caller: Caller,
     body: web::Json<RegisterModel>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Scope::Admin)?;
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
     let body = body.into_inner();
+    let owner = match (caller.scopes.contains(Scope::Admin), body.owner) {
+        (true, None) => None,
+        (true, Some(owner)) => Some(TenantId::parse(&owner).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("owner `{owner}` is not a tenant id"),
+            )
+            .with_field("owner")
+        })?),
+        (false, None) => Some(caller.tenant.clone()),
+        (false, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "owner is the operator's: a tenant's registration is its own",
+            )
+            .with_field("owner"))
+        }
+    };
     let source = source(body.source)?;
     let row = state
         .registry
@@ -91,6 +127,7 @@ pub async fn register(
             settings: body.settings.unwrap_or_default(),
             quantize: body.quantize,
             requantize: body.requantize,
+            owner,
         })
         .await?;
     Ok(accepted(registered(&row)))
@@ -121,12 +158,13 @@ fn source(spec: ModelSourceSpec) -> Result<Source, ApiError> {
     }
 }
 
-/// The file of a model registered with `{"upload": true}` (`admin`), as the raw request body
+/// The file of a model registered with `{"upload": true}` (`admin`, or the tenant whose own
+/// model it is), as the raw request body
 /// (`application/octet-stream`). Streamed to the model store and hashed on the way, never
 /// held in memory; larger than `registry.max_file_mb` or another sha256 fails the
 /// registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
 /// background like the other sources.
-#[utoipa::path(put, path = "/v1/models/{id}/file", tag = "models", operation_id = "models_upload", security(("bearer" = ["admin"])),
+#[utoipa::path(put, path = "/v1/models/{id}/file", tag = "models", operation_id = "models_upload", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
     params(("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -142,17 +180,17 @@ pub async fn upload(
     id: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Scope::Admin)?;
-    let row = state.registry.upload(&id, body).await?;
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
+    let row = state.registry.upload(&id, &caller, body).await?;
     Ok(accepted(registered(&row)))
 }
 
-/// Deletes a model (`admin`): new invocations are refused at once with `model_draining`,
+/// Deletes a model (`admin`; a tenant with `models:write` its own): new invocations are refused at once with `model_draining`,
 /// running and queued work finishes (up to `registry.drain_timeout_s`), the replicas stop on
 /// every node, then the entry goes and the file the registry wrote is removed when no other
 /// model uses it. A registration still in progress is cancelled. `202` with the model
 /// `deleting`; `GET` answers `404` once it is gone.
-#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models", operation_id = "models_delete", security(("bearer" = ["admin"])),
+#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models", operation_id = "models_delete", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
     params(("id" = String, Path)),
     responses(
         (status = 202, description = "Draining", body = ModelInfo),
@@ -164,10 +202,10 @@ pub async fn delete(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Scope::Admin)?;
-    let row = state.registry.delete(&id).await?;
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
+    let row = state.registry.delete(&id, &caller).await?;
     // Still served here (draining), or already gone: then the entry as the DELETE left it.
-    let info = match info(&state, &id).await {
+    let info = match info(&state, &caller, &id).await {
         Ok(info) => info,
         Err(_) => registered(&row),
     };
@@ -182,7 +220,7 @@ pub async fn delete(
         (status = 401, body = ErrorBody)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
-    let models = infos(&state).await?;
+    let models = infos(&state, &caller).await?;
     Ok(HttpResponse::Ok().json(ModelList { models }))
 }
 
@@ -201,7 +239,7 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
-    Ok(HttpResponse::Ok().json(info(&state, &id).await?))
+    Ok(HttpResponse::Ok().json(info(&state, &caller, &id).await?))
 }
 
 /// The llama.cpp backends this node loaded (from `engine.backends_dir`, the binary's folder or

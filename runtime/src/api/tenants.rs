@@ -24,6 +24,10 @@ pub struct TenantLimitsBody {
     pub monthly_token_budget: Option<u64>,
     /// Model ids this tenant may use; unset allows all.
     pub allowed_models: Option<Vec<String>>,
+    /// Models this tenant may register for itself (`models:write`); 0: none.
+    pub max_private_models: Option<u32>,
+    /// MiB those models may take together; 0 is no cap beyond `registry.max_file_mb` each.
+    pub max_private_model_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,6 +80,8 @@ impl From<TenantRow> for TenantInfo {
                     .allowed_models
                     .as_deref()
                     .and_then(|m| serde_json::from_str(m).ok()),
+                max_private_models: r.max_private_models.map(|v| v.max(0) as u32),
+                max_private_model_mb: r.max_private_model_mb.map(|v| v.max(0) as u64),
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -114,6 +120,8 @@ impl TenantLimitsBody {
             max_concurrency: self.max_concurrency,
             monthly_token_budget: self.monthly_token_budget,
             allowed_models: self.allowed_models.clone(),
+            max_private_models: self.max_private_models,
+            max_private_model_mb: self.max_private_model_mb,
         })
     }
 }
@@ -229,6 +237,8 @@ pub async fn update(
         max_concurrency: new.max_concurrency.or(old.max_concurrency),
         monthly_token_budget: new.monthly_token_budget.or(old.monthly_token_budget),
         allowed_models: new.allowed_models.clone().or(old.allowed_models),
+        max_private_models: new.max_private_models.or(old.max_private_models),
+        max_private_model_mb: new.max_private_model_mb.or(old.max_private_model_mb),
     };
     let settings = merged.to_settings(&state)?;
     let row = state

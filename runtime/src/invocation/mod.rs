@@ -580,7 +580,7 @@ impl InvocationService {
                 .tenancy
                 .limits
                 .acquire(&caller.tenant, &caller.limits)?;
-            let embeddings = shared.tree.embed(model, texts).await?;
+            let embeddings = shared.tree.embed(&caller.tenant, model, texts).await?;
             let tokens: u32 = embeddings.iter().map(|e| e.tokens).sum();
             shared
                 .tenancy

@@ -47,7 +47,7 @@ use std::time::{Duration, SystemTime};
 use genrt_actors::engine::gguf::{self, GgufInfo, GgufProblem};
 use genrt_actors::engine::quantize;
 use genrt_actors::{ActorTree, ModelChangeError, ModelConfig};
-use genrt_functions::ModelId;
+use genrt_functions::{ModelId, TenantId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -55,6 +55,7 @@ use url::Url;
 use crate::config::{validate_model, RegistryConfig};
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{ModelChange, ModelRow, NewModel, Store};
+use crate::tenancy::{Caller, Scope, Tenancy};
 use crate::webhooks::ssrf::UrlGuard;
 
 pub use fetch::Hashed;
@@ -83,6 +84,9 @@ pub struct Registration {
     pub quantize: Option<String>,
     /// Let an already quantized source be quantized again.
     pub requantize: bool,
+    /// The tenant a private model is registered for; `None` for a public one (the
+    /// operator's).
+    pub owner: Option<TenantId>,
 }
 
 /// A registration job that failed: the code and message the row keeps.
@@ -122,6 +126,8 @@ pub struct ModelRegistry {
 struct Inner {
     store: Store,
     tree: Arc<ActorTree>,
+    /// Tenants' limits on their own models (`max_private_models`, `max_private_model_mb`).
+    tenancy: Arc<Tenancy>,
     config: RegistryConfig,
     /// The canonical store directory.
     root: PathBuf,
@@ -158,6 +164,7 @@ impl ModelRegistry {
     pub fn new(
         store: Store,
         tree: Arc<ActorTree>,
+        tenancy: Arc<Tenancy>,
         config: RegistryConfig,
         memory_budget_bytes: u64,
         guard: Arc<UrlGuard>,
@@ -173,6 +180,7 @@ impl ModelRegistry {
             inner: Arc::new(Inner {
                 store,
                 tree,
+                tenancy,
                 jobs: Arc::new(Semaphore::new(config.concurrent.max(1))),
                 quantizations: Arc::new(Semaphore::new(config.concurrent_quantizations.max(1))),
                 config,
@@ -209,6 +217,9 @@ impl ModelRegistry {
                 "sha256 must be the file's SHA-256 as 64 hexadecimal digits",
             )
             .with_field("sha256"));
+        }
+        if let Some(owner) = &r.owner {
+            self.check_private(owner, &r).await?;
         }
         let quantize = match &r.quantize {
             None => None,
@@ -260,7 +271,7 @@ impl ModelRegistry {
             .store
             .insert_model(NewModel {
                 id: r.id.as_str().to_owned(),
-                owner: None,
+                owner: r.owner.as_ref().map(|o| o.as_str().to_owned()),
                 state,
                 source_kind: kind,
                 source,
@@ -280,16 +291,122 @@ impl ModelRegistry {
         self.row(r.id.as_str()).await
     }
 
+    /// What a tenant's own registration must satisfy: an id in its namespace
+    /// (`<tenant>.<name>`: tenant ids hold no `.`, so no two tenants' ids collide and a
+    /// taken id tells nothing of another tenant), a URL or an upload (the store's files are
+    /// the operator's), and room within `max_private_models`.
+    async fn check_private(&self, owner: &TenantId, r: &Registration) -> Result<(), ApiError> {
+        let prefix = format!("{owner}.");
+        if !r.id.as_str().starts_with(&prefix) || r.id.as_str().len() == prefix.len() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("a tenant's own model is named `{prefix}<name>`"),
+            )
+            .with_field("id"));
+        }
+        if matches!(r.source, Source::Path(_)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidModelSource,
+                "a tenant registers its models by URL or upload; the model store's files are the operator's",
+            )
+            .with_field("source.path"));
+        }
+        let limits = self.inner.tenancy.limits_of(owner).await?;
+        let held = self
+            .owned(owner)
+            .await?
+            .iter()
+            .filter(|row| row.id != r.id.as_str())
+            .count();
+        if held >= limits.max_private_models as usize {
+            return Err(ApiError::new(
+                ErrorCode::ModelQuotaExceeded,
+                format!(
+                    "tenant `{owner}` holds {held} of its {} own models (max_private_models)",
+                    limits.max_private_models
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A tenant's own models, but failed registrations.
+    async fn owned(&self, owner: &TenantId) -> Result<Vec<ModelRow>, sea_orm::DbErr> {
+        Ok(self
+            .inner
+            .store
+            .model_rows()
+            .await?
+            .into_iter()
+            .filter(|row| row.owner.as_deref() == Some(owner.as_str()) && row.state != "failed")
+            .collect())
+    }
+
+    /// The most bytes `row`'s file may take: `registry.max_file_mb`, and for a tenant's own
+    /// model what is left of its `max_private_model_mb`.
+    async fn allowance(&self, row: &ModelRow) -> u64 {
+        let max = self.max_file_bytes();
+        let Some(owner) = row.owner.as_deref().and_then(|o| TenantId::parse(o).ok()) else {
+            return max;
+        };
+        let Ok(limits) = self.inner.tenancy.limits_of(&owner).await else {
+            return 0;
+        };
+        if limits.max_private_model_mb == 0 {
+            return max;
+        }
+        let used: u64 = match self.owned(&owner).await {
+            Ok(rows) => rows
+                .iter()
+                .filter(|other| other.id != row.id)
+                .map(|other| other.size_bytes.max(0) as u64)
+                .sum(),
+            Err(_) => return 0,
+        };
+        max.min((limits.max_private_model_mb * 1024 * 1024).saturating_sub(used))
+    }
+
+    /// Whether `caller` sees `row`: the operator sees every model, a tenant the public ones
+    /// and its own.
+    pub fn visible(row: &ModelRow, caller: &Caller) -> bool {
+        caller.scopes.contains(Scope::Admin)
+            || row
+                .owner
+                .as_deref()
+                .is_none_or(|owner| owner == caller.tenant.as_str())
+    }
+
+    /// The row of `id` if `caller` may change it (upload, delete): the operator any, a
+    /// tenant with `models:write` its own. Another tenant's is `model_not_found`.
+    pub async fn row_for_change(&self, id: &str, caller: &Caller) -> Result<ModelRow, ApiError> {
+        let row = self.row(id).await?;
+        if !Self::visible(&row, caller) {
+            return Err(not_found(id));
+        }
+        if !caller.scopes.contains(Scope::Admin) && row.owner.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::InsufficientScope,
+                format!("model `{id}` is public: only the operator (`admin`) changes it"),
+            ));
+        }
+        Ok(row)
+    }
+
     /// Receives an upload's bytes (`PUT /v1/models/{id}/file`): streamed to the store while
     /// hashed, never held whole; a wrong sha256 or a file over `registry.max_file_mb` fails
     /// the registration at once. Validation then runs as for the other sources.
-    pub async fn upload<S, E>(&self, id: &str, body: S) -> Result<ModelRow, ApiError>
+    pub async fn upload<S, E>(
+        &self,
+        id: &str,
+        caller: &Caller,
+        body: S,
+    ) -> Result<ModelRow, ApiError>
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let inner = &self.inner;
-        let row = self.row(id).await?;
+        let row = self.row_for_change(id, caller).await?;
         if row.state != "awaiting_upload" {
             return Err(ApiError::new(
                 ErrorCode::ModelNotAwaitingUpload,
@@ -328,7 +445,7 @@ impl ModelRegistry {
             &partial,
             Path::new(&row.path),
             row.sha256.as_deref().unwrap_or_default(),
-            self.max_file_bytes(),
+            self.allowance(&row).await,
             &progress,
             &cancel,
         )
@@ -350,9 +467,9 @@ impl ModelRegistry {
 
     /// Deletes a model: `deleting` at once (every node stops giving it work), then drained,
     /// stopped and removed in the background.
-    pub async fn delete(&self, id: &str) -> Result<ModelRow, ApiError> {
+    pub async fn delete(&self, id: &str, caller: &Caller) -> Result<ModelRow, ApiError> {
         let inner = &self.inner;
-        let row = self.row(id).await?;
+        let row = self.row_for_change(id, caller).await?;
         if row.state != "deleting" {
             inner
                 .store
@@ -383,12 +500,11 @@ impl ModelRegistry {
 
     /// The row of `id`, or `model_not_found`.
     pub async fn row(&self, id: &str) -> Result<ModelRow, ApiError> {
-        self.inner.store.model_row(id).await?.ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::ModelNotFound,
-                format!("model `{id}` is not registered"),
-            )
-        })
+        self.inner
+            .store
+            .model_row(id)
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     pub async fn rows(&self) -> Result<Vec<ModelRow>, ApiError> {
@@ -397,9 +513,16 @@ impl ModelRegistry {
 
     /// Models a function may be deployed on: served here, or ready in the registry (another
     /// node registered it and this one has not synced yet). Not those being deleted.
-    pub async fn deployable(&self) -> Result<HashSet<ModelId>, ApiError> {
+    pub async fn deployable(&self, tenant: &TenantId) -> Result<HashSet<ModelId>, ApiError> {
         let inner = &self.inner;
-        let rows = inner.store.model_rows().await?;
+        // Another tenant's own models are not there at all.
+        let rows: Vec<ModelRow> = inner
+            .store
+            .model_rows()
+            .await?
+            .into_iter()
+            .filter(|r| r.owner.as_deref().is_none_or(|o| o == tenant.as_str()))
+            .collect();
         let deleting: HashSet<&str> = rows
             .iter()
             .filter(|r| r.state == "deleting")
@@ -415,7 +538,11 @@ impl ModelRegistry {
                 .tree
                 .model_configs()
                 .into_iter()
-                .filter(|m| !deleting.contains(m.id.as_str()) && !inner.tree.is_draining(&m.id))
+                .filter(|m| {
+                    m.visible_to(tenant)
+                        && !deleting.contains(m.id.as_str())
+                        && !inner.tree.is_draining(&m.id)
+                })
                 .map(|m| m.id),
         );
         Ok(ids)
@@ -570,7 +697,7 @@ impl ModelRegistry {
                     &self.partial_path(&row.id),
                     &path,
                     expected,
-                    self.max_file_bytes(),
+                    self.allowance(row).await,
                     &progress,
                     cancel,
                 )
@@ -609,6 +736,15 @@ impl ModelRegistry {
             return;
         }
         let quantized = file_sha256.is_some();
+        // A tenant's quantized output counts against its `max_private_model_mb` too.
+        if quantized && info.file_bytes > self.allowance(row).await {
+            let _ = tokio::fs::remove_file(&served).await;
+            let failure = Failure::new(
+                ErrorCode::ModelTooLarge,
+                "the quantized model is larger than what is left of the tenant's max_private_model_mb",
+            );
+            return self.fail(row, failure).await;
+        }
         let change = ModelChange {
             path: quantized.then(|| served.display().to_string()),
             info: serde_json::to_string(&info).ok(),
@@ -999,6 +1135,13 @@ impl Drop for UploadGuard {
     }
 }
 
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ModelNotFound,
+        format!("model `{id}` is not registered"),
+    )
+}
+
 fn exists(id: &ModelId) -> ApiError {
     ApiError::new(
         ErrorCode::ModelExists,
@@ -1065,6 +1208,10 @@ pub fn row_config(row: &ModelRow) -> Result<ModelConfig, String> {
         .ok_or_else(|| format!("model `{}` has no settings", row.id))?;
     let mut config: ModelConfig = serde_json::from_str(raw).map_err(|e| e.to_string())?;
     config.path = PathBuf::from(&row.path);
+    config.owner = match &row.owner {
+        Some(owner) => Some(TenantId::parse(owner).map_err(|e| e.to_string())?),
+        None => None,
+    };
     Ok(config)
 }
 

@@ -23,6 +23,8 @@ pub struct TenantSettings {
     pub max_concurrency: Option<u32>,
     pub monthly_token_budget: Option<u64>,
     pub allowed_models: Option<Vec<String>>,
+    pub max_private_models: Option<u32>,
+    pub max_private_model_mb: Option<u64>,
 }
 
 impl Store {
@@ -176,5 +178,9 @@ fn apply(mut row: tenant::ActiveModel, s: &TenantSettings) -> tenant::ActiveMode
         .allowed_models
         .as_ref()
         .map(|m| serde_json::to_string(m).expect("strings serialize")));
+    row.max_private_models = Set(s.max_private_models.map(|v| v.min(i32::MAX as u32) as i32));
+    row.max_private_model_mb = Set(s
+        .max_private_model_mb
+        .map(|v| v.min(i64::MAX as u64) as i64));
     row
 }

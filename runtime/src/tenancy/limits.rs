@@ -41,6 +41,11 @@ pub struct TenantLimits {
     pub monthly_token_budget: u64,
     /// `None` allows every model.
     pub allowed_models: Option<Vec<String>>,
+    /// Models the tenant may register for itself (`POST /v1/models` with `models:write`);
+    /// 0: none.
+    pub max_private_models: u32,
+    /// MiB those models may take together; 0 is no cap beyond `registry.max_file_mb` each.
+    pub max_private_model_mb: u64,
 }
 
 impl TenantLimits {
@@ -326,6 +331,8 @@ mod tests {
             max_concurrent_prewarms: 1,
             monthly_token_budget: 100,
             allowed_models: None,
+            max_private_models: 0,
+            max_private_model_mb: 0,
         }
     }
 

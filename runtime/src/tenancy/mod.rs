@@ -106,6 +106,12 @@ impl Tenancy {
             allowed_models: row
                 .and_then(|r| r.allowed_models.as_deref())
                 .and_then(|m| serde_json::from_str(m).ok()),
+            max_private_models: row
+                .and_then(|r| r.max_private_models)
+                .map_or(d.max_private_models, |v| v.max(0) as u32),
+            max_private_model_mb: row
+                .and_then(|r| r.max_private_model_mb)
+                .map_or(d.max_private_model_mb, |v| v.max(0) as u64),
         }
     }
 

@@ -14,27 +14,32 @@ pub enum Scope {
     /// Creating and revoking the tenant's own API keys, never with more scopes than the
     /// creator holds.
     KeysWrite,
+    /// Registering and deleting the tenant's own models, within its limits
+    /// (`max_private_models`).
+    ModelsWrite,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::FunctionsWrite,
         Scope::FunctionsInvoke,
         Scope::InvocationsRead,
         Scope::WebhooksWrite,
         Scope::KeysWrite,
+        Scope::ModelsWrite,
         Scope::Admin,
     ];
 
     /// What a tenant's own credentials get when they name no scope: everything but `admin`,
     /// which is the operator's.
-    pub const TENANT_DEFAULT: [Scope; 5] = [
+    pub const TENANT_DEFAULT: [Scope; 6] = [
         Scope::FunctionsWrite,
         Scope::FunctionsInvoke,
         Scope::InvocationsRead,
         Scope::WebhooksWrite,
         Scope::KeysWrite,
+        Scope::ModelsWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +49,7 @@ impl Scope {
             Scope::InvocationsRead => "invocations:read",
             Scope::WebhooksWrite => "webhooks:write",
             Scope::KeysWrite => "keys:write",
+            Scope::ModelsWrite => "models:write",
             Scope::Admin => "admin",
         }
     }
@@ -165,6 +171,10 @@ mod tests {
         let d = Scopes::tenant_default();
         assert!(!d.contains(Scope::Admin));
         assert!(Scopes::parse(["webhooks:write"]).unwrap().is_subset_of(d));
+        assert!(
+            d.contains(Scope::ModelsWrite),
+            "a tenant registers its own models"
+        );
         assert!(!Scopes::parse(["admin"]).unwrap().is_subset_of(d));
         assert_eq!(
             d.require(Scope::Admin).unwrap_err().code,

@@ -499,7 +499,11 @@ export interface paths {
         get: operations["models_list"];
         put?: never;
         /**
-         * Registers a model (`admin`). The answer is `202` with the model `registering` (or
+         * Registers a model: the operator (`admin`) a public one, or a private one for a tenant
+         *     (`owner`); a tenant (`models:write`) one of its own, named `<tenant>.<name>`, by URL or
+         *     upload, within its `max_private_models` and `max_private_model_mb` (`model_quota_exceeded`
+         *     otherwise). A tenant's own models are invisible to other tenants (404 everywhere). The
+         *     answer is `202` with the model `registering` (or
          *     `awaiting_upload` for an upload); the file is fetched or hashed, checked against `sha256`,
          *     and validated in the background; `GET /v1/models/{id}` shows the progress, then `ready`
          *     (served) or `failed` with a code. Functions may use the model once it is ready.
@@ -527,7 +531,7 @@ export interface paths {
         put?: never;
         post?: never;
         /**
-         * Deletes a model (`admin`): new invocations are refused at once with `model_draining`,
+         * Deletes a model (`admin`; a tenant with `models:write` its own): new invocations are refused at once with `model_draining`,
          *     running and queued work finishes (up to `registry.drain_timeout_s`), the replicas stop on
          *     every node, then the entry goes and the file the registry wrote is removed when no other
          *     model uses it. A registration still in progress is cancelled. `202` with the model
@@ -548,7 +552,8 @@ export interface paths {
         };
         get?: never;
         /**
-         * The file of a model registered with `{"upload": true}` (`admin`), as the raw request body
+         * The file of a model registered with `{"upload": true}` (`admin`, or the tenant whose own
+         *     model it is), as the raw request body
          *     (`application/octet-stream`). Streamed to the model store and hashed on the way, never
          *     held in memory; larger than `registry.max_file_mb` or another sha256 fails the
          *     registration at once (`model_too_large`, `model_sha256_mismatch`). Then validated in the
@@ -1066,7 +1071,7 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_already_quantized" | "model_quantization_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_quota_exceeded" | "model_already_quantized" | "model_quantization_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
@@ -1476,6 +1481,11 @@ export interface components {
              */
             id: string;
             /**
+             * @description The operator only: register a private model for this tenant. A tenant registering
+             *     with `models:write` always registers its own (named `<tenant>.<name>`).
+             */
+            owner?: string | null;
+            /**
              * @description Quantize the source (F32, F16 or BF16) with llama.cpp's quantizer before serving it:
              *     `Q8_0`, `Q6_K`, `Q5_K_M`, `Q5_K_S`, `Q5_1`, `Q5_0`, `Q4_K_M`, `Q4_K_S`, `Q4_1`,
              *     `Q4_0`, `Q3_K_L`, `Q3_K_M`, `Q3_K_S`, `Q2_K`, `F16` or `BF16`.
@@ -1515,6 +1525,8 @@ export interface components {
             file?: null | components["schemas"]["ModelFileInfo"];
             /** @description The served file's sha256 when it is not the source (a quantized output). */
             file_sha256?: string | null;
+            /** @description The tenant a private model belongs to; absent for a public one. */
+            owner?: string | null;
             /**
              * Format: double
              * @description `bytes_done` of `size_bytes`, once the size is known.
@@ -1613,6 +1625,16 @@ export interface components {
              * @description Synchronous and streaming invocations running at once; 0 is no cap.
              */
             max_concurrency?: number | null;
+            /**
+             * Format: int64
+             * @description MiB those models may take together; 0 is no cap beyond `registry.max_file_mb` each.
+             */
+            max_private_model_mb?: number | null;
+            /**
+             * Format: int32
+             * @description Models this tenant may register for itself (`models:write`); 0: none.
+             */
+            max_private_models?: number | null;
             /**
              * Format: int64
              * @description Prompt + completion tokens per calendar month (UTC); 0 is no budget.
@@ -3988,7 +4010,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Lacks `admin` */
+            /** @description Lacks `admin` or `models:write`; `model_quota_exceeded` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4213,7 +4235,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `model_not_awaiting_upload` */
+            /** @description `model_not_awaiting_upload`; `model_draining` when the model was deleted during the upload */
             409: {
                 headers: {
                     [name: string]: unknown;

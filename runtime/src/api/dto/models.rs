@@ -33,6 +33,9 @@ pub struct RegisterModel {
     /// its quality losses add up.
     #[serde(default)]
     pub requantize: bool,
+    /// The operator only: register a private model for this tenant. A tenant registering
+    /// with `models:write` always registers its own (named `<tenant>.<name>`).
+    pub owner: Option<String>,
 }
 
 /// Where the file comes from: `{"path": "..."}` (a file under the model store),
@@ -95,6 +98,8 @@ pub struct RegistrationInfo {
     /// `config` (seeded from the configuration file), `path`, `url` or `upload`.
     pub source_kind: String,
     pub source: Option<String>,
+    /// The tenant a private model belongs to; absent for a public one.
+    pub owner: Option<String>,
     /// The registered source's sha256.
     pub sha256: Option<String>,
     /// The quantization asked for, if any.
@@ -121,6 +126,7 @@ impl From<&ModelRow> for RegistrationInfo {
             state: r.state.clone(),
             source_kind: r.source_kind.clone(),
             source: r.source.clone(),
+            owner: r.owner.clone(),
             sha256: r.sha256.clone(),
             quantize: r.quantize.clone(),
             file_sha256: r.file_sha256.clone(),

@@ -83,7 +83,7 @@ pub async fn models(
         .tree
         .model_configs()
         .iter()
-        .filter(|m| caller.limits.allows_model(m.id.as_str()))
+        .filter(|m| caller.limits.allows_model(m.id.as_str()) && m.visible_to(&caller.tenant))
         .map(|m| ModelObject {
             id: m.id.as_str().to_owned(),
             object: "model",
@@ -282,7 +282,11 @@ pub async fn embeddings(
     caller.require(Scope::FunctionsInvoke)?;
     let body = body.into_inner();
     let id = ModelId::new(body.model.as_str());
-    let Some(model) = state.tree.model(&id) else {
+    let Some(model) = state
+        .tree
+        .model(&id)
+        .filter(|m| m.visible_to(&caller.tenant))
+    else {
         return Err(model_not_found(&body.model).into());
     };
     if !model.embeddings {
@@ -375,7 +379,12 @@ async fn resolve(
     output: OutputSpec,
 ) -> Result<Target, OpenAiError> {
     let id = ModelId::new(model);
-    if state.tree.model(&id).is_some() {
+    // Another tenant's private model is no model at all here: the name may be a function's.
+    if state
+        .tree
+        .model(&id)
+        .is_some_and(|m| m.visible_to(&caller.tenant))
+    {
         let spec = plan::passthrough_spec(&id, output, genrt_functions::default_timeout_s());
         // The output constraint is part of the spec, so each distinct one is its own
         // pass-through "version": an actor never serves a spec other than its own.

@@ -14,6 +14,10 @@ pub struct Model {
     pub monthly_token_budget: Option<i64>,
     /// JSON array of model ids; `None` allows every model.
     pub allowed_models: Option<String>,
+    /// Models the tenant may register for itself; `None` uses the configured default.
+    pub max_private_models: Option<i32>,
+    /// MiB those models may take together; `None` uses the configured default.
+    pub max_private_model_mb: Option<i64>,
     pub updated_at: Option<ChronoDateTimeUtc>,
 }
 
