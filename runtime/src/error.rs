@@ -95,6 +95,7 @@ error_codes! {
     ModelUnsupportedArchitecture => ("model_unsupported_architecture", UNPROCESSABLE_ENTITY, None),
     ModelTooLarge => ("model_too_large", UNPROCESSABLE_ENTITY, None),
     ModelDownloadFailed => ("model_download_failed", BAD_GATEWAY, None),
+    ModelRegistrationInterrupted => ("model_registration_interrupted", UNPROCESSABLE_ENTITY, None),
     ModelQuotaExceeded => ("model_quota_exceeded", FORBIDDEN, None),
     ModelAlreadyQuantized => ("model_already_quantized", UNPROCESSABLE_ENTITY, None),
     ModelQuantizationFailed => ("model_quantization_failed", UNPROCESSABLE_ENTITY, None),

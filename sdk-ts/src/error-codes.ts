@@ -62,6 +62,7 @@ export const ERROR_CODES = [
   'model_unsupported_architecture',
   'model_too_large',
   'model_download_failed',
+  'model_registration_interrupted',
   'model_quota_exceeded',
   'model_already_quantized',
   'model_quantization_failed',

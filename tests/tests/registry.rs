@@ -1054,3 +1054,44 @@ async fn a_tenants_own_model_is_invisible_to_other_tenants() {
     assert_eq!(status, 202);
     s.stop().await;
 }
+
+/// A registration a previous run left while llama.cpp was reading its file is failed at the
+/// next start, not read again: if that file crashed the process, reading it at every start
+/// would crash every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() {
+    let s = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let state = s.server().state();
+    for (id, left) in [
+        ("crashed-validating", "validating"),
+        ("crashed-quantizing", "quantizing"),
+    ] {
+        let (status, _) = register(
+            &s,
+            json!({"id": id, "source": {"upload": true}, "sha256": "0".repeat(64)}),
+        )
+        .await;
+        assert_eq!(status, 202);
+        // As a run that stopped in the middle of llama.cpp's reading leaves it.
+        let moved = state
+            .store
+            .model_transition(id, &["awaiting_upload"], left, Default::default())
+            .await
+            .unwrap();
+        assert!(moved);
+    }
+    // What a start does before it listens.
+    state.registry.sync(true).await.unwrap();
+    for id in ["crashed-validating", "crashed-quantizing"] {
+        let (_, entry) = s
+            .call(
+                Method::GET,
+                &format!("/v1/models/{id}"),
+                &admin_token(),
+                None,
+            )
+            .await;
+        failed_with(&entry, "model_registration_interrupted");
+    }
+    s.stop().await;
+}

@@ -6,8 +6,8 @@
 //! ```text
 //! POST /v1/models ──► awaiting_upload ──PUT …/file──┐
 //!        │                                          ▼
-//!        └──────────────────────────────────► registering ─(quantize)─► quantizing ─┐
-//!                                                   │ └─────────────────────────────┴► ready
+//!        └──────────────────────────────────► registering ──► validating ─(quantize)─► quantizing
+//!                                                   │                  └──────────────┴──────► ready
 //!                                                   │                                   │
 //!                                                   └──► failed (code + reason;     DELETE
 //!                                                        registering the id again       ▼
@@ -478,6 +478,7 @@ impl ModelRegistry {
                     &[
                         "awaiting_upload",
                         "registering",
+                        "validating",
                         "quantizing",
                         "ready",
                         "failed",
@@ -565,7 +566,8 @@ impl ModelRegistry {
                 }
                 // At start, a deletion a previous run left unfinished is this node's to finish.
                 "deleting" => self.spawn_removal(row.clone(), resume),
-                "registering" | "quantizing" if resume => self.spawn_job(&row.id),
+                "registering" if resume => self.spawn_job(&row.id),
+                "validating" | "quantizing" if resume => self.interrupted(row).await,
                 _ => {}
             }
         }
@@ -576,6 +578,20 @@ impl ModelRegistry {
             }
         }
         Ok(())
+    }
+
+    /// A registration a previous run left while llama.cpp was reading its file (validating
+    /// or quantizing): failed, not tried again, since the run may have ended because that
+    /// file crashed llama.cpp. Registering it again tries once more.
+    async fn interrupted(&self, row: &ModelRow) {
+        let failure = Failure::new(
+            ErrorCode::ModelRegistrationInterrupted,
+            format!(
+                "the node stopped while {} this file (if llama.cpp crashed on it, it cannot load it); register it again to retry",
+                row.state
+            ),
+        );
+        self.fail(row, failure).await;
     }
 
     /// Runs [`Self::sync`] every `registry.sync_interval_ms` until `stop`.
@@ -631,24 +647,6 @@ impl ModelRegistry {
             };
             let row = match this.inner.store.model_row(&id).await {
                 Ok(Some(row)) if row.state == "registering" => row,
-                // Interrupted by a restart while quantizing: the source is still there.
-                Ok(Some(row)) if row.state == "quantizing" => {
-                    let moved = this
-                        .inner
-                        .store
-                        .model_transition(
-                            &id,
-                            &["quantizing"],
-                            "registering",
-                            ModelChange::default(),
-                        )
-                        .await;
-                    if !matches!(moved, Ok(true)) {
-                        this.untrack(&id);
-                        return;
-                    }
-                    row
-                }
                 _ => {
                     this.untrack(&id);
                     return;
@@ -719,6 +717,26 @@ impl ModelRegistry {
     /// read, and starts serving it.
     async fn validate_and_serve(&self, row: &ModelRow, cancel: &CancellationToken) {
         let inner = &self.inner;
+        // Recorded before llama.cpp reads the file: a file that crashes it (its loaders
+        // assert on some malformed vocabularies) must not be read again at every restart.
+        match inner
+            .store
+            .model_transition(
+                &row.id,
+                &["registering"],
+                "validating",
+                ModelChange::default(),
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                return self
+                    .fail(row, Failure::new(ErrorCode::Internal, err.to_string()))
+                    .await
+            }
+        }
         let source = PathBuf::from(&row.path);
         // A source to be quantized need not fit the memory budget; its output must.
         let info = match self.validate(&source, row.quantize.is_none()).await {
@@ -754,7 +772,7 @@ impl ModelRegistry {
         };
         match inner
             .store
-            .model_transition(&row.id, &["registering", "quantizing"], "ready", change)
+            .model_transition(&row.id, &["validating", "quantizing"], "ready", change)
             .await
         {
             Ok(true) => {}
@@ -803,7 +821,7 @@ impl ModelRegistry {
             .store
             .model_transition(
                 &row.id,
-                &["registering"],
+                &["validating"],
                 "quantizing",
                 ModelChange::default(),
             )
@@ -904,7 +922,7 @@ impl ModelRegistry {
     async fn fail(&self, row: &ModelRow, failure: Failure) {
         self.fail_state(
             row,
-            &["registering", "quantizing", "awaiting_upload"],
+            &["registering", "validating", "quantizing", "awaiting_upload"],
             failure,
         )
         .await
@@ -1270,7 +1288,13 @@ mod tests {
             &served
         ));
         assert!(is_stale(None, &served), "deleted elsewhere");
-        for state in ["registering", "quantizing", "awaiting_upload", "failed"] {
+        for state in [
+            "registering",
+            "validating",
+            "quantizing",
+            "awaiting_upload",
+            "failed",
+        ] {
             assert!(
                 is_stale(Some(&row(state, "url", &served)), &served),
                 "{state}"

@@ -93,7 +93,8 @@ pub struct RegistrationError {
 /// The model's entry in the registry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegistrationInfo {
-    /// `awaiting_upload`, `registering`, `quantizing`, `ready`, `failed` or `deleting`.
+    /// `awaiting_upload`, `registering` (fetching or hashing), `validating`, `quantizing`,
+    /// `ready`, `failed` or `deleting`.
     pub state: String,
     /// `config` (seeded from the configuration file), `path`, `url` or `upload`.
     pub source_kind: String,

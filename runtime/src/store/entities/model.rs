@@ -12,7 +12,8 @@ pub struct Model {
     pub registered_at: ChronoDateTimeUtc,
     /// The tenant of a private model; `None` for a public one.
     pub owner: Option<String>,
-    /// `awaiting_upload`, `registering`, `quantizing`, `ready`, `failed` or `deleting`.
+    /// `awaiting_upload`, `registering`, `validating`, `quantizing`, `ready`, `failed` or
+    /// `deleting`.
     pub state: String,
     /// `config`, `path`, `url` or `upload`.
     pub source_kind: String,
