@@ -285,10 +285,13 @@ impl ModelRegistry {
         if !inserted {
             return Err(exists(&r.id));
         }
+        // Read before the job starts: the answer is the registration as accepted, whatever
+        // the job does next (a 404 URL fails within milliseconds).
+        let row = self.row(r.id.as_str()).await?;
         if state == "registering" {
             self.spawn_job(r.id.as_str());
         }
-        self.row(r.id.as_str()).await
+        Ok(row)
     }
 
     /// What a tenant's own registration must satisfy: an id in its namespace
@@ -454,15 +457,17 @@ impl ModelRegistry {
         match result {
             Ok(hashed) => {
                 self.remember(Path::new(&row.path), &hashed.sha256);
+                // As received, before validation moves it on.
+                let received = self.row(id).await;
                 self.spawn_validation(id.to_owned(), cancel);
+                received
             }
             Err(failure) => {
                 self.fail(&row, failure.clone()).await;
                 self.untrack(id);
-                return Err(ApiError::new(failure.code, failure.message));
+                Err(ApiError::new(failure.code, failure.message))
             }
         }
-        self.row(id).await
     }
 
     /// Deletes a model: `deleting` at once (every node stops giving it work), then drained,
