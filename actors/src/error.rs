@@ -26,6 +26,8 @@ pub enum InvokeError {
     },
     #[error("model `{0}` is not registered")]
     UnknownModel(ModelId),
+    #[error("model `{model}` has no adapter `{adapter}`")]
+    UnknownAdapter { model: ModelId, adapter: String },
     #[error("model `{0}` is being removed and takes no new work")]
     ModelDraining(ModelId),
     #[error("model `{model}` cannot be loaded: {reason}")]
@@ -65,6 +67,7 @@ impl InvokeError {
             | Self::MaxTokensExceedContext { .. }
             | Self::PromptTooLong { .. }
             | Self::UnknownModel(_)
+            | Self::UnknownAdapter { .. }
             | Self::ModelDraining(_)
             | Self::OutputSpec(_)
             | Self::InvalidOutput(_) => false,

@@ -41,7 +41,7 @@ pub mod testing {
 }
 pub use memory::{Budgets, Held, MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;
-pub use tree::{ActorTree, ModelChangeError, TreeConfig};
+pub use tree::{ActorTree, Adapter, ModelChangeError, TreeConfig};
 pub use types::{
     DeployedFunction, Fault, FinishReason, Invocation, InvocationId, InvocationOutcome,
     ModelConfig, ModelPhase, ModelStatus, PrefixCacheStatus, ScalingEvent, Timings, Usage,

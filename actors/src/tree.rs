@@ -35,9 +35,42 @@ pub(crate) struct Directory {
     /// Models being removed: the dispatcher refuses new work for them (`model_draining`)
     /// while what they already accepted finishes.
     draining: RwLock<BTreeSet<ModelId>>,
+    /// The LoRA adapters each model may run with, by name.
+    adapters: RwLock<BTreeMap<ModelId, BTreeMap<String, Adapter>>>,
+}
+
+/// A LoRA adapter registered for a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapter {
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+    /// The tenant a private adapter belongs to; `None` for a public one.
+    pub owner: Option<TenantId>,
+}
+
+impl Adapter {
+    pub fn visible_to(&self, tenant: &TenantId) -> bool {
+        self.owner.as_ref().is_none_or(|owner| owner == tenant)
+    }
 }
 
 impl Directory {
+    /// Adapter `name` of `model`, if `tenant` may use it.
+    pub(crate) fn adapter(
+        &self,
+        model: &ModelId,
+        name: &str,
+        tenant: &TenantId,
+    ) -> Option<Adapter> {
+        self.adapters
+            .read()
+            .expect("directory lock")
+            .get(model)
+            .and_then(|adapters| adapters.get(name))
+            .filter(|a| a.visible_to(tenant))
+            .cloned()
+    }
+
     pub(crate) fn pool(&self, id: &ModelId) -> Option<(ModelConfig, ActorRef<PoolMsg>)> {
         self.pools.read().expect("directory lock").get(id).cloned()
     }
@@ -300,6 +333,54 @@ impl ActorTree {
         self.directory.is_draining(id)
     }
 
+    /// Lets invocations of `model` use adapter `name` (replacing one of that name). It is
+    /// loaded when a sequence first uses it.
+    pub fn add_adapter(&self, model: &ModelId, name: &str, adapter: Adapter) {
+        self.directory
+            .adapters
+            .write()
+            .expect("directory lock")
+            .entry(model.clone())
+            .or_default()
+            .insert(name.to_owned(), adapter);
+    }
+
+    /// Refuses adapter `name` of `model` to new invocations; sequences running with it finish,
+    /// and the model's adapter cache unloads it once idle.
+    pub fn remove_adapter(&self, model: &ModelId, name: &str) -> bool {
+        let mut adapters = self.directory.adapters.write().expect("directory lock");
+        let removed = adapters
+            .get_mut(model)
+            .is_some_and(|m| m.remove(name).is_some());
+        adapters.retain(|_, m| !m.is_empty());
+        removed
+    }
+
+    /// Adapter `name` of `model`, if `tenant` may use it.
+    pub fn adapter(&self, model: &ModelId, name: &str, tenant: &TenantId) -> Option<Adapter> {
+        self.directory.adapter(model, name, tenant)
+    }
+
+    /// Whether `tenant` can run `reference`: a model it may see, or `base:adapter` with an
+    /// adapter of that model it may use.
+    pub fn can_run(&self, reference: &ModelId, tenant: &TenantId) -> bool {
+        let (base, adapter) = reference.split_adapter();
+        self.model(&base).is_some_and(|m| m.visible_to(tenant))
+            && adapter.is_none_or(|name| self.adapter(&base, name, tenant).is_some())
+    }
+
+    /// Every adapter served, by model and name.
+    pub fn adapters(&self) -> Vec<(ModelId, String, Adapter)> {
+        let adapters = self.directory.adapters.read().expect("directory lock");
+        adapters
+            .iter()
+            .flat_map(|(model, m)| {
+                m.iter()
+                    .map(|(name, a)| (model.clone(), name.clone(), a.clone()))
+            })
+            .collect()
+    }
+
     /// The devices of the loaded llama.cpp backends, with their memory as of now.
     pub fn devices(&self) -> Vec<Device> {
         self.backend.devices()
@@ -402,6 +483,8 @@ impl ActorTree {
                 gpu_layers: None,
                 last_scaling: None,
                 prefix_cache: Default::default(),
+                adapters_loaded: 0,
+                adapter_memory_bytes: 0,
             }));
         }
         out

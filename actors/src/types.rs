@@ -376,6 +376,10 @@ pub struct ModelStatus {
     pub gpu_layers: Option<u32>,
     pub last_scaling: Option<ScalingEvent>,
     pub prefix_cache: PrefixCacheStatus,
+    /// LoRA adapters loaded for the weights now, and their bytes (held against the budget
+    /// where the base's layers are).
+    pub adapters_loaded: u32,
+    pub adapter_memory_bytes: u64,
 }
 
 /// A model's prefix-cache counters since the process started, over all its replicas.

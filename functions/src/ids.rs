@@ -68,6 +68,16 @@ impl ModelId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A model reference names a base model, or a base and one of its LoRA adapters as
+    /// `base:adapter` (as the OpenAI routes and routing rules accept it): the base, and the
+    /// adapter if any. Model ids never hold `:`.
+    pub fn split_adapter(&self) -> (ModelId, Option<&str>) {
+        match self.0.split_once(':') {
+            Some((base, adapter)) => (ModelId::new(base), Some(adapter)),
+            None => (self.clone(), None),
+        }
+    }
 }
 
 macro_rules! display_as_str {

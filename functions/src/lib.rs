@@ -24,6 +24,6 @@ pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use prepared::{ChatRole, ChatTurn, Conversation, PreparedFunction, RenderedPrompt};
 pub use routing::Route;
 pub use spec::{
-    default_idle_timeout_s, default_timeout_s, CachePolicy, FunctionSpec, ModelTarget, OutputSpec,
-    WebhookTarget, WEBHOOK_EVENTS,
+    default_idle_timeout_s, default_timeout_s, AdapterRef, CachePolicy, FunctionSpec, ModelTarget,
+    OutputSpec, WebhookTarget, WEBHOOK_EVENTS,
 };

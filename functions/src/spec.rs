@@ -12,6 +12,25 @@ use crate::{
 const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 const MAX_TIMEOUT_S: u32 = 3600;
 const MAX_IDLE_TIMEOUT_S: u32 = 86_400;
+/// Adapters one function may stack on its model. Each adds its low-rank products to every
+/// adapted layer of every decode step; llama-server and vLLM users rarely stack more.
+pub const MAX_ADAPTERS: usize = 4;
+/// The largest adapter scale (either sign). Scales beyond a few times the trained one only
+/// amplify noise; the bound catches a typo (100 for 1.00) at deploy time.
+pub const MAX_ADAPTER_SCALE: f32 = 8.0;
+
+/// A LoRA adapter of the function's model, applied at `scale` (1 is the adapter as trained,
+/// 0 the base model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRef {
+    pub id: String,
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+}
+
+fn default_scale() -> f32 {
+    1.0
+}
 
 /// Which model serves a function: a fixed one, or one chosen per invocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +78,10 @@ impl OutputSpec {
 pub struct FunctionSpec {
     #[serde(flatten)]
     pub target: ModelTarget,
+    /// LoRA adapters of `model` the function runs with. Skipped when empty so that the
+    /// digests of specs without any do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     pub prompt: String,
@@ -158,6 +181,51 @@ impl FunctionSpec {
         PreparedFunction::new(self.clone()).map(|_| ())
     }
 
+    /// Adapters go with one fixed model (a route names its adapter per case, as
+    /// `base:adapter`); each is registered for it, once, with a finite scale in range.
+    fn validate_adapters(&self, is_registered: impl Fn(&ModelId) -> bool) -> Result<(), SpecError> {
+        if self.adapters.is_empty() {
+            return Ok(());
+        }
+        let ModelTarget::Model(model) = &self.target else {
+            return Err(SpecError::invalid(
+                "adapters",
+                "adapters go with `model`; a route names a case's adapter as `base:adapter`",
+            ));
+        };
+        if self.adapters.len() > MAX_ADAPTERS {
+            return Err(SpecError::invalid(
+                "adapters",
+                format!("at most {MAX_ADAPTERS} adapters"),
+            ));
+        }
+        let (base, _) = model.split_adapter();
+        for (i, adapter) in self.adapters.iter().enumerate() {
+            if !adapter.scale.is_finite() || adapter.scale.abs() > MAX_ADAPTER_SCALE {
+                return Err(SpecError::invalid(
+                    format!("adapters[{i}].scale"),
+                    format!(
+                        "must be a number between -{MAX_ADAPTER_SCALE} and {MAX_ADAPTER_SCALE}"
+                    ),
+                ));
+            }
+            if self.adapters[..i].iter().any(|a| a.id == adapter.id) {
+                return Err(SpecError::invalid(
+                    format!("adapters[{i}].id"),
+                    format!("adapter `{}` is listed twice", adapter.id),
+                ));
+            }
+            let full = ModelId::new(format!("{base}:{}", adapter.id));
+            if adapter.id.contains(':') || !is_registered(&full) {
+                return Err(SpecError::invalid(
+                    format!("adapters[{i}].id"),
+                    format!("model `{base}` has no adapter `{}`", adapter.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// [`Self::validate`] without compiling the templates.
     pub fn validate_fields(
         &self,
@@ -190,6 +258,7 @@ impl FunctionSpec {
                 }
             }
         }
+        self.validate_adapters(&is_registered)?;
         for (field, text) in [
             ("system", self.system.as_deref()),
             ("prompt", Some(&self.prompt)),

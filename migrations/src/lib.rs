@@ -11,6 +11,7 @@ mod m20261130_000005_cached_prompt_tokens;
 mod m20261201_000006_model_registry;
 mod m20261201_000007_model_quantization;
 mod m20261201_000008_private_models;
+mod m20261201_000009_adapters;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_model_registry::Migration),
             Box::new(m20261201_000007_model_quantization::Migration),
             Box::new(m20261201_000008_private_models::Migration),
+            Box::new(m20261201_000009_adapters::Migration),
         ]
     }
 }

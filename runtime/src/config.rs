@@ -209,6 +209,13 @@ pub struct TenancyConfig {
     /// MiB a tenant's own models may take together; 0 is no cap beyond
     /// `registry.max_file_mb` each.
     pub max_private_model_mb: u64,
+    /// LoRA adapters a tenant may register for itself on the models it can use
+    /// (`POST /v1/models/{id}/adapters` with `models:write`), unless its own limits say
+    /// otherwise; 0: only the operator registers adapters.
+    pub max_adapters: u32,
+    /// MiB a tenant's own adapters may take together; 0 is no cap beyond
+    /// `registry.max_file_mb` each.
+    pub max_adapter_mb: u64,
     /// How long tenant settings and API keys are cached at most. Changes are seen sooner:
     /// at once on the node that made them, within `sync_interval_ms` on the others.
     pub cache_ttl_s: u64,
@@ -256,6 +263,8 @@ impl Default for TenancyConfig {
             max_concurrent_prewarms: 1,
             max_private_models: 0,
             max_private_model_mb: 0,
+            max_adapters: 8,
+            max_adapter_mb: 512,
             cache_ttl_s: 5,
             sync_interval_ms: 1000,
         }

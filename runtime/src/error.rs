@@ -78,6 +78,7 @@ error_codes! {
     MaxTokensExceedContext => ("max_tokens_exceeds_context", UNPROCESSABLE_ENTITY, None),
     PromptTooLong => ("prompt_too_long", UNPROCESSABLE_ENTITY, None),
     UnknownModel => ("unknown_model", UNPROCESSABLE_ENTITY, None),
+    UnknownAdapter => ("unknown_adapter", UNPROCESSABLE_ENTITY, None),
     InvalidOutputSpec => ("invalid_output_spec", UNPROCESSABLE_ENTITY, None),
     NotCacheable => ("not_cacheable", UNPROCESSABLE_ENTITY, None),
     EmbeddingsNotSupported => ("embeddings_not_supported", BAD_REQUEST, None),
@@ -99,6 +100,10 @@ error_codes! {
     ModelQuotaExceeded => ("model_quota_exceeded", FORBIDDEN, None),
     ModelAlreadyQuantized => ("model_already_quantized", UNPROCESSABLE_ENTITY, None),
     ModelQuantizationFailed => ("model_quantization_failed", UNPROCESSABLE_ENTITY, None),
+    AdapterNotFound => ("adapter_not_found", NOT_FOUND, None),
+    NotAnAdapter => ("not_an_adapter", UNPROCESSABLE_ENTITY, None),
+    AdapterMismatch => ("adapter_mismatch", UNPROCESSABLE_ENTITY, None),
+    AdapterQuotaExceeded => ("adapter_quota_exceeded", FORBIDDEN, None),
     ModelUnavailable => ("model_unavailable", SERVICE_UNAVAILABLE, Some(5)),
     Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Some(1)),
     ReplicaFailed => ("replica_failed", SERVICE_UNAVAILABLE, Some(1)),
@@ -238,6 +243,7 @@ fn api_error_of(err: InvokeError) -> ApiError {
             }
             InvokeError::PromptTooLong { .. } => ApiError::new(ErrorCode::PromptTooLong, message),
             InvokeError::UnknownModel(_) => ApiError::new(ErrorCode::UnknownModel, message),
+            InvokeError::UnknownAdapter { .. } => ApiError::new(ErrorCode::UnknownAdapter, message),
             InvokeError::ModelDraining(_) => ApiError::new(ErrorCode::ModelDraining, message),
             InvokeError::ModelUnavailable { .. } => {
                 ApiError::new(ErrorCode::ModelUnavailable, message)

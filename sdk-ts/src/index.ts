@@ -24,6 +24,6 @@ export { InvocationStream, type StreamEvent, type TokenEvent, type DoneEvent } f
 export { AsyncInvocation, type ListInvocationsParams, type WaitOptions } from './resources/invocations.js';
 export type { CreateBatchOptions } from './resources/batches.js';
 export type { WebhookEvent, HeadersLike } from './resources/webhooks.js';
-export type { UsageParams, RegistrationWaitOptions } from './resources/admin.js';
+export type { UsageParams, RegistrationWaitOptions, AdapterWaitOptions } from './resources/admin.js';
 export type * from './types.js';
 export type { components, paths, operations } from './generated/openapi.js';

@@ -14,6 +14,7 @@ pub(crate) use messages::DispatcherMsg;
 pub(crate) use state::FunctionKey;
 use state::RoutingTable;
 
+use crate::engine::{AdapterSet, AdapterSpec};
 use crate::function::{FunctionActor, FunctionArgs, FunctionMsg};
 use crate::tree::Directory;
 use crate::{Invocation, InvocationOutcome, InvokeError, ResponseCache};
@@ -112,7 +113,7 @@ impl DispatcherState {
         reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,
     ) {
         let function = Arc::clone(&invocation.function);
-        let model = match &function.spec.target {
+        let target = match &function.spec.target {
             ModelTarget::Model(model) => model.clone(),
             ModelTarget::Route(route) => match route.choose(&invocation.input) {
                 Ok(model) => model.clone(),
@@ -122,6 +123,32 @@ impl DispatcherState {
                 }
             },
         };
+        let (model, named) = target.split_adapter();
+        let wanted = named.map(|name| (name, 1.0)).into_iter().chain(
+            function
+                .spec
+                .adapters
+                .iter()
+                .map(|a| (a.id.as_str(), a.scale)),
+        );
+        let mut specs = Vec::new();
+        for (name, scale) in wanted {
+            // Another tenant's private adapter is as missing as one never registered.
+            let Some(adapter) = self.directory.adapter(&model, name, &function.tenant) else {
+                let _ = reply.send(Err(InvokeError::UnknownAdapter {
+                    model,
+                    adapter: name.to_owned(),
+                }));
+                return;
+            };
+            specs.push(AdapterSpec {
+                name: name.to_owned(),
+                path: adapter.path,
+                sha256: adapter.sha256,
+                scale,
+            });
+        }
+        let adapters = AdapterSet::new(specs);
         if self.directory.is_draining(&model) {
             let _ = reply.send(Err(InvokeError::ModelDraining(model)));
             return;
@@ -167,6 +194,7 @@ impl DispatcherState {
         let msg = FunctionMsg::Invoke {
             invocation,
             model,
+            adapters,
             n_ctx: config.n_ctx,
             pool,
             reply,

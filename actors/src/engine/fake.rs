@@ -1,7 +1,11 @@
 //! A deterministic engine for fast unit tests of scheduling and supervision; the real engine
 //! is exercised by the end-to-end tests. Tokens are bytes; a sequence generates
 //! `echo: <user text>` one byte per step and then ends. A user text containing `PANIC` makes
-//! sampling panic. Tests can hold loads back ([`LoadGate`]) to queue work before any runs, and
+//! sampling panic. A fake adapter is named by its file's stem; a sequence whose every token
+//! was computed under adapters `a` (at scale 1) and `b` (at 0.5) echoes `echo[a+b*0.5]: `, and
+//! one whose tokens were computed under different sets echoes `MIXED: `, so that a scheduler
+//! that mixes adapter sets in one sequence is caught by its output, as it would be on a real
+//! model. Tests can hold loads back ([`LoadGate`]) to queue work before any runs, and
 //! read the order in which engines started prompts.
 
 use std::collections::HashMap;
@@ -12,7 +16,10 @@ use std::time::{Duration, Instant};
 use genrt_functions::{OutputSpec, RenderedPrompt, SamplingParams};
 
 use super::devices::{Device, DeviceKind, Placement};
-use super::{Backend, BatchItem, EngineError, Sampled, SeqId, Session, TokenId, Weights};
+use super::{
+    ActiveSet, Backend, BatchItem, EngineError, LoadedAdapter, Sampled, SeqId, Session, TokenId,
+    Weights,
+};
 use crate::ModelConfig;
 
 /// Separates system from user bytes in a fake prompt.
@@ -147,6 +154,51 @@ impl Weights for FakeWeights {
         serve(&mut session);
         Ok(())
     }
+
+    fn load_adapter(
+        self: Arc<Self>,
+        path: &std::path::Path,
+    ) -> Result<Arc<dyn LoadedAdapter>, String> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.contains("broken") {
+            return Err(format!(
+                "{} is not an adapter of this model",
+                path.display()
+            ));
+        }
+        Ok(Arc::new(FakeAdapter { name }))
+    }
+}
+
+/// A fake adapter: only its name, which tags the tokens computed under it.
+pub(crate) struct FakeAdapter {
+    pub(crate) name: String,
+}
+
+impl LoadedAdapter for FakeAdapter {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// How a set of fake adapters tags tokens: `a+b*0.5`, empty for the base.
+pub(crate) fn fake_label(set: &ActiveSet) -> String {
+    let mut names: Vec<String> = set
+        .adapters
+        .iter()
+        .map(|(a, scale)| {
+            let name = &a.as_any().downcast_ref::<FakeAdapter>().expect("fake").name;
+            match *scale {
+                1.0 => name.clone(),
+                scale => format!("{name}*{scale}"),
+            }
+        })
+        .collect();
+    names.sort();
+    names.join("+")
 }
 
 pub(crate) struct FakeSession {
@@ -156,6 +208,14 @@ pub(crate) struct FakeSession {
     n_batch: usize,
     /// Tokens in each sequence's KV.
     kv: HashMap<SeqId, Vec<i32>>,
+    /// For each token in `kv`, the adapters it was computed under.
+    tags: HashMap<SeqId, Vec<String>>,
+    /// The adapters applied now, as [`fake_label`] writes them.
+    applied: String,
+    /// Times the applied set changed.
+    pub(crate) adapter_switches: usize,
+    /// The applied set of every decode call, in order.
+    pub(crate) batch_sets: Vec<String>,
     generated: HashMap<SeqId, usize>,
     pub(crate) last_batch_len: usize,
     /// The sequence ids of the last batch, in order, each once.
@@ -177,6 +237,10 @@ impl FakeSession {
             n_ctx,
             n_batch,
             kv: HashMap::new(),
+            tags: HashMap::new(),
+            applied: String::new(),
+            adapter_switches: 0,
+            batch_sets: Vec::new(),
             generated: HashMap::new(),
             last_batch_len: 0,
             last_batch_seqs: Vec::new(),
@@ -207,7 +271,15 @@ impl FakeSession {
             .iter()
             .map(|t| *t as u8)
             .collect();
-        [b"echo: ".as_slice(), &user].concat()
+        let mut tags = self.tags[&seq].clone();
+        tags.dedup();
+        let head = match tags.as_slice() {
+            [] => "echo: ".to_owned(),
+            [tag] if tag.is_empty() => "echo: ".to_owned(),
+            [tag] => format!("echo[{tag}]: "),
+            _ => "MIXED: ".to_owned(),
+        };
+        [head.as_bytes(), &user].concat()
     }
 }
 
@@ -262,6 +334,7 @@ impl Session for FakeSession {
         self.max_sequences_in_one_batch = self.max_sequences_in_one_batch.max(seqs.len());
         self.last_batch_len = batch.len();
         self.last_batch_seqs = seqs.clone();
+        self.batch_sets.push(self.applied.clone());
         for item in batch {
             // Generated tokens are `1000 + byte` (see `sample`); the rest come from prompts.
             if item.token < 1000 {
@@ -270,6 +343,10 @@ impl Session for FakeSession {
             let kv = self.kv.entry(item.seq).or_default();
             assert_eq!(kv.len(), item.pos as usize, "positions are contiguous");
             kv.push(item.token);
+            self.tags
+                .entry(item.seq)
+                .or_default()
+                .push(self.applied.clone());
         }
         Ok(())
     }
@@ -304,11 +381,25 @@ impl Session for FakeSession {
         if let Some(kv) = self.kv.get_mut(&seq) {
             kv.truncate(len);
         }
+        if let Some(tags) = self.tags.get_mut(&seq) {
+            tags.truncate(len);
+        }
     }
 
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
         let prefix = self.kv[&from][..len].to_vec();
         self.kv.insert(to, prefix);
+        let tags = self.tags[&from][..len].to_vec();
+        self.tags.insert(to, tags);
         self.copies += 1;
+    }
+
+    fn set_adapters(&mut self, set: &ActiveSet) -> Result<(), EngineError> {
+        let label = fake_label(set);
+        if label != self.applied {
+            self.applied = label;
+            self.adapter_switches += 1;
+        }
+        Ok(())
     }
 }

@@ -55,6 +55,11 @@ impl GgufHeader {
         Ok(value.to_string_lossy().into_owned())
     }
 
+    pub fn f32(&self, key: &str) -> Result<f32, String> {
+        let id = self.key(key, sys::GGUF_TYPE_FLOAT32)?;
+        Ok(unsafe { sys::gguf_get_val_f32(self.0, id) })
+    }
+
     pub fn u32(&self, key: &str) -> Result<u32, String> {
         let id = self.key(key, sys::GGUF_TYPE_UINT32)?;
         Ok(unsafe { sys::gguf_get_val_u32(self.0, id) })
@@ -187,6 +192,150 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufProblem> {
         quantization,
         tensors: n_tensors.max(0) as u64,
         file_bytes,
+    })
+}
+
+/// Every tensor's name and shape (ggml's `ne`), read from the header without the data.
+pub fn tensor_shapes(path: &Path) -> Result<BTreeMap<String, [i64; 4]>, String> {
+    let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: &raw mut meta,
+    };
+    let ctx = unsafe { sys::gguf_init_from_file(name.as_ptr(), params) };
+    if ctx.is_null() {
+        return Err("not a readable GGUF file".into());
+    }
+    let header = GgufHeader(ctx);
+    let mut shapes = BTreeMap::new();
+    // SAFETY: `meta` holds the descriptions (no data) of the file's tensors, freed below.
+    unsafe {
+        let n = sys::gguf_get_n_tensors(header.0);
+        for i in 0..n {
+            let tensor_name = sys::gguf_get_tensor_name(header.0, i);
+            let tensor = sys::ggml_get_tensor(meta, tensor_name);
+            if tensor.is_null() {
+                continue;
+            }
+            let key = CStr::from_ptr(tensor_name).to_string_lossy().into_owned();
+            shapes.insert(key, (*tensor).ne);
+        }
+        sys::ggml_free(meta);
+    }
+    Ok(shapes)
+}
+
+/// What [`check_adapter`] read from a LoRA adapter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdapterFileInfo {
+    /// The architecture it was trained for, the base model's.
+    pub architecture: String,
+    /// The rank of its low-rank products (the largest, if they differ).
+    pub rank: u32,
+    /// `adapter.lora.alpha`; the effective scale is `scale × alpha / rank` (0: `scale`).
+    pub alpha: f32,
+    /// The kinds of weights it adapts: `attn_q`, `attn_v`, `ffn_up`, ...
+    pub targets: Vec<String>,
+    /// Adapted weights (pairs of `lora_a` and `lora_b` tensors).
+    pub weights: u64,
+    pub parameters: u64,
+    pub file_bytes: u64,
+}
+
+/// Why [`check_adapter`] refused a file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdapterProblem {
+    #[error(transparent)]
+    File(#[from] GgufProblem),
+    #[error("not a LoRA adapter: {0}")]
+    NotAdapter(String),
+    #[error("the adapter does not fit the model: {0}")]
+    Mismatch(String),
+}
+
+/// Checks that `adapter` is a whole GGUF LoRA adapter for the model at `base`: the same
+/// architecture, and every adapted weight present in the base with matching shapes (what
+/// llama.cpp checks when it loads one, answered here before anything loads).
+pub fn check_adapter(adapter: &Path, base: &Path) -> Result<AdapterFileInfo, AdapterProblem> {
+    let info = inspect(adapter)?;
+    if info.kind != "adapter" {
+        return Err(AdapterProblem::NotAdapter(format!(
+            "general.type is `{}`, not `adapter`",
+            info.kind
+        )));
+    }
+    let header = GgufHeader::open(adapter).map_err(GgufProblem::Truncated)?;
+    let kind = header.str("adapter.type").unwrap_or_default();
+    if kind != "lora" {
+        return Err(AdapterProblem::NotAdapter(format!(
+            "adapter.type is `{kind}`, not `lora`"
+        )));
+    }
+    let alpha = header.f32("adapter.lora.alpha").unwrap_or(0.0);
+    let base_header = GgufHeader::open(base)
+        .map_err(|e| AdapterProblem::Mismatch(format!("the model's file: {e}")))?;
+    let base_arch = base_header.str("general.architecture").unwrap_or_default();
+    if info.architecture != base_arch {
+        return Err(AdapterProblem::Mismatch(format!(
+            "it was made for architecture `{}` and the model is `{base_arch}`",
+            info.architecture
+        )));
+    }
+    let shapes = tensor_shapes(adapter).map_err(GgufProblem::Truncated)?;
+    let model = tensor_shapes(base).map_err(AdapterProblem::Mismatch)?;
+    let (mut rank, mut weights) = (0i64, 0u64);
+    let mut targets = std::collections::BTreeSet::new();
+    for (name, a) in &shapes {
+        let Some(weight) = name.strip_suffix(".lora_a") else {
+            if !name.ends_with(".lora_b") {
+                return Err(AdapterProblem::NotAdapter(format!(
+                    "tensor `{name}` is neither a lora_a nor a lora_b"
+                )));
+            }
+            if !shapes.contains_key(&format!("{}.lora_a", &name[..name.len() - 7])) {
+                return Err(AdapterProblem::Mismatch(format!("`{name}` has no lora_a")));
+            }
+            continue;
+        };
+        let b = shapes
+            .get(&format!("{weight}.lora_b"))
+            .ok_or_else(|| AdapterProblem::Mismatch(format!("`{weight}` has no lora_b")))?;
+        let w = model.get(weight).ok_or_else(|| {
+            AdapterProblem::Mismatch(format!("the model has no weight `{weight}`"))
+        })?;
+        // The token embedding's pair is stored the other way round (llama.cpp reads it so).
+        let fits = match weight.ends_with("token_embd.weight") {
+            true => w[0] == b[1] && w[1] == a[1],
+            false => w[0] == a[0] && w[1] == b[1] && a[1] == b[0],
+        };
+        if !fits {
+            return Err(AdapterProblem::Mismatch(format!(
+                "`{weight}` is {}×{} in the model; the adapter's lora_a is {}×{} and lora_b {}×{}",
+                w[0], w[1], a[0], a[1], b[0], b[1]
+            )));
+        }
+        rank = rank.max(a[1]);
+        weights += 1;
+        let target = weight
+            .strip_suffix(".weight")
+            .unwrap_or(weight)
+            .rsplit('.')
+            .next()
+            .unwrap_or(weight);
+        targets.insert(target.to_owned());
+    }
+    if weights == 0 {
+        return Err(AdapterProblem::NotAdapter("it adapts no weight".into()));
+    }
+    Ok(AdapterFileInfo {
+        architecture: info.architecture,
+        rank: rank as u32,
+        alpha,
+        targets: targets.into_iter().collect(),
+        weights,
+        parameters: info.parameters,
+        file_bytes: info.file_bytes,
     })
 }
 

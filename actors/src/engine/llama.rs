@@ -22,7 +22,8 @@ use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
 
 use super::devices::{Device, DeviceKind, Placement};
 use super::{
-    Backend, BatchItem, Embedder, Embedding, EngineError, Sampled, SeqId, Session, TokenId, Weights,
+    ActiveSet, Backend, BatchItem, Embedder, Embedding, EngineError, LoadedAdapter, Sampled, SeqId,
+    Session, TokenId, Weights,
 };
 use crate::ModelConfig;
 
@@ -381,6 +382,27 @@ impl Weights for LlamaWeights {
         per_cell * u64::from(kv_cells(config))
     }
 
+    fn load_adapter(self: Arc<Self>, path: &Path) -> Result<Arc<dyn LoadedAdapter>, String> {
+        let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: the model pointer is valid while `self` lives, and the adapter keeps `self`
+        // alive. llama.cpp registers the adapter in the model's adapter list, which is not
+        // synchronised: the caller (the model's AdapterCache) loads and frees under one lock.
+        let ptr = unsafe {
+            llama_cpp_sys_2::llama_adapter_lora_init(raw_model(&self.model), name.as_ptr())
+        };
+        if ptr.is_null() {
+            // llama.cpp logs the reason (wrong architecture, a tensor of another shape).
+            return Err(format!(
+                "llama.cpp cannot load {} as a LoRA adapter of this model",
+                path.display()
+            ));
+        }
+        Ok(Arc::new(LlamaAdapter {
+            ptr,
+            _weights: self,
+        }))
+    }
+
     fn run_session(
         &self,
         config: &ModelConfig,
@@ -403,8 +425,11 @@ impl Weights for LlamaWeights {
             .model
             .new_context(&self.backend, params)
             .map_err(|e| EngineError::Load(format!("cannot create context: {e}")))?;
+        let raw = raw_context(&ctx, raw_model(&self.model));
         let mut session = LlamaSession {
             weights: self,
+            raw,
+            applied: ActiveSet::base(),
             ctx,
             batch: LlamaBatch::new(N_BATCH as usize, 1),
             samplers: HashMap::new(),
@@ -449,6 +474,11 @@ impl Weights for LlamaWeights {
 
 struct LlamaSession<'a> {
     weights: &'a LlamaWeights,
+    /// The context's own pointer, for the adapter call llama-cpp-2 does not wrap (see
+    /// [`raw_context`]); `None` if it could not be found, and then adapters are refused.
+    raw: Option<*mut llama_cpp_sys_2::llama_context>,
+    /// The adapters the context applies now, held so that they stay loaded while it does.
+    applied: ActiveSet,
     ctx: LlamaContext<'a>,
     batch: LlamaBatch<'static>,
     samplers: HashMap<SeqId, Sampler>,
@@ -731,6 +761,99 @@ impl Session for LlamaSession<'_> {
         let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
         let _ = self.ctx.kv_cache_seq_rm(to, Some(len as u32), None);
     }
+
+    fn set_adapters(&mut self, set: &ActiveSet) -> Result<(), EngineError> {
+        if set.key == self.applied.key {
+            return Ok(());
+        }
+        let raw = self.raw.ok_or_else(|| {
+            EngineError::Load("the context's pointer is unknown: adapters cannot be applied".into())
+        })?;
+        let mut adapters = Vec::with_capacity(set.adapters.len());
+        let mut scales = Vec::with_capacity(set.adapters.len());
+        for (adapter, scale) in &set.adapters {
+            let adapter = adapter
+                .as_any()
+                .downcast_ref::<LlamaAdapter>()
+                .ok_or_else(|| EngineError::Load("an adapter of another engine".into()))?;
+            adapters.push(adapter.ptr);
+            scales.push(*scale);
+        }
+        let (adapters_ptr, scales_ptr) = match adapters.is_empty() {
+            true => (std::ptr::null_mut(), std::ptr::null_mut()),
+            false => (adapters.as_mut_ptr(), scales.as_mut_ptr()),
+        };
+        // SAFETY: `raw` is this session's context (checked in `raw_context`), used on its
+        // engine thread only; the adapters were loaded for this context's model and `set`
+        // holds them loaded, and `applied` keeps holding them for as long as the context
+        // points to them.
+        let rc = unsafe {
+            llama_cpp_sys_2::llama_set_adapters_lora(raw, adapters_ptr, adapters.len(), scales_ptr)
+        };
+        if rc != 0 {
+            return Err(EngineError::Decode(format!(
+                "llama.cpp refused the adapters ({rc})"
+            )));
+        }
+        self.applied = set.clone();
+        Ok(())
+    }
+}
+
+/// A LoRA adapter loaded by llama.cpp for one model.
+struct LlamaAdapter {
+    ptr: *mut llama_cpp_sys_2::llama_adapter_lora,
+    /// The adapter belongs to the model and must be freed before it.
+    _weights: Arc<LlamaWeights>,
+}
+
+// SAFETY: an adapter's tensors are written once, at load, and only read by decode calls after;
+// it is freed once (Drop), under the AdapterCache's lock (see `AdapterCache::unload_idle`).
+unsafe impl Send for LlamaAdapter {}
+unsafe impl Sync for LlamaAdapter {}
+
+impl LoadedAdapter for LlamaAdapter {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for LlamaAdapter {
+    fn drop(&mut self) {
+        // SAFETY: loaded by llama_adapter_lora_init and freed nowhere else; the model is
+        // still alive (held by `_weights`), so the adapter leaves its model's list first.
+        unsafe { llama_cpp_sys_2::llama_adapter_lora_free(self.ptr) }
+    }
+}
+
+/// The model's llama.cpp pointer. llama-cpp-2 keeps it private, but `LlamaModel` is
+/// `repr(transparent)` over its private `Ptr`, which is `repr(transparent)` over a
+/// `NonNull<llama_model>`: the wrapper's memory is that pointer.
+fn raw_model(model: &LlamaModel) -> *mut llama_cpp_sys_2::llama_model {
+    // SAFETY: see above: reading the wrapper as the pointer it is made of.
+    unsafe { *std::ptr::from_ref(model).cast::<*mut llama_cpp_sys_2::llama_model>() }
+}
+
+/// The context's llama.cpp pointer. llama-cpp-2 (0.1.160) keeps it private, and its only
+/// adapter call, `lora_adapter_set`, applies a single adapter, where a set of several needs
+/// `llama_set_adapters_lora` with all of them at once. `LlamaContext`'s `Debug` prints the
+/// pointer (`LlamaContext { context: 0x… }`); it is read from there and accepted only if
+/// llama.cpp says that context belongs to `model`, so a future version that prints something
+/// else turns adapters off (with an error naming why) rather than passing a wrong pointer.
+fn raw_context(
+    ctx: &LlamaContext<'_>,
+    model: *mut llama_cpp_sys_2::llama_model,
+) -> Option<*mut llama_cpp_sys_2::llama_context> {
+    let printed = format!("{ctx:?}");
+    let hex = printed.split("context: 0x").nth(1)?;
+    let hex: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
+    let ptr = usize::from_str_radix(&hex, 16).ok()? as *mut llama_cpp_sys_2::llama_context;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` is the value the context's Debug printed for its own pointer field.
+    let owner = unsafe { llama_cpp_sys_2::llama_get_model(ptr) };
+    (owner.cast_mut() == model).then_some(ptr)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Async code never touches a context: it sends an [`EngineJob`] and awaits the job's reply
 //! (and, when streaming, reads its token channel).
 
+pub mod adapters;
 pub mod devices;
 pub mod gguf;
 mod llama;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{Fault, FinishReason, ModelConfig};
 
+pub use adapters::{ActiveSet, AdapterCache, AdapterKey, AdapterSet, AdapterSpec, LoadedAdapter};
 pub use devices::{Device, DeviceKind, Placement};
 pub use llama::{llama_backend, load_backends, BackendsInfo, LlamaCppBackend};
 
@@ -133,6 +135,17 @@ pub trait Weights: Send + Sync + 'static {
             model.id
         )))
     }
+
+    /// Loads the LoRA adapter at `path` for these weights. Called by the model's
+    /// [`AdapterCache`], one load at a time.
+    /// The adapter keeps the weights alive: it must never outlive the model it belongs to.
+    fn load_adapter(
+        self: Arc<Self>,
+        path: &std::path::Path,
+    ) -> Result<Arc<dyn LoadedAdapter>, String> {
+        let _ = path;
+        Err("this engine has no LoRA adapters".into())
+    }
 }
 
 /// One text's embedding: a unit vector, and the tokens it took.
@@ -193,6 +206,15 @@ pub trait Session {
     fn truncate(&mut self, seq: SeqId, len: usize);
     /// Makes `to` hold exactly the first `len` positions of `from`'s KV.
     fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize);
+    /// Applies `set`'s adapters to the next decode calls (the empty set: the base model).
+    /// The session keeps the set until the next call, so that what its context points to
+    /// stays loaded.
+    fn set_adapters(&mut self, set: &ActiveSet) -> Result<(), EngineError> {
+        match set.adapters.is_empty() {
+            true => Ok(()),
+            false => Err(EngineError::Load("this engine has no LoRA adapters".into())),
+        }
+    }
 }
 
 /// What the engine needs to produce one completion.
@@ -201,6 +223,8 @@ pub struct EngineRequest {
     pub prompt: RenderedPrompt,
     pub params: SamplingParams,
     pub output: OutputSpec,
+    /// LoRA adapters to run with; empty for the base model.
+    pub adapters: AdapterSet,
     pub deadline: Instant,
     pub fault: Option<Fault>,
 }

@@ -29,6 +29,15 @@
 //! Isolation: a stream is matched only against prompts of the tenant that filled it, so
 //! neither `cached_prompt_tokens` nor timing can tell one tenant what another sent.
 //!
+//! LoRA adapters: llama.cpp applies adapters to a whole context, so one step runs the
+//! sequences of one adapter set (the base model is the empty set). The scheduler stays on a
+//! set for up to [`ADAPTER_QUANTUM_STEPS`] steps while others wait, then moves to the next set
+//! that has work, in a fixed cyclic order, so that no set starves: with `k` sets busy, a
+//! sequence waits at most `(k - 1) × quantum` steps between two of its tokens. The quantum
+//! exists because changing a context's adapters makes llama.cpp reserve its compute graph
+//! again (milliseconds), which a switch at every step would pay every step. A stream's cached
+//! KV is matched only by sequences of the same set, since another set computes other KV.
+//!
 //! Each [`Scheduler::step`] builds one batch, in sequence-id order: one token for every
 //! sequence that is decoding, and prompt tokens of sequences still prefilling (oldest first
 //! within the step's token budget left after the decode tokens, see
@@ -45,6 +54,7 @@ use std::time::Instant;
 
 use genrt_functions::TenantId;
 
+use super::adapters::{ActiveSet, AdapterCache, AdapterKey};
 use super::text::TextState;
 use super::{
     BatchItem, Completion, EngineError, EngineJob, PrefixCacheStats, SeqId, Session, TokenId,
@@ -57,6 +67,9 @@ pub(crate) const MIN_PREFIX_TOKENS: usize = 16;
 /// Prompt tokens a step takes while sequences decode, whatever the budget left after their
 /// decode tokens, so that prompts still advance when every slot decodes.
 const MIN_PREFILL_PER_STEP: usize = 8;
+/// Steps one adapter set runs before another set that has work gets its turn. See the module
+/// documentation; measured by `genrt-bench-models` (adapter switches cost a graph reserve).
+pub(crate) const ADAPTER_QUANTUM_STEPS: usize = 8;
 
 /// How the scheduler is set up for one context.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +86,8 @@ pub(crate) struct SchedulerConfig {
 
 struct Running {
     job: EngineJob,
+    /// The adapters this sequence runs with, held loaded until it ends.
+    set: ActiveSet,
     admitted: u64,
     prompt: Vec<TokenId>,
     /// Prompt tokens whose KV came from the cache.
@@ -99,6 +114,8 @@ struct Stream {
     tokens: Vec<TokenId>,
     /// Whose prompt they came from: only that tenant's prompts may reuse them.
     tenant: Option<TenantId>,
+    /// The adapter set they were computed with: only sequences of that set may reuse them.
+    adapters: AdapterKey,
     last_used: u64,
     running: Option<Running>,
 }
@@ -141,16 +158,27 @@ pub(crate) struct Scheduler {
     clock: u64,
     batch: Vec<BatchItem>,
     stats: Arc<PrefixCacheStats>,
+    /// The model's loaded adapters; `None` where the engine has none (a model that is never
+    /// given adapters needs no cache).
+    adapters: Option<Arc<AdapterCache>>,
+    /// The set applied to the session now, and how many steps it has run since it was.
+    current: ActiveSet,
+    steps_on_current: usize,
 }
 
 impl Scheduler {
-    pub(crate) fn new(config: SchedulerConfig, stats: Arc<PrefixCacheStats>) -> Self {
+    pub(crate) fn new(
+        config: SchedulerConfig,
+        stats: Arc<PrefixCacheStats>,
+        adapters: Option<Arc<AdapterCache>>,
+    ) -> Self {
         let streams = config.streams.max(config.slots).max(1);
         Self {
             streams: (0..streams)
                 .map(|_| Stream {
                     tokens: Vec::new(),
                     tenant: None,
+                    adapters: AdapterKey::default(),
                     last_used: 0,
                     running: None,
                 })
@@ -159,6 +187,24 @@ impl Scheduler {
             clock: 0,
             batch: Vec::new(),
             stats,
+            adapters,
+            current: ActiveSet::base(),
+            steps_on_current: 0,
+        }
+    }
+
+    /// With nothing running, goes back to the base model, so that the context no longer
+    /// holds the adapters it last used and they can be unloaded when idle.
+    pub(crate) fn park(&mut self, session: &mut dyn Session) {
+        if !self.current.key.is_base() {
+            self.current = ActiveSet::base();
+            self.steps_on_current = 0;
+            if let Err(err) = session.set_adapters(&self.current) {
+                tracing::warn!(error = %err, "cannot remove the context's adapters");
+            }
+        }
+        if let Some(cache) = &self.adapters {
+            cache.sweep();
         }
     }
 
@@ -190,11 +236,22 @@ impl Scheduler {
             };
             return reject(job, err);
         }
+        let set = match (&self.adapters, job.request.adapters.is_empty()) {
+            (_, true) => ActiveSet::base(),
+            (Some(cache), false) => match cache.acquire(&job.request.adapters) {
+                Ok(set) => set,
+                Err(err) => return reject(job, err),
+            },
+            (None, false) => {
+                let err = EngineError::Load("this model's engine has no LoRA adapters".into());
+                return reject(job, err);
+            }
+        };
         let Placement {
             target,
             reuse,
             spill,
-        } = self.place(&job.tenant, &prompt);
+        } = self.place(&job.tenant, &set.key, &prompt);
         let seq = target as SeqId;
         if let Err(err) = session.begin(seq, &job.request.params, &job.request.output) {
             return reject(job, err);
@@ -208,9 +265,14 @@ impl Scheduler {
             if !self.streams[to].tokens.is_empty() {
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
-            let (tokens, tenant, last_used) = {
+            let (tokens, tenant, adapters, last_used) = {
                 let from = &self.streams[target];
-                (from.tokens.clone(), from.tenant.clone(), from.last_used)
+                (
+                    from.tokens.clone(),
+                    from.tenant.clone(),
+                    from.adapters.clone(),
+                    from.last_used,
+                )
             };
             // A branch kept beside the slot that continues its prefix is worth least.
             let last_used = if matches!(reuse, Reuse::InPlace(_)) {
@@ -219,7 +281,8 @@ impl Scheduler {
                 last_used
             };
             let cache = &mut self.streams[to];
-            (cache.tokens, cache.tenant, cache.last_used) = (tokens, tenant, last_used);
+            (cache.tokens, cache.tenant, cache.adapters, cache.last_used) =
+                (tokens, tenant, adapters, last_used);
         } else if !matches!(reuse, Reuse::InPlace(_)) && !self.streams[target].tokens.is_empty() {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -250,9 +313,11 @@ impl Scheduler {
             stream.tokens.truncate(kept);
         }
         stream.tenant = Some(job.tenant.clone());
+        stream.adapters = set.key.clone();
         stream.last_used = self.clock;
         stream.running = Some(Running {
             job,
+            set,
             admitted: self.clock,
             prompt,
             cached: kept,
@@ -276,7 +341,7 @@ impl Scheduler {
     /// one pass and splits a batch at every gap (`split_equal`, sequential, with one KV stream
     /// per sequence), so that running sequences spread over the streams would cost a pass
     /// each. Cached KV elsewhere is copied into the slot rather than run where it lies.
-    fn place(&self, tenant: &TenantId, prompt: &[TokenId]) -> Placement {
+    fn place(&self, tenant: &TenantId, adapters: &AdapterKey, prompt: &[TokenId]) -> Placement {
         let target = (0..self.config.slots)
             .find(|&i| self.streams[i].is_idle())
             .expect("admit checked for a free slot");
@@ -286,7 +351,7 @@ impl Scheduler {
         let mut best: Option<(usize, usize, bool)> = None;
         if self.config.prefix_cache {
             for (i, s) in self.streams.iter().enumerate() {
-                if s.tenant.as_ref() != Some(tenant) {
+                if s.tenant.as_ref() != Some(tenant) || &s.adapters != adapters {
                     continue;
                 }
                 let have = common_prefix(&s.tokens, prompt).min(limit);
@@ -386,6 +451,7 @@ impl Scheduler {
             let source = &self.streams[from];
             let prompt = &self.streams[i].running.as_ref().expect("running").prompt;
             let same = source.tenant == self.streams[i].tenant
+                && source.adapters == self.streams[i].adapters
                 && source.tokens.len() >= len
                 && source.tokens[..len] == prompt[..len];
             let still_coming = source.running.as_ref().is_some_and(|r| {
@@ -428,10 +494,30 @@ impl Scheduler {
             }
         }
         self.resolve_waits(session);
+        let Some(turn) = self.choose_set() else {
+            return left;
+        };
+        if turn != self.current.key {
+            let set = self
+                .running()
+                .find(|r| r.set.key == turn)
+                .map(|r| r.set.clone())
+                .expect("a running sequence has the chosen set");
+            if let Err(err) = session.set_adapters(&set) {
+                tracing::error!(error = %err, "cannot apply adapters");
+                return left + self.fail_set(session, &turn, err);
+            }
+            self.current = set;
+            self.steps_on_current = 0;
+        }
+        self.steps_on_current += 1;
 
-        // How many prompt tokens each prefilling sequence puts in: oldest first, within the
-        // budget left by the decoding ones.
-        let decoding = self.running().filter(|r| r.last_token.is_some()).count();
+        // How many prompt tokens each prefilling sequence of this turn's set puts in: oldest
+        // first, within the budget left by the decoding ones.
+        let decoding = self
+            .running()
+            .filter(|r| r.last_token.is_some() && r.set.key == turn)
+            .count();
         let mut budget = self.prefill_budget(decoding, session.n_batch());
         let mut prefilling: Vec<(u64, usize)> = self
             .streams
@@ -439,7 +525,8 @@ impl Scheduler {
             .enumerate()
             .filter_map(|(i, s)| {
                 let r = s.running.as_ref()?;
-                (r.last_token.is_none() && r.awaiting.is_none()).then_some((r.admitted, i))
+                (r.last_token.is_none() && r.awaiting.is_none() && r.set.key == turn)
+                    .then_some((r.admitted, i))
             })
             .collect();
         prefilling.sort_unstable();
@@ -462,6 +549,10 @@ impl Scheduler {
             let n_past = s.tokens.len();
             let Some(r) = &mut s.running else { continue };
             r.batch_index = None;
+            if r.set.key != turn {
+                r.batch_prompt = 0;
+                continue;
+            }
             if let Some(token) = r.last_token {
                 r.batch_prompt = 0;
                 r.batch_index = Some(self.batch.len());
@@ -553,6 +644,44 @@ impl Scheduler {
         left
     }
 
+    /// The adapter set whose sequences run this step: the current one for up to
+    /// [`ADAPTER_QUANTUM_STEPS`] steps, or alone; otherwise the next set with work after it,
+    /// in key order, wrapping around. `None` when no sequence can run.
+    fn choose_set(&self) -> Option<AdapterKey> {
+        let mut sets: Vec<&AdapterKey> = self
+            .running()
+            .filter(|r| r.awaiting.is_none())
+            .map(|r| &r.set.key)
+            .collect();
+        sets.sort_unstable();
+        sets.dedup();
+        let current = &self.current.key;
+        let has_current = sets.contains(&current);
+        if has_current && (sets.len() == 1 || self.steps_on_current < ADAPTER_QUANTUM_STEPS) {
+            return Some(current.clone());
+        }
+        sets.iter()
+            .find(|k| **k > current)
+            .or_else(|| sets.first())
+            .map(|k| (*k).clone())
+    }
+
+    /// Answers every sequence of adapter set `key` with `err` (its adapters could not be
+    /// applied). Returns how many left.
+    fn fail_set(&mut self, session: &mut dyn Session, key: &AdapterKey, err: EngineError) -> usize {
+        (0..self.streams.len())
+            .filter(|&i| {
+                self.streams[i]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| &r.set.key == key)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|i| self.finish(session, i, Err(err.clone())))
+            .sum()
+    }
+
     /// Ends the sequence in stream `i` and answers its job; the stream keeps the KV computed
     /// so far for later prompts. Returns 1.
     fn finish(
@@ -562,10 +691,13 @@ impl Scheduler {
         outcome: Result<FinishReason, EngineError>,
     ) -> usize {
         let stream = &mut self.streams[i];
-        let Some(r) = stream.running.take() else {
+        let Some(mut r) = stream.running.take() else {
             return 0;
         };
         session.release(i as SeqId);
+        if let Some(cache) = &self.adapters {
+            cache.release(std::mem::replace(&mut r.set, ActiveSet::base()));
+        }
         // Recency by finishing order: what finished last is evicted last.
         self.clock += 1;
         stream.last_used = self.clock;
@@ -614,6 +746,7 @@ impl Scheduler {
             session.truncate(i as SeqId, 0);
             s.tokens.clear();
             s.tenant = None;
+            s.adapters = AdapterKey::default();
         }
         left
     }
@@ -663,6 +796,7 @@ mod tests {
                 },
                 params: params.resolve(&GenerationParams::default()),
                 output: OutputSpec::Text,
+                adapters: Default::default(),
                 deadline: Instant::now() + Duration::from_secs(30),
                 fault: None,
             },
@@ -687,7 +821,7 @@ mod tests {
             prefix_cache: true,
             step_tokens,
         };
-        Scheduler::new(config, Arc::default())
+        Scheduler::new(config, Arc::default(), None)
     }
 
     fn run_until_idle(s: &mut Scheduler, session: &mut FakeSession) -> usize {
@@ -913,7 +1047,7 @@ mod tests {
             prefix_cache: true,
             step_tokens: 64,
         };
-        let mut s = Scheduler::new(config, Arc::clone(&stats));
+        let mut s = Scheduler::new(config, Arc::clone(&stats), None);
         let systems: Vec<String> = (0..3)
             .map(|i| format!("{i}: a system prompt, long enough to be cached."))
             .collect();
@@ -1026,10 +1160,204 @@ mod tests {
             prefix_cache: false,
             step_tokens: 64,
         };
-        let mut s = Scheduler::new(config, Arc::default());
+        let mut s = Scheduler::new(config, Arc::default(), None);
         run_one(&mut s, &mut session, job(Some(SYSTEM), "a", 20));
         let done = run_one(&mut s, &mut session, job(Some(SYSTEM), "b", 20));
         assert_eq!(done.cached_prompt_tokens, 0);
         assert!(session.live_sequences().is_empty(), "nothing kept");
+    }
+
+    /// A scheduler whose model has fake adapters, and a folder with their (empty) files.
+    fn with_adapters(slots: usize, streams: usize) -> (Scheduler, std::path::PathBuf) {
+        use crate::engine::fake::FakeBackend;
+        use crate::engine::{Backend, Placement};
+        use crate::memory::{Budgets, MemoryBudget};
+        let dir = std::env::temp_dir().join(format!(
+            "genrt-sched-adapters-{}-{}",
+            std::process::id(),
+            uuid_like()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["fashion", "sports", "tone", "broken"] {
+            std::fs::write(dir.join(format!("{name}.gguf")), b"lora").unwrap();
+        }
+        let config = crate::ModelConfig::new("m", "/models/m.gguf");
+        let weights = FakeBackend::default()
+            .load(&config, &Placement::cpu())
+            .unwrap();
+        let cache = AdapterCache::new(
+            weights,
+            Budgets::host_only(MemoryBudget::new(1 << 30)),
+            None,
+            std::time::Duration::from_secs(60),
+            "m".into(),
+        );
+        let config = SchedulerConfig {
+            slots,
+            streams,
+            prefix_cache: true,
+            step_tokens: 512,
+        };
+        (
+            Scheduler::new(config, Arc::default(), Some(Arc::new(cache))),
+            dir,
+        )
+    }
+
+    fn uuid_like() -> u64 {
+        use std::sync::atomic::AtomicU64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn with(
+        dir: &std::path::Path,
+        (mut job, rx): (EngineJob, Reply),
+        adapters: &[(&str, f32)],
+    ) -> (EngineJob, Reply) {
+        job.request.adapters =
+            crate::engine::AdapterSet::new(adapters.iter().map(|(name, scale)| {
+                crate::engine::AdapterSpec {
+                    name: (*name).into(),
+                    path: dir.join(format!("{name}.gguf")),
+                    sha256: format!("sha-of-{name}"),
+                    scale: *scale,
+                }
+            }));
+        (job, rx)
+    }
+
+    #[test]
+    fn sequences_of_different_adapter_sets_never_share_a_step_and_each_gets_its_own_output() {
+        let (mut s, dir) = with_adapters(12, 12);
+        let mut session = FakeSession::new(12, 1024, 512);
+        let sets: [&[(&str, f32)]; 4] = [
+            &[("fashion", 1.0)],
+            &[],
+            &[("sports", 1.0)],
+            &[("fashion", 1.0), ("tone", 0.5)],
+        ];
+        let mut replies = Vec::new();
+        for i in 0..12 {
+            let set = sets[i % 4];
+            let user = format!("request number {i} with a text of its own");
+            let (j, r) = with(&dir, job(None, &user, 200), set);
+            assert_eq!(s.admit(&mut session, j), 0);
+            replies.push((user, set, r));
+        }
+        assert_eq!(run_until_idle(&mut s, &mut session), 12);
+        for (user, set, mut r) in replies {
+            let mut names: Vec<String> = set
+                .iter()
+                .map(|(n, sc)| match sc {
+                    1.0 => (*n).to_owned(),
+                    sc => format!("{n}*{sc}"),
+                })
+                .collect();
+            names.sort();
+            let expected = match names.is_empty() {
+                true => format!("echo: {user}"),
+                false => format!("echo[{}]: {user}", names.join("+")),
+            };
+            assert_eq!(r.try_recv().unwrap().unwrap().text, expected);
+        }
+        // Each set ran in runs of steps, not one switch per step.
+        assert!(
+            session.adapter_switches < session.batch_sets.len() / 2,
+            "{} switches over {} steps",
+            session.adapter_switches,
+            session.batch_sets.len()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn busy_adapter_sets_take_turns_of_at_most_the_quantum() {
+        let (mut s, dir) = with_adapters(4, 4);
+        let mut session = FakeSession::new(4, 4096, 512);
+        let long = "x".repeat(300);
+        let mut replies = Vec::new();
+        for set in [
+            &[("fashion", 1.0)][..],
+            &[("sports", 1.0)],
+            &[],
+            &[("tone", 1.0)],
+        ] {
+            let (j, r) = with(&dir, job(None, &long, 1000), set);
+            s.admit(&mut session, j);
+            replies.push(r);
+        }
+        run_until_idle(&mut s, &mut session);
+        for mut r in replies {
+            assert!(!r.try_recv().unwrap().unwrap().text.starts_with("MIXED"));
+        }
+        // While all four are busy, no set waits more than three turns of the quantum.
+        let busy = &session.batch_sets[..session.batch_sets.len() * 3 / 4];
+        for set in ["fashion", "sports", "", "tone"] {
+            let mut waited = 0;
+            for s in busy {
+                waited = if s == set { 0 } else { waited + 1 };
+                assert!(waited <= 3 * ADAPTER_QUANTUM_STEPS, "`{set}` starved");
+            }
+        }
+        let mut runs: Vec<usize> = Vec::new();
+        for (i, set) in busy.iter().enumerate() {
+            if i == 0 || busy[i - 1] != *set {
+                runs.push(0);
+            }
+            *runs.last_mut().unwrap() += 1;
+        }
+        assert!(runs.iter().all(|&r| r <= ADAPTER_QUANTUM_STEPS), "{runs:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cached_prefix_is_reused_only_under_the_same_adapter_set() {
+        let (mut s, dir) = with_adapters(1, 3);
+        let mut session = FakeSession::new(1, 1024, 512);
+        let first = run_one(
+            &mut s,
+            &mut session,
+            with(&dir, job(Some(SYSTEM), "a", 20), &[("fashion", 1.0)]),
+        );
+        assert_eq!(first.text, "echo[fashion]: a");
+        let base = run_one(&mut s, &mut session, job(Some(SYSTEM), "b", 20));
+        assert_eq!(base.cached_prompt_tokens, 0, "computed under another set");
+        assert_eq!(base.text, "echo: b");
+        let again = run_one(
+            &mut s,
+            &mut session,
+            with(&dir, job(Some(SYSTEM), "c", 20), &[("fashion", 1.0)]),
+        );
+        assert_eq!(again.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(again.text, "echo[fashion]: c");
+        // Scale 0 is the base model, and shares its cache.
+        let zero = run_one(
+            &mut s,
+            &mut session,
+            with(&dir, job(Some(SYSTEM), "d", 20), &[("sports", 0.0)]),
+        );
+        assert_eq!(zero.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(zero.text, "echo: d");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_adapter_that_cannot_load_fails_its_own_request_only() {
+        let (mut s, dir) = with_adapters(2, 2);
+        let mut session = FakeSession::new(2, 1024, 512);
+        let (bad, mut rbad) = with(&dir, job(None, "bad", 20), &[("broken", 1.0)]);
+        assert_eq!(s.admit(&mut session, bad), 1, "answered at once");
+        assert!(matches!(
+            rbad.try_recv().unwrap(),
+            Err(EngineError::Load(_))
+        ));
+        let ok = run_one(
+            &mut s,
+            &mut session,
+            with(&dir, job(None, "fine", 20), &[("tone", 1.0)]),
+        );
+        assert_eq!(ok.text, "echo[tone]: fine");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::scheduler::{Scheduler, SchedulerConfig};
-use super::{EngineError, EngineJob, PrefixCacheStats, Session, Weights};
+use super::{AdapterCache, EngineError, EngineJob, PrefixCacheStats, Session, Weights};
 use crate::ModelConfig;
 
 /// What the engine thread tells its replica actor.
@@ -62,6 +62,7 @@ impl EngineThread {
     pub(crate) async fn spawn(
         name: String,
         weights: Arc<dyn Weights>,
+        adapters: Option<Arc<AdapterCache>>,
         model: ModelConfig,
         stats: Arc<PrefixCacheStats>,
         events: Box<dyn Fn(EngineEvent) + Send>,
@@ -94,7 +95,7 @@ impl EngineThread {
                         jobs: &rx,
                         stopping: &thread_stopping,
                         progress: &thread_progress,
-                        scheduler: Scheduler::new(config, Arc::clone(&stats)),
+                        scheduler: Scheduler::new(config, Arc::clone(&stats), adapters.clone()),
                         events: &*events,
                     };
                     serve(session, running);
@@ -200,6 +201,7 @@ fn serve(session: &mut dyn Session, running: Running<'_>) {
         // New jobs join between steps. With nothing running, block until one arrives.
         while open && scheduler.free_slots() > 0 {
             let job = if scheduler.active() == 0 {
+                scheduler.park(session);
                 match jobs.recv() {
                     Ok(job) => job,
                     Err(_) => return,

@@ -16,6 +16,8 @@ pub(crate) enum FunctionMsg {
     Invoke {
         invocation: Invocation,
         model: ModelId,
+        /// The LoRA adapters the dispatcher resolved for this invocation.
+        adapters: crate::engine::AdapterSet,
         n_ctx: u32,
         pool: ActorRef<PoolMsg>,
         reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,

@@ -70,12 +70,13 @@ impl Actor for FunctionActor {
             FunctionMsg::Invoke {
                 invocation,
                 model,
+                adapters,
                 n_ctx,
                 pool,
                 reply,
             } => {
                 f.state.touched(now);
-                match f.state.plan(&invocation, &model, n_ctx) {
+                match f.state.plan(&invocation, &model, &adapters, n_ctx) {
                     Err(err) => {
                         let _ = reply.send(Err(err));
                     }
@@ -110,6 +111,11 @@ impl Function {
         pool: ActorRef<PoolMsg>,
         reply: RpcReplyPort<Result<InvocationOutcome, InvokeError>>,
     ) {
+        // The outcome names what ran: `base`, or `base:adapter` (with scales when not 1).
+        let model = match plan.adapters.is_empty() {
+            true => model,
+            false => genrt_functions::ModelId::new(format!("{model}:{}", plan.adapters.label())),
+        };
         let received_at = invocation.received_at;
         let cut_output_ok = invocation
             .conversation
@@ -141,6 +147,7 @@ impl Function {
             prompt: plan.prompt,
             params: plan.params,
             output: prepared.spec().output.clone(),
+            adapters: plan.adapters,
             deadline: invocation.deadline(),
             fault: invocation.fault,
         };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use genrt_functions::{ModelId, PreparedFunction, RenderedPrompt, SamplingParams};
 
+use crate::engine::AdapterSet;
 use crate::{CacheKey, DeployedFunction, Invocation, InvokeError};
 
 pub(crate) struct FunctionState {
@@ -20,6 +21,8 @@ pub(crate) struct FunctionState {
 pub(crate) struct Plan {
     pub prompt: RenderedPrompt,
     pub params: SamplingParams,
+    /// The LoRA adapters to run with.
+    pub adapters: AdapterSet,
     /// Present when the result may be served from, and stored in, the response cache.
     pub cache_key: Option<CacheKey>,
     pub cache_ttl: Option<Duration>,
@@ -57,6 +60,7 @@ impl FunctionState {
         &self,
         invocation: &Invocation,
         model: &ModelId,
+        adapters: &AdapterSet,
         n_ctx: u32,
     ) -> Result<Plan, InvokeError> {
         invocation.params.validate_override()?;
@@ -84,11 +88,24 @@ impl FunctionState {
             .enabled
             .unwrap_or_else(|| params.is_deterministic());
         let cache_key = cacheable.then(|| {
+            // The adapters by file and scale: another adapter, or the same name registered
+            // again with another file, is another answer.
+            let served = match adapters.is_empty() {
+                true => model.clone(),
+                false => {
+                    let files: Vec<String> = adapters
+                        .specs()
+                        .iter()
+                        .map(|a| format!("{}*{}", a.sha256, a.scale))
+                        .collect();
+                    ModelId::new(format!("{model}:{}", files.join("+")))
+                }
+            };
             CacheKey::new(
                 &self.function.tenant,
                 self.function.name.as_str(),
                 self.function.version,
-                model,
+                &served,
                 &prompt,
                 &params,
             )
@@ -96,6 +113,7 @@ impl FunctionState {
         Ok(Plan {
             prompt,
             params,
+            adapters: adapters.clone(),
             cache_key,
             cache_ttl: spec.cache.ttl_s.map(Duration::from_secs),
         })
@@ -175,6 +193,7 @@ mod tests {
             .plan(
                 &invocation(&s, json!({"n": 1}), GenerationParams::default()),
                 &m,
+                &AdapterSet::default(),
                 2048,
             )
             .unwrap();
@@ -184,7 +203,12 @@ mod tests {
             ..Default::default()
         };
         let plan = s
-            .plan(&invocation(&s, json!({"n": 1}), greedy), &m, 2048)
+            .plan(
+                &invocation(&s, json!({"n": 1}), greedy),
+                &m,
+                &AdapterSet::default(),
+                2048,
+            )
             .unwrap();
         assert!(plan.cache_key.is_some());
         assert_eq!(plan.prompt.user, "Hi 1");
@@ -199,7 +223,12 @@ mod tests {
         };
         let never = state(json!({"model": "m", "prompt": "x", "cache": {"enabled": false}}));
         assert!(never
-            .plan(&invocation(&never, json!({}), greedy()), &m, 2048)
+            .plan(
+                &invocation(&never, json!({}), greedy()),
+                &m,
+                &AdapterSet::default(),
+                2048
+            )
             .unwrap()
             .cache_key
             .is_none());
@@ -209,6 +238,7 @@ mod tests {
             .plan(
                 &invocation(&always, json!({}), GenerationParams::default()),
                 &m,
+                &AdapterSet::default(),
                 2048,
             )
             .unwrap();
@@ -224,7 +254,12 @@ mod tests {
             ..Default::default()
         };
         let err = s
-            .plan(&invocation(&s, json!({}), big), &ModelId::new("m"), 2048)
+            .plan(
+                &invocation(&s, json!({}), big),
+                &ModelId::new("m"),
+                &AdapterSet::default(),
+                2048,
+            )
             .unwrap_err();
         assert!(matches!(
             err,

@@ -20,7 +20,9 @@ pub(crate) use state::ReplicaKey;
 use state::{Action, PoolState};
 
 use crate::engine::devices::split;
-use crate::engine::{Backend, EngineError, EngineJob, Placement, PrefixCacheStats, Weights};
+use crate::engine::{
+    AdapterCache, Backend, EngineError, EngineJob, Placement, PrefixCacheStats, Weights,
+};
 use crate::memory::{Budgets, Held};
 use crate::replica::{ModelReplica, ReplicaArgs, ReplicaMsg};
 use crate::supervision::{RestartDecision, RestartPolicy};
@@ -53,7 +55,8 @@ pub(crate) struct Pool {
     n_layer: Option<u32>,
     /// The replicas' watchdog threshold (`RestartPolicy::engine_hang_timeout`).
     hang_timeout: Duration,
-    weights: Option<(Arc<dyn Weights>, Held)>,
+    /// The loaded weights, their memory, and the adapters loaded for them.
+    weights: Option<(Arc<dyn Weights>, Held, Arc<AdapterCache>)>,
     replicas: HashMap<ReplicaKey, LiveReplica>,
     by_actor: HashMap<ActorId, ReplicaKey>,
     cache_stats: Arc<PrefixCacheStats>,
@@ -124,7 +127,20 @@ impl Actor for ModelPool {
                     device = %pool.placement.label(), gpu_layers = pool.placement.gpu_layers(loaded.n_layer),
                     gpu_mib = loaded.memory.gpu_bytes() >> 20, "model loaded");
                 pool.n_layer = Some(loaded.n_layer);
-                pool.weights = Some((loaded.weights, loaded.memory));
+                let gpu = pool
+                    .placement
+                    .gpu
+                    .as_ref()
+                    .map(|g| (g.ordinal, pool.placement.gpu_share(loaded.n_layer)));
+                let config = &pool.state.config;
+                let adapters = AdapterCache::new(
+                    Arc::clone(&loaded.weights),
+                    pool.budgets.clone(),
+                    gpu,
+                    Duration::from_secs(config.idle_timeout_s),
+                    config.id.to_string(),
+                );
+                pool.weights = Some((loaded.weights, loaded.memory, Arc::new(adapters)));
                 pool.state.load_finished(took);
             }
             PoolMsg::Loaded(Err(err), _) => {
@@ -138,7 +154,11 @@ impl Actor for ModelPool {
                     pool.start_replica(&myself, "restart after failure").await;
                 }
             }
-            PoolMsg::Tick => {}
+            PoolMsg::Tick => {
+                if let Some((_, _, adapters)) = &pool.weights {
+                    adapters.sweep();
+                }
+            }
         }
         pool.reconcile(&myself).await;
         Ok(())
@@ -185,13 +205,16 @@ impl Pool {
         let held = self
             .weights
             .iter()
-            .map(|(_, held)| held)
+            .map(|(_, held, _)| held)
             .chain(self.replicas.values().map(|r| &r.memory));
         (status.memory_bytes, status.gpu_memory_bytes) =
             held.fold((0, 0), |(h, g), m| (h + m.host_bytes(), g + m.gpu_bytes()));
         status.device = self.placement.label();
         status.gpu_layers = self.n_layer.map(|n| self.placement.gpu_layers(n));
         status.prefix_cache = self.cache_stats.snapshot();
+        if let Some((_, _, adapters)) = &self.weights {
+            (status.adapters_loaded, status.adapter_memory_bytes) = adapters.status();
+        }
         status
     }
 
@@ -249,10 +272,10 @@ impl Pool {
 
     /// Returns whether a replica is now running.
     async fn start_replica(&mut self, myself: &ActorRef<PoolMsg>, reason: &str) -> bool {
-        let Some((weights, _)) = &self.weights else {
+        let Some((weights, _, adapters)) = &self.weights else {
             return false;
         };
-        let weights = Arc::clone(weights);
+        let (weights, adapters) = (Arc::clone(weights), Arc::clone(adapters));
         let what = format!(
             "a replica of `{}` ({} slots of {} tokens)",
             self.state.config.id, self.state.config.slots, self.state.config.n_ctx
@@ -283,6 +306,7 @@ impl Pool {
             key,
             config: self.state.config.clone(),
             weights,
+            adapters,
             pool: myself.clone(),
             cache_stats: Arc::clone(&self.cache_stats),
             hang_timeout: self.hang_timeout,

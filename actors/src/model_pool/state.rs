@@ -408,6 +408,8 @@ impl PoolState {
             gpu_layers: None,
             last_scaling: self.last_scaling.clone(),
             prefix_cache: Default::default(),
+            adapters_loaded: 0,
+            adapter_memory_bytes: 0,
         }
     }
 }
@@ -434,6 +436,7 @@ mod tests {
                 },
                 params: GenerationParams::default().resolve(&GenerationParams::default()),
                 output: OutputSpec::Text,
+                adapters: Default::default(),
                 deadline: now + Duration::from_secs(5),
                 fault: None,
             },

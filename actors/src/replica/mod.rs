@@ -22,6 +22,8 @@ pub(crate) struct ReplicaArgs {
     pub key: ReplicaKey,
     pub config: ModelConfig,
     pub weights: Arc<dyn Weights>,
+    /// The model's adapters, shared by its replicas.
+    pub adapters: Arc<crate::engine::AdapterCache>,
     pub pool: ActorRef<PoolMsg>,
     /// The model's prefix-cache counters, which this replica's engine adds to.
     pub cache_stats: Arc<PrefixCacheStats>,
@@ -59,8 +61,15 @@ impl Actor for ModelReplica {
         let events = Box::new(move |event| {
             let _ = me.cast(ReplicaMsg::Engine(event));
         });
-        let engine =
-            EngineThread::spawn(name, args.weights, args.config, args.cache_stats, events).await?;
+        let engine = EngineThread::spawn(
+            name,
+            args.weights,
+            Some(args.adapters),
+            args.config,
+            args.cache_stats,
+            events,
+        )
+        .await?;
         if !args.hang_timeout.is_zero() {
             // A few looks per timeout, so that a hang is noticed within about 1.25 of it.
             let every =

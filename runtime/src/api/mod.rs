@@ -141,6 +141,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
                     .route(web::delete().to(models::delete)),
             )
             .route("/models/{id}/file", web::put().to(models::upload))
+            .service(
+                web::resource("/models/{id}/adapters")
+                    .route(web::get().to(models::list_adapters))
+                    .route(web::post().to(models::register_adapter)),
+            )
+            .service(
+                web::resource("/models/{id}/adapters/{adapter}")
+                    .route(web::get().to(models::get_adapter))
+                    .route(web::delete().to(models::delete_adapter)),
+            )
+            .route(
+                "/models/{id}/adapters/{adapter}/file",
+                web::put().to(models::upload_adapter),
+            )
             .route("/devices", web::get().to(models::devices)),
     )
     .configure(|cfg| openai::configure(cfg, body_limit))

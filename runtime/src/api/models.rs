@@ -6,11 +6,12 @@ use actix_web::{web, HttpResponse};
 use genrt_functions::{ModelId, TenantId};
 
 use crate::api::dto::{
-    DeviceInfo, DeviceList, ModelInfo, ModelList, ModelSourceSpec, RegisterModel,
+    AdapterInfo, AdapterList, DeviceInfo, DeviceList, ModelInfo, ModelList, ModelSourceSpec,
+    RegisterAdapter, RegisterModel,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::registry::{ModelRegistry, Registration, Source};
+use crate::registry::{AdapterRegistration, ModelRegistry, Registration, Source};
 use crate::store::ModelRow;
 use crate::tenancy::{Caller, Scope};
 
@@ -99,7 +100,27 @@ pub async fn register(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
     let body = body.into_inner();
-    let owner = match (caller.scopes.contains(Scope::Admin), body.owner) {
+    let owner = owner(&caller, body.owner)?;
+    let source = source(body.source)?;
+    let row = state
+        .registry
+        .register(Registration {
+            id: ModelId::new(body.id),
+            source,
+            sha256: body.sha256,
+            settings: body.settings.unwrap_or_default(),
+            quantize: body.quantize,
+            requantize: body.requantize,
+            owner,
+        })
+        .await?;
+    Ok(accepted(registered(&row)))
+}
+
+/// Whose registration this is: the operator's (public, or for `owner`), or the caller
+/// tenant's own.
+fn owner(caller: &Caller, owner: Option<String>) -> Result<Option<TenantId>, ApiError> {
+    Ok(match (caller.scopes.contains(Scope::Admin), owner) {
         (true, None) => None,
         (true, Some(owner)) => Some(TenantId::parse(&owner).map_err(|_| {
             ApiError::new(
@@ -116,21 +137,7 @@ pub async fn register(
             )
             .with_field("owner"))
         }
-    };
-    let source = source(body.source)?;
-    let row = state
-        .registry
-        .register(Registration {
-            id: ModelId::new(body.id),
-            source,
-            sha256: body.sha256,
-            settings: body.settings.unwrap_or_default(),
-            quantize: body.quantize,
-            requantize: body.requantize,
-            owner,
-        })
-        .await?;
-    Ok(accepted(registered(&row)))
+    })
 }
 
 fn source(spec: ModelSourceSpec) -> Result<Source, ApiError> {
@@ -272,4 +279,157 @@ pub async fn devices(state: web::Data<AppState>, caller: Caller) -> Result<HttpR
         gpu_offload: devices.iter().any(|d| d.gpu),
         devices,
     }))
+}
+
+fn adapter_info(state: &AppState, row: &ModelRow) -> AdapterInfo {
+    let served = state.tree.adapters().iter().any(|(m, n, a)| {
+        crate::registry::adapter_id(m, n) == row.id && Some(&a.sha256) == row.sha256.as_ref()
+    });
+    AdapterInfo::new(row, served)
+}
+
+fn adapter_accepted(info: AdapterInfo) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((
+            "Location",
+            format!("/v1/models/{}/adapters/{}", info.model, info.id),
+        ))
+        .json(info)
+}
+
+/// Registers a LoRA adapter of model `id`: the operator (`admin`) a public one (or a private
+/// one for `owner`); a tenant (`models:write`) one of its own, named `<tenant>.<name>`, by URL
+/// or upload, within its `max_adapters` and `max_adapter_mb` (`adapter_quota_exceeded`). The
+/// sources and states are a model's; validation checks that the file is a GGUF LoRA adapter
+/// (`not_an_adapter`) made for this model: its architecture, and every adapted weight present
+/// with matching shapes (`adapter_mismatch`). Once `ready`, functions use it with
+/// `"adapters": [{"id": "fashion", "scale": 1.0}]` or `"model": "smollm2:fashion"`, and
+/// OpenAI requests with `"model": "smollm2:fashion"`; a replica loads it when a sequence first
+/// does, and unloads it after the model's `idle_timeout_s` unused.
+#[utoipa::path(post, path = "/v1/models/{id}/adapters", tag = "models", operation_id = "adapters_register", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
+    params(("id" = String, Path, description = "The model the adapter adapts")),
+    request_body = RegisterAdapter,
+    responses(
+        (status = 202, description = "Accepted; registration runs in the background", body = AdapterInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Lacks `admin` or `models:write`; `adapter_quota_exceeded`", body = ErrorBody),
+        (status = 404, description = "`model_not_found`", body = ErrorBody),
+        (status = 409, description = "`model_exists` (the model has an adapter of that name), `model_draining`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `invalid_model_source`", body = ErrorBody)))]
+pub async fn register_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: web::Json<RegisterAdapter>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
+    let body = body.into_inner();
+    let registration = AdapterRegistration {
+        model: ModelId::new(id.into_inner()),
+        name: body.id,
+        source: source(body.source)?,
+        sha256: body.sha256,
+        owner: owner(&caller, body.owner)?,
+    };
+    let row = state
+        .registry
+        .register_adapter(registration, &caller)
+        .await?;
+    Ok(adapter_accepted(adapter_info(&state, &row)))
+}
+
+/// The adapters of model `id` the caller may see (another tenant's own are not there).
+#[utoipa::path(get, path = "/v1/models/{id}/adapters", tag = "models", operation_id = "adapters_list", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]), ("bearer" = ["admin"])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = AdapterList),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`model_not_found`", body = ErrorBody)))]
+pub async fn list_adapters(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
+    let rows = state
+        .registry
+        .adapter_rows(&ModelId::new(id.into_inner()), &caller)
+        .await?;
+    let adapters = rows.iter().map(|r| adapter_info(&state, r)).collect();
+    Ok(HttpResponse::Ok().json(AdapterList { adapters }))
+}
+
+/// One adapter: its registration (state, progress, source, sha256, or why it failed), what
+/// its file holds (rank, alpha, adapted weights), and whether this node serves it.
+#[utoipa::path(get, path = "/v1/models/{id}/adapters/{adapter}", tag = "models", operation_id = "adapters_get", security(("bearer" = ["functions:write"]), ("bearer" = ["functions:invoke"]), ("bearer" = ["admin"])),
+    params(("id" = String, Path), ("adapter" = String, Path)),
+    responses(
+        (status = 200, body = AdapterInfo),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`model_not_found`, `adapter_not_found`", body = ErrorBody)))]
+pub async fn get_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&READ)?;
+    let (model, name) = path.into_inner();
+    let row = state
+        .registry
+        .adapter_row(&ModelId::new(model), &name, &caller)
+        .await?;
+    Ok(HttpResponse::Ok().json(adapter_info(&state, &row)))
+}
+
+/// The file of an adapter registered with `{"upload": true}`, as the raw request body; like a
+/// model's upload (streamed, hashed, never held in memory).
+#[utoipa::path(put, path = "/v1/models/{id}/adapters/{adapter}/file", tag = "models", operation_id = "adapters_upload", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
+    params(("id" = String, Path), ("adapter" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 202, description = "Received; validation runs in the background", body = AdapterInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`model_not_awaiting_upload`", body = ErrorBody),
+        (status = 422, description = "`model_sha256_mismatch`, `model_too_large`, `model_truncated`", body = ErrorBody)))]
+pub async fn upload_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
+    let (model, name) = path.into_inner();
+    let row = state
+        .registry
+        .adapter_for_change(&ModelId::new(model), &name, &caller)
+        .await?;
+    let row = state.registry.upload(&row.id, &caller, body).await?;
+    Ok(adapter_accepted(adapter_info(&state, &row)))
+}
+
+/// Deletes an adapter (`admin`; a tenant with `models:write` its own): new invocations naming
+/// it are refused at once (`unknown_adapter`) on every node, sequences running with it finish,
+/// then the entry and the file the registry wrote go. Deleting a model deletes its adapters.
+#[utoipa::path(delete, path = "/v1/models/{id}/adapters/{adapter}", tag = "models", operation_id = "adapters_delete", security(("bearer" = ["admin"]), ("bearer" = ["models:write"])),
+    params(("id" = String, Path), ("adapter" = String, Path)),
+    responses(
+        (status = 202, description = "Deleting", body = AdapterInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_any(&[Scope::Admin, Scope::ModelsWrite])?;
+    let (model, name) = path.into_inner();
+    let row = state
+        .registry
+        .adapter_for_change(&ModelId::new(model), &name, &caller)
+        .await?;
+    let row = state.registry.delete(&row.id, &caller).await?;
+    Ok(adapter_accepted(AdapterInfo::new(&row, false)))
 }

@@ -28,6 +28,10 @@ pub struct TenantLimitsBody {
     pub max_private_models: Option<u32>,
     /// MiB those models may take together; 0 is no cap beyond `registry.max_file_mb` each.
     pub max_private_model_mb: Option<u64>,
+    /// LoRA adapters this tenant may register for itself (`models:write`); 0: none.
+    pub max_adapters: Option<u32>,
+    /// MiB those adapters may take together; 0 is no cap beyond `registry.max_file_mb` each.
+    pub max_adapter_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -82,6 +86,8 @@ impl From<TenantRow> for TenantInfo {
                     .and_then(|m| serde_json::from_str(m).ok()),
                 max_private_models: r.max_private_models.map(|v| v.max(0) as u32),
                 max_private_model_mb: r.max_private_model_mb.map(|v| v.max(0) as u64),
+                max_adapters: r.max_adapters.map(|v| v.max(0) as u32),
+                max_adapter_mb: r.max_adapter_mb.map(|v| v.max(0) as u64),
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -122,6 +128,8 @@ impl TenantLimitsBody {
             allowed_models: self.allowed_models.clone(),
             max_private_models: self.max_private_models,
             max_private_model_mb: self.max_private_model_mb,
+            max_adapters: self.max_adapters,
+            max_adapter_mb: self.max_adapter_mb,
         })
     }
 }
@@ -239,6 +247,8 @@ pub async fn update(
         allowed_models: new.allowed_models.clone().or(old.allowed_models),
         max_private_models: new.max_private_models.or(old.max_private_models),
         max_private_model_mb: new.max_private_model_mb.or(old.max_private_model_mb),
+        max_adapters: new.max_adapters.or(old.max_adapters),
+        max_adapter_mb: new.max_adapter_mb.or(old.max_adapter_mb),
     };
     let settings = merged.to_settings(&state)?;
     let row = state

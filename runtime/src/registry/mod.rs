@@ -37,6 +37,7 @@
 //! other model names it, the file the registry wrote (URL and upload sources; a `path` source
 //! is the operator's and stays).
 
+mod adapters;
 mod fetch;
 
 use std::collections::{HashMap, HashSet};
@@ -58,6 +59,7 @@ use crate::store::{ModelChange, ModelRow, NewModel, Store};
 use crate::tenancy::{Caller, Scope, Tenancy};
 use crate::webhooks::ssrf::UrlGuard;
 
+pub use adapters::{adapter_id, AdapterRegistration};
 pub use fetch::Hashed;
 
 /// Where a registered model's file comes from.
@@ -210,14 +212,7 @@ impl ModelRegistry {
             )
             .with_field("id"));
         }
-        let sha256 = r.sha256.to_ascii_lowercase();
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "sha256 must be the file's SHA-256 as 64 hexadecimal digits",
-            )
-            .with_field("sha256"));
-        }
+        let sha256 = check_sha256(&r.sha256)?;
         if let Some(owner) = &r.owner {
             self.check_private(owner, &r).await?;
         }
@@ -237,32 +232,7 @@ impl ModelRegistry {
                 }
             },
         };
-        let (state, kind, source, path) = match &r.source {
-            Source::Path(raw) => {
-                let path = self.resolve_store_path(raw)?;
-                (
-                    "registering",
-                    "path",
-                    Some(raw.clone()),
-                    path.display().to_string(),
-                )
-            }
-            Source::Url(raw) => {
-                self.check_url(raw)?;
-                (
-                    "registering",
-                    "url",
-                    Some(raw.clone()),
-                    self.file_path(r.id.as_str(), &sha256),
-                )
-            }
-            Source::Upload => (
-                "awaiting_upload",
-                "upload",
-                None,
-                self.file_path(r.id.as_str(), &sha256),
-            ),
-        };
+        let (state, kind, source, path) = self.place_source(&r.source, r.id.as_str(), &sha256)?;
         let settings = settings(&r.id, &path, r.settings)?;
         if inner.tree.model(&r.id).is_some() {
             return Err(exists(&r.id));
@@ -271,13 +241,15 @@ impl ModelRegistry {
             .store
             .insert_model(NewModel {
                 id: r.id.as_str().to_owned(),
+                kind: "model",
+                base: None,
                 owner: r.owner.as_ref().map(|o| o.as_str().to_owned()),
                 state,
                 source_kind: kind,
                 source,
                 sha256,
                 path,
-                settings,
+                settings: Some(settings),
                 quantize,
                 requantize: r.requantize,
             })
@@ -316,7 +288,7 @@ impl ModelRegistry {
         }
         let limits = self.inner.tenancy.limits_of(owner).await?;
         let held = self
-            .owned(owner)
+            .owned(owner, "model")
             .await?
             .iter()
             .filter(|row| row.id != r.id.as_str())
@@ -333,20 +305,61 @@ impl ModelRegistry {
         Ok(())
     }
 
-    /// A tenant's own models, but failed registrations.
-    async fn owned(&self, owner: &TenantId) -> Result<Vec<ModelRow>, sea_orm::DbErr> {
+    /// Where a registration's file is, or will be: the state it starts in, the source's
+    /// kind and text, and the path.
+    fn place_source(
+        &self,
+        source: &Source,
+        id: &str,
+        sha256: &str,
+    ) -> Result<(&'static str, &'static str, Option<String>, String), ApiError> {
+        Ok(match source {
+            Source::Path(raw) => {
+                let path = self.resolve_store_path(raw)?;
+                (
+                    "registering",
+                    "path",
+                    Some(raw.clone()),
+                    path.display().to_string(),
+                )
+            }
+            Source::Url(raw) => {
+                self.check_url(raw)?;
+                (
+                    "registering",
+                    "url",
+                    Some(raw.clone()),
+                    self.file_path(id, sha256),
+                )
+            }
+            Source::Upload => (
+                "awaiting_upload",
+                "upload",
+                None,
+                self.file_path(id, sha256),
+            ),
+        })
+    }
+
+    /// A tenant's own models (`kind` `model`) or adapters (`adapter`), but failed
+    /// registrations.
+    async fn owned(&self, owner: &TenantId, kind: &str) -> Result<Vec<ModelRow>, sea_orm::DbErr> {
         Ok(self
             .inner
             .store
             .model_rows()
             .await?
             .into_iter()
-            .filter(|row| row.owner.as_deref() == Some(owner.as_str()) && row.state != "failed")
+            .filter(|row| {
+                row.owner.as_deref() == Some(owner.as_str())
+                    && row.state != "failed"
+                    && row.kind == kind
+            })
             .collect())
     }
 
     /// The most bytes `row`'s file may take: `registry.max_file_mb`, and for a tenant's own
-    /// model what is left of its `max_private_model_mb`.
+    /// model (adapter) what is left of its `max_private_model_mb` (`max_adapter_mb`).
     async fn allowance(&self, row: &ModelRow) -> u64 {
         let max = self.max_file_bytes();
         let Some(owner) = row.owner.as_deref().and_then(|o| TenantId::parse(o).ok()) else {
@@ -355,10 +368,14 @@ impl ModelRegistry {
         let Ok(limits) = self.inner.tenancy.limits_of(&owner).await else {
             return 0;
         };
-        if limits.max_private_model_mb == 0 {
+        let cap_mb = match row.kind.as_str() {
+            "adapter" => limits.max_adapter_mb,
+            _ => limits.max_private_model_mb,
+        };
+        if cap_mb == 0 {
             return max;
         }
-        let used: u64 = match self.owned(&owner).await {
+        let used: u64 = match self.owned(&owner, &row.kind).await {
             Ok(rows) => rows
                 .iter()
                 .filter(|other| other.id != row.id)
@@ -366,7 +383,7 @@ impl ModelRegistry {
                 .sum(),
             Err(_) => return 0,
         };
-        max.min((limits.max_private_model_mb * 1024 * 1024).saturating_sub(used))
+        max.min((cap_mb * 1024 * 1024).saturating_sub(used))
     }
 
     /// Whether `caller` sees `row`: the operator sees every model, a tenant the public ones
@@ -476,32 +493,48 @@ impl ModelRegistry {
         let inner = &self.inner;
         let row = self.row_for_change(id, caller).await?;
         if row.state != "deleting" {
-            inner
-                .store
-                .model_transition(
-                    id,
-                    &[
-                        "awaiting_upload",
-                        "registering",
-                        "validating",
-                        "quantizing",
-                        "ready",
-                        "failed",
-                    ],
-                    "deleting",
-                    ModelChange::default(),
-                )
-                .await?;
+            self.mark_deleting(id).await?;
         }
         if let Some(token) = inner.running.lock().expect("running lock").get(id) {
             token.cancel();
         }
         self.spawn_removal(row.clone(), true);
+        if row.kind == "model" {
+            // A model's adapters go with it: nothing could run them.
+            for adapter in inner.store.model_rows().await? {
+                if adapter.base.as_deref() == Some(id) && adapter.state != "deleting" {
+                    self.mark_deleting(&adapter.id).await?;
+                    self.spawn_removal(adapter, true);
+                }
+            }
+        }
         // As it is now; not read back, since the removal may already have deleted the row.
         Ok(ModelRow {
             state: "deleting".into(),
             ..row
         })
+    }
+
+    async fn mark_deleting(&self, id: &str) -> Result<bool, sea_orm::DbErr> {
+        if let Some(token) = self.inner.running.lock().expect("running lock").get(id) {
+            token.cancel();
+        }
+        self.inner
+            .store
+            .model_transition(
+                id,
+                &[
+                    "awaiting_upload",
+                    "registering",
+                    "validating",
+                    "quantizing",
+                    "ready",
+                    "failed",
+                ],
+                "deleting",
+                ModelChange::default(),
+            )
+            .await
     }
 
     /// The row of `id`, or `model_not_found`.
@@ -513,8 +546,10 @@ impl ModelRegistry {
             .ok_or_else(|| not_found(id))
     }
 
+    /// Every model's row (not the adapters').
     pub async fn rows(&self) -> Result<Vec<ModelRow>, ApiError> {
-        Ok(self.inner.store.model_rows().await?)
+        let rows = self.inner.store.model_rows().await?;
+        Ok(rows.into_iter().filter(|r| r.kind == "model").collect())
     }
 
     /// Models a function may be deployed on: served here, or ready in the registry (another
@@ -534,6 +569,7 @@ impl ModelRegistry {
             .filter(|r| r.state == "deleting")
             .map(|r| r.id.as_str())
             .collect();
+        // Adapters as `base:name`, the way a function names one.
         let mut ids: HashSet<ModelId> = rows
             .iter()
             .filter(|r| r.state == "ready")
@@ -561,9 +597,11 @@ impl ModelRegistry {
         let inner = &self.inner;
         let rows = inner.store.model_rows().await?;
         let by_id: HashMap<&str, &ModelRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        let served_adapters = inner.tree.adapters();
         for row in &rows {
             let id = ModelId::new(row.id.clone());
             match row.state.as_str() {
+                "ready" if row.kind == "adapter" => self.sync_adapter(row, &served_adapters).await,
                 "ready" if inner.tree.model(&id).is_none() => {
                     if let Err(err) = self.serve(row).await {
                         tracing::warn!(model = %row.id, error = %err, "registered model not served on this node");
@@ -580,6 +618,13 @@ impl ModelRegistry {
             let stale = is_stale(by_id.get(config.id.as_str()).copied(), &config);
             if stale {
                 self.spawn_removal_of(config.id.as_str().to_owned(), None, false);
+            }
+        }
+        for (model, name, adapter) in served_adapters {
+            let id = adapter_id(&model, &name);
+            if adapters::is_stale(by_id.get(id.as_str()).copied(), &adapter) {
+                inner.tree.remove_adapter(&model, &name);
+                tracing::info!(adapter = %id, "adapter no longer served");
             }
         }
         Ok(())
@@ -616,6 +661,16 @@ impl ModelRegistry {
     /// Starts serving a `ready` row on this node, once its file matches its sha256.
     async fn serve(&self, row: &ModelRow) -> Result<(), String> {
         let config = row_config(row)?;
+        self.verify_file(row).await?;
+        match self.inner.tree.add_model(config).await {
+            Ok(()) | Err(ModelChangeError::Exists(_)) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Checks that the file of `row` on this node has the registered sha256 (once per file
+    /// version: the result is kept by size and modification time).
+    async fn verify_file(&self, row: &ModelRow) -> Result<(), String> {
         if let Some(expected) = row.file_sha256.as_ref().or(row.sha256.as_ref()) {
             let path = PathBuf::from(&row.path);
             if !self.is_verified(&path, expected) {
@@ -632,10 +687,7 @@ impl ModelRegistry {
                 self.remember(&path, expected);
             }
         }
-        match self.inner.tree.add_model(config).await {
-            Ok(()) | Err(ModelChangeError::Exists(_)) => Ok(()),
-            Err(err) => Err(err.to_string()),
-        }
+        Ok(())
     }
 
     fn spawn_job(&self, id: &str) {
@@ -721,27 +773,13 @@ impl ModelRegistry {
     /// Validates the file (and quantizes it when asked), marks the row `ready` with what was
     /// read, and starts serving it.
     async fn validate_and_serve(&self, row: &ModelRow, cancel: &CancellationToken) {
-        let inner = &self.inner;
-        // Recorded before llama.cpp reads the file: a file that crashes it (its loaders
-        // assert on some malformed vocabularies) must not be read again at every restart.
-        match inner
-            .store
-            .model_transition(
-                &row.id,
-                &["registering"],
-                "validating",
-                ModelChange::default(),
-            )
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(err) => {
-                return self
-                    .fail(row, Failure::new(ErrorCode::Internal, err.to_string()))
-                    .await
-            }
+        if row.kind == "adapter" {
+            return self.validate_adapter_and_serve(row).await;
         }
+        if !self.begin_validation(row).await {
+            return;
+        }
+        let inner = &self.inner;
         let source = PathBuf::from(&row.path);
         // A source to be quantized need not fit the memory budget; its output must.
         let info = match self.validate(&source, row.quantize.is_none()).await {
@@ -798,6 +836,31 @@ impl ModelRegistry {
         if let Err(err) = self.serve(&ready).await {
             let failure = Failure::new(ErrorCode::ModelUnavailable, err);
             self.fail_state(&ready, &["ready"], failure).await;
+        }
+    }
+
+    /// Moves `row` to `validating`; false if it is no longer `registering` (deleted
+    /// meanwhile) or the move failed (then the row is failed). Recorded before llama.cpp
+    /// reads the file: a file that crashes it (its loaders assert on some malformed
+    /// vocabularies) must not be read again at every restart.
+    async fn begin_validation(&self, row: &ModelRow) -> bool {
+        let moved = self
+            .inner
+            .store
+            .model_transition(
+                &row.id,
+                &["registering"],
+                "validating",
+                ModelChange::default(),
+            )
+            .await;
+        match moved {
+            Ok(moved) => moved,
+            Err(err) => {
+                let failure = Failure::new(ErrorCode::Internal, err.to_string());
+                self.fail(row, failure).await;
+                false
+            }
         }
     }
 
@@ -1000,7 +1063,10 @@ impl ModelRegistry {
         tokio::spawn(async move {
             let inner = &this.inner;
             let model = ModelId::new(id.clone());
-            if inner.tree.model(&model).is_some() {
+            if let (base, Some(name)) = model.split_adapter() {
+                // Running sequences hold the loaded adapter; new ones are refused from now.
+                inner.tree.remove_adapter(&base, name);
+            } else if inner.tree.model(&model).is_some() {
                 let limit = Duration::from_secs(inner.config.drain_timeout_s);
                 match inner.tree.remove_model(&model, limit).await {
                     Ok(drained) => {
@@ -1158,6 +1224,19 @@ impl Drop for UploadGuard {
     }
 }
 
+/// A registration's sha256, as 64 lower-case hexadecimal digits.
+fn check_sha256(raw: &str) -> Result<String, ApiError> {
+    let sha256 = raw.to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "sha256 must be the file's SHA-256 as 64 hexadecimal digits",
+        )
+        .with_field("sha256"));
+    }
+    Ok(sha256)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::ModelNotFound,
@@ -1281,6 +1360,8 @@ mod tests {
             quantize: None,
             requantize: false,
             file_sha256: None,
+            kind: "model".into(),
+            base: None,
         }
     }
 
@@ -1288,6 +1369,23 @@ mod tests {
     fn a_node_drains_what_the_registry_no_longer_describes() {
         let served = ModelConfig::new("m", "/store/registry/m-1.gguf");
         assert!(!is_stale(Some(&row("ready", "upload", &served)), &served));
+        // An adapter is served while its entry is ready with the same file.
+        let adapter = genrt_actors::Adapter {
+            path: "/store/registry/m:a-1.gguf".into(),
+            sha256: "aa".into(),
+            owner: None,
+        };
+        let mut entry = row("ready", "upload", &served);
+        entry.sha256 = Some("aa".into());
+        assert!(!adapters::is_stale(Some(&entry), &adapter));
+        entry.sha256 = Some("bb".into());
+        assert!(
+            adapters::is_stale(Some(&entry), &adapter),
+            "registered again"
+        );
+        entry.state = "deleting".into();
+        assert!(adapters::is_stale(Some(&entry), &adapter));
+        assert!(adapters::is_stale(None, &adapter));
         assert!(!is_stale(
             Some(&row("deleting", "upload", &served)),
             &served

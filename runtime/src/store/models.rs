@@ -14,6 +14,10 @@ pub type ModelRow = model::Model;
 #[derive(Debug, Clone)]
 pub struct NewModel {
     pub id: String,
+    /// `model` or `adapter`.
+    pub kind: &'static str,
+    /// The model an adapter adapts.
+    pub base: Option<String>,
     pub owner: Option<String>,
     pub state: &'static str,
     pub source_kind: &'static str,
@@ -21,7 +25,8 @@ pub struct NewModel {
     pub sha256: String,
     /// Where the file is (a `path` source) or will be once fetched.
     pub path: String,
-    pub settings: ModelConfig,
+    /// A model's serving settings; an adapter has none.
+    pub settings: Option<ModelConfig>,
     pub quantize: Option<String>,
     pub requantize: bool,
 }
@@ -30,33 +35,55 @@ fn settings_json(config: &ModelConfig) -> String {
     serde_json::to_string(config).expect("a model config serializes")
 }
 
+/// A new row of `new`, in state `new.state`, nothing fetched yet.
+fn new_row(new: &NewModel, size_bytes: i64) -> model::ActiveModel {
+    let now = Utc::now();
+    model::ActiveModel {
+        id: Set(new.id.clone()),
+        path: Set(new.path.clone()),
+        n_ctx: Set(new.settings.as_ref().map_or(0, |s| s.n_ctx as i32)),
+        registered_at: Set(now),
+        owner: Set(new.owner.clone()),
+        state: Set(new.state.into()),
+        source_kind: Set(new.source_kind.into()),
+        source: Set(new.source.clone()),
+        sha256: Set((!new.sha256.is_empty()).then(|| new.sha256.clone())),
+        size_bytes: Set(size_bytes),
+        bytes_done: Set(0),
+        settings: Set(new.settings.as_ref().map(settings_json)),
+        info: Set(None),
+        error_code: Set(None),
+        error_message: Set(None),
+        updated_at: Set(Some(now)),
+        quantize: Set(new.quantize.clone()),
+        requantize: Set(new.requantize),
+        file_sha256: Set(None),
+        kind: Set(new.kind.into()),
+        base: Set(new.base.clone()),
+    }
+}
+
 impl Store {
     /// Seeds the registry with the configuration's models: the configuration wins over a row
     /// of the same id, so that a node serves what its file says.
     pub async fn seed_models(&self, models: &[ModelConfig]) -> Result<(), DbErr> {
         for m in models {
-            let now = Utc::now();
-            let row = model::ActiveModel {
-                id: Set(m.id.as_str().to_owned()),
-                path: Set(m.path.display().to_string()),
-                n_ctx: Set(m.n_ctx as i32),
-                registered_at: Set(now),
-                owner: Set(None),
-                state: Set("ready".into()),
-                source_kind: Set("config".into()),
-                source: Set(None),
-                sha256: Set(None),
-                size_bytes: Set(std::fs::metadata(&m.path).map_or(0, |md| md.len() as i64)),
-                bytes_done: Set(0),
-                settings: Set(Some(settings_json(m))),
-                info: Set(None),
-                error_code: Set(None),
-                error_message: Set(None),
-                updated_at: Set(Some(now)),
-                quantize: Set(None),
-                requantize: Set(false),
-                file_sha256: Set(None),
+            let seeded = NewModel {
+                id: m.id.as_str().to_owned(),
+                kind: "model",
+                base: None,
+                owner: None,
+                state: "ready",
+                source_kind: "config",
+                source: None,
+                sha256: String::new(),
+                path: m.path.display().to_string(),
+                settings: Some(m.clone()),
+                quantize: None,
+                requantize: false,
             };
+            let size = std::fs::metadata(&m.path).map_or(0, |md| md.len() as i64);
+            let row = new_row(&seeded, size);
             model::Entity::insert(row)
                 .on_conflict(
                     OnConflict::column(model::Column::Id)
@@ -64,6 +91,8 @@ impl Store {
                             model::Column::Quantize,
                             model::Column::Requantize,
                             model::Column::FileSha256,
+                            model::Column::Kind,
+                            model::Column::Base,
                             model::Column::Path,
                             model::Column::NCtx,
                             model::Column::Owner,
@@ -91,28 +120,7 @@ impl Store {
         // Insert-or-nothing, then clear a failed row and try once more: no read-then-write
         // transaction, which SQLite answers with SQLITE_BUSY when another write came between.
         for _ in 0..2 {
-            let now = Utc::now();
-            let row = model::ActiveModel {
-                id: Set(new.id.clone()),
-                path: Set(new.path.clone()),
-                n_ctx: Set(new.settings.n_ctx as i32),
-                registered_at: Set(now),
-                owner: Set(new.owner.clone()),
-                state: Set(new.state.into()),
-                source_kind: Set(new.source_kind.into()),
-                source: Set(new.source.clone()),
-                sha256: Set(Some(new.sha256.clone())),
-                size_bytes: Set(0),
-                bytes_done: Set(0),
-                settings: Set(Some(settings_json(&new.settings))),
-                info: Set(None),
-                error_code: Set(None),
-                error_message: Set(None),
-                updated_at: Set(Some(now)),
-                quantize: Set(new.quantize.clone()),
-                requantize: Set(new.requantize),
-                file_sha256: Set(None),
-            };
+            let row = new_row(&new, 0);
             let inserted = model::Entity::insert(row)
                 .on_conflict(
                     OnConflict::column(model::Column::Id)

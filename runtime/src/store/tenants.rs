@@ -25,6 +25,8 @@ pub struct TenantSettings {
     pub allowed_models: Option<Vec<String>>,
     pub max_private_models: Option<u32>,
     pub max_private_model_mb: Option<u64>,
+    pub max_adapters: Option<u32>,
+    pub max_adapter_mb: Option<u64>,
 }
 
 impl Store {
@@ -182,5 +184,7 @@ fn apply(mut row: tenant::ActiveModel, s: &TenantSettings) -> tenant::ActiveMode
     row.max_private_model_mb = Set(s
         .max_private_model_mb
         .map(|v| v.min(i64::MAX as u64) as i64));
+    row.max_adapters = Set(s.max_adapters.map(|v| v.min(i32::MAX as u32) as i32));
+    row.max_adapter_mb = Set(s.max_adapter_mb.map(|v| v.min(i64::MAX as u64) as i64));
     row
 }

@@ -46,13 +46,19 @@ pub struct TenantLimits {
     pub max_private_models: u32,
     /// MiB those models may take together; 0 is no cap beyond `registry.max_file_mb` each.
     pub max_private_model_mb: u64,
+    /// LoRA adapters the tenant may register for itself; 0: none.
+    pub max_adapters: u32,
+    /// MiB those adapters may take together; 0 is no cap beyond `registry.max_file_mb` each.
+    pub max_adapter_mb: u64,
 }
 
 impl TenantLimits {
+    /// Whether the tenant may use `model`; for `base:adapter`, whether it may use the base.
     pub fn allows_model(&self, model: &str) -> bool {
+        let base = model.split_once(':').map_or(model, |(base, _)| base);
         self.allowed_models
             .as_ref()
-            .is_none_or(|m| m.iter().any(|x| x == model))
+            .is_none_or(|m| m.iter().any(|x| x == base))
     }
 }
 
@@ -333,6 +339,8 @@ mod tests {
             allowed_models: None,
             max_private_models: 0,
             max_private_model_mb: 0,
+            max_adapters: 8,
+            max_adapter_mb: 512,
         }
     }
 

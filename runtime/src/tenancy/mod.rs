@@ -112,6 +112,12 @@ impl Tenancy {
             max_private_model_mb: row
                 .and_then(|r| r.max_private_model_mb)
                 .map_or(d.max_private_model_mb, |v| v.max(0) as u64),
+            max_adapters: row
+                .and_then(|r| r.max_adapters)
+                .map_or(d.max_adapters, |v| v.max(0) as u32),
+            max_adapter_mb: row
+                .and_then(|r| r.max_adapter_mb)
+                .map_or(d.max_adapter_mb, |v| v.max(0) as u64),
         }
     }
 

@@ -543,6 +543,79 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/models/{id}/adapters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The adapters of model `id` the caller may see (another tenant's own are not there). */
+        get: operations["adapters_list"];
+        put?: never;
+        /**
+         * Registers a LoRA adapter of model `id`: the operator (`admin`) a public one (or a private
+         *     one for `owner`); a tenant (`models:write`) one of its own, named `<tenant>.<name>`, by URL
+         *     or upload, within its `max_adapters` and `max_adapter_mb` (`adapter_quota_exceeded`). The
+         *     sources and states are a model's; validation checks that the file is a GGUF LoRA adapter
+         *     (`not_an_adapter`) made for this model: its architecture, and every adapted weight present
+         *     with matching shapes (`adapter_mismatch`). Once `ready`, functions use it with
+         *     `"adapters": [{"id": "fashion", "scale": 1.0}]` or `"model": "smollm2:fashion"`, and
+         *     OpenAI requests with `"model": "smollm2:fashion"`; a replica loads it when a sequence first
+         *     does, and unloads it after the model's `idle_timeout_s` unused.
+         */
+        post: operations["adapters_register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{id}/adapters/{adapter}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One adapter: its registration (state, progress, source, sha256, or why it failed), what
+         *     its file holds (rank, alpha, adapted weights), and whether this node serves it.
+         */
+        get: operations["adapters_get"];
+        put?: never;
+        post?: never;
+        /**
+         * Deletes an adapter (`admin`; a tenant with `models:write` its own): new invocations naming
+         *     it are refused at once (`unknown_adapter`) on every node, sequences running with it finish,
+         *     then the entry and the file the registry wrote go. Deleting a model deletes its adapters.
+         */
+        delete: operations["adapters_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{id}/adapters/{adapter}/file": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * The file of an adapter registered with `{"upload": true}`, as the raw request body; like a
+         *     model's upload (streamed, hashed, never held in memory).
+         */
+        put: operations["adapters_upload"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models/{id}/file": {
         parameters: {
             query?: never;
@@ -679,6 +752,61 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description What validation read from an adapter's file. */
+        AdapterFileInfo: {
+            /**
+             * Format: float
+             * @description `adapter.lora.alpha`: the effective scale is `scale × alpha / rank` (0: `scale`).
+             */
+            alpha: number;
+            /** @description The architecture it was made for (the model's). */
+            architecture: string;
+            /** Format: int64 */
+            file_bytes: number;
+            /** Format: int64 */
+            parameters: number;
+            /**
+             * Format: int32
+             * @description Rank of its low-rank products.
+             */
+            rank: number;
+            /** @description The kinds of weights it adapts: `attn_q`, `attn_v`, `ffn_up`, ... */
+            targets: string[];
+            /**
+             * Format: int64
+             * @description Adapted weights (one `lora_a`, `lora_b` pair each).
+             */
+            weights: number;
+        };
+        /** @description A LoRA adapter of a model: its registry entry and whether this node serves it. */
+        AdapterInfo: {
+            file?: null | components["schemas"]["AdapterFileInfo"];
+            /** @description The adapter's name. */
+            id: string;
+            /** @description The model it adapts. */
+            model: string;
+            /** @description How functions and OpenAI requests name it: `model:adapter`. */
+            reference: string;
+            registration: components["schemas"]["RegistrationInfo"];
+            /**
+             * @description Whether invocations on this node may use it now (it is loaded by a replica when a
+             *     sequence first does).
+             */
+            served: boolean;
+        };
+        AdapterList: {
+            adapters: components["schemas"]["AdapterInfo"][];
+        };
+        /** @description A LoRA adapter of the function's model and the scale it is applied at. */
+        AdapterUse: {
+            /** @description The adapter's name, as registered with `POST /v1/models/{model}/adapters`. */
+            id: string;
+            /**
+             * Format: float
+             * @description 1 applies the adapter as trained, 0 not at all; -8 to 8.
+             */
+            scale?: number;
+        };
         ApiKeyInfo: {
             /** Format: date-time */
             created_at: string;
@@ -1071,7 +1199,7 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_registration_interrupted" | "model_quota_exceeded" | "model_already_quantized" | "model_quantization_failed" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "unknown_adapter" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_registration_interrupted" | "model_quota_exceeded" | "model_already_quantized" | "model_quantization_failed" | "adapter_not_found" | "not_an_adapter" | "adapter_mismatch" | "adapter_quota_exceeded" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
@@ -1120,6 +1248,8 @@ export interface components {
         };
         /** @description A function definition: what `POST /v1/functions` takes and version listings return. */
         FunctionDefinition: {
+            /** @description LoRA adapters of `model` to run with (at most 4), each at its scale. */
+            adapters?: components["schemas"]["AdapterUse"][];
             cache?: components["schemas"]["CacheSpec"];
             /**
              * @description Inputs with reference outputs (at most 100), scored by
@@ -1133,7 +1263,10 @@ export interface components {
             idle_timeout_s?: number | null;
             /** @description JSON Schema the input must satisfy. */
             input_schema?: Record<string, unknown> | null;
-            /** @description A registered model id. Exactly one of `model` and `route`. */
+            /**
+             * @description A registered model id, or `model:adapter` for one of its LoRA adapters. Exactly one
+             *     of `model` and `route` (whose cases may name `model:adapter` too).
+             */
             model?: string | null;
             /** @description Unique per tenant: 1-64 of a-z, 0-9, '-', '_'. */
             name: string;
@@ -1473,6 +1606,24 @@ export interface components {
             /** @description `ready` or `not_ready`. */
             status: string;
         };
+        /**
+         * @description `POST /v1/models/{id}/adapters`: a LoRA adapter of the model to register. Exactly one
+         *     source.
+         */
+        RegisterAdapter: {
+            /**
+             * @description The adapter's name, unique per model: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`. A
+             *     tenant's own adapter is named `<tenant>.<name>`. Functions and OpenAI requests name it
+             *     `model:adapter`.
+             * @example fashion
+             */
+            id: string;
+            /** @description The operator only: register a private adapter for this tenant. */
+            owner?: string | null;
+            /** @description The file's SHA-256 (64 hex digits); the registration fails if the bytes differ. */
+            sha256: string;
+            source: components["schemas"]["ModelSourceSpec"];
+        };
         /** @description `POST /v1/models`: a model to register. Exactly one source. */
         RegisterModel: {
             /**
@@ -1623,6 +1774,16 @@ export interface components {
         TenantLimitsBody: {
             /** @description Model ids this tenant may use; unset allows all. */
             allowed_models?: string[] | null;
+            /**
+             * Format: int64
+             * @description MiB those adapters may take together; 0 is no cap beyond `registry.max_file_mb` each.
+             */
+            max_adapter_mb?: number | null;
+            /**
+             * Format: int32
+             * @description LoRA adapters this tenant may register for itself (`models:write`); 0: none.
+             */
+            max_adapters?: number | null;
             /**
              * Format: int32
              * @description Synchronous and streaming invocations running at once; 0 is no cap.
@@ -4162,6 +4323,387 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adapters_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdapterList"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adapters_register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The model the adapter adapts */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegisterAdapter"];
+            };
+        };
+        responses: {
+            /** @description Accepted; registration runs in the background */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdapterInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Lacks `admin` or `models:write`; `adapter_quota_exceeded` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_exists` (the model has an adapter of that name), `model_draining` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `invalid_request`, `invalid_model_source` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adapters_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                adapter: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdapterInfo"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_found`, `adapter_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adapters_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                adapter: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleting */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdapterInfo"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adapters_upload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                adapter: string;
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": number[];
+            };
+        };
+        responses: {
+            /** @description Received; validation runs in the background */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdapterInfo"];
+                };
+            };
+            /** @description The body is not valid JSON or not of the expected shape */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_awaiting_upload` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_sha256_mismatch`, `model_too_large`, `model_truncated` */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

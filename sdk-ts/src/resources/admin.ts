@@ -1,6 +1,7 @@
 // Smaller resources: usage, models, API keys, triggers and the operator's tenant admin.
 import type { APIClient, RequestOptions } from '../core.js';
 import type {
+  AdapterInfo,
   ApiKeyInfo,
   CreateApiKey,
   CreatedApiKey,
@@ -8,6 +9,7 @@ import type {
   CreateTrigger,
   DeviceList,
   ModelInfo,
+  RegisterAdapter,
   RegisterModel,
   TenantInfo,
   TriggerInfo,
@@ -43,7 +45,12 @@ export interface RegistrationWaitOptions extends RequestOptions {
 }
 
 export class Models {
-  constructor(private readonly client: APIClient) {}
+  /** LoRA adapters of a model: `models.adapters.register('smollm2', {...})`. */
+  readonly adapters: Adapters;
+
+  constructor(private readonly client: APIClient) {
+    this.adapters = new Adapters(client);
+  }
 
   /**
    * Registers a model (`admin`): `source` is `{ path }` (a file under the server's model
@@ -106,6 +113,76 @@ export class Models {
   /** The llama.cpp backends the node loaded (`CPU`, `CUDA`) and their devices' free memory. */
   devices(options?: RequestOptions): Promise<DeviceList> {
     return this.client.get('/v1/devices', undefined, options);
+  }
+}
+
+export interface AdapterWaitOptions extends RequestOptions {
+  /** Between polls; default 500 ms. */
+  intervalMs?: number;
+  /** Give up after this long; default 10 minutes. */
+  waitMs?: number;
+  /** Called after each poll with the adapter's entry (`registration.percent`). */
+  onProgress?: (adapter: AdapterInfo) => void;
+}
+
+/**
+ * LoRA adapters registered on a base model. A function runs with them through
+ * `adapters: [{ id, scale }]` or `model: 'base:adapter'`; OpenAI requests name them
+ * `base:adapter`.
+ */
+export class Adapters {
+  constructor(private readonly client: APIClient) {}
+
+  #path(model: string, adapter?: string): string {
+    const base = `/v1/models/${encodeURIComponent(model)}/adapters`;
+    return adapter === undefined ? base : `${base}/${encodeURIComponent(adapter)}`;
+  }
+
+  /**
+   * Registers an adapter of `model` (`admin`, or a tenant's own `<tenant>.<name>` with
+   * `models:write`): `source` is `{ path }`, `{ url }` or `{ upload: true }` (then `upload`).
+   * Resolves at once with the adapter `registering`; see `waitUntilRegistered`.
+   */
+  register(model: string, params: RegisterAdapter, options?: RequestOptions): Promise<AdapterInfo> {
+    return this.client.post(this.#path(model), params, options);
+  }
+
+  /** The file of an adapter registered with `{ upload: true }`, streamed; never retried. */
+  async upload(
+    model: string,
+    adapter: string,
+    file: Uint8Array | Blob | ReadableStream<Uint8Array>,
+    options?: RequestOptions,
+  ): Promise<AdapterInfo> {
+    const path = `${this.#path(model, adapter)}/file`;
+    return (await this.client.request<AdapterInfo>({ method: 'PUT', path, rawBody: file, options })).data;
+  }
+
+  /** Polls until the adapter is `ready` or `failed`; resolves with its entry either way. */
+  async waitUntilRegistered(model: string, adapter: string, options: AdapterWaitOptions = {}): Promise<AdapterInfo> {
+    const { intervalMs = 500, waitMs = 10 * 60_000, onProgress, ...request } = options;
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const info = await this.get(model, adapter, request);
+      onProgress?.(info);
+      const state = info.registration.state;
+      if (state === 'ready' || state === 'failed') return info;
+      if (Date.now() > deadline) throw new Error(`adapter ${model}:${adapter} still ${state} after ${waitMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    }
+  }
+
+  async list(model: string, options?: RequestOptions): Promise<AdapterInfo[]> {
+    return (await this.client.get<{ adapters: AdapterInfo[] }>(this.#path(model), undefined, options)).adapters;
+  }
+
+  get(model: string, adapter: string, options?: RequestOptions): Promise<AdapterInfo> {
+    return this.client.get(this.#path(model, adapter), undefined, options);
+  }
+
+  /** New invocations naming it are refused at once; running ones finish. */
+  async delete(model: string, adapter: string, options?: RequestOptions): Promise<AdapterInfo> {
+    return (await this.client.request<AdapterInfo>({ method: 'DELETE', path: this.#path(model, adapter), options })).data;
   }
 }
 

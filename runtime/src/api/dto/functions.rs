@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use genrt_functions::{
-    default_idle_timeout_s, default_timeout_s, CachePolicy, EvaluationCase, FunctionSpec, ModelId,
-    ModelTarget, OutputSpec, Route, SpecError, WebhookTarget,
+    default_idle_timeout_s, default_timeout_s, AdapterRef, CachePolicy, EvaluationCase,
+    FunctionSpec, ModelId, ModelTarget, OutputSpec, Route, SpecError, WebhookTarget,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,17 +37,36 @@ pub struct CacheSpec {
     pub ttl_s: Option<u64>,
 }
 
+/// A LoRA adapter of the function's model and the scale it is applied at.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterUse {
+    /// The adapter's name, as registered with `POST /v1/models/{model}/adapters`.
+    pub id: String,
+    /// 1 applies the adapter as trained, 0 not at all; -8 to 8.
+    #[serde(default = "one")]
+    pub scale: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
 /// A function definition: what `POST /v1/functions` takes and version listings return.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionDefinition {
     /// Unique per tenant: 1-64 of a-z, 0-9, '-', '_'.
     pub name: String,
-    /// A registered model id. Exactly one of `model` and `route`.
+    /// A registered model id, or `model:adapter` for one of its LoRA adapters. Exactly one
+    /// of `model` and `route` (whose cases may name `model:adapter` too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteSpec>,
+    /// LoRA adapters of `model` to run with (at most 4), each at its scale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterUse>,
     /// System prompt template (Jinja syntax), rendered with the input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
@@ -162,6 +181,14 @@ impl FunctionDefinition {
         };
         Ok(FunctionSpec {
             target,
+            adapters: self
+                .adapters
+                .iter()
+                .map(|a| AdapterRef {
+                    id: a.id.clone(),
+                    scale: a.scale,
+                })
+                .collect(),
             system: self.system.clone(),
             prompt: self.prompt.clone(),
             input_schema: self.input_schema.clone(),
@@ -202,6 +229,14 @@ impl FunctionDefinition {
             name: name.to_owned(),
             model,
             route,
+            adapters: spec
+                .adapters
+                .iter()
+                .map(|a| AdapterUse {
+                    id: a.id.clone(),
+                    scale: a.scale,
+                })
+                .collect(),
             system: spec.system.clone(),
             prompt: spec.prompt.clone(),
             input_schema: spec.input_schema.clone(),

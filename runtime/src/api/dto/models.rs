@@ -149,6 +149,97 @@ impl From<&ModelRow> for RegistrationInfo {
     }
 }
 
+/// `POST /v1/models/{id}/adapters`: a LoRA adapter of the model to register. Exactly one
+/// source.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAdapter {
+    /// The adapter's name, unique per model: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`. A
+    /// tenant's own adapter is named `<tenant>.<name>`. Functions and OpenAI requests name it
+    /// `model:adapter`.
+    #[schema(example = "fashion")]
+    pub id: String,
+    pub source: ModelSourceSpec,
+    /// The file's SHA-256 (64 hex digits); the registration fails if the bytes differ.
+    pub sha256: String,
+    /// The operator only: register a private adapter for this tenant.
+    pub owner: Option<String>,
+}
+
+/// What validation read from an adapter's file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdapterFileInfo {
+    /// The architecture it was made for (the model's).
+    pub architecture: String,
+    /// Rank of its low-rank products.
+    pub rank: u32,
+    /// `adapter.lora.alpha`: the effective scale is `scale × alpha / rank` (0: `scale`).
+    pub alpha: f32,
+    /// The kinds of weights it adapts: `attn_q`, `attn_v`, `ffn_up`, ...
+    pub targets: Vec<String>,
+    /// Adapted weights (one `lora_a`, `lora_b` pair each).
+    pub weights: u64,
+    pub parameters: u64,
+    pub file_bytes: u64,
+}
+
+impl From<genrt_actors::engine::gguf::AdapterFileInfo> for AdapterFileInfo {
+    fn from(i: genrt_actors::engine::gguf::AdapterFileInfo) -> Self {
+        Self {
+            architecture: i.architecture,
+            rank: i.rank,
+            alpha: i.alpha,
+            targets: i.targets,
+            weights: i.weights,
+            parameters: i.parameters,
+            file_bytes: i.file_bytes,
+        }
+    }
+}
+
+/// A LoRA adapter of a model: its registry entry and whether this node serves it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdapterInfo {
+    /// The adapter's name.
+    pub id: String,
+    /// The model it adapts.
+    pub model: String,
+    /// How functions and OpenAI requests name it: `model:adapter`.
+    pub reference: String,
+    /// Whether invocations on this node may use it now (it is loaded by a replica when a
+    /// sequence first does).
+    pub served: bool,
+    pub file: Option<AdapterFileInfo>,
+    pub registration: RegistrationInfo,
+}
+
+impl AdapterInfo {
+    pub fn new(row: &ModelRow, served: bool) -> Self {
+        let (model, name) = row.id.split_once(':').unwrap_or((&row.id, ""));
+        let mut registration = RegistrationInfo::from(row);
+        registration.file = None;
+        Self {
+            id: name.to_owned(),
+            model: model.to_owned(),
+            reference: row.id.clone(),
+            served,
+            file: row
+                .info
+                .as_deref()
+                .and_then(|raw| {
+                    serde_json::from_str::<genrt_actors::engine::gguf::AdapterFileInfo>(raw).ok()
+                })
+                .map(AdapterFileInfo::from),
+            registration,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdapterList {
+    pub adapters: Vec<AdapterInfo>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScalingInfo {
     pub at: DateTime<Utc>,

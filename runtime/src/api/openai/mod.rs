@@ -91,6 +91,27 @@ pub async fn models(
             owned_by: "genrt".to_owned(),
         })
         .collect();
+    // Each adapter as `base:adapter`, the name a request gives it.
+    data.extend(
+        state
+            .tree
+            .adapters()
+            .into_iter()
+            .filter(|(model, _, a)| {
+                a.visible_to(&caller.tenant)
+                    && caller.limits.allows_model(model.as_str())
+                    && state
+                        .tree
+                        .model(model)
+                        .is_some_and(|m| m.visible_to(&caller.tenant))
+            })
+            .map(|(model, name, _)| ModelObject {
+                id: crate::registry::adapter_id(&model, &name),
+                object: "model",
+                created: started,
+                owned_by: "genrt".to_owned(),
+            }),
+    );
     let functions = state
         .store
         .list_functions(&caller.tenant)
@@ -379,12 +400,9 @@ async fn resolve(
     output: OutputSpec,
 ) -> Result<Target, OpenAiError> {
     let id = ModelId::new(model);
-    // Another tenant's private model is no model at all here: the name may be a function's.
-    if state
-        .tree
-        .model(&id)
-        .is_some_and(|m| m.visible_to(&caller.tenant))
-    {
+    // Another tenant's private model (or adapter) is no model at all here: the name may be
+    // a function's. `base:adapter` runs the base with that adapter at scale 1.
+    if state.tree.can_run(&id, &caller.tenant) {
         let spec = plan::passthrough_spec(&id, output, genrt_functions::default_timeout_s());
         // The output constraint is part of the spec, so each distinct one is its own
         // pass-through "version": an actor never serves a spec other than its own.

@@ -23,6 +23,7 @@ const PASSTHROUGH_PROMPT: &str = "{{ content }}";
 pub fn passthrough_spec(model: &ModelId, output: OutputSpec, timeout_s: u32) -> FunctionSpec {
     FunctionSpec {
         target: ModelTarget::Model(model.clone()),
+        adapters: Vec::new(),
         system: None,
         prompt: PASSTHROUGH_PROMPT.to_owned(),
         input_schema: None,

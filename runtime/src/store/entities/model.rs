@@ -32,6 +32,9 @@ pub struct Model {
     /// The sha256 of the served file when it is not the registered source (a quantized
     /// output); otherwise `sha256` is.
     pub file_sha256: Option<String>,
+    /// `model`, or `adapter` for a LoRA adapter of the model `base` (its id is `base:name`).
+    pub kind: String,
+    pub base: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,10 @@ pub struct Model {
     pub max_private_models: Option<i32>,
     /// MiB those models may take together; `None` uses the configured default.
     pub max_private_model_mb: Option<i64>,
+    /// LoRA adapters the tenant may register for itself, and the MiB they may take;
+    /// `None` uses the configured defaults.
+    pub max_adapters: Option<i32>,
+    pub max_adapter_mb: Option<i64>,
     pub updated_at: Option<ChronoDateTimeUtc>,
 }
 

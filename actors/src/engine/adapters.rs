@@ -1,0 +1,284 @@
+//! LoRA adapters on a shared base model.
+//!
+//! An invocation names the adapters it runs with (an [`AdapterSet`]: each adapter's file and
+//! scale). A model's [`AdapterCache`] loads an adapter the first time one of its replicas
+//! admits a sequence that uses it, shares it between the replicas (the tensors are read-only
+//! once loaded), holds its memory against the budget (host, or the GPU its base layers are on,
+//! split as the weights are), and unloads it once no sequence has used it for the model's
+//! `idle_timeout_s`; all of them go with the weights when the model scales to zero.
+//!
+//! llama.cpp applies adapters per context, not per sequence: one decode step runs one set.
+//! The scheduler therefore groups sequences by set and rotates between sets (see
+//! `scheduler.rs`); the set is part of the prefix cache's key, since KV computed with one set
+//! is not the KV of another.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{EngineError, Weights};
+use crate::memory::{Budgets, Held};
+
+/// One adapter as an invocation uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    /// The adapter's registered name, for messages and the invocation record.
+    pub name: String,
+    pub path: PathBuf,
+    /// The file's SHA-256: what identifies the adapter to the cache and to the prefix cache,
+    /// so that an adapter registered again under the same name with another file is another
+    /// adapter.
+    pub sha256: String,
+    pub scale: f32,
+}
+
+/// The adapters one sequence runs with, in a canonical order (by file), without those of
+/// scale 0, which change nothing: two invocations asking for the same adapters in another
+/// order, or the base with an adapter at scale 0, share decode steps and cached prefixes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdapterSet(Vec<AdapterSpec>);
+
+impl AdapterSet {
+    pub fn new(specs: impl IntoIterator<Item = AdapterSpec>) -> Self {
+        let mut specs: Vec<AdapterSpec> = specs.into_iter().filter(|s| s.scale != 0.0).collect();
+        specs.sort_by(|a, b| a.sha256.cmp(&b.sha256).then(a.name.cmp(&b.name)));
+        Self(specs)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn specs(&self) -> &[AdapterSpec] {
+        &self.0
+    }
+
+    pub fn key(&self) -> AdapterKey {
+        AdapterKey(
+            self.0
+                .iter()
+                .map(|s| (s.sha256.clone(), s.scale.to_bits()))
+                .collect(),
+        )
+    }
+
+    /// How the set reads in an invocation's record: `fashion`, `fashion*0.5+tone`.
+    pub fn label(&self) -> String {
+        let mut names: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| match s.scale {
+                1.0 => s.name.clone(),
+                scale => format!("{}*{scale}", s.name),
+            })
+            .collect();
+        names.sort();
+        names.join("+")
+    }
+}
+
+/// What makes two sets the same for batching and for the prefix cache: files and scales.
+/// The empty key is the base model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterKey(Vec<(String, u32)>);
+
+impl AdapterKey {
+    pub fn is_base(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An adapter loaded into an engine: freed when the last holder drops it.
+pub trait LoadedAdapter: Send + Sync + 'static {
+    /// For the engine that loaded it, to reach its own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A set's adapters as loaded, with their scales: what a session applies.
+#[derive(Clone)]
+pub struct ActiveSet {
+    pub key: AdapterKey,
+    pub adapters: Vec<(Arc<dyn LoadedAdapter>, f32)>,
+}
+
+impl ActiveSet {
+    pub fn base() -> Self {
+        Self {
+            key: AdapterKey::default(),
+            adapters: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ActiveSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveSet").field("key", &self.key).finish()
+    }
+}
+
+struct Entry {
+    adapter: Arc<dyn LoadedAdapter>,
+    bytes: u64,
+    /// Released after the adapter: memory is not given back before the tensors are freed.
+    _memory: Held,
+    last_used: Instant,
+}
+
+/// The adapters loaded for one model's weights, shared by its replicas.
+pub struct AdapterCache {
+    /// Declared before `weights`: adapters are freed before the weights they were loaded
+    /// for (llama.cpp frees an adapter with its model otherwise, and then again here).
+    loaded: Mutex<HashMap<String, Entry>>,
+    weights: Arc<dyn Weights>,
+    budgets: Budgets,
+    /// The GPU the base's layers are on, and their share there.
+    gpu: Option<(usize, f64)>,
+    idle: Duration,
+    model: String,
+}
+
+impl AdapterCache {
+    pub fn new(
+        weights: Arc<dyn Weights>,
+        budgets: Budgets,
+        gpu: Option<(usize, f64)>,
+        idle: Duration,
+        model: String,
+    ) -> Self {
+        Self {
+            loaded: Mutex::new(HashMap::new()),
+            weights,
+            budgets,
+            gpu,
+            idle,
+            model,
+        }
+    }
+
+    /// The adapters of `set`, loading those not loaded yet. Called on an engine thread when a
+    /// sequence is admitted; the lock also serialises llama.cpp's adapter loading, which
+    /// registers each adapter in its model's (unsynchronised) adapter list.
+    pub fn acquire(&self, set: &AdapterSet) -> Result<ActiveSet, EngineError> {
+        let mut loaded = self.loaded.lock().expect("adapter cache lock");
+        let now = Instant::now();
+        self.unload_idle(&mut loaded, now);
+        let mut adapters = Vec::with_capacity(set.specs().len());
+        for spec in set.specs() {
+            if let Some(entry) = loaded.get_mut(&spec.sha256) {
+                entry.last_used = now;
+                adapters.push((Arc::clone(&entry.adapter), spec.scale));
+                continue;
+            }
+            let bytes = std::fs::metadata(&spec.path)
+                .map_err(|e| {
+                    EngineError::Load(format!(
+                        "adapter `{}` ({}): {e}",
+                        spec.name,
+                        spec.path.display()
+                    ))
+                })?
+                .len();
+            let (host, gpu) = match self.gpu {
+                Some((ordinal, share)) => {
+                    let on_gpu = (bytes as f64 * share) as u64;
+                    (bytes - on_gpu, Some((ordinal, on_gpu)))
+                }
+                None => (bytes, None),
+            };
+            let what = format!("adapter `{}` of `{}`", spec.name, self.model);
+            let memory = self
+                .budgets
+                .reserve(host, gpu, &what)
+                .map_err(EngineError::MemoryBudget)?;
+            let adapter = Arc::clone(&self.weights)
+                .load_adapter(&spec.path)
+                .map_err(|e| EngineError::Load(format!("adapter `{}`: {e}", spec.name)))?;
+            tracing::info!(model = %self.model, adapter = %spec.name, bytes, "adapter loaded");
+            loaded.insert(
+                spec.sha256.clone(),
+                Entry {
+                    adapter: Arc::clone(&adapter),
+                    bytes,
+                    _memory: memory,
+                    last_used: now,
+                },
+            );
+            adapters.push((adapter, spec.scale));
+        }
+        Ok(ActiveSet {
+            key: set.key(),
+            adapters,
+        })
+    }
+
+    /// Marks a finished sequence's adapters as used now, so that idleness counts from its end.
+    pub fn release(&self, set: ActiveSet) {
+        let mut loaded = self.loaded.lock().expect("adapter cache lock");
+        let now = Instant::now();
+        for (sha, _) in &set.key.0 {
+            if let Some(entry) = loaded.get_mut(sha) {
+                entry.last_used = now;
+            }
+        }
+        // Dropped under the lock: if the cache let go of an adapter meanwhile, this is the
+        // last holder, and llama.cpp's free must not race a load.
+        drop(set);
+    }
+
+    /// Unloads the adapters no sequence holds and none has used for the idle timeout.
+    pub fn sweep(&self) {
+        let mut loaded = self.loaded.lock().expect("adapter cache lock");
+        self.unload_idle(&mut loaded, Instant::now());
+    }
+
+    fn unload_idle(&self, loaded: &mut HashMap<String, Entry>, now: Instant) {
+        loaded.retain(|_, e| {
+            // Only this cache holds it: no sequence runs with it and no context applies it.
+            let unused = Arc::strong_count(&e.adapter) == 1;
+            let keep = !unused || now.duration_since(e.last_used) < self.idle;
+            if !keep {
+                tracing::info!(model = %self.model, bytes = e.bytes, "idle adapter unloaded");
+            }
+            keep
+        });
+    }
+
+    /// Adapters loaded now, and their bytes.
+    pub fn status(&self) -> (u32, u64) {
+        let loaded = self.loaded.lock().expect("adapter cache lock");
+        (loaded.len() as u32, loaded.values().map(|e| e.bytes).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, sha: &str, scale: f32) -> AdapterSpec {
+        AdapterSpec {
+            name: name.into(),
+            path: PathBuf::from(format!("/adapters/{name}.gguf")),
+            sha256: sha.into(),
+            scale,
+        }
+    }
+
+    #[test]
+    fn a_set_is_the_same_in_any_order_and_without_its_zero_scales() {
+        let a = AdapterSet::new([spec("tone", "bb", 0.5), spec("fashion", "aa", 1.0)]);
+        let b = AdapterSet::new([
+            spec("fashion", "aa", 1.0),
+            spec("sports", "cc", 0.0),
+            spec("tone", "bb", 0.5),
+        ]);
+        assert_eq!(a.key(), b.key());
+        assert_eq!(a.label(), "fashion+tone*0.5");
+        assert!(AdapterSet::new([spec("x", "dd", 0.0)]).key().is_base());
+        assert_ne!(
+            AdapterSet::new([spec("fashion", "aa", 0.5)]).key(),
+            AdapterSet::new([spec("fashion", "aa", 1.0)]).key(),
+            "the scale is part of the key"
+        );
+    }
+}
