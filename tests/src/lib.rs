@@ -528,3 +528,51 @@ pub fn github_signature(secret: &str, body: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Serves files over plain HTTP/1.1; a file with a cut answers with its whole
+/// `Content-Length` but closes the connection after `cut` bytes (a download broken off).
+pub async fn file_server(
+    files: std::collections::HashMap<&'static str, (std::sync::Arc<Vec<u8>>, Option<usize>)>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let files = std::sync::Arc::new(files);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let files = std::sync::Arc::clone(&files);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                match files.get(path.trim_start_matches('/')) {
+                    Some((body, cut)) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = conn.write_all(head.as_bytes()).await;
+                        let _ = conn.write_all(&body[..cut.unwrap_or(body.len())]).await;
+                    }
+                    None => {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    base
+}

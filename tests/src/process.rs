@@ -35,6 +35,12 @@ fn workspace_root() -> PathBuf {
 /// it is (`make test` builds every binary of the workspace before running any test, and
 /// building here again with other features would rebuild the runtime for nothing).
 pub fn genrt_binary() -> PathBuf {
+    workspace_binary("genrt")
+}
+
+/// A binary of the workspace (`genrt`, `genrt-make-model`, ...) in `target/release`, built as
+/// [`genrt_binary`] says when it is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let root = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -48,7 +54,7 @@ pub fn genrt_binary() -> PathBuf {
             }
         })
         .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release").join("genrt");
+    let binary = target.join("release").join(name);
     // Tests of one binary run in parallel; one of them builds, the others wait for it.
     let _building = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     if !binary.is_file() {

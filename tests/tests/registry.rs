@@ -15,7 +15,6 @@ use genrt_tests::{admin_token, model_path, token, Db, PgCluster, TempDir, TestSe
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The bound on another node serving a model, set low so that the test is quick; the
 /// assertion allows this plus the file's hash and some slack.
@@ -29,51 +28,6 @@ fn configure(c: &mut genrt_runtime::Config) {
     c.registry.allow_http = true;
     c.registry.sync_interval_ms = SYNC_MS;
     c.webhooks.allow_private = vec!["127.0.0.1".into()];
-}
-
-/// Serves files over plain HTTP/1.1; a file with a cut answers with its whole
-/// `Content-Length` but closes the connection after `cut` bytes (a download broken off).
-async fn file_server(files: HashMap<&'static str, (Arc<Vec<u8>>, Option<usize>)>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let files = Arc::new(files);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let files = Arc::clone(&files);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&request);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                match files.get(path.trim_start_matches('/')) {
-                    Some((body, cut)) => {
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = conn.write_all(head.as_bytes()).await;
-                        let _ = conn.write_all(&body[..cut.unwrap_or(body.len())]).await;
-                    }
-                    None => {
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                            .await;
-                    }
-                }
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    base
 }
 
 /// A GGUF that passes every structural check but names an architecture no llama.cpp knows.
@@ -298,7 +252,7 @@ async fn sources_and_refusals(db: Db) {
         "text.gguf",
         (Arc::new(b"not a model at all\n".to_vec()), None),
     );
-    let base = file_server(files).await;
+    let base = genrt_tests::file_server(files).await;
     let entry = registered(
         &s,
         json!({"id": "by-url", "source": {"url": format!("{base}/model.gguf")}, "sha256": good_sha,

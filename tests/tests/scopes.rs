@@ -4,7 +4,9 @@
 //!   but the ones the requirement names is refused (403 `insufficient_scope`), and a token that
 //!   holds only the scopes of one of its ways in gets the operation's own answer;
 //! - where its path (or body) names one of a tenant's resources: another tenant's token
-//!   holding every scope gets 404, as for a missing resource, and the resource is as it was;
+//!   holding every scope gets 404, as for a missing resource, and the resource is as it was
+//!   (for a tenant's own models and adapters, every scope but `admin`, which sees every
+//!   model by design);
 //!   its listings (with their queries naming the owner's resources) show nothing of the owner's;
 //! - without `security`: it answers without a credential.
 //!
@@ -83,6 +85,11 @@ enum Resource {
     Delivery,
     /// A registered model: every tenant's.
     Model,
+    /// A model the owner registered for itself (`<tenant>.<name>`), awaiting its upload.
+    OwnModel,
+    /// A LoRA adapter the owner registered for itself on the shared model, awaiting its
+    /// upload.
+    OwnAdapter,
     /// A tenant, as the operator names it.
     ManagedTenant,
 }
@@ -90,6 +97,16 @@ enum Resource {
 impl Resource {
     fn is_a_tenants(self) -> bool {
         !matches!(self, Resource::Model | Resource::ManagedTenant)
+    }
+
+    /// The operator (`admin`) sees and changes every tenant's models and adapters by design:
+    /// the other tenant's token reaches for these (and lists the shared model's adapters)
+    /// without it.
+    fn is_in_the_registry(self) -> bool {
+        matches!(
+            self,
+            Resource::Model | Resource::OwnModel | Resource::OwnAdapter
+        )
     }
 }
 
@@ -218,21 +235,43 @@ fn fixtures() -> Vec<Fixture> {
         op("embeddings", Tenant, 200).body(|_| json!({"model": MODEL, "input": "hi"})),
         // What every tenant shares, and the operator's.
         op("models_list", Global, 200),
-        op("models_get", Global, 200).on("id", Model),
         // The model registry, the operator's (`admin`) and each tenant's for its own models
-        // (`models:write`): an upload registration (no file needed to accept it) in the
-        // owner's namespace; an upload to a fresh model of the owner's whose bytes are not
-        // the registered sha256's; a drain. Another tenant's own models are covered by
-        // tests/tests/registry.rs (the operator sees every model, by design).
+        // and adapters (`models:write`): the owner's own model and adapter are read; an
+        // upload registration (no file needed to accept it) in the owner's namespace; an
+        // upload to a fresh one of the owner's whose bytes are not the registered sha256's;
+        // a drain. Another tenant (without `admin`, which sees every model by design) finds
+        // none of them.
+        op("models_get", Tenant, 200).on("id", OwnModel),
         op("models_register", Global, 202).body(|o| {
             json!({"id": format!("{OWNER}.{}", o.fresh("model")), "source": {"upload": true},
                    "sha256": "0".repeat(64)})
         }),
-        op("models_upload", Global, 422)
-            .on("id", Model)
+        op("models_upload", Tenant, 422)
+            .on("id", OwnModel)
             .body(|_| json!({}))
             .consumes(),
-        op("models_delete", Global, 202).on("id", Model).consumes(),
+        op("models_delete", Tenant, 202)
+            .on("id", OwnModel)
+            .consumes(),
+        op("adapters_register", Tenant, 202)
+            .on("id", Model)
+            .body(|o| {
+                json!({"id": format!("{OWNER}.{}", o.fresh("adapter")), "source": {"upload": true},
+                       "sha256": "0".repeat(64)})
+            }),
+        op("adapters_list", Tenant, 200).on("id", Model),
+        op("adapters_get", Tenant, 200)
+            .on("id", Model)
+            .on("adapter", OwnAdapter),
+        op("adapters_upload", Tenant, 422)
+            .on("id", Model)
+            .on("adapter", OwnAdapter)
+            .body(|_| json!({}))
+            .consumes(),
+        op("adapters_delete", Tenant, 202)
+            .on("id", Model)
+            .on("adapter", OwnAdapter)
+            .consumes(),
         op("devices", Global, 200),
         op("admin_create", Global, 201).body(|o| json!({"id": o.fresh("newco")})),
         op("admin_list", Global, 200),
@@ -380,6 +419,8 @@ fn disagreements(operation: &Operation, fixture: &Fixture) -> Vec<String> {
         .chain(fixture.body_names);
     for resource in names {
         match fixture.access {
+            // The shared model a tenant's own adapter is registered on.
+            Access::Tenant if resource == Resource::Model => {}
             Access::Tenant if !resource.is_a_tenants() => problems.push(format!(
                 "{name} is a tenant's operation naming {resource:?}, which no tenant owns"
             )),
@@ -409,6 +450,9 @@ struct Owned {
     trigger: String,
     delivery: String,
     tenant: String,
+    /// The owner's own model and adapter (on the shared model), both awaiting their files.
+    own_model: String,
+    own_adapter: String,
     /// What no answer to the other tenant may carry, whatever it asked for.
     marks: Vec<String>,
     made: AtomicU32,
@@ -430,6 +474,8 @@ impl Owned {
             &self.api_key,
             &self.trigger,
             &self.delivery,
+            &self.own_model,
+            &self.own_adapter,
         ]
         .into_iter()
         .filter(|id| !named.contains(id))
@@ -465,8 +511,9 @@ fn owner() -> String {
 async fn serve(db: Db) -> TestServer {
     TestServer::start_adjusted(db, |c| {
         c.tenancy.rate_limit_rps = 0.0;
-        // Room for the owner's own models the registry routes register.
+        // Room for the owner's own models and adapters the registry routes register.
         c.tenancy.max_private_models = 10_000;
+        c.tenancy.max_adapters = 10_000;
         c.queue.poll_ms = 100;
         c.webhooks.allow_private = vec!["127.0.0.1".into()];
         for model in &mut c.models {
@@ -577,6 +624,8 @@ async fn setup(s: &TestServer, receiver: &WebhookReceiver) -> Owned {
         Some(json!({"id": tenant})),
     )
     .await;
+    let own_model = own_model(s, "own").await;
+    let own_adapter = own_adapter(s, "style").await;
     let mut marks = vec![
         OWNER.to_owned(),
         PROMPT_MARK.to_owned(),
@@ -604,9 +653,35 @@ async fn setup(s: &TestServer, receiver: &WebhookReceiver) -> Owned {
             .unwrap()
             .to_owned(),
         tenant,
+        own_model,
+        own_adapter,
         marks,
         made: AtomicU32::new(0),
     }
+}
+
+/// Registers a model of the owner's own, by upload (its file never comes).
+async fn own_model(s: &TestServer, name: &str) -> String {
+    let id = format!("{OWNER}.{name}");
+    let body = json!({"id": id, "source": {"upload": true}, "sha256": "0".repeat(64),
+                      "owner": OWNER});
+    ok(s, Method::POST, "/v1/models", Some(body)).await;
+    id
+}
+
+/// Registers an adapter of the owner's own on the shared model, by upload.
+async fn own_adapter(s: &TestServer, name: &str) -> String {
+    let id = format!("{OWNER}.{name}");
+    let body = json!({"id": id, "source": {"upload": true}, "sha256": "0".repeat(64),
+                      "owner": OWNER});
+    ok(
+        s,
+        Method::POST,
+        &format!("/v1/models/{MODEL}/adapters"),
+        Some(body),
+    )
+    .await;
+    id
 }
 
 /// The value for a parameter naming `resource`: the owner's, or, for a call that uses it up,
@@ -630,13 +705,8 @@ async fn value(s: &TestServer, owned: &Owned, resource: Resource, fresh: bool) -
                 let trigger = ok(s, Method::POST, &path, Some(json!({}))).await;
                 return trigger["id"].as_str().unwrap().to_owned();
             }
-            Model => {
-                let id = format!("{OWNER}.{}", owned.fresh("model"));
-                let body = json!({"id": id, "source": {"upload": true}, "sha256": "0".repeat(64),
-                                  "owner": OWNER});
-                ok(s, Method::POST, "/v1/models", Some(body)).await;
-                return id;
-            }
+            OwnModel => return own_model(s, &owned.fresh("model")).await,
+            OwnAdapter => return own_adapter(s, &owned.fresh("adapter")).await,
             _ => panic!("nothing makes a fresh {resource:?}"),
         }
     }
@@ -649,6 +719,8 @@ async fn value(s: &TestServer, owned: &Owned, resource: Resource, fresh: bool) -
         Trigger => owned.trigger.clone(),
         Delivery => owned.delivery.clone(),
         Model => MODEL.to_owned(),
+        OwnModel => owned.own_model.clone(),
+        OwnAdapter => owned.own_adapter.clone(),
         ManagedTenant => owned.tenant.clone(),
     }
 }
@@ -665,7 +737,9 @@ async fn call_for(s: &TestServer, owned: &Owned, op: &Operation, f: &Fixture) ->
     let mut path = op.path.clone();
     let mut named = Vec::new();
     for (param, resource) in &f.path {
-        let v = value(s, owned, *resource, f.consumes).await;
+        // What a call uses up is the tenant's resource; the shared model it names stays.
+        let fresh = f.consumes && resource.is_a_tenants();
+        let v = value(s, owned, *resource, fresh).await;
         path = path.replace(&format!("{{{param}}}"), &v);
         named.push((*resource, v));
     }
@@ -785,6 +859,8 @@ async fn view(s: &TestServer, owned: &Owned, resource: Resource, id: &str) -> Va
             Some("triggers"),
         ),
         Delivery => ("/v1/webhooks/deliveries".to_owned(), Some("deliveries")),
+        OwnModel => (format!("/v1/models/{id}"), None),
+        OwnAdapter => (format!("/v1/models/{MODEL}/adapters/{id}"), None),
         Model | ManagedTenant => unreachable!("not a tenant's"),
     };
     let (status, got) = s.call(Method::GET, &path, &owner(), None).await;
@@ -810,6 +886,8 @@ async fn no_operation_reaches_another_tenants_resources(db: Db) {
     let receiver = WebhookReceiver::start().await;
     let owned = setup(&s, &receiver).await;
     let other = token_scoped(OTHER, &ALL_SCOPES);
+    let all_but_admin: Vec<&str> = ALL_SCOPES.into_iter().filter(|s| *s != "admin").collect();
+    let other_tenant = token_scoped(OTHER, &all_but_admin);
     let mut problems = Vec::new();
     let mut reached = 0;
     for (op, f) in &operations {
@@ -818,10 +896,17 @@ async fn no_operation_reaches_another_tenants_resources(db: Db) {
         }
         let name = op.named();
         let call = call_for(&s, &owned, op, f).await;
+        let other = match f.path.iter().any(|(_, r)| r.is_in_the_registry()) {
+            true => &other_tenant,
+            false => &other,
+        };
         // A refusal may repeat the id it was asked for; nothing else of the owner's.
         let values: Vec<String> = call.named.iter().map(|(_, v)| v.clone()).collect();
         let leaks = |got: &Value, asked: &[String]| -> Vec<String> {
-            let text = got.to_string();
+            // What was asked for may come back (a tenant's own model is named after it).
+            let text = asked
+                .iter()
+                .fold(got.to_string(), |text, v| text.replace(v.as_str(), ""));
             owned
                 .marks
                 .iter()
@@ -830,13 +915,14 @@ async fn no_operation_reaches_another_tenants_resources(db: Db) {
                 .filter(|m| text.contains(m.as_str()))
                 .collect()
         };
-        let names_one = !f.path.is_empty() || f.body_names.is_some();
+        // The shared model's adapters are a listing: the other tenant's view of them.
+        let names_one = f.path.iter().any(|(_, r)| r.is_a_tenants()) || f.body_names.is_some();
         if !names_one {
             // A listing (its query may name the owner's resources): the other tenant's own,
             // which holds nothing of the owner's. Operations that make something make the
             // other tenant's own, and are not called.
             if op.method == Method::GET {
-                let (status, got) = call.send(&s, Some(&other)).await;
+                let (status, got) = call.send(&s, Some(other)).await;
                 let leaked = leaks(&got, &[]);
                 if status != f.granted || !leaked.is_empty() {
                     problems.push(format!(
@@ -851,7 +937,7 @@ async fn no_operation_reaches_another_tenants_resources(db: Db) {
         for (resource, id) in call.named.iter().filter(|(r, _)| r.is_a_tenants()) {
             before.push(view(&s, &owned, *resource, id).await);
         }
-        let (status, got) = call.send(&s, Some(&other)).await;
+        let (status, got) = call.send(&s, Some(other)).await;
         reached += 1;
         let leaked = leaks(&got, &values);
         if status != 404 || !code(&got).ends_with("not_found") || !leaked.is_empty() {
