@@ -9,6 +9,10 @@
 //! 2. Registration to first token, cold: SmolLM2 uploaded (streamed) to a running genrt, then
 //!    a function deployed on it and streamed until its first token, against the first token of
 //!    a configured model from cold (scaled to zero) on the same server.
+//! 3. LoRA adapters on SmolLM2: 16 concurrent streams spread over 4 adapters against 16
+//!    streams of the base alone (summed decode tokens/s, alternating rounds), with the
+//!    replica's engine at `--threads` and at one thread, and an adapter's registration to its
+//!    first token (the adapter cold, the base loaded) against the base's own first token.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use genrt_actors::ModelConfig;
-use genrt_benchmarks::harness::{prompt, token, Bench, MODEL};
-use genrt_benchmarks::synth::{self, Shape, WeightType};
+use genrt_benchmarks::harness::{prompt, stream_body, token, Bench, MODEL};
+use genrt_benchmarks::load::summed_decode_tokens_per_s;
+use genrt_benchmarks::synth::{self, LoraSpec, Shape, WeightType};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -33,7 +38,17 @@ struct Args {
     layers: u32,
     #[arg(long, default_value = "benchmarks")]
     out: PathBuf,
+    /// Rounds of each side of the adapter throughput comparison.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Tokens each of the 16 streams generates.
+    #[arg(long, default_value_t = 64)]
+    stream_tokens: u32,
 }
+
+/// The adapters of the throughput comparison; a stream's adapter is `ADAPTERS[i % 4]`.
+const ADAPTERS: [&str; 4] = ["fashion", "sports", "legal", "travel"];
+const STREAMS: usize = 16;
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -53,11 +68,15 @@ impl Admin<'_> {
     }
 
     async fn register(&self, body: Value) -> anyhow::Result<()> {
+        self.post("/v1/models", body).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<()> {
         let r = self
             .bench
             .target
             .client
-            .post(self.url("/v1/models"))
+            .post(self.url(path))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -102,12 +121,17 @@ impl Admin<'_> {
 
     /// Waits for the registration to end; fails unless it is ready.
     async fn ready(&self, id: &str) -> anyhow::Result<Value> {
+        self.ready_at(&format!("/v1/models/{id}")).await
+    }
+
+    async fn ready_at(&self, path: &str) -> anyhow::Result<Value> {
+        let id = path;
         loop {
             let entry: Value = self
                 .bench
                 .target
                 .client
-                .get(self.url(&format!("/v1/models/{id}")))
+                .get(self.url(path))
                 .bearer_auth(&self.token)
                 .send()
                 .await?
@@ -212,6 +236,33 @@ async fn main() -> anyhow::Result<()> {
         "upload registration to first token: {first_token_ms:.0} ms (ready after {ready_ms:.0} ms)"
     );
 
+    // 3. Adapters: the base with 16 slots and 4 adapters, at the bench's threads and at one.
+    let base_file = store.join("lora-base.gguf");
+    if std::fs::hard_link(&args.model, &base_file).is_err() {
+        std::fs::copy(&args.model, &base_file)?;
+    }
+    // The attention projections, rank 8: what PEFT's LoRA recipes for llama models adapt.
+    let targets = ["attn_q", "attn_k", "attn_v", "attn_output"];
+    let mut adapter_mib = 0.0;
+    for (i, name) in ADAPTERS.iter().enumerate() {
+        let spec = LoraSpec {
+            rank: 8,
+            alpha: 16.0,
+            targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+            seed: 100 + i as u64,
+            magnitude: 0.01,
+        };
+        let bytes = synth::write_lora(&base_file, &store.join(format!("{name}.gguf")), &spec)?;
+        adapter_mib = bytes as f64 / 1048576.0;
+    }
+    let mut lora = Vec::new();
+    let mut thread_counts = vec![args.threads];
+    if args.threads != 1 {
+        thread_counts.push(1);
+    }
+    for threads in thread_counts {
+        lora.push(adapters(&bench, &admin, &args, &sha, threads).await?);
+    }
     let mut md = String::new();
     writeln!(md, "# Model registry\n")?;
     writeln!(
@@ -262,8 +313,182 @@ async fn main() -> anyhow::Result<()> {
         "| registration accepted → first token | {first_token_ms:.0} | {:.2}× |",
         first_token_ms / cold_configured_ms
     )?;
+    writeln!(md, "\n## LoRA adapters\n")?;
+    writeln!(
+        md,
+        "SmolLM2 (Q4_1) registered with {STREAMS} slots, and 4 adapters written for it (rank 8, alpha 16, on `attn_q`, `attn_k`, `attn_v`, `attn_output`; {adapter_mib:.1} MiB each). {STREAMS} concurrent streams of {} tokens (greedy, end of generation ignored, no cache): all on the base, against the same streams spread over the 4 adapters (4 each). llama.cpp applies adapters per context, so the engine runs one adapter set per decode step (each set's sequences on consecutive slots, one pass), taking turns of {} steps between the sets that have work: 4 times the steps for the same tokens, and a graph reserve at each turn. Summed decode tokens/s over {} alternating rounds, for the replica's engine threads as set.\n",
+        args.stream_tokens,
+        genrt_actors::engine::ADAPTER_QUANTUM_STEPS,
+        args.rounds
+    )?;
+    writeln!(md, "| engine threads | {STREAMS} streams on the base, tokens/s (each round) | {STREAMS} streams over 4 adapters, tokens/s (each round) | ÷ base |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for l in &lora {
+        writeln!(
+            md,
+            "| {} | {:.1} ({}) | {:.1} ({}) | {:.2}× |",
+            l.threads,
+            mean(&l.plain),
+            rounds(&l.plain),
+            mean(&l.adapted),
+            rounds(&l.adapted),
+            mean(&l.adapted) / mean(&l.plain)
+        )?;
+    }
+    writeln!(
+        md,
+        "\nA second engine thread speeds the base's 16-token steps up but slows the adapters' 4-token steps down: each step pays the two threads' OpenMP barriers (one per graph node), stretched on these 2 cores by the in-process HTTP server's and client's wake-ups, a cost per step that the adapters' 4 times as many steps pay 4 times. With one thread, where that cost is gone, 4 adapters keep most of the base's throughput. Adapters loaded after the runs: {}, {:.1} MiB (counted in the memory budget).\n",
+        lora[0].loaded,
+        lora[0].loaded_bytes as f64 / 1048576.0
+    )?;
+    writeln!(md, "| | ms | ÷ the base's first token |")?;
+    writeln!(md, "|---|---|---|")?;
+    writeln!(
+        md,
+        "| the base loaded, a function's first token | {:.0} | 1.00× |",
+        lora[0].base_first_token_ms
+    )?;
+    writeln!(
+        md,
+        "| adapter registration (path, sha256, checks against the base) → deploy → first token, the adapter cold | {:.0} | {:.2}× |",
+        lora[0].adapter_first_token_ms,
+        lora[0].adapter_first_token_ms / lora[0].base_first_token_ms
+    )?;
     std::fs::write(args.out.join("MODELS.md"), &md)?;
     println!("{md}");
     bench.server.stop().await?;
     Ok(())
+}
+
+/// What [`adapters`] measured for one setting of the engine's threads.
+struct LoraFigures {
+    threads: u32,
+    /// Summed decode tokens/s of each round.
+    plain: Vec<f64>,
+    adapted: Vec<f64>,
+    base_first_token_ms: f64,
+    adapter_first_token_ms: f64,
+    loaded: u64,
+    loaded_bytes: u64,
+}
+
+/// Registers the base (`lora-base.gguf` in the store) as `lora-<threads>t` with 16 slots and
+/// the 4 adapters on it, timing the first adapter from registration to its first token, then
+/// runs the rounds of 16 streams on the base and over the adapters.
+async fn adapters(
+    bench: &Bench,
+    admin: &Admin<'_>,
+    args: &Args,
+    sha: &str,
+    threads: u32,
+) -> anyhow::Result<LoraFigures> {
+    let base = format!("lora-{threads}t");
+    admin
+        .register(
+            json!({"id": base, "source": {"path": "lora-base.gguf"}, "sha256": sha,
+                   "settings": {"n_ctx": 1024, "slots": STREAMS, "threads": threads}}),
+        )
+        .await?;
+    admin.ready(&base).await?;
+    let store = PathBuf::from(bench.server.state().registry.store_root());
+    let plain_name = format!("{base}-plain");
+    let plain = json!({"name": plain_name, "model": base, "prompt": "{{ prompt }}",
+                       "params": {"temperature": 0}, "cache": {"enabled": false}});
+    bench.deploy(plain.clone()).await?;
+    let one_token = |name: String| async move {
+        bench
+            .target
+            .stream(
+                &name,
+                json!({"input": {"prompt": prompt(3)}, "params": {"max_tokens": 1}}),
+            )
+            .await
+    };
+    // The base loaded and warm: its own first token is the baseline of the adapter's.
+    one_token(plain_name.clone()).await;
+    let base_first_token_ms = one_token(plain_name.clone()).await.ttft_ms;
+    let mut adapter_first_token_ms = 0.0;
+    for (i, name) in ADAPTERS.iter().enumerate() {
+        let file = store.join(format!("{name}.gguf"));
+        let file_sha = sha256_file(&file)?;
+        // The first adapter is timed from its registration to its first token: the request,
+        // the file's sha256 and checks against the base, the deploy, the lazy load.
+        let started = Instant::now();
+        admin
+            .post(
+                &format!("/v1/models/{base}/adapters"),
+                json!({"id": name, "source": {"path": format!("{name}.gguf")}, "sha256": file_sha}),
+            )
+            .await?;
+        admin
+            .ready_at(&format!("/v1/models/{base}/adapters/{name}"))
+            .await?;
+        let mut f = plain.clone();
+        f["name"] = json!(format!("{base}-{name}"));
+        f["adapters"] = json!([{"id": name}]);
+        bench.deploy(f).await?;
+        if i == 0 {
+            if !one_token(format!("{base}-{name}")).await.ok {
+                bail!("the adapter did not answer");
+            }
+            adapter_first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
+        }
+    }
+    let round = |functions: Vec<String>| async move {
+        let streams = functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| bench.target.stream(f, stream_body(i, args.stream_tokens)));
+        let samples = futures_util::future::join_all(streams).await;
+        if samples.iter().any(|s| !s.ok) {
+            bail!("a stream failed");
+        }
+        summed_decode_tokens_per_s(&samples).context("no tokens")
+    };
+    let (mut plain_tps, mut adapted_tps) = (Vec::new(), Vec::new());
+    for r in 0..args.rounds {
+        let plain_round = round(vec![plain_name.clone(); STREAMS]);
+        let adapted_round = round(
+            (0..STREAMS)
+                .map(|i| format!("{base}-{}", ADAPTERS[i % ADAPTERS.len()]))
+                .collect(),
+        );
+        // Alternating which goes first, so that neither always runs on a warmer machine.
+        if r % 2 == 0 {
+            plain_tps.push(plain_round.await?);
+            adapted_tps.push(adapted_round.await?);
+        } else {
+            adapted_tps.push(adapted_round.await?);
+            plain_tps.push(plain_round.await?);
+        }
+        println!(
+            "{threads} thread(s), round {r}: base {:.1} tokens/s, 4 adapters {:.1} tokens/s",
+            plain_tps[r], adapted_tps[r]
+        );
+    }
+    let status: Value = bench
+        .target
+        .client
+        .get(format!("{}/v1/models/{base}", bench.target.base))
+        .bearer_auth(&admin.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(LoraFigures {
+        threads,
+        plain: plain_tps,
+        adapted: adapted_tps,
+        base_first_token_ms,
+        adapter_first_token_ms,
+        loaded: status["adapters_loaded"].as_u64().unwrap_or(0),
+        loaded_bytes: status["adapter_memory_bytes"].as_u64().unwrap_or(0),
+    })
 }

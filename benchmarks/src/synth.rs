@@ -8,9 +8,16 @@
 //! overwritten. Written through ggml's own GGUF API (`gguf_set_kv`, `gguf_add_tensor`,
 //! `gguf_get_meta_data`) so that the file is what llama.cpp itself would write; the tensor
 //! data is generated and streamed here, since a 1B model does not fit a ggml context cheaply.
+//!
+//! It also writes LoRA adapters for any llama model ([`write_lora`], the file that
+//! `convert_lora_to_gguf.py` would write for a trained adapter of that shape) and a base with
+//! adapters merged offline ([`write_merged`]), so that adapters can be tested and benchmarked
+//! without a trained one: the merged model is the reference that an adapter applied at run time
+//! must reproduce.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
@@ -20,6 +27,9 @@ use llama_cpp_sys_2 as sys;
 /// Weight formats the generator writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightType {
+    /// Full precision: a base that LoRA adapters can be merged into without rounding to a
+    /// quantisation grid, so that merged and run-time adapters compare to float tolerance.
+    F32,
     F16,
     Q8_0,
     Q4_0,
@@ -28,6 +38,7 @@ pub enum WeightType {
 impl WeightType {
     fn ggml(self) -> sys::ggml_type {
         match self {
+            Self::F32 => sys::GGML_TYPE_F32,
             Self::F16 => sys::GGML_TYPE_F16,
             Self::Q8_0 => sys::GGML_TYPE_Q8_0,
             Self::Q4_0 => sys::GGML_TYPE_Q4_0,
@@ -37,6 +48,7 @@ impl WeightType {
     /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`).
     fn file_type(self) -> u32 {
         match self {
+            Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
             Self::Q4_0 => 2,
@@ -124,6 +136,15 @@ fn f16_bits(x: f32) -> [u8; 2] {
 fn weights(rng: &mut Rng, ty: WeightType, n: usize, out: &mut Vec<u8>) {
     out.clear();
     match ty {
+        WeightType::F32 => {
+            let mut raw = vec![0u8; n * 4];
+            rng.fill(&mut raw);
+            for quad in raw.chunks(4) {
+                let u = f64::from(u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]))
+                    / f64::from(u32::MAX);
+                out.extend_from_slice(&(((u * 2.0 - 1.0) * 0.0346) as f32).to_le_bytes());
+            }
+        }
         WeightType::F16 => {
             let mut raw = vec![0u8; n * 2];
             rng.fill(&mut raw);
@@ -239,45 +260,18 @@ pub fn write_model(
             tensors.push(t(b("ffn_down"), [f, e], Some(ty)));
         }
     }
-    let ggml = Ggml(unsafe {
-        sys::ggml_init(sys::ggml_init_params {
-            mem_size: (tensors.len() + 1) * sys::ggml_tensor_overhead(),
-            mem_buffer: std::ptr::null_mut(),
-            no_alloc: true,
+    let described: Vec<TensorDesc> = tensors
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            ty: t.ty.map_or(sys::GGML_TYPE_F32, WeightType::ggml),
+            ne: [t.ne[0], t.ne[1], 1, 1],
         })
-    });
-    ensure!(!ggml.0.is_null(), "ggml_init failed");
-    let mut sizes = Vec::new();
-    for t in &tensors {
-        let ty = t.ty.map_or(sys::GGML_TYPE_F32, WeightType::ggml);
-        let tensor = unsafe {
-            if t.ne[1] == 1 {
-                sys::ggml_new_tensor_1d(ggml.0, ty, t.ne[0])
-            } else {
-                sys::ggml_new_tensor_2d(ggml.0, ty, t.ne[0], t.ne[1])
-            }
-        };
-        ensure!(!tensor.is_null(), "cannot describe {}", t.name);
-        unsafe {
-            sys::ggml_set_name(tensor, cstr(&t.name).as_ptr());
-            sys::gguf_add_tensor(dst.0, tensor);
-            sizes.push(sys::ggml_nbytes(tensor));
-        }
-    }
-
-    let mut file = BufWriter::with_capacity(
-        8 << 20,
-        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
-    );
-    let meta_size = unsafe { sys::gguf_get_meta_size(dst.0) };
-    let mut meta = vec![0u8; meta_size];
-    unsafe { sys::gguf_get_meta_data(dst.0, meta.as_mut_ptr().cast()) };
-    file.write_all(&meta)?;
-    let alignment = unsafe { sys::gguf_get_alignment(dst.0) };
+        .collect();
     let mut rng = Rng(seed.max(1));
     let mut buf = Vec::new();
-    let mut written = meta_size as u64;
-    for (t, size) in tensors.iter().zip(sizes) {
+    write_gguf(&dst, &described, out, |i, file| {
+        let t = &tensors[i];
         let n = (t.ne[0] * t.ne[1]) as usize;
         match t.ty {
             // Norm weights of 1: the layer passes its normalised input on unscaled.
@@ -297,17 +291,520 @@ pub fn write_model(
                 }
             }
         }
+        Ok(())
+    })
+}
+
+/// A tensor as the GGUF header describes it.
+#[derive(Clone)]
+struct TensorDesc {
+    name: String,
+    ty: sys::ggml_type,
+    /// ggml's order: `ne[0]` is the row length (a weight's input width).
+    ne: [i64; 4],
+}
+
+impl TensorDesc {
+    fn elements(&self) -> usize {
+        self.ne.iter().product::<i64>() as usize
+    }
+}
+
+/// Counts what passes through, so that a tensor whose data is shorter or longer than its header
+/// says is caught here rather than as a shifted, silently wrong model.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Sink = Counted<BufWriter<std::fs::File>>;
+
+/// Writes `dst`'s keys with `tensors` to `out`, each tensor's data as `data(index, file)` writes
+/// it, padded to the file's alignment; returns the file's size. The data is streamed rather than
+/// set on the context, since a 1B model does not fit a ggml context cheaply.
+fn write_gguf(
+    dst: &Gguf,
+    tensors: &[TensorDesc],
+    out: &Path,
+    mut data: impl FnMut(usize, &mut Sink) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let alignment = unsafe { sys::gguf_get_alignment(dst.0) };
+    // `gguf_set_kv` copies a source's `general.alignment` key but not the alignment the
+    // context lays tensors out with, so a file from such a source would be read at the
+    // wrong offsets.
+    let key = unsafe { sys::gguf_find_key(dst.0, cstr("general.alignment").as_ptr()) };
+    if key >= 0 {
+        let declared = unsafe { sys::gguf_get_val_u32(dst.0, key) };
+        ensure!(
+            declared as usize == alignment,
+            "general.alignment {declared} is not supported (ggml writes {alignment})"
+        );
+    }
+    let ggml = Ggml(unsafe {
+        sys::ggml_init(sys::ggml_init_params {
+            mem_size: (tensors.len() + 1) * sys::ggml_tensor_overhead(),
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        })
+    });
+    ensure!(!ggml.0.is_null(), "ggml_init failed");
+    let mut sizes = Vec::new();
+    for t in tensors {
+        let tensor = unsafe { sys::ggml_new_tensor(ggml.0, t.ty, 4, t.ne.as_ptr()) };
+        ensure!(!tensor.is_null(), "cannot describe {}", t.name);
+        unsafe {
+            sys::ggml_set_name(tensor, cstr(&t.name).as_ptr());
+            // ggml truncates a name to its fixed buffer.
+            ensure!(
+                std::ffi::CStr::from_ptr(sys::ggml_get_name(tensor)).to_bytes()
+                    == t.name.as_bytes(),
+                "tensor name {} is too long for ggml",
+                t.name
+            );
+            sys::gguf_add_tensor(dst.0, tensor);
+            sizes.push(sys::ggml_nbytes(tensor) as u64);
+        }
+    }
+
+    let mut file = Counted {
+        inner: BufWriter::with_capacity(
+            8 << 20,
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+        ),
+        bytes: 0,
+    };
+    let meta_size = unsafe { sys::gguf_get_meta_size(dst.0) };
+    let mut meta = vec![0u8; meta_size];
+    unsafe { sys::gguf_get_meta_data(dst.0, meta.as_mut_ptr().cast()) };
+    file.write_all(&meta)?;
+    let alignment = alignment as u64;
+    for (i, (t, size)) in tensors.iter().zip(sizes).enumerate() {
+        let start = file.bytes;
+        data(i, &mut file)?;
+        ensure!(
+            file.bytes - start == size,
+            "{}: {} bytes of data for a tensor of {size}",
+            t.name,
+            file.bytes - start
+        );
         let padded = size.div_ceil(alignment) * alignment;
-        file.write_all(&vec![0u8; padded - size])?;
-        written += padded as u64;
+        file.write_all(&vec![0u8; (padded - size) as usize])?;
     }
     file.flush()?;
-    Ok(written)
+    Ok(file.bytes)
+}
+
+/// The per-layer weights an adapter may target, by llama.cpp's tensor names
+/// (`blk.N.<target>.weight`), in the order the model lists them.
+pub const LORA_TARGETS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// A random LoRA adapter to write for a base model with [`write_lora`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub rank: u32,
+    /// `adapter.lora.alpha`: llama.cpp scales the update by `alpha / rank` (by 1 when 0).
+    pub alpha: f32,
+    /// Names from [`LORA_TARGETS`]; each is adapted in every layer.
+    pub targets: Vec<String>,
+    pub seed: u64,
+    /// The standard deviation of each entry of the update `(alpha / rank)·B·A` at scale 1. The
+    /// synthetic models' weights have 0.02, so 0.01 changes their greedy output within a few
+    /// tokens while activations stay in the range the base produces.
+    pub magnitude: f32,
+}
+
+/// Reads a key of a GGUF file opened with [`GgufHeader`].
+fn gguf_f32(src: &GgufHeader, key: &str) -> Option<f32> {
+    let id = unsafe { sys::gguf_find_key(src.as_ptr(), cstr(key).as_ptr()) };
+    (id >= 0 && unsafe { sys::gguf_get_kv_type(src.as_ptr(), id) } == sys::GGUF_TYPE_FLOAT32)
+        .then(|| unsafe { sys::gguf_get_val_f32(src.as_ptr(), id) })
+}
+
+/// Opens `path` as a llama-architecture model (not an adapter): the tensor names and shapes
+/// this file generates adapters for are llama's.
+fn open_llama_base(path: &Path) -> anyhow::Result<GgufHeader> {
+    let src = GgufHeader::open(path)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| path.display().to_string())?;
+    let arch = src.str("general.architecture").unwrap_or_default();
+    ensure!(
+        arch == "llama",
+        "{}: architecture {arch:?}; adapters are written for llama-architecture models only",
+        path.display()
+    );
+    ensure!(
+        src.str("general.type").as_deref() != Ok("adapter"),
+        "{}: is an adapter, not a base model",
+        path.display()
+    );
+    Ok(src)
+}
+
+/// A tensor listed in an open GGUF file, and where its data lies.
+struct StoredTensor {
+    desc: TensorDesc,
+    /// From the start of the file.
+    offset: u64,
+    size: u64,
+}
+
+fn stored_tensors(src: &GgufHeader) -> Vec<StoredTensor> {
+    let ctx = src.as_ptr();
+    let data = unsafe { sys::gguf_get_data_offset(ctx) } as u64;
+    (0..unsafe { sys::gguf_get_n_tensors(ctx) })
+        .map(|id| unsafe {
+            let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(ctx, id), 4);
+            StoredTensor {
+                desc: TensorDesc {
+                    name: std::ffi::CStr::from_ptr(sys::gguf_get_tensor_name(ctx, id))
+                        .to_string_lossy()
+                        .into_owned(),
+                    ty: sys::gguf_get_tensor_type(ctx, id),
+                    ne: [ne[0], ne[1], ne[2], ne[3]],
+                },
+                offset: data + sys::gguf_get_tensor_offset(ctx, id) as u64,
+                size: sys::gguf_get_tensor_size(ctx, id) as u64,
+            }
+        })
+        .collect()
+}
+
+fn read_tensor(file: &mut std::fs::File, t: &StoredTensor) -> anyhow::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(t.offset))?;
+    let mut bytes = vec![0u8; t.size as usize];
+    file.read_exact(&mut bytes)
+        .with_context(|| format!("reading {}", t.desc.name))?;
+    Ok(bytes)
+}
+
+fn type_name(ty: sys::ggml_type) -> String {
+    unsafe { std::ffi::CStr::from_ptr(sys::ggml_type_name(ty)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A tensor's values as f32, through ggml's own conversion for any type but F32.
+fn to_f32(t: &StoredTensor, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
+    if t.desc.ty == sys::GGML_TYPE_F32 {
+        return Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    let traits = unsafe { &*sys::ggml_get_type_traits(t.desc.ty) };
+    let Some(to_float) = traits.to_float else {
+        bail!(
+            "{}: ggml cannot read {} as f32",
+            t.desc.name,
+            type_name(t.desc.ty)
+        );
+    };
+    let mut values = vec![0f32; t.desc.elements()];
+    unsafe {
+        to_float(
+            bytes.as_ptr().cast(),
+            values.as_mut_ptr(),
+            values.len() as i64,
+        )
+    };
+    Ok(values)
+}
+
+/// Writes a LoRA adapter for `base` (any llama-architecture GGUF, quantised or not: only its
+/// header is read) as llama.cpp's `convert_lora_to_gguf.py` would: for each layer and target,
+/// `<weight>.lora_a` (F32, ne = [n_in, rank]) and `<weight>.lora_b` (F32, ne = [rank, n_out]),
+/// uniform random values sized by `spec.magnitude`. Returns the file's size.
+pub fn write_lora(base: &Path, out: &Path, spec: &LoraSpec) -> anyhow::Result<u64> {
+    ensure_not_an_input(out, [base])?;
+    let src = open_llama_base(base)?;
+    ensure!(spec.rank > 0, "rank must be at least 1");
+    ensure!(spec.alpha.is_finite(), "alpha must be finite");
+    ensure!(
+        spec.magnitude.is_finite() && spec.magnitude >= 0.0,
+        "magnitude must be a finite standard deviation"
+    );
+    ensure!(!spec.targets.is_empty(), "no target weights");
+    for target in &spec.targets {
+        ensure!(
+            LORA_TARGETS.contains(&target.as_str()),
+            "unknown LoRA target {target:?}; known: {}",
+            LORA_TARGETS.join(", ")
+        );
+    }
+    let n_layer = src.block_count().map_err(anyhow::Error::msg)?;
+    let base_tensors = stored_tensors(&src);
+    let rank = i64::from(spec.rank);
+    let mut tensors = Vec::new();
+    for l in 0..n_layer {
+        // In the model's order whatever the spec's, and each target once.
+        for target in LORA_TARGETS
+            .iter()
+            .filter(|t| spec.targets.iter().any(|s| s == *t))
+        {
+            let name = format!("blk.{l}.{target}.weight");
+            let Some(w) = base_tensors.iter().find(|t| t.desc.name == name) else {
+                bail!("{}: has no tensor {name}", base.display());
+            };
+            let [n_in, n_out, d2, d3] = w.desc.ne;
+            ensure!(d2 == 1 && d3 == 1, "{name} is not a matrix");
+            let f32 = sys::GGML_TYPE_F32;
+            tensors.push(TensorDesc {
+                name: format!("{name}.lora_a"),
+                ty: f32,
+                ne: [n_in, rank, 1, 1],
+            });
+            tensors.push(TensorDesc {
+                name: format!("{name}.lora_b"),
+                ty: f32,
+                ne: [rank, n_out, 1, 1],
+            });
+        }
+    }
+
+    let dst = Gguf(unsafe { sys::gguf_init_empty() });
+    let set_str = |key: &str, v: &str| unsafe {
+        sys::gguf_set_val_str(dst.0, cstr(key).as_ptr(), cstr(v).as_ptr())
+    };
+    set_str("general.architecture", "llama");
+    set_str("general.type", "adapter");
+    let name = format!(
+        "genrt synthetic LoRA (rank {}, {}) for {}",
+        spec.rank,
+        spec.targets.join(","),
+        src.str("general.name")
+            .unwrap_or_else(|_| "a llama model".into())
+    );
+    set_str("general.name", &name);
+    set_str("adapter.type", "lora");
+    unsafe {
+        sys::gguf_set_val_f32(dst.0, cstr("adapter.lora.alpha").as_ptr(), spec.alpha);
+        // LLAMA_FTYPE_ALL_F32, as the converter records for `--outtype f32`.
+        sys::gguf_set_val_u32(dst.0, cstr("general.file_type").as_ptr(), 0);
+        sys::gguf_set_val_u32(dst.0, cstr("general.quantization_version").as_ptr(), 2);
+    }
+
+    // sd((alpha/rank)·B·A) = |alpha/rank|·√rank·sd(A)·sd(B); A and B get the same share. A
+    // uniform value on ±a has a standard deviation of a/√3.
+    let factor = f64::from(lora_factor(spec.alpha, spec.rank)).abs();
+    let sd = (f64::from(spec.magnitude) / (factor * f64::from(spec.rank).sqrt())).sqrt();
+    let amplitude = sd * 3f64.sqrt();
+    let mut rng = Rng(spec.seed.max(1));
+    let mut buf = Vec::new();
+    write_gguf(&dst, &tensors, out, |i, file| {
+        buf.clear();
+        for _ in 0..tensors[i].elements() {
+            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            buf.extend_from_slice(&(((u * 2.0 - 1.0) * amplitude) as f32).to_le_bytes());
+        }
+        file.write_all(&buf)?;
+        Ok(())
+    })
+}
+
+/// Creating `out` truncates it, so it must not be a file the writer is about to read.
+fn ensure_not_an_input<'a>(
+    out: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> anyhow::Result<()> {
+    let Ok(out_file) = out.canonicalize() else {
+        return Ok(());
+    };
+    for input in inputs {
+        ensure!(
+            input.canonicalize().ok().as_ref() != Some(&out_file),
+            "{} is an input; write to another file",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// llama.cpp's multiplier of `B·A` at adapter scale 1 (`llama_adapter_lora_weight::get_scale`).
+fn lora_factor(alpha: f32, rank: u32) -> f32 {
+    if alpha == 0.0 {
+        1.0
+    } else {
+        alpha / rank as f32
+    }
+}
+
+/// One adapter's update to one weight.
+struct LoraUpdate {
+    /// ne = [n_in, rank]: `rank` rows of `n_in`.
+    a: Vec<f32>,
+    /// ne = [rank, n_out]: `n_out` rows of `rank`.
+    b: Vec<f32>,
+    rank: usize,
+    /// The run-time scale times `alpha / rank`.
+    factor: f64,
+}
+
+/// Reads the LoRA pairs of the adapter at `path`, checked against `base`'s tensors as llama.cpp
+/// checks them when it loads the adapter, into `updates` by base tensor name.
+fn read_adapter(
+    path: &Path,
+    scale: f32,
+    base_path: &Path,
+    base: &[StoredTensor],
+    updates: &mut BTreeMap<String, Vec<LoraUpdate>>,
+) -> anyhow::Result<()> {
+    let at = || path.display().to_string();
+    let src = GgufHeader::open(path)
+        .map_err(anyhow::Error::msg)
+        .with_context(at)?;
+    ensure!(
+        src.str("general.type").as_deref() == Ok("adapter")
+            && src.str("adapter.type").as_deref() == Ok("lora"),
+        "{}: not a LoRA adapter",
+        at()
+    );
+    ensure!(
+        src.str("general.architecture").as_deref() == Ok("llama"),
+        "{}: not an adapter for a llama-architecture model",
+        at()
+    );
+    let alpha = gguf_f32(&src, "adapter.lora.alpha").unwrap_or(0.0);
+    let tensors = stored_tensors(&src);
+    let mut file = std::fs::File::open(path).with_context(at)?;
+    let mut pairs: BTreeMap<&str, [Option<&StoredTensor>; 2]> = BTreeMap::new();
+    for t in &tensors {
+        let name = t.desc.name.as_str();
+        if let Some(w) = name.strip_suffix(".lora_a") {
+            pairs.entry(w).or_default()[0] = Some(t);
+        } else if let Some(w) = name.strip_suffix(".lora_b") {
+            pairs.entry(w).or_default()[1] = Some(t);
+        } else if !name.ends_with("_norm.weight") {
+            // llama.cpp ignores norm tensors in an adapter, so the merge does too.
+            bail!("{}: tensor {name} is neither lora_a nor lora_b", at());
+        }
+    }
+    for (name, pair) in pairs {
+        let [Some(a), Some(b)] = pair else {
+            bail!("{}: {name} lacks its lora_a or lora_b", at());
+        };
+        let Some(w) = base.iter().find(|t| t.desc.name == name) else {
+            bail!("{}: {name} is not in the base model", at());
+        };
+        ensure!(
+            name != "token_embd.weight",
+            "{}: an update of the token embedding is not supported",
+            at()
+        );
+        let (wn, an, bn) = (w.desc.ne, a.desc.ne, b.desc.ne);
+        ensure!(
+            wn[0] == an[0] && wn[1] == bn[1] && an[1] == bn[0] && wn[2..] == [1, 1],
+            "{}: {name} is {:?} in the base; the adapter's lora_a {:?} and lora_b {:?} do not fit it",
+            at(),
+            &wn[..2],
+            &an[..2],
+            &bn[..2]
+        );
+        ensure!(
+            w.desc.ty == sys::GGML_TYPE_F32 || w.desc.ty == sys::GGML_TYPE_F16,
+            "{}: {name} is {}; merging needs an F32 or F16 base, since a quantized weight \
+             cannot take the update without being quantized again",
+            base_path.display(),
+            type_name(w.desc.ty)
+        );
+        let rank = an[1] as usize;
+        updates
+            .entry(name.to_string())
+            .or_default()
+            .push(LoraUpdate {
+                a: to_f32(a, &read_tensor(&mut file, a)?)?,
+                b: to_f32(b, &read_tensor(&mut file, b)?)?,
+                rank,
+                factor: f64::from(scale) * f64::from(lora_factor(alpha, rank as u32)),
+            });
+    }
+    Ok(())
+}
+
+/// Writes `base` (an F32 or F16 llama model) with `adapters` merged into its weights at the
+/// given scales: W' = W + Σ scale·(alpha/rank)·B·A, computed in f64 and stored in the base's
+/// type, every other key and tensor copied byte for byte. This is the reference a run-time
+/// adapter is compared with. Returns the file's size.
+pub fn write_merged(base: &Path, adapters: &[(&Path, f32)], out: &Path) -> anyhow::Result<u64> {
+    ensure_not_an_input(
+        out,
+        std::iter::once(base).chain(adapters.iter().map(|(p, _)| *p)),
+    )?;
+    let src = open_llama_base(base)?;
+    let tensors = stored_tensors(&src);
+    let mut updates = BTreeMap::new();
+    for (path, scale) in adapters {
+        read_adapter(path, *scale, base, &tensors, &mut updates)?;
+    }
+    let dst = Gguf(unsafe { sys::gguf_init_empty() });
+    unsafe { sys::gguf_set_kv(dst.0, src.as_ptr()) };
+    let described: Vec<TensorDesc> = tensors.iter().map(|t| t.desc.clone()).collect();
+    let mut file = std::fs::File::open(base).with_context(|| base.display().to_string())?;
+    write_gguf(&dst, &described, out, |i, sink| {
+        let t = &tensors[i];
+        let bytes = read_tensor(&mut file, t)?;
+        match updates.get(&t.desc.name) {
+            None => sink.write_all(&bytes)?,
+            Some(updates) => sink.write_all(&merge(t, &bytes, updates)?)?,
+        }
+        Ok(())
+    })
+}
+
+/// `t`'s data with `updates` added, row by row (one output at a time) in f64.
+fn merge(t: &StoredTensor, bytes: &[u8], updates: &[LoraUpdate]) -> anyhow::Result<Vec<u8>> {
+    let (n_in, n_out) = (t.desc.ne[0] as usize, t.desc.ne[1] as usize);
+    let weights = to_f32(t, bytes)?;
+    let mut merged = Vec::with_capacity(bytes.len());
+    let mut row = vec![0f64; n_in];
+    for j in 0..n_out {
+        for (w, x) in row.iter_mut().zip(&weights[j * n_in..(j + 1) * n_in]) {
+            *w = f64::from(*x);
+        }
+        for u in updates {
+            // ΔW[j][i] = Σ_r B[j][r]·A[r][i]: ggml's mul_mat(B, mul_mat(A, x)) written out.
+            for r in 0..u.rank {
+                let c = u.factor * f64::from(u.b[j * u.rank + r]);
+                for (w, a) in row.iter_mut().zip(&u.a[r * n_in..(r + 1) * n_in]) {
+                    *w += c * f64::from(*a);
+                }
+            }
+        }
+        for w in &row {
+            if t.desc.ty == sys::GGML_TYPE_F16 {
+                merged.extend_from_slice(&f16_bits(*w as f32));
+            } else {
+                merged.extend_from_slice(&(*w as f32).to_le_bytes());
+            }
+        }
+    }
+    Ok(merged)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
     use llama_cpp_2::llama_batch::LlamaBatch;
     use llama_cpp_2::model::params::LlamaModelParams;
     use llama_cpp_2::model::LlamaModel;
@@ -354,7 +851,12 @@ mod tests {
         .unwrap();
         let text = "Write a long story about lanterns, in the style of a sea shanty.";
         let expected = reference.vocab().tokenize(text.as_bytes(), true, true);
-        for ty in [WeightType::Q4_0, WeightType::Q8_0, WeightType::F16] {
+        for ty in [
+            WeightType::Q4_0,
+            WeightType::Q8_0,
+            WeightType::F16,
+            WeightType::F32,
+        ] {
             let path = dir.join(format!("model-{ty:?}.gguf"));
             let bytes = write_model(&vocab, &path, shape, ty, 7, false).unwrap();
             assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
@@ -397,5 +899,497 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The LoRA tests' base: every weight in F32, so that an adapter merged into it offline
+    /// differs from one applied at run time by float rounding alone; small enough that each
+    /// test runs in about a second.
+    const TINY: Shape = Shape {
+        n_embd: 128,
+        n_layer: 3,
+        n_ff: 256,
+        n_head: 4,
+        n_head_kv: 2,
+    };
+
+    const PROMPT: &str = "Write a long story about lanterns, in the style of a sea shanty.";
+
+    /// Greedy tokens compared after the prompt.
+    const GREEDY_STEPS: usize = 24;
+
+    /// The largest logit difference allowed between an adapter applied at run time and the same
+    /// adapter merged offline, as a fraction of the logits' spread (max − min) at that position.
+    /// The two compute W·x + s·B·(A·x) and W'·x in f32 in a different order: W' is rounded to
+    /// f32 once (2⁻²⁴ relative) and each dot product of at most 256 terms sums in another
+    /// order. Measured: 1–2e-7 of the spread, with three layers and every weight adapted. An
+    /// error in the update itself (a transposed A, a missed alpha/rank, a skipped layer) moves
+    /// the logits by about the adapter's own effect (0.3 to 0.5 of the spread here), which the
+    /// tests require to be at least 1000 times this.
+    const TOLERANCE: f64 = 1e-5;
+
+    /// A test's own directory, removed when the test ends.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("genrt-synth-{}-{test}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tiny_model(dir: &TempDir, name: &str, shape: Shape, ty: WeightType) -> PathBuf {
+        let path = dir.path(name);
+        write_model(&smollm2(), &path, shape, ty, 7, false).unwrap();
+        path
+    }
+
+    fn lora(dir: &TempDir, name: &str, base: &Path, spec: &LoraSpec) -> PathBuf {
+        let path = dir.path(name);
+        let bytes = write_lora(base, &path, spec).unwrap();
+        assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
+        path
+    }
+
+    fn spec(rank: u32, alpha: f32, targets: &[&str], seed: u64) -> LoraSpec {
+        LoraSpec {
+            rank,
+            alpha,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            seed,
+            magnitude: 0.01,
+        }
+    }
+
+    /// What a test reads from one model: the logits at every position of the prompt, and the
+    /// greedy continuation.
+    #[derive(Debug, PartialEq)]
+    struct Run {
+        prompt_logits: Vec<Vec<f32>>,
+        greedy: Vec<i32>,
+    }
+
+    /// One context, through llama-cpp-2 or through llama.cpp's C API directly.
+    trait Decoder {
+        /// Decodes `tokens` at the positions from `first` on, with logits for every one.
+        fn decode(&mut self, tokens: &[i32], first: i32);
+        /// The logits of the `i`-th token of the last batch.
+        fn logits(&self, i: usize) -> &[f32];
+    }
+
+    /// The first of the largest: the same rule whichever decoder produced the logits.
+    fn argmax(logits: &[f32]) -> i32 {
+        let mut best = 0;
+        for (i, l) in logits.iter().enumerate() {
+            if *l > logits[best] {
+                best = i;
+            }
+        }
+        best as i32
+    }
+
+    fn run(decoder: &mut impl Decoder, prompt: &[i32]) -> Run {
+        decoder.decode(prompt, 0);
+        let prompt_logits = (0..prompt.len())
+            .map(|i| decoder.logits(i).to_vec())
+            .collect();
+        let mut next = argmax(decoder.logits(prompt.len() - 1));
+        let mut greedy = Vec::new();
+        for pos in prompt.len()..prompt.len() + GREEDY_STEPS {
+            greedy.push(next);
+            decoder.decode(&[next], pos as i32);
+            next = argmax(decoder.logits(0));
+        }
+        Run {
+            prompt_logits,
+            greedy,
+        }
+    }
+
+    /// The largest difference between two runs' prompt logits, as a fraction of the spread of
+    /// `reference`'s logits at that position.
+    fn relative_difference(reference: &Run, other: &Run) -> f64 {
+        let mut worst = 0f64;
+        for (r, o) in reference.prompt_logits.iter().zip(&other.prompt_logits) {
+            let max = r.iter().copied().fold(f32::MIN, f32::max);
+            let min = r.iter().copied().fold(f32::MAX, f32::min);
+            let spread = f64::from(max - min);
+            assert!(spread > 0.0, "flat logits");
+            for (a, b) in r.iter().zip(o) {
+                worst = worst.max(f64::from(a - b).abs() / spread);
+            }
+        }
+        worst
+    }
+
+    /// On the CPU, whose kernels these tolerances were measured with. Contexts keep the KV
+    /// cache in F32 and do without flash attention, before which llama.cpp casts keys and values
+    /// to F16 even from an F32 cache (`build_attn_mha`): where the two sides' keys differ by
+    /// 1e-7, one may round to the next half-precision value, and that moved the comparison by
+    /// up to 9e-5 of the logits' spread (measured), hiding the 1e-7 it is about.
+    fn cpu() -> LlamaModelParams {
+        LlamaModelParams::default().with_n_gpu_layers(0)
+    }
+
+    struct SafeDecoder<'m> {
+        ctx: llama_cpp_2::context::LlamaContext<'m>,
+        batch: LlamaBatch<'static>,
+    }
+
+    impl<'m> SafeDecoder<'m> {
+        fn new(model: &'m LlamaModel, backend: &llama_cpp_2::llama_backend::LlamaBackend) -> Self {
+            use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+            let params = LlamaContextParams::default()
+                .with_n_ctx(std::num::NonZeroU32::new(256))
+                .with_flash_attention_policy(sys::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+                .with_type_k(KvCacheType::F32)
+                .with_type_v(KvCacheType::F32)
+                .with_n_threads(1)
+                .with_n_threads_batch(1);
+            Self {
+                ctx: model.new_context(backend, params).unwrap(),
+                batch: LlamaBatch::new(256, 1),
+            }
+        }
+    }
+
+    impl Decoder for SafeDecoder<'_> {
+        fn decode(&mut self, tokens: &[i32], first: i32) {
+            self.batch.clear();
+            for (pos, t) in (first..).zip(tokens) {
+                self.batch
+                    .add(llama_cpp_2::token::LlamaToken(*t), pos, &[0], true)
+                    .unwrap();
+            }
+            self.ctx.decode(&mut self.batch).unwrap();
+        }
+
+        fn logits(&self, i: usize) -> &[f32] {
+            self.ctx.get_logits_ith(i as i32)
+        }
+    }
+
+    /// A model and context through llama.cpp's C API: llama-cpp-2 sets one adapter at a time
+    /// and exposes no context pointer to pass `llama_set_adapters_lora` several.
+    struct RawDecoder {
+        model: *mut sys::llama_model,
+        ctx: *mut sys::llama_context,
+        batch: sys::llama_batch,
+        n_vocab: usize,
+    }
+
+    impl RawDecoder {
+        fn new(path: &Path, adapters: &[(&Path, f32)]) -> Self {
+            unsafe {
+                let mut params = sys::llama_model_default_params();
+                params.n_gpu_layers = 0;
+                let name = cstr(path.to_str().unwrap());
+                let model = sys::llama_model_load_from_file(name.as_ptr(), params);
+                assert!(!model.is_null(), "cannot load {}", path.display());
+                // Freed with the model.
+                let mut loras: Vec<_> = adapters
+                    .iter()
+                    .map(|(path, _)| {
+                        let name = cstr(path.to_str().unwrap());
+                        let lora = sys::llama_adapter_lora_init(model, name.as_ptr());
+                        assert!(!lora.is_null(), "cannot load {}", path.display());
+                        lora
+                    })
+                    .collect();
+                let mut scales: Vec<f32> = adapters.iter().map(|(_, s)| *s).collect();
+                let mut cparams = sys::llama_context_default_params();
+                cparams.n_ctx = 256;
+                cparams.type_k = sys::GGML_TYPE_F32;
+                cparams.type_v = sys::GGML_TYPE_F32;
+                cparams.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+                cparams.n_threads = 1;
+                cparams.n_threads_batch = 1;
+                let ctx = sys::llama_init_from_model(model, cparams);
+                assert!(!ctx.is_null());
+                let rc = sys::llama_set_adapters_lora(
+                    ctx,
+                    loras.as_mut_ptr(),
+                    loras.len(),
+                    scales.as_mut_ptr(),
+                );
+                assert_eq!(rc, 0);
+                let n_vocab = sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model));
+                Self {
+                    model,
+                    ctx,
+                    batch: sys::llama_batch_init(256, 0, 1),
+                    n_vocab: n_vocab as usize,
+                }
+            }
+        }
+    }
+
+    impl Drop for RawDecoder {
+        fn drop(&mut self) {
+            unsafe {
+                sys::llama_batch_free(self.batch);
+                sys::llama_free(self.ctx);
+                sys::llama_model_free(self.model);
+            }
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        fn decode(&mut self, tokens: &[i32], first: i32) {
+            assert!(tokens.len() <= 256);
+            unsafe {
+                let b = &mut self.batch;
+                for (i, (pos, t)) in (first..).zip(tokens).enumerate() {
+                    *b.token.add(i) = *t;
+                    *b.pos.add(i) = pos;
+                    *b.n_seq_id.add(i) = 1;
+                    **b.seq_id.add(i) = 0;
+                    *b.logits.add(i) = 1;
+                }
+                b.n_tokens = tokens.len() as i32;
+                assert_eq!(sys::llama_decode(self.ctx, self.batch), 0);
+            }
+        }
+
+        fn logits(&self, i: usize) -> &[f32] {
+            unsafe {
+                let data = sys::llama_get_logits_ith(self.ctx, i as i32);
+                assert!(!data.is_null());
+                std::slice::from_raw_parts(data, self.n_vocab)
+            }
+        }
+    }
+
+    fn prompt(model: &LlamaModel) -> Vec<i32> {
+        model
+            .vocab()
+            .tokenize(PROMPT.as_bytes(), true, true)
+            .iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// The header and every untargeted tensor of `merged` are `base`'s bytes; every targeted
+    /// tensor differs.
+    fn assert_copied_but_targets(base: &Path, merged: &Path, targets: &[&str]) {
+        let (b, m) = (std::fs::read(base).unwrap(), std::fs::read(merged).unwrap());
+        assert_eq!(b.len(), m.len());
+        let header = GgufHeader::open(base).unwrap();
+        let tensors = stored_tensors(&header);
+        let data = tensors[0].offset as usize;
+        assert_eq!(b[..data], m[..data], "keys and tensor descriptions");
+        for t in &tensors {
+            let range = t.offset as usize..(t.offset + t.size) as usize;
+            let targeted = targets
+                .iter()
+                .any(|x| t.desc.name.ends_with(&format!(".{x}.weight")));
+            assert_eq!(
+                b[range.clone()] != m[range],
+                targeted,
+                "{}: changed only if targeted",
+                t.desc.name
+            );
+        }
+    }
+
+    #[test]
+    fn an_adapter_at_run_time_matches_it_merged_offline() {
+        let dir = TempDir::new("lora-one");
+        let base = tiny_model(&dir, "base.gguf", TINY, WeightType::F32);
+        let spec = spec(8, 16.0, &LORA_TARGETS, 11);
+        let adapter = lora(&dir, "lora.gguf", &base, &spec);
+        let merged = dir.path("merged.gguf");
+        write_merged(&base, &[(&adapter, 1.0)], &merged).unwrap();
+        assert_copied_but_targets(&base, &merged, &LORA_TARGETS);
+
+        let backend = genrt_actors::llama_backend().unwrap();
+        let mut model = LlamaModel::load_from_file(&backend, &base, &cpu()).unwrap();
+        let mut lora = model.lora_adapter_init(&adapter).unwrap();
+        let tokens = prompt(&model);
+        assert!(tokens.len() >= 8, "several positions to compare");
+        let with =
+            |scale: Option<f32>, remove: bool, lora: &mut llama_cpp_2::model::LlamaLoraAdapter| {
+                let mut decoder = SafeDecoder::new(&model, &backend);
+                if let Some(scale) = scale {
+                    decoder.ctx.lora_adapter_set(lora, scale).unwrap();
+                }
+                if remove {
+                    decoder.ctx.lora_adapter_remove(lora).unwrap();
+                }
+                run(&mut decoder, &tokens)
+            };
+        let plain = with(None, false, &mut lora);
+        let adapted = with(Some(1.0), false, &mut lora);
+        // Scale 0 and a removed adapter leave llama.cpp's graph as it is without one.
+        assert_eq!(with(Some(0.0), false, &mut lora), plain, "scale 0");
+        assert_eq!(with(Some(1.0), true, &mut lora), plain, "removed");
+
+        let merged_model = LlamaModel::load_from_file(&backend, &merged, &cpu()).unwrap();
+        let offline = run(&mut SafeDecoder::new(&merged_model, &backend), &tokens);
+        let difference = relative_difference(&offline, &adapted);
+        let effect = relative_difference(&plain, &adapted);
+        eprintln!("run time vs merged: {difference:.2e}; adapter vs base: {effect:.2e}");
+        assert!(
+            difference <= TOLERANCE,
+            "run time vs merged: {difference:e}"
+        );
+        assert_eq!(adapted.greedy, offline.greedy);
+        assert!(
+            effect >= 1000.0 * TOLERANCE,
+            "the adapter changes little: {effect:e}"
+        );
+        assert_ne!(
+            adapted.greedy, plain.greedy,
+            "the adapter changes the greedy output"
+        );
+    }
+
+    #[test]
+    fn two_adapters_at_once_match_both_merged_offline() {
+        let dir = TempDir::new("lora-two");
+        let base = tiny_model(&dir, "base.gguf", TINY, WeightType::F32);
+        // attn_v in both, so that two updates of one weight add up; alpha 0 is llama.cpp's
+        // "no alpha" (scale 1, not alpha/rank).
+        let first = lora(
+            &dir,
+            "first.gguf",
+            &base,
+            &spec(8, 16.0, &["attn_q", "attn_v", "ffn_up"], 21),
+        );
+        let second = lora(
+            &dir,
+            "second.gguf",
+            &base,
+            &spec(4, 0.0, &["attn_v", "attn_output", "ffn_down"], 22),
+        );
+        let both: [(&Path, f32); 2] = [(&first, 1.0), (&second, 0.5)];
+        let merged = dir.path("merged.gguf");
+        write_merged(&base, &both, &merged).unwrap();
+
+        let backend = genrt_actors::llama_backend().unwrap();
+        let reference = LlamaModel::load_from_file(
+            &backend,
+            &base,
+            &LlamaModelParams::default().with_vocab_only(true),
+        )
+        .unwrap();
+        let tokens = prompt(&reference);
+        let adapted = run(&mut RawDecoder::new(&base, &both), &tokens);
+        let offline = run(&mut RawDecoder::new(&merged, &[]), &tokens);
+        let first_only = run(&mut RawDecoder::new(&base, &both[..1]), &tokens);
+        let difference = relative_difference(&offline, &adapted);
+        let effect = relative_difference(&first_only, &adapted);
+        eprintln!("run time vs merged: {difference:.2e}; second adapter's effect: {effect:.2e}");
+        assert!(
+            difference <= TOLERANCE,
+            "run time vs merged: {difference:e}"
+        );
+        assert_eq!(adapted.greedy, offline.greedy);
+        assert!(
+            effect >= 1000.0 * TOLERANCE,
+            "the second adapter changes little: {effect:e}"
+        );
+    }
+
+    #[test]
+    fn an_adapter_for_another_shape_is_refused() {
+        let dir = TempDir::new("lora-shape");
+        let base = tiny_model(&dir, "base.gguf", TINY, WeightType::F32);
+        let narrow = Shape {
+            n_embd: 64,
+            n_head: 2,
+            n_head_kv: 1,
+            ..TINY
+        };
+        let other = tiny_model(&dir, "other.gguf", narrow, WeightType::F32);
+        let spec = spec(8, 16.0, &["attn_q", "attn_v"], 3);
+        let fits = lora(&dir, "fits.gguf", &base, &spec);
+        let misfit = lora(&dir, "misfit.gguf", &other, &spec);
+
+        let backend = genrt_actors::llama_backend().unwrap();
+        let mut model = LlamaModel::load_from_file(&backend, &base, &cpu()).unwrap();
+        assert!(model.lora_adapter_init(&fits).is_ok());
+        assert!(model.lora_adapter_init(&misfit).is_err());
+        let err = write_merged(&base, &[(&misfit, 1.0)], &dir.path("merged.gguf")).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err:#}");
+    }
+
+    /// An adapter is written from a quantized base's header and loads on it; merging takes F32
+    /// and F16 bases and refuses a quantized one, whose weights could not take the update
+    /// without being quantized again.
+    #[test]
+    fn merging_takes_f32_and_f16_bases_and_refuses_quantized_ones() {
+        let dir = TempDir::new("lora-types");
+        let spec = spec(8, 16.0, &["attn_k", "ffn_down"], 5);
+        let f16 = tiny_model(&dir, "f16.gguf", TINY, WeightType::F16);
+        let f16_lora = lora(&dir, "f16-lora.gguf", &f16, &spec);
+        let merged = dir.path("f16-merged.gguf");
+        write_merged(&f16, &[(&f16_lora, 1.0)], &merged).unwrap();
+        assert_copied_but_targets(&f16, &merged, &["attn_k", "ffn_down"]);
+
+        let q8 = tiny_model(&dir, "q8.gguf", TINY, WeightType::Q8_0);
+        let q8_lora = lora(&dir, "q8-lora.gguf", &q8, &spec);
+        let backend = genrt_actors::llama_backend().unwrap();
+        let mut model = LlamaModel::load_from_file(&backend, &q8, &cpu()).unwrap();
+        assert!(model.lora_adapter_init(&q8_lora).is_ok());
+        let err = write_merged(&q8, &[(&q8_lora, 1.0)], &dir.path("q8-merged.gguf")).unwrap_err();
+        assert!(err.to_string().contains("F32 or F16 base"), "{err:#}");
+    }
+
+    #[test]
+    fn lora_inputs_that_cannot_work_are_refused() {
+        let dir = TempDir::new("lora-refused");
+        let base = tiny_model(&dir, "base.gguf", TINY, WeightType::F32);
+        let out = dir.path("lora.gguf");
+        let err = write_lora(&base, &out, &spec(8, 16.0, &["attn_q", "attn_qkv"], 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown LoRA target \"attn_qkv\""),
+            "{err:#}"
+        );
+
+        let qwen = dir.path("qwen.gguf");
+        unsafe {
+            let ctx = Gguf(sys::gguf_init_empty());
+            sys::gguf_set_val_str(
+                ctx.0,
+                cstr("general.architecture").as_ptr(),
+                cstr("qwen2").as_ptr(),
+            );
+            assert!(sys::gguf_write_to_file(
+                ctx.0,
+                cstr(qwen.to_str().unwrap()).as_ptr(),
+                false
+            ));
+        }
+        let err = write_lora(&qwen, &out, &spec(8, 16.0, &["attn_q"], 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("llama-architecture models only"),
+            "{err:#}"
+        );
+
+        let adapter = lora(&dir, "adapter.gguf", &base, &spec(8, 16.0, &["attn_q"], 1));
+        let err = write_lora(&adapter, &out, &spec(8, 16.0, &["attn_q"], 1)).unwrap_err();
+        assert!(err.to_string().contains("is an adapter"), "{err:#}");
+        let err = write_merged(&base, &[(&base, 1.0)], &dir.path("merged.gguf")).unwrap_err();
+        assert!(err.to_string().contains("not a LoRA adapter"), "{err:#}");
+
+        // Creating the output would truncate the base before it is read.
+        let size = std::fs::metadata(&base).unwrap().len();
+        let err = write_merged(&base, &[(&adapter, 1.0)], &base).unwrap_err();
+        assert!(err.to_string().contains("is an input"), "{err:#}");
+        let err = write_lora(&base, &base, &spec(8, 16.0, &["attn_q"], 1)).unwrap_err();
+        assert!(err.to_string().contains("is an input"), "{err:#}");
+        assert_eq!(std::fs::metadata(&base).unwrap().len(), size);
     }
 }

@@ -377,3 +377,51 @@ test('models: register by upload (streamed, with progress), serve, delete', asyn
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 });
+
+test('adapters: register a LoRA adapter by upload, with progress, use it from a function, delete it', async () => {
+  const { createHash } = await import('node:crypto');
+  const { readFile, mkdtemp, rm } = await import('node:fs/promises');
+  const os = await import('node:os');
+  const { MODEL_PATH, GENRT_BIN } = await import('./server.mjs');
+  // An adapter written for SmolLM2 by the workspace's own tool (no download).
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'genrt-sdk-adapter-'));
+  const file = path.join(dir, 'style.gguf');
+  await run(path.join(path.dirname(GENRT_BIN), 'genrt-make-model'), ['--lora-of', MODEL_PATH, '--out', file]);
+  const bytes = await readFile(file);
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  const admin = new Genrt({ baseURL: server.baseURL, token: await server.token('ops', ['admin']) });
+  const created = await admin.models.adapters.register(MODEL_ID, { id: 'sdk-style', source: { upload: true }, sha256 });
+  assert.equal(created.registration.state, 'awaiting_upload');
+  assert.equal(created.reference, `${MODEL_ID}:sdk-style`);
+  await admin.models.adapters.upload(MODEL_ID, 'sdk-style', bytes);
+  const seen = [];
+  const ready = await admin.models.adapters.waitUntilRegistered(MODEL_ID, 'sdk-style', {
+    intervalMs: 50,
+    onProgress: (a) => seen.push(a.registration.state),
+  });
+  assert.equal(ready.registration.state, 'ready', JSON.stringify(ready));
+  assert.equal(ready.file.rank, 8);
+  assert.ok(seen.length >= 1);
+  assert.ok((await genrt.models.adapters.list(MODEL_ID)).some((a) => a.id === 'sdk-style'));
+  await genrt.functions.deploy({ ...SAY, name: 'say-styled', adapters: [{ id: 'sdk-style', scale: 1 }] });
+  const out = await genrt.invoke('say-styled', { who: 'Ada' });
+  assert.equal(out.model, `${MODEL_ID}:sdk-style`);
+  // A missing adapter is refused at deploy with the field it concerns.
+  await assert.rejects(
+    genrt.functions.deploy({ ...SAY, name: 'say-nothing', adapters: [{ id: 'no-such-adapter' }] }),
+    (err) => err instanceof UnprocessableEntityError && err.field === 'adapters[0].id',
+  );
+  await admin.models.adapters.delete(MODEL_ID, 'sdk-style');
+  for (let i = 0; ; i++) {
+    try {
+      await admin.models.adapters.get(MODEL_ID, 'sdk-style');
+    } catch (err) {
+      assert.ok(err instanceof NotFoundError);
+      assert.equal(err.code, 'adapter_not_found');
+      break;
+    }
+    assert.ok(i < 200, 'the adapter was not deleted');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await rm(dir, { recursive: true, force: true });
+});

@@ -216,6 +216,9 @@ pub(crate) struct FakeSession {
     pub(crate) adapter_switches: usize,
     /// The applied set of every decode call, in order.
     pub(crate) batch_sets: Vec<String>,
+    /// The most runs of consecutive sequence ids in one batch: llama.cpp computes each run
+    /// in a pass of its own.
+    pub(crate) max_runs_in_one_batch: usize,
     generated: HashMap<SeqId, usize>,
     pub(crate) last_batch_len: usize,
     /// The sequence ids of the last batch, in order, each once.
@@ -241,6 +244,7 @@ impl FakeSession {
             applied: String::new(),
             adapter_switches: 0,
             batch_sets: Vec::new(),
+            max_runs_in_one_batch: 0,
             generated: HashMap::new(),
             last_batch_len: 0,
             last_batch_seqs: Vec::new(),
@@ -335,6 +339,8 @@ impl Session for FakeSession {
         self.last_batch_len = batch.len();
         self.last_batch_seqs = seqs.clone();
         self.batch_sets.push(self.applied.clone());
+        let runs = 1 + seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        self.max_runs_in_one_batch = self.max_runs_in_one_batch.max(runs);
         for item in batch {
             // Generated tokens are `1000 + byte` (see `sample`); the rest come from prompts.
             if item.token < 1000 {

@@ -33,6 +33,7 @@ use crate::{Fault, FinishReason, ModelConfig};
 pub use adapters::{ActiveSet, AdapterCache, AdapterKey, AdapterSet, AdapterSpec, LoadedAdapter};
 pub use devices::{Device, DeviceKind, Placement};
 pub use llama::{llama_backend, load_backends, BackendsInfo, LlamaCppBackend};
+pub use scheduler::ADAPTER_QUANTUM_STEPS;
 
 pub(crate) use thread::{EngineEvent, EngineThread};
 

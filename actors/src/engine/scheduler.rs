@@ -69,7 +69,7 @@ pub(crate) const MIN_PREFIX_TOKENS: usize = 16;
 const MIN_PREFILL_PER_STEP: usize = 8;
 /// Steps one adapter set runs before another set that has work gets its turn. See the module
 /// documentation; measured by `genrt-bench-models` (adapter switches cost a graph reserve).
-pub(crate) const ADAPTER_QUANTUM_STEPS: usize = 8;
+pub const ADAPTER_QUANTUM_STEPS: usize = 8;
 
 /// How the scheduler is set up for one context.
 #[derive(Debug, Clone, Copy)]
@@ -342,9 +342,7 @@ impl Scheduler {
     /// per sequence), so that running sequences spread over the streams would cost a pass
     /// each. Cached KV elsewhere is copied into the slot rather than run where it lies.
     fn place(&self, tenant: &TenantId, adapters: &AdapterKey, prompt: &[TokenId]) -> Placement {
-        let target = (0..self.config.slots)
-            .find(|&i| self.streams[i].is_idle())
-            .expect("admit checked for a free slot");
+        let target = self.slot_for(adapters);
         // The last prompt token is always computed, for its logits.
         let limit = prompt.len() - 1;
         // (stream, common prefix, whether its KV is already there)
@@ -403,6 +401,71 @@ impl Scheduler {
             reuse,
             spill,
         }
+    }
+
+    /// The free slot a new sequence of adapter set `set` runs in. A step runs one set, and
+    /// llama.cpp computes a batch's sequences in one pass only where their ids are
+    /// consecutive, so each set's running sequences are kept in one run of slots:
+    /// - next to a run of its own set when a slot there is free, on the side with more free
+    ///   slots beyond it (ties: after the run), so that the run grows into room of its own
+    ///   rather than towards another set;
+    /// - with no other set running, the lowest free slot (everything then stays in one run
+    ///   from 0, whatever the arrival order);
+    /// - otherwise in the middle of the longest run of free slots: room on both sides, for
+    ///   this set and for the one before it.
+    ///
+    /// Sets arriving in turn (a, b, c, d, a, b, ...) into 16 slots end up in four runs of four.
+    fn slot_for(&self, set: &AdapterKey) -> usize {
+        let slots = self.config.slots;
+        let free = |i: usize| self.streams[i].is_idle();
+        let set_of = |i: usize| self.streams[i].running.as_ref().map(|r| &r.set.key);
+        // The free run around slot `i`: how many free slots from `i` on in direction `step`.
+        let room = |i: usize, right: bool| {
+            let mut n = 0;
+            let mut j = i as isize;
+            while j >= 0 && (j as usize) < slots && free(j as usize) {
+                n += 1;
+                j += if right { 1 } else { -1 };
+            }
+            n
+        };
+        let mut beside_own: Option<(usize, bool, usize)> = None; // (room, right side, slot)
+        for i in 0..slots {
+            if !free(i) {
+                continue;
+            }
+            let after_own = i > 0 && set_of(i - 1) == Some(set);
+            let before_own = i + 1 < slots && set_of(i + 1) == Some(set);
+            for (own, right) in [(after_own, true), (before_own, false)] {
+                if own {
+                    let candidate = (room(i, right), right, i);
+                    if beside_own.is_none_or(|b| (candidate.0, candidate.1) > (b.0, b.1)) {
+                        beside_own = Some(candidate);
+                    }
+                }
+            }
+        }
+        if let Some((_, _, i)) = beside_own {
+            return i;
+        }
+        let others = (0..slots).any(|i| set_of(i).is_some_and(|k| k != set));
+        if !others {
+            return (0..slots)
+                .find(|&i| free(i))
+                .expect("admit checked for a free slot");
+        }
+        let (mut best, mut run_start, mut best_len) = (None, 0, 0);
+        for i in 0..=slots {
+            if i < slots && free(i) {
+                continue;
+            }
+            let len = i - run_start;
+            if len > best_len {
+                (best, best_len) = (Some(run_start + len / 2), len);
+            }
+            run_start = i + 1;
+        }
+        best.expect("admit checked for a free slot")
     }
 
     /// The cache stream whose content is worth least (empty, else least recently used), other
@@ -1246,6 +1309,13 @@ mod tests {
             replies.push((user, set, r));
         }
         assert_eq!(run_until_idle(&mut s, &mut session), 12);
+        // Admitted in turn with the others into a full context, a set's sequences still sit
+        // on at most two runs of consecutive ids (the lowest free slot would give three).
+        assert!(
+            session.max_runs_in_one_batch <= 2,
+            "{} passes in one step",
+            session.max_runs_in_one_batch
+        );
         for (user, set, mut r) in replies {
             let mut names: Vec<String> = set
                 .iter()
@@ -1268,6 +1338,29 @@ mod tests {
             session.adapter_switches,
             session.batch_sets.len()
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn four_sets_arriving_in_turn_fill_sixteen_slots_in_four_runs() {
+        let (mut s, dir) = with_adapters(16, 16);
+        let mut session = FakeSession::new(16, 1024, 512);
+        let sets: [&[(&str, f32)]; 4] = [
+            &[("fashion", 1.0)],
+            &[("sports", 1.0)],
+            &[],
+            &[("tone", 1.0)],
+        ];
+        let mut replies = Vec::new();
+        for i in 0..16 {
+            let (j, r) = with(&dir, job(None, &format!("request {i}"), 50), sets[i % 4]);
+            assert_eq!(s.admit(&mut session, j), 0);
+            replies.push(r);
+        }
+        for _ in 0..40 {
+            s.step(&mut session, false);
+        }
+        assert_eq!(session.max_runs_in_one_batch, 1, "every step is one pass");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1412,6 +1412,14 @@ export interface components {
             tensors: number;
         };
         ModelInfo: {
+            /** Format: int64 */
+            adapter_memory_bytes: number;
+            /**
+             * Format: int32
+             * @description LoRA adapters its replicas have loaded now, and their bytes (counted in the memory
+             *     budget where the base's layers are).
+             */
+            adapters_loaded: number;
             /**
              * Format: int32
              * @description Prewarming work waiting behind interactive invocations.

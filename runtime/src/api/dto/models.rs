@@ -295,6 +295,10 @@ pub struct ModelInfo {
     pub replica_restarts: u64,
     pub last_load_ms: Option<f64>,
     pub prefix_cache: PrefixCacheInfo,
+    /// LoRA adapters its replicas have loaded now, and their bytes (counted in the memory
+    /// budget where the base's layers are).
+    pub adapters_loaded: u32,
+    pub adapter_memory_bytes: u64,
     /// Why the model is failed.
     pub error: Option<String>,
     /// The model's registry entry: source, sha256, progress, what its file holds.
@@ -347,6 +351,8 @@ impl ModelInfo {
                 cached_tokens: 0,
                 evictions: 0,
             },
+            adapters_loaded: 0,
+            adapter_memory_bytes: 0,
             error: registration.error.as_ref().map(|e| e.message.clone()),
             registration: Some(registration),
         }
@@ -391,6 +397,8 @@ impl From<ModelStatus> for ModelInfo {
                 cached_tokens: s.prefix_cache.cached_tokens,
                 evictions: s.prefix_cache.evictions,
             },
+            adapters_loaded: s.adapters_loaded,
+            adapter_memory_bytes: s.adapter_memory_bytes,
             error,
             registration: None,
         }
