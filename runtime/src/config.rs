@@ -464,6 +464,12 @@ pub struct SupervisionConfig {
 /// The checks a model's settings must pass, whether from the configuration file or
 /// registered through the API.
 pub fn validate_model(model: &ModelConfig) -> Result<(), String> {
+    if model.id.as_str().contains(':') || model.id.as_str().is_empty() {
+        return Err(format!(
+            "model id `{}`: must be non-empty without `:` (`model:adapter` names a LoRA adapter)",
+            model.id
+        ));
+    }
     if model.n_ctx < 64 {
         return Err(format!("model `{}`: n_ctx must be at least 64", model.id));
     }
@@ -935,6 +941,10 @@ mod tests {
         let mut c = Config::default();
         c.models.push(c.models[0].clone());
         assert!(c.validate().is_err());
+        // `:` names an adapter (`model:adapter`): no model id holds one.
+        let mut m = Config::default().models[0].clone();
+        m.id = genrt_functions::ModelId::new("qwen2.5:7b");
+        assert!(validate_model(&m).unwrap_err().contains("adapter"));
     }
 
     #[test]

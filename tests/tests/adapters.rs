@@ -563,6 +563,32 @@ async fn adapters_at_run_time_match_their_merged_weights(db: Db) {
     assert!(!registry_files(&store)
         .iter()
         .any(|f| f.starts_with("tiny:sports")));
+    // Deleting the model deletes its adapters.
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/models/{BASE}"),
+            &admin_token(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    s.eventually(
+        "the adapters to go with their model",
+        Duration::from_secs(30),
+        || async {
+            let rows = s.server().state().store.model_rows().await.unwrap();
+            !rows.iter().any(|r| r.base.as_deref() == Some(BASE))
+        },
+    )
+    .await;
+    assert!(
+        !registry_files(&store)
+            .iter()
+            .any(|f| f.starts_with("tiny:")),
+        "{:?}",
+        registry_files(&store)
+    );
     s.stop().await;
 }
 

@@ -40,10 +40,19 @@ pub struct AdapterSpec {
 pub struct AdapterSet(Vec<AdapterSpec>);
 
 impl AdapterSet {
+    /// One file named twice (`model: base:x` with `adapters: [{id: x}]`, or two names of one
+    /// file) is one adapter at the sum of its scales: llama.cpp keeps one scale per adapter.
     pub fn new(specs: impl IntoIterator<Item = AdapterSpec>) -> Self {
-        let mut specs: Vec<AdapterSpec> = specs.into_iter().filter(|s| s.scale != 0.0).collect();
-        specs.sort_by(|a, b| a.sha256.cmp(&b.sha256).then(a.name.cmp(&b.name)));
-        Self(specs)
+        let mut merged: Vec<AdapterSpec> = Vec::new();
+        for spec in specs {
+            match merged.iter_mut().find(|m| m.sha256 == spec.sha256) {
+                Some(m) => m.scale += spec.scale,
+                None => merged.push(spec),
+            }
+        }
+        merged.retain(|s| s.scale != 0.0);
+        merged.sort_by(|a, b| a.sha256.cmp(&b.sha256).then(a.name.cmp(&b.name)));
+        Self(merged)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,6 +223,9 @@ impl AdapterCache {
 
     /// Marks a finished sequence's adapters as used now, so that idleness counts from its end.
     pub fn release(&self, set: ActiveSet) {
+        if set.adapters.is_empty() {
+            return;
+        }
         let mut loaded = self.loaded.lock().expect("adapter cache lock");
         let now = Instant::now();
         for (sha, _) in &set.key.0 {
@@ -275,6 +287,17 @@ mod tests {
         assert_eq!(a.key(), b.key());
         assert_eq!(a.label(), "fashion+tone*0.5");
         assert!(AdapterSet::new([spec("x", "dd", 0.0)]).key().is_base());
+        // One file twice is one adapter at the summed scale.
+        let twice = AdapterSet::new([spec("fashion", "aa", 1.0), spec("alias", "aa", 0.5)]);
+        assert_eq!(
+            twice.key(),
+            AdapterSet::new([spec("fashion", "aa", 1.5)]).key()
+        );
+        assert!(
+            AdapterSet::new([spec("a", "aa", 1.0), spec("b", "aa", -1.0)])
+                .key()
+                .is_base()
+        );
         assert_ne!(
             AdapterSet::new([spec("fashion", "aa", 0.5)]).key(),
             AdapterSet::new([spec("fashion", "aa", 1.0)]).key(),

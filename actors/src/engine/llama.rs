@@ -317,6 +317,7 @@ impl Backend for LlamaCppBackend {
             template,
             eog_tokens,
             model: loaded,
+            loras: std::sync::Mutex::new(()),
         }))
     }
 
@@ -365,6 +366,10 @@ struct LlamaWeights {
     template: Option<LlamaChatTemplate>,
     /// Every end-of-generation token, masked out when `ignore_eos` is set.
     eog_tokens: Vec<LlamaToken>,
+    /// Guards llama.cpp's model-wide list of adapters (`llama_model::loras`, unsynchronised):
+    /// written when an adapter is loaded or freed, read when one of the model's contexts
+    /// reserves its graph (at creation, and at the first decode after its adapters change).
+    loras: std::sync::Mutex<()>,
 }
 
 /// KV cells of one replica: one full context for each of its streams, the slots' and the
@@ -385,10 +390,13 @@ impl Weights for LlamaWeights {
     fn load_adapter(self: Arc<Self>, path: &Path) -> Result<Arc<dyn LoadedAdapter>, String> {
         let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: the model pointer is valid while `self` lives, and the adapter keeps `self`
-        // alive. llama.cpp registers the adapter in the model's adapter list, which is not
-        // synchronised: the caller (the model's AdapterCache) loads and frees under one lock.
-        let ptr = unsafe {
-            llama_cpp_sys_2::llama_adapter_lora_init(raw_model(&self.model), name.as_ptr())
+        // alive. llama.cpp registers the adapter in the model's adapter list, which the
+        // `loras` lock guards against the other replicas' graph reserves.
+        let ptr = {
+            let _list = self.loras.lock().expect("adapter list lock");
+            unsafe {
+                llama_cpp_sys_2::llama_adapter_lora_init(raw_model(&self.model), name.as_ptr())
+            }
         };
         if ptr.is_null() {
             // llama.cpp logs the reason (wrong architecture, a tensor of another shape).
@@ -421,16 +429,19 @@ impl Weights for LlamaWeights {
             .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = self
-            .model
-            .new_context(&self.backend, params)
-            .map_err(|e| EngineError::Load(format!("cannot create context: {e}")))?;
+        // Creating a context reserves its graph, which reads the model's adapter list.
+        let ctx = {
+            let _list = self.loras.lock().expect("adapter list lock");
+            self.model.new_context(&self.backend, params)
+        }
+        .map_err(|e| EngineError::Load(format!("cannot create context: {e}")))?;
         let raw = raw_context(&ctx, raw_model(&self.model));
         let mut session = LlamaSession {
             weights: self,
             raw,
-            applied: ActiveSet::base(),
             ctx,
+            applied: ActiveSet::base(),
+            reserve_pending: false,
             batch: LlamaBatch::new(N_BATCH as usize, 1),
             samplers: HashMap::new(),
             slots: slots as usize,
@@ -458,10 +469,11 @@ impl Weights for LlamaWeights {
             .with_pooling_type(LlamaPoolingType::Mean)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = self
-            .model
-            .new_context(&self.backend, params)
-            .map_err(|e| EngineError::Load(format!("cannot create embedding context: {e}")))?;
+        let ctx = {
+            let _list = self.loras.lock().expect("adapter list lock");
+            self.model.new_context(&self.backend, params)
+        }
+        .map_err(|e| EngineError::Load(format!("cannot create embedding context: {e}")))?;
         let mut embedder = LlamaEmbedder {
             weights: self,
             ctx,
@@ -477,9 +489,13 @@ struct LlamaSession<'a> {
     /// The context's own pointer, for the adapter call llama-cpp-2 does not wrap (see
     /// [`raw_context`]); `None` if it could not be found, and then adapters are refused.
     raw: Option<*mut llama_cpp_sys_2::llama_context>,
-    /// The adapters the context applies now, held so that they stay loaded while it does.
-    applied: ActiveSet,
     ctx: LlamaContext<'a>,
+    /// The adapters the context applies now, held so that they stay loaded while it does.
+    /// Declared after `ctx`: dropped after it.
+    applied: ActiveSet,
+    /// The adapters changed: the next decode reserves the graph, reading the model's adapter
+    /// list (under `LlamaWeights::loras`).
+    reserve_pending: bool,
     batch: LlamaBatch<'static>,
     samplers: HashMap<SeqId, Sampler>,
     slots: usize,
@@ -718,6 +734,11 @@ impl Session for LlamaSession<'_> {
                 .add(LlamaToken(item.token), item.pos, &[item.seq], item.logits)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
+        let weights = self.weights;
+        let _list = self
+            .reserve_pending
+            .then(|| weights.loras.lock().expect("adapter list lock"));
+        self.reserve_pending = false;
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(e.to_string()))
@@ -796,6 +817,7 @@ impl Session for LlamaSession<'_> {
             )));
         }
         self.applied = set.clone();
+        self.reserve_pending = true;
         Ok(())
     }
 }
@@ -808,7 +830,7 @@ struct LlamaAdapter {
 }
 
 // SAFETY: an adapter's tensors are written once, at load, and only read by decode calls after;
-// it is freed once (Drop), under the AdapterCache's lock (see `AdapterCache::unload_idle`).
+// it is freed once (Drop), under the model's `loras` lock.
 unsafe impl Send for LlamaAdapter {}
 unsafe impl Sync for LlamaAdapter {}
 
@@ -821,7 +843,9 @@ impl LoadedAdapter for LlamaAdapter {
 impl Drop for LlamaAdapter {
     fn drop(&mut self) {
         // SAFETY: loaded by llama_adapter_lora_init and freed nowhere else; the model is
-        // still alive (held by `_weights`), so the adapter leaves its model's list first.
+        // still alive (held by `_weights`), so the adapter leaves its model's list first,
+        // under the lock that guards that list.
+        let _list = self._weights.loras.lock().expect("adapter list lock");
         unsafe { llama_cpp_sys_2::llama_adapter_lora_free(self.ptr) }
     }
 }

@@ -620,6 +620,17 @@ impl ModelRegistry {
                 self.spawn_removal_of(config.id.as_str().to_owned(), None, false);
             }
         }
+        // Adapters whose model is gone or going (registered while it was being deleted, or
+        // left by a cascade cut short) go too; the node that moves the row finishes it.
+        for row in rows
+            .iter()
+            .filter(|r| r.kind == "adapter" && r.state != "deleting")
+        {
+            let base = row.base.as_deref().and_then(|b| by_id.get(b));
+            if base.is_none_or(|b| b.state == "deleting") && self.mark_deleting(&row.id).await? {
+                self.spawn_removal(row.clone(), true);
+            }
+        }
         for (model, name, adapter) in served_adapters {
             let id = adapter_id(&model, &name);
             if adapters::is_stale(by_id.get(id.as_str()).copied(), &adapter) {
