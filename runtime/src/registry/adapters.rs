@@ -18,7 +18,10 @@ use genrt_actors::engine::gguf::{self, AdapterProblem};
 use genrt_actors::Adapter;
 use genrt_functions::{ModelId, TenantId};
 
-use super::{check_sha256, valid_model_id, Failure, ModelRegistry, Source, MAX_ID_LEN};
+use super::{
+    check_sha256, check_tenant_registration, valid_model_id, Failure, ModelRegistry, Source,
+    MAX_ID_LEN,
+};
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{ModelChange, ModelRow, NewModel};
 use crate::tenancy::{Caller, Scope};
@@ -148,21 +151,7 @@ impl ModelRegistry {
         owner: &TenantId,
         r: &AdapterRegistration,
     ) -> Result<(), ApiError> {
-        let prefix = format!("{owner}.");
-        if !r.name.starts_with(&prefix) || r.name.len() == prefix.len() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("a tenant's own adapter is named `{prefix}<name>`"),
-            )
-            .with_field("id"));
-        }
-        if matches!(r.source, Source::Path(_)) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidModelSource,
-                "a tenant registers its adapters by URL or upload; the model store's files are the operator's",
-            )
-            .with_field("source.path"));
-        }
+        check_tenant_registration(owner, &r.name, &r.source, "adapter")?;
         let limits = self.inner.tenancy.limits_of(owner).await?;
         let id = adapter_id(&r.model, &r.name);
         let held = self

@@ -271,21 +271,7 @@ impl ModelRegistry {
     /// taken id tells nothing of another tenant), a URL or an upload (the store's files are
     /// the operator's), and room within `max_private_models`.
     async fn check_private(&self, owner: &TenantId, r: &Registration) -> Result<(), ApiError> {
-        let prefix = format!("{owner}.");
-        if !r.id.as_str().starts_with(&prefix) || r.id.as_str().len() == prefix.len() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("a tenant's own model is named `{prefix}<name>`"),
-            )
-            .with_field("id"));
-        }
-        if matches!(r.source, Source::Path(_)) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidModelSource,
-                "a tenant registers its models by URL or upload; the model store's files are the operator's",
-            )
-            .with_field("source.path"));
-        }
+        check_tenant_registration(owner, r.id.as_str(), &r.source, "model")?;
         let limits = self.inner.tenancy.limits_of(owner).await?;
         let held = self
             .owned(owner, "model")
@@ -1233,6 +1219,32 @@ impl Drop for UploadGuard {
             });
         }
     }
+}
+
+/// A tenant's own model or adapter (`what`): named `<tenant>.<name>` in its namespace, and
+/// fetched by URL or uploaded (the model store's files are the operator's).
+fn check_tenant_registration(
+    owner: &TenantId,
+    name: &str,
+    source: &Source,
+    what: &str,
+) -> Result<(), ApiError> {
+    let prefix = format!("{owner}.");
+    if !name.starts_with(&prefix) || name.len() == prefix.len() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("a tenant's own {what} is named `{prefix}<name>`"),
+        )
+        .with_field("id"));
+    }
+    if matches!(source, Source::Path(_)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidModelSource,
+            format!("a tenant registers its {what}s by URL or upload; the model store's files are the operator's"),
+        )
+        .with_field("source.path"));
+    }
+    Ok(())
 }
 
 /// A registration's sha256, as 64 lower-case hexadecimal digits.
