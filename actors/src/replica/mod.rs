@@ -108,6 +108,7 @@ impl Actor for ModelReplica {
                 if let Err(job) = replica.engine.submit(job) {
                     let reason = "engine thread is not accepting work";
                     let _ = job.reply.send(Err(EngineError::Crashed(reason.into())));
+                    replica.engine.join().await;
                     return Err(reason.into());
                 }
                 if replica.outstanding == 0 {
@@ -120,6 +121,10 @@ impl Actor for ModelReplica {
                 let _ = replica.pool.cast(PoolMsg::SlotFreed(replica.key));
             }
             ReplicaMsg::Engine(EngineEvent::Died(reason)) => {
+                // ractor skips `post_stop` for an actor whose handler fails, so the thread,
+                // which is already on its way out, is joined here: by the time the pool hears
+                // of the failure the context and this replica's hold on the weights are gone.
+                replica.engine.join().await;
                 // Failing hands the decision to the pool, which restarts us with backoff.
                 return Err(format!("engine died: {reason}").into());
             }
