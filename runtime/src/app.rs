@@ -196,8 +196,10 @@ async fn start_server(
         Arc::clone(&url_guard),
     )
     .map_err(StartError::Config)?;
-    // Before the first request: the models registered earlier (here or on another node) are
-    // served, and registrations a previous run left unfinished start again.
+    // Before the first request: the configuration's adapters are validated, the models and
+    // adapters registered earlier (here or on another node) are served, and registrations a
+    // previous run left unfinished start again.
+    registry.seed_adapters(&config.adapters).await?;
     registry.sync(true).await?;
     let deliveries = Arc::new(tokio::sync::Notify::new());
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));

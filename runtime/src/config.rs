@@ -55,6 +55,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "templates",
     "registry",
     "models",
+    "adapters",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,23 @@ pub struct Config {
     /// Models served from the start. They seed the model registry (see `registry`), where
     /// more are registered at run time.
     pub models: Vec<ModelConfig>,
+    /// LoRA adapters served from the start on the models above; they seed the registry too.
+    pub adapters: Vec<AdapterSeed>,
+}
+
+/// A LoRA adapter of the configuration (`[[adapters]]`): registered as `model:id` at start,
+/// validated against its model before the server listens (so that functions naming it deploy
+/// at once), and served like one registered through the API. The file is the operator's: no
+/// sha256 is registered for it and deleting the adapter leaves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSeed {
+    /// The configured model it adapts.
+    pub model: String,
+    /// Its name: a function's `adapters[].id`, and `model:id` wherever a model is named.
+    pub id: String,
+    /// The LoRA GGUF.
+    pub path: PathBuf,
 }
 
 /// The model registry (`POST /v1/models`, see `registry`): where registered files live, how
@@ -511,6 +529,7 @@ impl Default for Config {
             templates: TemplatesConfig::default(),
             registry: RegistryConfig::default(),
             models: vec![ModelConfig::new(DEFAULT_MODEL_ID, DEFAULT_MODEL_PATH)],
+            adapters: Vec::new(),
         }
     }
 }
@@ -679,6 +698,28 @@ impl Config {
                 return invalid(format!("model `{}` is registered twice", model.id));
             }
             validate_model(model).map_err(ConfigError::Invalid)?;
+        }
+        let mut adapters = std::collections::HashSet::new();
+        for a in &self.adapters {
+            if !self.models.iter().any(|m| m.id.as_str() == a.model) {
+                return invalid(format!(
+                    "adapter `{}`: model `{}` is not among the configured models",
+                    a.id, a.model
+                ));
+            }
+            if !crate::registry::valid_model_id(&a.id) {
+                return invalid(format!(
+                    "adapter `{}`: lower-case letters, digits, `-`, `_` and `.` only, starting \
+                     with a letter or digit",
+                    a.id
+                ));
+            }
+            if !adapters.insert((&a.model, &a.id)) {
+                return invalid(format!(
+                    "adapter `{}:{}` is configured twice",
+                    a.model, a.id
+                ));
+            }
         }
         let r = &self.registry;
         if r.concurrent == 0 || r.concurrent_quantizations == 0 || r.sync_interval_ms < 100 {
@@ -945,6 +986,28 @@ mod tests {
         let mut m = Config::default().models[0].clone();
         m.id = genrt_functions::ModelId::new("qwen2.5:7b");
         assert!(validate_model(&m).unwrap_err().contains("adapter"));
+    }
+
+    #[test]
+    fn adapters_name_a_configured_model_once_each() {
+        let seed = |model: &str, id: &str| AdapterSeed {
+            model: model.into(),
+            id: id.into(),
+            path: "fashion.gguf".into(),
+        };
+        let mut c = Config {
+            adapters: vec![seed(DEFAULT_MODEL_ID, "fashion")],
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
+        c.adapters.push(seed(DEFAULT_MODEL_ID, "fashion"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+        c.adapters = vec![seed("elsewhere", "fashion")];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("not among the configured models"), "{err}");
+        c.adapters = vec![seed(DEFAULT_MODEL_ID, "Fashion:1")];
+        assert!(c.validate().is_err());
     }
 
     #[test]

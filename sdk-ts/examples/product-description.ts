@@ -7,7 +7,7 @@ export default defineFunction<{ product: string; category: string; features?: st
   name: 'product-description',
   route: {
     field: 'category',
-    cases: { fashion: 'smollm2-135m-fashion' },
+    cases: { fashion: 'smollm2-135m:fashion' },
     default: 'smollm2-135m',
   },
   system: 'You write product descriptions for an online shop. Be accurate, warm and concise. Never invent prices.',

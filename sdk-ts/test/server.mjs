@@ -27,6 +27,8 @@ const repoRoot = path.resolve(sdkRoot, '..');
 export const GENRT_BIN = process.env.GENRT_BIN ?? path.join(repoRoot, 'target/release/genrt');
 export const MODEL_PATH = process.env.GENRT_MODEL ?? path.join(repoRoot, 'models/SmolLM2-135M-Instruct.Q4_1.gguf');
 export const MODEL_ID = 'smollm2-135m';
+/** The fashion LoRA adapter on SmolLM2 (`make models` writes it). */
+export const FASHION_ADAPTER_PATH = path.join(repoRoot, 'models/smollm2-135m-fashion.lora.gguf');
 
 /** A port nobody listens on right now. */
 export async function freePort() {
@@ -73,8 +75,13 @@ concurrency = ${slots}
 poll_ms = 100
 ${extra ?? ''}
 ${model(MODEL_ID, slots, 'embeddings = true')}
-# The product-description example routes fashion products to this id.
-${model('smollm2-135m-fashion', 1)}`;
+# A second model id on the same file (not configured for embeddings).
+${model('smollm2-135m-fashion', 1)}
+# The product-description example routes fashion products to this adapter.
+[[adapters]]
+model = "${MODEL_ID}"
+id = "fashion"
+path = ${JSON.stringify(FASHION_ADAPTER_PATH)}`;
 }
 
 /**

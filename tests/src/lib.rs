@@ -26,14 +26,32 @@ pub const SECRET: &str = "end-to-end-test-secret-0123456789";
 pub const MODEL: &str = "smollm2-135m";
 /// The same GGUF registered under a second id, standing in for a vertical model.
 pub const FASHION_MODEL: &str = "smollm2-135m-fashion";
+/// A second, genuinely different model (architecture `gemma3`, its own tokenizer of 262k
+/// tokens, twice SmolLM2's parameters), served by the servers of [`TestServer::with_second_model`].
+pub const SECOND_MODEL: &str = "gemma3-270m";
 
 /// The model file, fetched by `make model`.
 pub fn model_path() -> PathBuf {
+    repo_file("models/SmolLM2-135M-Instruct.Q4_1.gguf", "make model")
+}
+
+/// Gemma 3 270M Q4_K_M, fetched by `make models`.
+pub fn second_model_path() -> PathBuf {
+    repo_file("models/gemma-3-270m.Q4_K_M.gguf", "make models")
+}
+
+/// The fashion LoRA adapter on SmolLM2 that genrt.toml and the product-description example
+/// use, written by `make models`.
+pub fn fashion_adapter_path() -> PathBuf {
+    repo_file("models/smollm2-135m-fashion.lora.gguf", "make models")
+}
+
+fn repo_file(relative: &str, make: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = root.join(relative);
     assert!(
         path.is_file(),
-        "{} is missing: run `make model` (make test does it)",
+        "{} is missing: run `{make}` (make test does it)",
         path.display()
     );
     path
@@ -110,6 +128,24 @@ impl TestServer {
     pub async fn start(db: Db) -> Self {
         let data = TempDir::new("genrt-e2e");
         Self::start_with(Self::config(&db, &data), data).await
+    }
+
+    /// As [`Self::start`], also serving [`SECOND_MODEL`] and, as genrt.toml does, the fashion
+    /// adapter `smollm2-135m:fashion` that the product-description example routes to.
+    pub async fn with_second_model(db: Db) -> Self {
+        Self::start_adjusted(db, |config| {
+            let mut gemma = ModelConfig::new(SECOND_MODEL, second_model_path());
+            gemma.n_ctx = 512;
+            gemma.threads = 2;
+            gemma.idle_timeout_s = 2;
+            config.models.push(gemma);
+            config.adapters.push(genrt_runtime::config::AdapterSeed {
+                model: MODEL.into(),
+                id: "fashion".into(),
+                path: fashion_adapter_path(),
+            });
+        })
+        .await
     }
 
     /// [`Self::config`] changed by `adjust` before the server starts.

@@ -16,6 +16,7 @@
 //! - Deleting an adapter refuses it to new work; a tenant's own adapter is invisible to
 //!   others and counted against its quota; an adapter registered on one node is used on
 //!   another node of the same Postgres.
+//! - The configuration's `[[adapters]]` serve from the start; a bad one fails alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -830,4 +831,74 @@ async fn an_adapter_registered_on_one_node_is_used_on_another() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// `[[adapters]]` of the configuration: validated against their model before the server
+/// listens, so a function naming one deploys at once; one that fails validation is `failed`
+/// with its code, and the others still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_adapters_serve_from_the_start_and_a_bad_one_fails_alone() {
+    let dir = TempDir::new("genrt-configured-adapters");
+    let notes = dir.0.join("notes.gguf");
+    std::fs::write(&notes, "not a GGUF at all\n").unwrap();
+    let seed = |id: &str, path: PathBuf| genrt_runtime::config::AdapterSeed {
+        model: genrt_tests::MODEL.into(),
+        id: id.into(),
+        path,
+    };
+    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
+        c.adapters = vec![
+            seed("fashion", genrt_tests::fashion_adapter_path()),
+            seed("notes", notes.clone()),
+            seed("gone", dir.0.join("gone.gguf")),
+        ];
+    })
+    .await;
+    let path = |name: &str| format!("/v1/models/{}/adapters/{name}", genrt_tests::MODEL);
+    // Settled before the first request: nothing to wait for.
+    let (_, fashion) = s
+        .call(Method::GET, &path("fashion"), &admin_token(), None)
+        .await;
+    assert_eq!(fashion["registration"]["state"], "ready", "{fashion}");
+    assert_eq!(
+        fashion["registration"]["source_kind"], "config",
+        "{fashion}"
+    );
+    assert_eq!(
+        fashion["registration"]["sha256"],
+        sha256_of(&genrt_tests::fashion_adapter_path()),
+        "{fashion}"
+    );
+    let (_, notes_entry) = s
+        .call(Method::GET, &path("notes"), &admin_token(), None)
+        .await;
+    failed_with(&notes_entry, "model_not_gguf");
+    let (_, gone) = s
+        .call(Method::GET, &path("gone"), &admin_token(), None)
+        .await;
+    failed_with(&gone, "invalid_model_source");
+    // The operator's files stay where they are, failed or not.
+    assert!(notes.is_file());
+    let t = token("acme");
+    let reference = format!("{}:fashion", genrt_tests::MODEL);
+    deploy(
+        &s,
+        &t,
+        json!({"name": "tagline", "model": reference, "prompt": "A tagline for {{ thing }}.",
+               "params": {"max_tokens": 8, "temperature": 0}}),
+    )
+    .await;
+    let (status, out) = s
+        .invoke(&t, "tagline", json!({"input": {"thing": "a linen shirt"}}))
+        .await;
+    assert_eq!(
+        (status, out["model"].as_str()),
+        (200, Some(reference.as_str())),
+        "{out}"
+    );
+    let bad = json!({"name": "bad", "model": format!("{}:notes", genrt_tests::MODEL),
+                     "prompt": "x"});
+    let (status, body) = s.deploy(&t, bad).await;
+    assert_eq!(status, 422, "{body}");
+    s.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use genrt_tests::{token, token_with, Db, PgCluster, TestServer, FASHION_MODEL, MODEL, SECRET};
+use genrt_tests::{token, token_with, Db, PgCluster, TestServer, MODEL, SECOND_MODEL, SECRET};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -13,7 +13,7 @@ macro_rules! on_both_databases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    let server = genrt_tests::TestServer::start(super::Db::Sqlite).await;
+                    let server = genrt_tests::TestServer::with_second_model(super::Db::Sqlite).await;
                     super::$scenario(&server).await;
                     server.stop().await;
                 }
@@ -25,7 +25,7 @@ macro_rules! on_both_databases {
                 async fn $scenario() {
                     let cluster = super::PgCluster::start();
                     let url = cluster.create_database("genrt");
-                    let server = genrt_tests::TestServer::start(super::Db::Postgres(url)).await;
+                    let server = genrt_tests::TestServer::with_second_model(super::Db::Postgres(url)).await;
                     super::$scenario(&server).await;
                     server.stop().await;
                     drop(cluster);
@@ -149,37 +149,55 @@ async fn deploy_invoke_and_version(s: &TestServer) {
     assert_eq!(error_code(&body), "function_not_found");
 }
 
+/// Routing between genuinely different models: Gemma 3 270M (its own architecture and
+/// tokenizer) for garden products, the fashion LoRA adapter on SmolLM2 for fashion, SmolLM2
+/// itself otherwise.
 async fn routing_picks_the_model_from_the_input(s: &TestServer) {
+    const FASHION: &str = "smollm2-135m:fashion";
     let t = token("acme");
     let (status, body) = s
         .deploy(
             &t,
             json!({
                 "name": "product-description",
-                "route": {"field": "category", "cases": {"fashion": FASHION_MODEL}, "default": MODEL},
+                "route": {"field": "category", "cases": {"fashion": FASHION, "garden": SECOND_MODEL}, "default": MODEL},
                 "prompt": "Describe {{ product }} in one sentence.",
                 "params": {"max_tokens": 12, "temperature": 0}
             }),
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (_, fashion) = s
-        .invoke(
-            &t,
-            "product-description",
-            json!({"input": {"category": "fashion", "product": "a linen shirt"}}),
-        )
-        .await;
-    assert_eq!(fashion["model"], FASHION_MODEL, "{fashion}");
-    let (_, garden) = s
-        .invoke(
-            &t,
-            "product-description",
-            json!({"input": {"category": "garden", "product": "a rake"}}),
-        )
-        .await;
-    assert_eq!(garden["model"], MODEL, "{garden}");
-    assert_eq!(s.model(&t, FASHION_MODEL).await["loads"], 1);
+    let mut answers = Vec::new();
+    for category in ["fashion", "garden", "kitchen"] {
+        let (status, out) = s
+            .invoke(
+                &t,
+                "product-description",
+                json!({"input": {"category": category, "product": "a linen apron"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{category}: {out}");
+        answers.push(out);
+    }
+    let [fashion, garden, kitchen] = &answers[..] else {
+        unreachable!()
+    };
+    assert_eq!(fashion["model"], FASHION, "{fashion}");
+    assert_eq!(garden["model"], SECOND_MODEL, "{garden}");
+    assert_eq!(kitchen["model"], MODEL, "{kitchen}");
+    // One prompt, three models: Gemma's tokenizer cuts it differently from SmolLM2's (which
+    // the adapter shares), and each model continues it its own way.
+    let prompt_tokens = |out: &Value| out["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(prompt_tokens(fashion), prompt_tokens(kitchen));
+    assert_ne!(
+        prompt_tokens(garden),
+        prompt_tokens(kitchen),
+        "{garden} {kitchen}"
+    );
+    let text = |out: &Value| out["output"]["text"].as_str().unwrap().to_owned();
+    assert_ne!(text(garden), text(kitchen));
+    assert_ne!(text(fashion), text(kitchen), "the adapter changed nothing");
+    assert_eq!(s.model(&t, SECOND_MODEL).await["loads"], 1);
 }
 
 async fn deterministic_repeats_come_from_the_cache(s: &TestServer) {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{EngineError, Weights};
@@ -134,11 +134,61 @@ struct Entry {
     last_used: Instant,
 }
 
+/// An adapter in the cache: loaded, or being loaded by one engine thread while others that
+/// need it wait for the outcome.
+enum Slot {
+    Ready(Entry),
+    Loading(Arc<Loading>),
+}
+
+/// One load in progress, which the threads that need the same adapter wait for.
+#[derive(Default)]
+struct Loading {
+    finished: Mutex<bool>,
+    done: Condvar,
+}
+
+impl Loading {
+    fn finish(&self) {
+        *self.finished.lock().expect("adapter load lock") = true;
+        self.done.notify_all();
+    }
+
+    fn wait(&self) {
+        let finished = self.finished.lock().expect("adapter load lock");
+        let _finished = self
+            .done
+            .wait_while(finished, |finished| !*finished)
+            .expect("adapter load lock");
+    }
+}
+
+/// Ends a load whatever happens to the loading thread: a load that fails or panics removes
+/// its slot and wakes its waiters instead of leaving them blocked.
+struct LoadGuard<'a> {
+    cache: &'a AdapterCache,
+    sha256: &'a str,
+    loading: Arc<Loading>,
+    entry: Option<Entry>,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.cache.slots.lock().expect("adapter cache lock");
+        match self.entry.take() {
+            Some(entry) => slots.insert(self.sha256.to_owned(), Slot::Ready(entry)),
+            None => slots.remove(self.sha256),
+        };
+        drop(slots);
+        self.loading.finish();
+    }
+}
+
 /// The adapters loaded for one model's weights, shared by its replicas.
 pub struct AdapterCache {
     /// Declared before `weights`: adapters are freed before the weights they were loaded
     /// for (llama.cpp frees an adapter with its model otherwise, and then again here).
-    loaded: Mutex<HashMap<String, Entry>>,
+    slots: Mutex<HashMap<String, Slot>>,
     weights: Arc<dyn Weights>,
     budgets: Budgets,
     /// The GPU the base's layers are on, and their share there.
@@ -156,7 +206,7 @@ impl AdapterCache {
         model: String,
     ) -> Self {
         Self {
-            loaded: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             weights,
             budgets,
             gpu,
@@ -166,58 +216,88 @@ impl AdapterCache {
     }
 
     /// The adapters of `set`, loading those not loaded yet. Called on an engine thread when a
-    /// sequence is admitted; the lock also serialises llama.cpp's adapter loading, which
-    /// registers each adapter in its model's (unsynchronised) adapter list.
+    /// sequence is admitted. A load runs outside the cache's lock, so that other replicas
+    /// meanwhile take the adapters already loaded; one that needs the adapter being loaded
+    /// waits for that load rather than starting another. (llama.cpp's own adapter list is
+    /// guarded by the engine, per model: see `llama.rs`.)
     pub fn acquire(&self, set: &AdapterSet) -> Result<ActiveSet, EngineError> {
-        let mut loaded = self.loaded.lock().expect("adapter cache lock");
-        let now = Instant::now();
-        self.unload_idle(&mut loaded, now);
         let mut adapters = Vec::with_capacity(set.specs().len());
         for spec in set.specs() {
-            if let Some(entry) = loaded.get_mut(&spec.sha256) {
-                entry.last_used = now;
-                adapters.push((Arc::clone(&entry.adapter), spec.scale));
-                continue;
-            }
-            let bytes = std::fs::metadata(&spec.path)
-                .map_err(|e| {
-                    EngineError::Load(format!(
-                        "adapter `{}` ({}): {e}",
-                        spec.name,
-                        spec.path.display()
-                    ))
-                })?
-                .len();
-            let (host, gpu) = match self.gpu {
-                Some((ordinal, share)) => {
-                    let on_gpu = (bytes as f64 * share) as u64;
-                    (bytes - on_gpu, Some((ordinal, on_gpu)))
-                }
-                None => (bytes, None),
-            };
-            let what = format!("adapter `{}` of `{}`", spec.name, self.model);
-            let memory = self
-                .budgets
-                .reserve(host, gpu, &what)
-                .map_err(EngineError::MemoryBudget)?;
-            let adapter = Arc::clone(&self.weights)
-                .load_adapter(&spec.path)
-                .map_err(|e| EngineError::Load(format!("adapter `{}`: {e}", spec.name)))?;
-            tracing::info!(model = %self.model, adapter = %spec.name, bytes, "adapter loaded");
-            loaded.insert(
-                spec.sha256.clone(),
-                Entry {
-                    adapter: Arc::clone(&adapter),
-                    bytes,
-                    _memory: memory,
-                    last_used: now,
-                },
-            );
-            adapters.push((adapter, spec.scale));
+            adapters.push((self.adapter(spec)?, spec.scale));
         }
         Ok(ActiveSet {
             key: set.key(),
             adapters,
+        })
+    }
+
+    fn adapter(&self, spec: &AdapterSpec) -> Result<Arc<dyn LoadedAdapter>, EngineError> {
+        loop {
+            let mut slots = self.slots.lock().expect("adapter cache lock");
+            let now = Instant::now();
+            self.unload_idle(&mut slots, now);
+            let loading = match slots.get_mut(&spec.sha256) {
+                Some(Slot::Ready(entry)) => {
+                    entry.last_used = now;
+                    return Ok(Arc::clone(&entry.adapter));
+                }
+                Some(Slot::Loading(loading)) => Arc::clone(loading),
+                None => {
+                    let loading = Arc::new(Loading::default());
+                    let slot = Slot::Loading(Arc::clone(&loading));
+                    slots.insert(spec.sha256.clone(), slot);
+                    drop(slots);
+                    let mut guard = LoadGuard {
+                        cache: self,
+                        sha256: &spec.sha256,
+                        loading,
+                        entry: None,
+                    };
+                    let entry = self.load(spec)?;
+                    let adapter = Arc::clone(&entry.adapter);
+                    guard.entry = Some(entry);
+                    return Ok(adapter);
+                }
+            };
+            drop(slots);
+            // Then it is loaded, or its load failed and this thread tries in turn (and
+            // reports its own error).
+            loading.wait();
+        }
+    }
+
+    /// Reserves the adapter's memory and loads it, outside the cache's lock.
+    fn load(&self, spec: &AdapterSpec) -> Result<Entry, EngineError> {
+        let bytes = std::fs::metadata(&spec.path)
+            .map_err(|e| {
+                EngineError::Load(format!(
+                    "adapter `{}` ({}): {e}",
+                    spec.name,
+                    spec.path.display()
+                ))
+            })?
+            .len();
+        let (host, gpu) = match self.gpu {
+            Some((ordinal, share)) => {
+                let on_gpu = (bytes as f64 * share) as u64;
+                (bytes - on_gpu, Some((ordinal, on_gpu)))
+            }
+            None => (bytes, None),
+        };
+        let what = format!("adapter `{}` of `{}`", spec.name, self.model);
+        let memory = self
+            .budgets
+            .reserve(host, gpu, &what)
+            .map_err(EngineError::MemoryBudget)?;
+        let adapter = Arc::clone(&self.weights)
+            .load_adapter(&spec.path)
+            .map_err(|e| EngineError::Load(format!("adapter `{}`: {e}", spec.name)))?;
+        tracing::info!(model = %self.model, adapter = %spec.name, bytes, "adapter loaded");
+        Ok(Entry {
+            adapter,
+            bytes,
+            _memory: memory,
+            last_used: Instant::now(),
         })
     }
 
@@ -226,26 +306,30 @@ impl AdapterCache {
         if set.adapters.is_empty() {
             return;
         }
-        let mut loaded = self.loaded.lock().expect("adapter cache lock");
+        let mut slots = self.slots.lock().expect("adapter cache lock");
         let now = Instant::now();
         for (sha, _) in &set.key.0 {
-            if let Some(entry) = loaded.get_mut(sha) {
+            if let Some(Slot::Ready(entry)) = slots.get_mut(sha) {
                 entry.last_used = now;
             }
         }
-        // Dropped under the lock: if the cache let go of an adapter meanwhile, this is the
-        // last holder, and llama.cpp's free must not race a load.
+        drop(slots);
+        // If the cache let go of an adapter meanwhile, this is its last holder: the engine's
+        // free takes the model's adapter lock itself.
         drop(set);
     }
 
     /// Unloads the adapters no sequence holds and none has used for the idle timeout.
     pub fn sweep(&self) {
-        let mut loaded = self.loaded.lock().expect("adapter cache lock");
-        self.unload_idle(&mut loaded, Instant::now());
+        let mut slots = self.slots.lock().expect("adapter cache lock");
+        self.unload_idle(&mut slots, Instant::now());
     }
 
-    fn unload_idle(&self, loaded: &mut HashMap<String, Entry>, now: Instant) {
-        loaded.retain(|_, e| {
+    fn unload_idle(&self, slots: &mut HashMap<String, Slot>, now: Instant) {
+        slots.retain(|_, slot| {
+            let Slot::Ready(e) = slot else {
+                return true;
+            };
             // Only this cache holds it: no sequence runs with it and no context applies it.
             let unused = Arc::strong_count(&e.adapter) == 1;
             let keep = !unused || now.duration_since(e.last_used) < self.idle;
@@ -258,14 +342,124 @@ impl AdapterCache {
 
     /// Adapters loaded now, and their bytes.
     pub fn status(&self) -> (u32, u64) {
-        let loaded = self.loaded.lock().expect("adapter cache lock");
-        (loaded.len() as u32, loaded.values().map(|e| e.bytes).sum())
+        let slots = self.slots.lock().expect("adapter cache lock");
+        slots.values().fold((0, 0), |(n, bytes), slot| match slot {
+            Slot::Ready(e) => (n + 1, bytes + e.bytes),
+            Slot::Loading(_) => (n, bytes),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc;
+
     use super::*;
+    use crate::engine::Session;
+    use crate::memory::MemoryBudget;
+    use crate::ModelConfig;
+
+    /// Weights whose adapter loads count themselves, and block while `slow` is in the file's
+    /// name until the gate opens.
+    #[derive(Default)]
+    struct GatedWeights {
+        loads: AtomicU32,
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    struct TestAdapter;
+
+    impl LoadedAdapter for TestAdapter {
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    impl Weights for GatedWeights {
+        fn kv_bytes(&self, _: &ModelConfig) -> u64 {
+            0
+        }
+
+        fn run_session(
+            &self,
+            _: &ModelConfig,
+            _: &mut dyn FnMut(&mut dyn Session),
+        ) -> Result<(), EngineError> {
+            unreachable!("no sessions in these tests")
+        }
+
+        fn load_adapter(
+            self: Arc<Self>,
+            path: &std::path::Path,
+        ) -> Result<Arc<dyn LoadedAdapter>, String> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if path.to_string_lossy().contains("slow") {
+                let open = self.open.lock().unwrap();
+                let _open = self.opened.wait_while(open, |open| !*open).unwrap();
+            }
+            Ok(Arc::new(TestAdapter))
+        }
+    }
+
+    #[test]
+    fn a_slow_load_holds_up_only_those_that_need_that_adapter_and_runs_once() {
+        let dir = std::env::temp_dir().join(format!("genrt-adapter-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str| {
+            let path = dir.join(format!("{name}.gguf"));
+            std::fs::write(&path, [0u8; 1000]).unwrap();
+            AdapterSpec {
+                name: name.into(),
+                path,
+                sha256: name.into(),
+                scale: 1.0,
+            }
+        };
+        let (fast, slow) = (file("fast"), file("slow"));
+        let weights = Arc::new(GatedWeights::default());
+        let budgets = Budgets::host_only(MemoryBudget::new(1 << 30));
+        let cache = Arc::new(AdapterCache::new(
+            weights.clone(),
+            budgets,
+            None,
+            Duration::from_secs(60),
+            "m".into(),
+        ));
+        let acquire = |spec: &AdapterSpec| {
+            let (cache, set) = (Arc::clone(&cache), AdapterSet::new([spec.clone()]));
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(cache.acquire(&set).map(|s| s.key));
+            });
+            rx
+        };
+        let wait = Duration::from_secs(10);
+        assert!(acquire(&fast).recv_timeout(wait).unwrap().is_ok());
+        let first = acquire(&slow);
+        while weights.loads.load(Ordering::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // While `slow` loads, a loaded adapter is served at once...
+        assert!(acquire(&fast).recv_timeout(wait).unwrap().is_ok());
+        // ...and a second sequence wanting `slow` waits for that load instead of loading it
+        // again.
+        let second = acquire(&slow);
+        assert!(second.recv_timeout(Duration::from_millis(200)).is_err());
+        assert_eq!(
+            cache.status(),
+            (1, 1000),
+            "a load in progress is not counted"
+        );
+        *weights.open.lock().unwrap() = true;
+        weights.opened.notify_all();
+        assert!(first.recv_timeout(wait).unwrap().is_ok());
+        assert!(second.recv_timeout(wait).unwrap().is_ok());
+        assert_eq!(weights.loads.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.status(), (2, 2000));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn spec(name: &str, sha: &str, scale: f32) -> AdapterSpec {
         AdapterSpec {

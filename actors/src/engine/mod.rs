@@ -138,7 +138,8 @@ pub trait Weights: Send + Sync + 'static {
     }
 
     /// Loads the LoRA adapter at `path` for these weights. Called by the model's
-    /// [`AdapterCache`], one load at a time.
+    /// [`AdapterCache`] on any of its replicas' engine threads: loads of different adapters
+    /// may run at once, and an engine serialises what its library needs serialised.
     /// The adapter keeps the weights alive: it must never outlive the model it belongs to.
     fn load_adapter(
         self: Arc<Self>,

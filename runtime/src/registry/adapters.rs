@@ -17,11 +17,13 @@ use std::path::PathBuf;
 use genrt_actors::engine::gguf::{self, AdapterProblem};
 use genrt_actors::Adapter;
 use genrt_functions::{ModelId, TenantId};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    check_sha256, check_tenant_registration, valid_model_id, Failure, ModelRegistry, Source,
+    check_sha256, check_tenant_registration, fetch, valid_model_id, Failure, ModelRegistry, Source,
     MAX_ID_LEN,
 };
+use crate::config::AdapterSeed;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{ModelChange, ModelRow, NewModel};
 use crate::tenancy::{Caller, Scope};
@@ -65,6 +67,48 @@ fn adapter_not_found(model: &ModelId, name: &str) -> ApiError {
 }
 
 impl ModelRegistry {
+    /// Registers the configuration's adapters (`[[adapters]]`) before the server listens: each
+    /// file is hashed (its sha256 is its identity in the engine's adapter sets and the
+    /// response cache, like a registered one's) and validated against its model now, so that
+    /// functions naming it deploy at once. One that fails is left `failed` with its code and
+    /// the others still serve, as a configured model that cannot load does.
+    pub async fn seed_adapters(&self, seeds: &[AdapterSeed]) -> Result<(), sea_orm::DbErr> {
+        for seed in seeds {
+            let model = ModelId::new(seed.model.clone());
+            let id = adapter_id(&model, &seed.id);
+            let hashed = fetch::hash_file(&seed.path, None, &CancellationToken::new()).await;
+            let new = NewModel {
+                id: id.clone(),
+                kind: "adapter",
+                base: Some(model.as_str().to_owned()),
+                owner: None,
+                state: "registering",
+                source_kind: "config",
+                source: None,
+                sha256: hashed
+                    .as_ref()
+                    .map(|h| h.sha256.clone())
+                    .unwrap_or_default(),
+                path: seed.path.display().to_string(),
+                settings: None,
+                quantize: None,
+                requantize: false,
+            };
+            self.inner.store.seed(&new).await?;
+            let Some(row) = self.inner.store.model_row(&id).await? else {
+                continue;
+            };
+            match hashed {
+                Ok(hashed) => {
+                    self.remember(&seed.path, &hashed.sha256);
+                    self.validate_adapter_and_serve(&row).await;
+                }
+                Err(failure) => self.fail(&row, failure).await,
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts an adapter registration: the name, sha256 and source now, and that `caller`
     /// can use the base model; the file is fetched and validated in the background.
     pub async fn register_adapter(

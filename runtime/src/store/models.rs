@@ -82,34 +82,42 @@ impl Store {
                 quantize: None,
                 requantize: false,
             };
-            let size = std::fs::metadata(&m.path).map_or(0, |md| md.len() as i64);
-            let row = new_row(&seeded, size);
-            model::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(model::Column::Id)
-                        .update_columns([
-                            model::Column::Quantize,
-                            model::Column::Requantize,
-                            model::Column::FileSha256,
-                            model::Column::Kind,
-                            model::Column::Base,
-                            model::Column::Path,
-                            model::Column::NCtx,
-                            model::Column::Owner,
-                            model::Column::State,
-                            model::Column::SourceKind,
-                            model::Column::Source,
-                            model::Column::SizeBytes,
-                            model::Column::Settings,
-                            model::Column::ErrorCode,
-                            model::Column::ErrorMessage,
-                            model::Column::UpdatedAt,
-                        ])
-                        .to_owned(),
-                )
-                .exec(&self.db)
-                .await?;
+            self.seed(&seeded).await?;
         }
+        Ok(())
+    }
+
+    /// Writes a row of the configuration over any row of its id (the configuration wins).
+    pub async fn seed(&self, seeded: &NewModel) -> Result<(), DbErr> {
+        let size = std::fs::metadata(&seeded.path).map_or(0, |md| md.len() as i64);
+        let row = new_row(seeded, size);
+        model::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(model::Column::Id)
+                    .update_columns([
+                        model::Column::Quantize,
+                        model::Column::Requantize,
+                        model::Column::FileSha256,
+                        model::Column::Sha256,
+                        model::Column::Info,
+                        model::Column::Kind,
+                        model::Column::Base,
+                        model::Column::Path,
+                        model::Column::NCtx,
+                        model::Column::Owner,
+                        model::Column::State,
+                        model::Column::SourceKind,
+                        model::Column::Source,
+                        model::Column::SizeBytes,
+                        model::Column::Settings,
+                        model::Column::ErrorCode,
+                        model::Column::ErrorMessage,
+                        model::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
