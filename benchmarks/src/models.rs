@@ -149,6 +149,8 @@ impl Admin<'_> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
+    genrt_actors::engine::openmp::reexec_with_env();
     let mut config = ModelConfig::new(MODEL, &args.model);
     config.threads = args.threads;
     config.idle_timeout_s = 1;
@@ -344,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\nA second engine thread speeds the base's 16-token steps up but slows the adapters' 4-token steps down: each step pays the two threads' OpenMP barriers (one per graph node), stretched on these 2 cores by the in-process HTTP server's and client's wake-ups, a cost per step that the adapters' 4 times as many steps pay 4 times. With one thread, where that cost is gone, 4 adapters keep most of the base's throughput. Adapters loaded after the runs: {}, {:.1} MiB (counted in the memory budget).\n",
+        "\nThe adapters' 4-sequence steps are 4 times as many as the base's 16-sequence steps for the same tokens, and each pays the same fixed costs: building the graph, sampling, and with two threads the OpenMP barriers after every graph node (this process runs, as `genrt serve` does, with `OMP_WAIT_POLICY=ACTIVE`, see `actors/src/engine/openmp.rs`; with libgomp's defaults the second thread slept at most barriers and the adapters kept about 0.55× of the base). Adapters loaded after the runs: {}, {:.1} MiB (counted in the memory budget).\n",
         lora[0].loaded,
         lora[0].loaded_bytes as f64 / 1048576.0
     )?;

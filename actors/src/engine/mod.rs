@@ -9,6 +9,7 @@ pub mod adapters;
 pub mod devices;
 pub mod gguf;
 mod llama;
+pub mod openmp;
 pub mod quantize;
 pub(crate) mod scheduler;
 mod text;
