@@ -56,7 +56,7 @@ $(SECOND_MODEL):
 ## A LoRA adapter for SmolLM2 written by the synthetic model writer (rank 8 on attn_q and
 ## attn_v, fixed seed): a real adapter file that llama.cpp loads and applies, standing in for
 ## a fashion fine-tune, whose weights it does not have (see README, "LoRA adapters").
-$(FASHION): $(MODEL)
+$(FASHION): $(MODEL) | deps
 	$(CARGO) run --release -q -p genrt-benchmarks --bin genrt-make-model -- \
 	  --lora-of $(MODEL) --seed 7 --magnitude 0.02 --out $@.part
 	@mv $@.part $@

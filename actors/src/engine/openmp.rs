@@ -7,16 +7,16 @@
 //! threads always does (the thread that starts the program counts too), it spins only 100
 //! times (about a microsecond) before sleeping. Waking it costs more than the node it waited
 //! for, so the second thread of a replica mostly slept: on the 2-core machines, 16 streams on
-//! two engine threads decoded ~107 tokens/s with libgomp's defaults and ~160-175 with the
-//! settings below, and 16 streams over 4 LoRA adapters (4 times the decode steps) ~61 against
-//! ~117-121 (`genrt-bench-models`, benchmarks/MODELS.md).
+//! two engine threads decoded 107-122 tokens/s with libgomp's defaults and 159-178 with the
+//! settings below, and 16 streams over 4 LoRA adapters (4 times the decode steps) 61-66
+//! against 117-121 (runs of `genrt-bench-models`, benchmarks/MODELS.md).
 //!
 //! `OMP_WAIT_POLICY=ACTIVE` raises that short spin to 1000; `GOMP_SPINCOUNT` keeps the spin
 //! of a process with fewer threads than CPUs at libgomp's default (300000, a few
 //! milliseconds), where `ACTIVE` alone would keep idle threads spinning for minutes after each
 //! request. libgomp reads both once, when it is loaded with the engine's libraries, before
-//! `main` runs: a binary that runs the engine therefore executes itself again with them set,
-//! unless its environment already sets them (the operator's choice wins).
+//! `main` runs: a binary that runs the engine therefore executes itself again with those of
+//! them its environment does not set (the operator's choice wins).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -37,14 +37,9 @@ pub fn reexec_with_env() {
     }
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("genrt"));
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(err) => {
-            eprintln!("cannot find this program to set OpenMP's waiting policy ({err}); running with libgomp's defaults");
-            return;
-        }
-    };
-    let mut command = std::process::Command::new(exe);
+    // The running image itself, even when its file was replaced or removed since it started
+    // (an upgrade in place), which `current_exe` would name "... (deleted)".
+    let mut command = std::process::Command::new("/proc/self/exe");
     command.arg0(arg0).args(args);
     for (key, value) in missing {
         command.env(key, value);

@@ -108,7 +108,7 @@ impl Actor for ModelReplica {
                 if let Err(job) = replica.engine.submit(job) {
                     let reason = "engine thread is not accepting work";
                     let _ = job.reply.send(Err(EngineError::Crashed(reason.into())));
-                    replica.engine.join().await;
+                    join_failed(&mut replica.engine).await;
                     return Err(reason.into());
                 }
                 if replica.outstanding == 0 {
@@ -124,7 +124,7 @@ impl Actor for ModelReplica {
                 // ractor skips `post_stop` for an actor whose handler fails, so the thread,
                 // which is already on its way out, is joined here: by the time the pool hears
                 // of the failure the context and this replica's hold on the weights are gone.
-                replica.engine.join().await;
+                join_failed(&mut replica.engine).await;
                 // Failing hands the decision to the pool, which restarts us with backoff.
                 return Err(format!("engine died: {reason}").into());
             }
@@ -148,6 +148,19 @@ impl Actor for ModelReplica {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a failing replica waits for its engine thread to end before leaving it (as a hung
+/// one is left): the pool must hear of the failure whatever the thread does.
+const JOIN_LIMIT: Duration = Duration::from_secs(10);
+
+async fn join_failed(engine: &mut EngineThread) {
+    if tokio::time::timeout(JOIN_LIMIT, engine.join())
+        .await
+        .is_err()
+    {
+        tracing::error!("engine thread did not end within {JOIN_LIMIT:?} of failing; left running");
     }
 }
 

@@ -72,11 +72,37 @@ impl ModelRegistry {
     /// response cache, like a registered one's) and validated against its model now, so that
     /// functions naming it deploy at once. One that fails is left `failed` with its code and
     /// the others still serve, as a configured model that cannot load does.
+    ///
+    /// A row that already says what the configuration says (`ready`, same base, path and
+    /// sha256: this node's previous run, or another node of the same database with the same
+    /// file) is left as it is, so that restarting a node never takes the adapter away from the
+    /// others; the sync then serves it here. A row registered through the API under the same
+    /// id, or being deleted, is not overwritten: the configured one is skipped with a warning.
     pub async fn seed_adapters(&self, seeds: &[AdapterSeed]) -> Result<(), sea_orm::DbErr> {
         for seed in seeds {
             let model = ModelId::new(seed.model.clone());
             let id = adapter_id(&model, &seed.id);
+            let path = seed.path.display().to_string();
             let hashed = fetch::hash_file(&seed.path, None, &CancellationToken::new()).await;
+            let sha256 = hashed
+                .as_ref()
+                .map(|h| h.sha256.clone())
+                .unwrap_or_default();
+            if let Some(existing) = self.inner.store.model_row(&id).await? {
+                if existing.source_kind != "config" || existing.state == "deleting" {
+                    tracing::warn!(adapter = %id, state = %existing.state, source = %existing.source_kind,
+                        "configured adapter skipped: the registry has this id already");
+                    continue;
+                }
+                let same = existing.state == "ready"
+                    && existing.base.as_deref() == Some(model.as_str())
+                    && existing.path == path
+                    && existing.sha256.as_deref() == Some(sha256.as_str());
+                if same {
+                    self.remember(&seed.path, &sha256);
+                    continue;
+                }
+            }
             let new = NewModel {
                 id: id.clone(),
                 kind: "adapter",
@@ -85,11 +111,8 @@ impl ModelRegistry {
                 state: "registering",
                 source_kind: "config",
                 source: None,
-                sha256: hashed
-                    .as_ref()
-                    .map(|h| h.sha256.clone())
-                    .unwrap_or_default(),
-                path: seed.path.display().to_string(),
+                sha256,
+                path,
                 settings: None,
                 quantize: None,
                 requantize: false,

@@ -595,6 +595,9 @@ impl ModelRegistry {
                 }
                 // At start, a deletion a previous run left unfinished is this node's to finish.
                 "deleting" => self.spawn_removal(row.clone(), resume),
+                // A configured adapter still being checked is another node's seeding (this
+                // node seeded its own before this sync): not a job left over.
+                "registering" | "validating" if resume && row.source_kind == "config" => {}
                 "registering" if resume => self.spawn_job(&row.id),
                 "validating" | "quantizing" if resume => self.interrupted(row).await,
                 _ => {}
