@@ -275,7 +275,10 @@ async fn structured_output_parses_and_validates_fifty_times_out_of_fifty() {
             // Room for the worst case: every character a 6-byte \u escape of several tokens.
         "params": {"temperature": 0.7, "max_tokens": 900},
             "output": {"format": "json", "json_schema": schema},
-            "cache": {"enabled": false}
+            "cache": {"enabled": false},
+            // Validity is what is tested, not speed: ten sampled briefs of up to 900 tokens at
+            // once on two shared cores can outlast the default 60 s.
+            "timeout_s": 300
         }),
     )
     .await;
