@@ -626,6 +626,24 @@ mod tests {
         }
     }
 
+    /// `adapted` (adapters applied at run time) matches `offline` (merged into the weights)
+    /// within float tolerance, greedy output included, while differing clearly from `without`
+    /// (what `what` adds is missing there), so that the comparison can fail.
+    fn matches_merged(adapted: &Run, offline: &Run, without: &Run, what: &str) {
+        let difference = relative_difference(offline, adapted);
+        let effect = relative_difference(without, adapted);
+        eprintln!("run time vs merged: {difference:.2e}; effect of {what}: {effect:.2e}");
+        assert!(
+            difference <= TOLERANCE,
+            "run time vs merged: {difference:e}"
+        );
+        assert_eq!(adapted.greedy, offline.greedy);
+        assert!(
+            effect >= 1000.0 * TOLERANCE,
+            "{what} changes little: {effect:e}"
+        );
+    }
+
     /// The largest difference between two runs' prompt logits, as a fraction of the spread of
     /// `reference`'s logits at that position.
     fn relative_difference(reference: &Run, other: &Run) -> f64 {
@@ -846,18 +864,7 @@ mod tests {
 
         let merged_model = LlamaModel::load_from_file(&backend, &merged, &cpu()).unwrap();
         let offline = run(&mut SafeDecoder::new(&merged_model, &backend), &tokens);
-        let difference = relative_difference(&offline, &adapted);
-        let effect = relative_difference(&plain, &adapted);
-        eprintln!("run time vs merged: {difference:.2e}; adapter vs base: {effect:.2e}");
-        assert!(
-            difference <= TOLERANCE,
-            "run time vs merged: {difference:e}"
-        );
-        assert_eq!(adapted.greedy, offline.greedy);
-        assert!(
-            effect >= 1000.0 * TOLERANCE,
-            "the adapter changes little: {effect:e}"
-        );
+        matches_merged(&adapted, &offline, &plain, "the adapter");
         assert_ne!(
             adapted.greedy, plain.greedy,
             "the adapter changes the greedy output"
@@ -897,18 +904,7 @@ mod tests {
         let adapted = run(&mut RawDecoder::new(&base, &both), &tokens);
         let offline = run(&mut RawDecoder::new(&merged, &[]), &tokens);
         let first_only = run(&mut RawDecoder::new(&base, &both[..1]), &tokens);
-        let difference = relative_difference(&offline, &adapted);
-        let effect = relative_difference(&first_only, &adapted);
-        eprintln!("run time vs merged: {difference:.2e}; second adapter's effect: {effect:.2e}");
-        assert!(
-            difference <= TOLERANCE,
-            "run time vs merged: {difference:e}"
-        );
-        assert_eq!(adapted.greedy, offline.greedy);
-        assert!(
-            effect >= 1000.0 * TOLERANCE,
-            "the second adapter changes little: {effect:e}"
-        );
+        matches_merged(&adapted, &offline, &first_only, "the second adapter");
     }
 
     #[test]
