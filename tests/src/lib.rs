@@ -8,6 +8,7 @@ pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod receiver;
+pub mod turns;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 pub use postgres::PgCluster;
 pub use process::ServerProcess;
 pub use receiver::WebhookReceiver;
+pub use turns::{Turn, Turns};
 
 pub const SECRET: &str = "end-to-end-test-secret-0123456789";
 pub const MODEL: &str = "smollm2-135m";

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use genrt_tests::node::node_sign;
-use genrt_tests::{admin_token, token, Db, TestServer, FASHION_MODEL, MODEL};
+use genrt_tests::{admin_token, token, Db, TestServer, Turns, FASHION_MODEL, MODEL};
 use reqwest::Method;
 use serde_json::{json, Value};
+
+/// The template-bomb test measures the process's RSS and the bystander's latency: it runs
+/// with no other test of this binary loading a model beside it (a replica loading at the
+/// same moment added 168 MiB to the process once, on CI).
+static TURNS: Turns = Turns::new();
 
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
@@ -247,6 +252,7 @@ async fn streamed_or_error(response: reqwest::Response) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_refuses_what_admission_forbids_with_the_documented_code() {
+    let _turn = TURNS.shared().await;
     let s = TestServer::start_adjusted(Db::Sqlite, admission_limits).await;
     admission_table(s).await;
 }
@@ -254,6 +260,7 @@ async fn every_mode_refuses_what_admission_forbids_with_the_documented_code() {
 /// The same table on the fake engine: admission is above the engine, so it must not matter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admission_table_holds_on_the_fake_engine_too() {
+    let _turn = TURNS.shared().await;
     let s = TestServer::start_fake(Db::Sqlite, admission_limits).await;
     admission_table(s).await;
 }
@@ -357,6 +364,7 @@ async fn prewarm(s: &TestServer, t: &str, inputs: Value) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_is_admitted_per_tenant_and_counted_like_any_invocation() {
+    let _turn = TURNS.shared().await;
     let s = TestServer::start_adjusted(Db::Sqlite, |c| c.tenancy.rate_limit_rps = 0.0).await;
     tenant(&s, "restricted", json!({})).await;
     tenant(&s, "one", json!({})).await;
@@ -452,6 +460,7 @@ fn rss_mib() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_would_exhaust_the_server_is_refused_quickly_while_others_are_served() {
+    let _turn = TURNS.alone().await;
     let s = TestServer::start_adjusted(Db::Sqlite, |c| c.tenancy.rate_limit_rps = 0.0).await;
     tenant(&s, "attacker", json!({})).await;
     tenant(&s, "bystander", json!({})).await;

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use genrt_tests::{
-    admin_token, claims, fixture, reply, sign, token, token_with, Db, PgCluster, TestServer,
-    FASHION_MODEL, MODEL, SECRET,
+    admin_token, claims, fixture, reply, sign, token, token_with, Db, PgCluster, TestServer, Turn,
+    Turns, FASHION_MODEL, MODEL, SECRET,
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Every scenario starts its own server on the database it is given.
 macro_rules! on_both_databases {
@@ -67,18 +66,13 @@ const ALONE: &[&str] = &[
     "a_batch_of_1000_inputs_completes_in_input_order",
 ];
 
-static TURNS: RwLock<()> = RwLock::const_new(());
-
-enum Turn {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
-}
+static TURNS: Turns = Turns::new();
 
 async fn turn(scenario: &str) -> Turn {
     if ALONE.contains(&scenario) {
-        Turn::Alone(TURNS.write().await)
+        TURNS.alone().await
     } else {
-        Turn::Shared(TURNS.read().await)
+        TURNS.shared().await
     }
 }
 
