@@ -153,10 +153,11 @@ pub struct ModelConfig {
     /// Sequences one replica decodes together (continuous batching).
     #[serde(default = "default_slots")]
     pub slots: u32,
-    /// Tokens one decode step holds while any sequence is generating: one per generating
-    /// sequence first, then prompt tokens of new sequences up to this budget (at least a few
-    /// per step). Bounds how long admitting prompts stalls the running streams; a step with
-    /// nothing generating takes whole prompts. (`prefill_chunk` is its former name.)
+    /// Tokens one decode step holds: one per generating sequence first, then prompt tokens of
+    /// new sequences up to this budget (at least a few per step). Bounds how long admitting
+    /// prompts stalls the running streams. A step with nothing generating takes the oldest
+    /// prompt whole, and a prompt a little over the budget's rest is not split (see the
+    /// scheduler). (`prefill_chunk` is its former name.)
     #[serde(default = "default_step_tokens", alias = "prefill_chunk")]
     pub step_tokens: u32,
     /// Reuse the KV of earlier prompts of the same tenant that start the same way (see

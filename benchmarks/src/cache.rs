@@ -42,6 +42,10 @@ struct Args {
     /// Requests each of the 16 clients makes under load.
     #[arg(long, default_value_t = 2)]
     per_client: usize,
+    /// Only the conversations (part 1), printed and not written to CACHE.md: for iterating on
+    /// the scheduler.
+    #[arg(long)]
+    conversations_only: bool,
     #[arg(long, default_value = "benchmarks")]
     out: PathBuf,
 }
@@ -197,6 +201,13 @@ fn load_body(i: usize) -> Value {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // RUST_LOG (e.g. `genrt_actors::engine::scheduler=trace`) shows each step on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // The engine runs here as `genrt serve` runs it, with libgomp's settings.
     genrt_actors::engine::openmp::reexec_with_env();
     if !args.model.is_file() {
@@ -282,6 +293,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = writeln!(report, "\n## Conversations\n\n{table}");
     let _ = writeln!(report, "Raw llama.cpp prefilling turn {turns}'s whole prompt ({} tokens) to its first token: {raw_prefill:.0} ms; genrt with the cache, turn {turns} TTFT over HTTP: {on_turn_last:.0} ms ({:.2}× raw).\n", tokens.len(), on_turn_last / raw_prefill);
+
+    if args.conversations_only {
+        println!("{report}");
+        let _ = b.server.stop().await;
+        return Ok(());
+    }
 
     // 2. Streaming under load, per step budget.
     let raw_prompts: Vec<_> = (0..LOAD_SLOTS as usize)

@@ -225,6 +225,9 @@ pub(crate) struct FakeSession {
     pub(crate) last_batch_seqs: Vec<SeqId>,
     pub(crate) max_sequences_in_one_batch: usize,
     pub(crate) copies: usize,
+    /// Copies come back unusable (emptied), as a real engine's do when a sliding-window
+    /// model's window was overwritten: tests that the scheduler then prefills.
+    pub(crate) refuse_reuse: bool,
     /// Prompt tokens computed (not copied from a cached prefix).
     pub(crate) prompt_tokens_decoded: usize,
     /// Where to record the user text of each prompt as it starts (tokenizing is the first
@@ -250,6 +253,7 @@ impl FakeSession {
             last_batch_seqs: Vec::new(),
             max_sequences_in_one_batch: 0,
             copies: 0,
+            refuse_reuse: false,
             prompt_tokens_decoded: 0,
             started: None,
         }
@@ -383,21 +387,27 @@ impl Session for FakeSession {
         self.generated.remove(&seq);
     }
 
-    fn truncate(&mut self, seq: SeqId, len: usize) {
+    fn truncate(&mut self, seq: SeqId, len: usize) -> usize {
         if let Some(kv) = self.kv.get_mut(&seq) {
             kv.truncate(len);
         }
         if let Some(tags) = self.tags.get_mut(&seq) {
             tags.truncate(len);
         }
+        len
     }
 
-    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) -> usize {
         let prefix = self.kv[&from][..len].to_vec();
         self.kv.insert(to, prefix);
         let tags = self.tags[&from][..len].to_vec();
         self.tags.insert(to, tags);
         self.copies += 1;
+        if self.refuse_reuse {
+            self.truncate(to, 0)
+        } else {
+            len
+        }
     }
 
     fn set_adapters(&mut self, set: &ActiveSet) -> Result<(), EngineError> {

@@ -18,7 +18,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LogOptions};
+use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LlamaStateSeqFlags, LogOptions};
 
 use super::devices::{Device, DeviceKind, Placement};
 use super::{
@@ -318,6 +318,7 @@ impl Backend for LlamaCppBackend {
             eog_tokens,
             model: loaded,
             loras: std::sync::Mutex::new(()),
+            kv_on_gpu: placement.gpu.is_some() && placement.n_gpu_layers > 0,
         }))
     }
 
@@ -370,6 +371,8 @@ struct LlamaWeights {
     /// written when an adapter is loaded or freed, read when one of the model's contexts
     /// reserves its graph (at creation, and at the first decode after its adapters change).
     loras: std::sync::Mutex<()>,
+    /// Some layers, and so their KV, are on a GPU.
+    kv_on_gpu: bool,
 }
 
 /// KV cells of one replica: one full context for each of its streams, the slots' and the
@@ -447,6 +450,14 @@ impl Weights for LlamaWeights {
             slots: slots as usize,
             streams: config.kv_streams() as usize,
             n_ctx: config.n_ctx,
+            copy: if self.kv_on_gpu
+                // SAFETY: the model pointer is valid while `self` lives.
+                || unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&self.model)) } > 0
+            {
+                CopyMode::Stream
+            } else {
+                CopyMode::State
+            },
         };
         serve(&mut session);
         Ok(())
@@ -501,6 +512,25 @@ struct LlamaSession<'a> {
     slots: usize,
     streams: usize,
     n_ctx: u32,
+    copy: CopyMode,
+}
+
+/// How a cached prefix is copied from one KV stream to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyMode {
+    /// Through the sequence-state API, at once: only the cells the source uses, written into
+    /// the destination in the same order, byte for byte. `kv_cache_seq_cp` between streams
+    /// would copy every cell of the stream (used or not) at the next decode, then reserve
+    /// the worst-case graph again.
+    State,
+    /// `kv_cache_seq_cp`, for KV on a GPU (the state would go to the host and back) and for
+    /// models with sliding-window layers: their state leaves out the cells outside the
+    /// window of the source's last position, which a shorter prefix needs, while the stream
+    /// keeps them all (llama.cpp allocates full-size sliding-window caches, `swa_full`).
+    /// The copy runs at the start of the next decode, in the order the copies were asked
+    /// for; everything else here is immediate, and the scheduler asks for a slot's spill
+    /// before the copy that overwrites it.
+    Stream,
 }
 
 impl LlamaSession<'_> {
@@ -772,15 +802,41 @@ impl Session for LlamaSession<'_> {
         self.samplers.remove(&seq);
     }
 
-    fn truncate(&mut self, seq: SeqId, len: usize) {
-        let _ = self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None);
+    fn truncate(&mut self, seq: SeqId, len: usize) -> usize {
+        match self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None) {
+            Ok(_) => len,
+            Err(_) => {
+                // A model whose memory cannot drop part of a sequence (a recurrent one):
+                // start it over.
+                let _ = self.ctx.kv_cache_seq_rm(seq, None, None);
+                0
+            }
+        }
     }
 
-    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) {
-        // Sequences live in separate streams, which llama.cpp copies whole; the copy is then
-        // trimmed to the prefix. The buffer copy itself runs at the start of the next decode.
-        let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
-        let _ = self.ctx.kv_cache_seq_rm(to, Some(len as u32), None);
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) -> usize {
+        if self.copy == CopyMode::Stream {
+            let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
+            return self.truncate(to, len);
+        }
+        // Emptied first: restoring an empty state would leave `to` as it was.
+        let _ = self.ctx.kv_cache_seq_rm(to, None, None);
+        let copied = self
+            .ctx
+            .state_seq_get(from, LlamaStateSeqFlags::empty())
+            .map_err(|e| e.to_string())
+            .and_then(|state| {
+                self.ctx
+                    .state_seq_set(&state, to)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(err) = copied {
+            // llama.cpp empties `to` when it cannot restore; the prompt is then prefilled.
+            tracing::warn!(from, to, error = %err, "cannot copy a cached prefix");
+            let _ = self.ctx.kv_cache_seq_rm(to, None, None);
+            return 0;
+        }
+        self.truncate(to, len)
     }
 
     fn set_adapters(&mut self, set: &ActiveSet) -> Result<(), EngineError> {

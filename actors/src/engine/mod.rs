@@ -205,10 +205,15 @@ pub trait Session {
     fn sample(&mut self, seq: SeqId, batch_index: usize) -> Sampled;
     /// Drops a finished sequence's sampler; its KV stays, for the prefix cache.
     fn release(&mut self, seq: SeqId);
-    /// Keeps only the first `len` positions of stream `seq`'s KV (0 empties it).
-    fn truncate(&mut self, seq: SeqId, len: usize);
-    /// Makes `to` hold exactly the first `len` positions of `from`'s KV.
-    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize);
+    /// Keeps only the first `len` positions of stream `seq`'s KV (0 empties it). Returns how
+    /// many leading positions a sequence may go on from: `len`, or 0 when the stream had to
+    /// be emptied (a model whose memory cannot drop part of a sequence).
+    fn truncate(&mut self, seq: SeqId, len: usize) -> usize;
+    /// Makes `to` hold exactly the first `len` positions of `from`'s KV as it is now (copies
+    /// take effect in the order they are asked for, before the next decode). Returns what
+    /// [`Session::truncate`] returns for `to`: `len`, or 0 when the copy could not be used
+    /// and `to` was emptied.
+    fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) -> usize;
     /// Applies `set`'s adapters to the next decode calls (the empty set: the base model).
     /// The session keeps the set until the next call, so that what its context points to
     /// stays loaded.

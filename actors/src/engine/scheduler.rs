@@ -22,9 +22,11 @@
 //! Why streams and not a radix tree of shared cells: the context keeps one KV stream per
 //! sequence (see llama.rs: sequences sharing cells in a unified cache change each other's
 //! float sums, so batching would change greedy output), so cells cannot be shared between
-//! entries, only copied whole. With a few dozen streams, finding the longest common prefix by
-//! scanning them costs microseconds per admission; the index that must scale is the pool's,
-//! across replicas (`model_pool::affinity`).
+//! entries, only copied (`CopyMode` in llama.rs: the cells the source uses, through
+//! llama.cpp's sequence state, or the whole stream). A copy the engine cannot make leaves the
+//! slot empty, and the sequence prefills its whole prompt. With a few dozen streams, finding
+//! the longest common prefix by scanning them costs microseconds per admission; the index that
+//! must scale is the pool's, across replicas (`model_pool::affinity`).
 //!
 //! Isolation: a stream is matched only against prompts of the tenant that filled it, so
 //! neither `cached_prompt_tokens` nor timing can tell one tenant what another sent.
@@ -42,11 +44,12 @@
 //! sequence that is decoding, and prompt tokens of sequences still prefilling (oldest first
 //! within the step's token budget left after the decode tokens, see
 //! [`Scheduler::prefill_budget`]), so that admitting prompts delays the running streams' next
-//! token by a bounded amount. One `decode` call runs the batch; every
-//! sequence whose logits were requested samples its next token with its own sampler. New jobs
-//! join between steps; a sequence that finishes, is cancelled (its caller left, its deadline
-//! passed, the replica is stopping) or fails frees its slot at once, and its stream keeps what
-//! it computed.
+//! token by a bounded amount. With nothing decoding the oldest prompt goes in whole, and a
+//! prompt whose rest is a little over the budget is not split (see [`Scheduler::step`]). One
+//! `decode` call runs the batch; every sequence whose logits were requested samples its next
+//! token with its own sampler. New jobs join between steps; a sequence that finishes, is
+//! cancelled (its caller left, its deadline passed, the replica is stopping) or fails frees its
+//! slot at once, and its stream keeps what it computed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,8 +64,8 @@ use super::{
 };
 use crate::FinishReason;
 
-/// Common prefixes shorter than this are prefilled rather than copied: a copy moves a whole
-/// stream, and a few tokens cost less to compute.
+/// Common prefixes shorter than this are prefilled rather than copied: a copy moves every
+/// cell its source uses, and a few tokens cost less to compute.
 pub(crate) const MIN_PREFIX_TOKENS: usize = 16;
 /// Prompt tokens a step takes while sequences decode, whatever the budget left after their
 /// decode tokens, so that prompts still advance when every slot decodes.
@@ -252,23 +255,30 @@ impl Scheduler {
             reuse,
             spill,
         } = self.place(&job.tenant, &set.key, &prompt);
+        tracing::trace!(
+            slot = target,
+            ?reuse,
+            ?spill,
+            prompt = prompt.len(),
+            "admit"
+        );
         let seq = target as SeqId;
         if let Err(err) = session.begin(seq, &job.request.params, &job.request.output) {
             return reject(job, err);
         }
         self.clock += 1;
         if let Some(to) = spill {
-            // Queued before the copy into the slot below, and llama.cpp runs stream copies in
-            // order: the cache stream receives the slot's old content.
+            // Asked for before the copy into the slot below, which overwrites the slot:
+            // copies take effect in the order they are asked for.
             let len = self.streams[target].tokens.len();
-            session.copy_prefix(seq, to as SeqId, len);
+            let kept = session.copy_prefix(seq, to as SeqId, len);
             if !self.streams[to].tokens.is_empty() {
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
             let (tokens, tenant, adapters, last_used) = {
                 let from = &self.streams[target];
                 (
-                    from.tokens.clone(),
+                    from.tokens[..kept].to_vec(),
                     from.tenant.clone(),
                     from.adapters.clone(),
                     from.last_used,
@@ -287,19 +297,19 @@ impl Scheduler {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         let mut awaiting = None;
-        let kept = match reuse {
+        let mut kept = match reuse {
             Reuse::InPlace(len) => len,
             Reuse::Copy { from, len } => {
-                session.copy_prefix(from as SeqId, seq, len);
+                let copied = session.copy_prefix(from as SeqId, seq, len);
                 let source = &mut self.streams[from];
-                let copied = source.tokens[..len].to_vec();
-                if source.is_idle() {
+                let tokens = source.tokens[..copied].to_vec();
+                if source.is_idle() && copied > 0 {
                     // The slot now holds the same prefix and will extend it: the source is
                     // the first to go when room is needed.
                     source.last_used = 0;
                 }
-                self.streams[target].tokens = copied;
-                len
+                self.streams[target].tokens = tokens;
+                copied
             }
             Reuse::Await { from, len } => {
                 awaiting = Some((from, len));
@@ -309,7 +319,7 @@ impl Scheduler {
         };
         let stream = &mut self.streams[target];
         if stream.tokens.len() > kept {
-            session.truncate(seq, kept);
+            kept = session.truncate(seq, kept);
             stream.tokens.truncate(kept);
         }
         stream.tenant = Some(job.tenant.clone());
@@ -489,18 +499,15 @@ impl Scheduler {
         self.streams.iter().filter_map(|s| s.running.as_ref())
     }
 
-    /// Prompt tokens this step may take beside `decoding` decode tokens: all the batch holds
-    /// when nothing decodes (no stream to stall), else what is left of the step budget.
+    /// Prompt tokens this step may take beside `decoding` decode tokens: what is left of the
+    /// step budget, at least [`MIN_PREFILL_PER_STEP`], within the batch. (When nothing
+    /// decodes, [`Scheduler::step`] also takes the oldest prompt whole.)
     fn prefill_budget(&self, decoding: usize, n_batch: usize) -> usize {
-        let room = n_batch.saturating_sub(decoding);
-        if decoding == 0 {
-            return room;
-        }
         self.config
             .step_tokens
             .saturating_sub(decoding)
             .max(MIN_PREFILL_PER_STEP)
-            .min(room)
+            .min(n_batch.saturating_sub(decoding))
     }
 
     /// Sequences waiting for another's prefill copy it once it is there, or give up waiting
@@ -523,13 +530,13 @@ impl Scheduler {
                     && common_prefix(&r.prompt, prompt) >= len
             });
             if same {
-                session.copy_prefix(from as SeqId, i as SeqId, len);
-                let copied = self.streams[from].tokens[..len].to_vec();
+                let copied = session.copy_prefix(from as SeqId, i as SeqId, len);
+                let tokens = self.streams[from].tokens[..copied].to_vec();
                 let stream = &mut self.streams[i];
-                stream.tokens = copied;
+                stream.tokens = tokens;
                 let r = stream.running.as_mut().expect("running");
                 r.awaiting = None;
-                r.cached = len;
+                r.cached = copied;
             } else if !still_coming {
                 let r = self.streams[i].running.as_mut().expect("running");
                 r.awaiting = None;
@@ -577,11 +584,26 @@ impl Scheduler {
 
         // How many prompt tokens each prefilling sequence of this turn's set puts in: oldest
         // first, within the budget left by the decoding ones.
+        // - When nothing decodes, the oldest prompt goes in whole (up to the batch): no stream
+        //   waits on this step. The others still wait for the budget, so that prompts arriving
+        //   together start one after another rather than all at the end of one long step: on
+        //   a compute-bound CPU a step costs about its tokens, so the first answer starts
+        //   after its own prompt instead of after all of them, and the last only a few decode
+        //   tokens and step overheads later. (On a GPU a step's cost hardly grows with its
+        //   tokens: give such a model a `step_tokens` of hundreds.)
+        // - A prompt whose rest exceeds what is left by at most half the allowance is taken
+        //   whole rather than split: its tail would otherwise cost it one more whole step
+        //   before its first token (a chat's new turn, a few dozen tokens, is the usual
+        //   case), while the step grows by at most half its prompt allowance.
+        // Measured by `genrt-bench-cache` (CACHE.md): TTFT of concurrent conversations, and
+        // ITL p99/p50 of 16 streams with prompts arriving.
         let decoding = self
             .running()
             .filter(|r| r.last_token.is_some() && r.set.key == turn)
             .count();
-        let mut budget = self.prefill_budget(decoding, session.n_batch());
+        let allowance = self.prefill_budget(decoding, session.n_batch());
+        let mut budget = allowance;
+        let mut room = session.n_batch().saturating_sub(decoding);
         let mut prefilling: Vec<(u64, usize)> = self
             .streams
             .iter()
@@ -598,12 +620,15 @@ impl Scheduler {
                 r.batch_prompt = 0;
             }
         }
-        for (_, i) in prefilling {
+        for (n, (_, i)) in prefilling.into_iter().enumerate() {
             let s = &mut self.streams[i];
             let n_past = s.tokens.len();
             let r = s.running.as_mut().expect("running");
-            r.batch_prompt = (r.prompt.len() - n_past).min(budget);
-            budget -= r.batch_prompt;
+            let rest = r.prompt.len() - n_past;
+            let whole = decoding == 0 && n == 0 || budget > 0 && rest <= budget + allowance / 2;
+            r.batch_prompt = if whole { rest } else { rest.min(budget) }.min(room);
+            budget = budget.saturating_sub(r.batch_prompt);
+            room -= r.batch_prompt;
         }
         // The batch in sequence-id order: llama.cpp groups a batch into passes by runs of
         // consecutive ids in the order it meets them.
@@ -644,10 +669,18 @@ impl Scheduler {
             return left;
         }
 
+        let decode_started = Instant::now();
         if let Err(err) = session.decode(&self.batch) {
             tracing::error!(error = %err, batch = self.batch.len(), "decode failed");
             return left + self.fail_all(session, err);
         }
+        // At trace level only: what each step held and took, to see where latency goes.
+        tracing::trace!(
+            decoding,
+            tokens = self.batch.len(),
+            ms = decode_started.elapsed().as_secs_f64() * 1000.0,
+            "step"
+        );
 
         let now = Instant::now();
         for i in 0..self.streams.len() {
@@ -926,32 +959,79 @@ mod tests {
         assert!(session.max_sequences_in_one_batch >= 2);
     }
 
-    #[test]
-    fn a_step_holds_decode_tokens_first_then_prompt_tokens_up_to_the_budget() {
+    /// Three slots, two of them decoding (two short prompts, one step in), step budget
+    /// `step_tokens`; the replies are kept so that the two go on.
+    fn two_decoding(step_tokens: usize) -> (Scheduler, FakeSession, [Reply; 2]) {
         let mut session = FakeSession::new(3, 4096, 512);
-        let mut s = scheduler(3, 3, 16);
-        let (a, _ra) = job(None, "hi", 200);
-        let (b, _rb) = job(None, "yo", 200);
+        let mut s = scheduler(3, 3, step_tokens);
+        let (a, ra) = job(None, "hi", 200);
+        let (b, rb) = job(None, "yo", 200);
         s.admit(&mut session, a);
         s.admit(&mut session, b);
         s.step(&mut session, false); // both prompts at once: nothing decodes yet
+        (s, session, [ra, rb])
+    }
+
+    #[test]
+    fn a_step_holds_decode_tokens_first_then_prompt_tokens_up_to_the_budget() {
+        let (mut s, mut session, _replies) = two_decoding(16);
         let (long, _r) = job(None, &"x".repeat(400), 10);
         s.admit(&mut session, long);
         s.step(&mut session, false);
         // Two decode tokens, then 14 prompt tokens: 16 in all.
         assert_eq!(session.last_batch_len, 16);
         // However many decode, prompts still advance.
-        let mut session = FakeSession::new(3, 4096, 512);
-        let mut s = scheduler(3, 3, 2);
-        let (a, _ra) = job(None, "hi", 200);
-        let (b, _rb) = job(None, "yo", 200);
-        s.admit(&mut session, a);
-        s.admit(&mut session, b);
-        s.step(&mut session, false);
+        let (mut s, mut session, _replies) = two_decoding(2);
         let (long, _r) = job(None, &"x".repeat(400), 10);
         s.admit(&mut session, long);
         s.step(&mut session, false);
         assert_eq!(session.last_batch_len, 2 + MIN_PREFILL_PER_STEP);
+    }
+
+    #[test]
+    fn a_prompt_whose_rest_fits_one_and_a_half_allowances_is_taken_whole() {
+        let (mut s, mut session, _replies) = two_decoding(16);
+        // Two decode, so 14 prompt tokens a step; a 21-token prompt goes in at once.
+        let (turn, _r) = job(None, &"x".repeat(19), 10);
+        s.admit(&mut session, turn);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 2 + 21);
+        // A longer one is split at the allowance until its rest fits: 35 = 14 + 21.
+        let (mut s, mut session, _replies) = two_decoding(16);
+        let (long, _r) = job(None, &"x".repeat(33), 10);
+        s.admit(&mut session, long);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 2 + 14);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 2 + 21);
+    }
+
+    #[test]
+    fn prompts_arriving_together_start_one_after_another_and_a_lone_one_goes_in_whole() {
+        let mut session = FakeSession::new(3, 4096, 512);
+        let mut s = scheduler(3, 3, 16);
+        let mut replies = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (j, r) = job(None, &name.repeat(18), 100);
+            s.admit(&mut session, j);
+            replies.push(r);
+        }
+        // The oldest whole (20 tokens); then each step one more, beside those decoding.
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 20);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 1 + 20);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 2 + 20);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 3);
+        // Alone, a long prompt is not held to the budget.
+        let mut session = FakeSession::new(3, 4096, 512);
+        let mut s = scheduler(3, 3, 16);
+        let (long, _r) = job(None, &"x".repeat(400), 10);
+        s.admit(&mut session, long);
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_len, 402);
     }
 
     #[test]
@@ -1079,14 +1159,18 @@ mod tests {
         assert_eq!(session.copies, 3);
     }
 
-    #[test]
-    fn a_running_sequence_shares_its_prefix_by_copy() {
+    /// Runs `a` (a long user text after SYSTEM) for two steps, then `b` ("short", same system
+    /// prompt), which copies `a`'s prefix; `refuse`: the engine refuses the copy. Returns
+    /// `b`'s completion and the prompt tokens computed from `b`'s admission on.
+    fn copy_from_a_running_sequence(refuse: bool) -> (Scheduler, FakeSession, Completion, usize) {
         let mut session = FakeSession::new(2, 512, 512);
+        session.refuse_reuse = refuse;
         let mut s = scheduler(2, 2, 64);
         let (a, mut ra) = job(Some(SYSTEM), "long running answer here", 100);
         s.admit(&mut session, a);
         s.step(&mut session, false);
         s.step(&mut session, false);
+        let decoded = session.prompt_tokens_decoded;
         let (b, mut rb) = job(Some(SYSTEM), "short", 100);
         s.admit(&mut session, b);
         run_until_idle(&mut s, &mut session);
@@ -1096,8 +1180,35 @@ mod tests {
         );
         let b = rb.try_recv().unwrap().unwrap();
         assert_eq!(b.text, "echo: short");
-        assert_eq!(b.cached_prompt_tokens as usize, SYSTEM.len() + 1);
         assert_eq!(session.copies, 1);
+        let computed = session.prompt_tokens_decoded - decoded;
+        (s, session, b, computed)
+    }
+
+    #[test]
+    fn a_running_sequence_shares_its_prefix_by_copy() {
+        let (_, _, b, computed) = copy_from_a_running_sequence(false);
+        assert_eq!(b.cached_prompt_tokens as usize, SYSTEM.len() + 1);
+        assert_eq!(
+            computed,
+            (b.prompt_tokens - b.cached_prompt_tokens) as usize
+        );
+    }
+
+    #[test]
+    fn a_copy_the_engine_cannot_use_is_prefilled_and_reports_nothing_cached() {
+        let (mut s, mut session, b, computed) = copy_from_a_running_sequence(true);
+        assert_eq!(b.cached_prompt_tokens, 0);
+        assert_eq!(computed, b.prompt_tokens as usize);
+        // The next one shares most with b's stream (refilled by b's own prefill): it copies
+        // from it, is refused too, prefills again and is right.
+        let (c, mut rc) = job(Some(SYSTEM), "shorter", 100);
+        s.admit(&mut session, c);
+        run_until_idle(&mut s, &mut session);
+        let c = rc.try_recv().unwrap().unwrap();
+        assert_eq!(c.text, "echo: shorter");
+        assert_eq!(c.cached_prompt_tokens, 0);
+        assert_eq!(session.copies, 2);
     }
 
     #[test]
