@@ -312,13 +312,21 @@ impl Backend for LlamaCppBackend {
         let template = loaded.chat_template(None).ok();
         let vocab = loaded.vocab();
         let eog_tokens = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
+        let kv_on_gpu = placement.gpu.is_some() && placement.n_gpu_layers > 0;
+        // SAFETY: the model pointer is valid while `loaded` lives.
+        let sliding_window = unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&loaded)) } > 0;
+        let copy = if kv_on_gpu || sliding_window {
+            CopyMode::Stream
+        } else {
+            CopyMode::State
+        };
         Ok(Arc::new(LlamaWeights {
             backend: Arc::clone(&self.backend),
             template,
             eog_tokens,
             model: loaded,
             loras: std::sync::Mutex::new(()),
-            kv_on_gpu: placement.gpu.is_some() && placement.n_gpu_layers > 0,
+            copy,
         }))
     }
 
@@ -371,8 +379,8 @@ struct LlamaWeights {
     /// written when an adapter is loaded or freed, read when one of the model's contexts
     /// reserves its graph (at creation, and at the first decode after its adapters change).
     loras: std::sync::Mutex<()>,
-    /// Some layers, and so their KV, are on a GPU.
-    kv_on_gpu: bool,
+    /// How this model's contexts copy a cached prefix between streams.
+    copy: CopyMode,
 }
 
 /// KV cells of one replica: one full context for each of its streams, the slots' and the
@@ -450,14 +458,7 @@ impl Weights for LlamaWeights {
             slots: slots as usize,
             streams: config.kv_streams() as usize,
             n_ctx: config.n_ctx,
-            copy: if self.kv_on_gpu
-                // SAFETY: the model pointer is valid while `self` lives.
-                || unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&self.model)) } > 0
-            {
-                CopyMode::Stream
-            } else {
-                CopyMode::State
-            },
+            copy: self.copy,
         };
         serve(&mut session);
         Ok(())
