@@ -157,6 +157,11 @@ async fn three_nodes_one_killed_midway_lose_and_duplicate_nothing() {
         assert!(Instant::now() < deadline, "node-2 never ran work");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    nodes[2].kill_9();
+    let killed_at = Instant::now();
+    // What the dead node held: read after the kill, since one it ran could have finished
+    // between a read before and the kill (and then rightly ran once). Its leases stand for
+    // `lease_s` (3 s) before another node takes them back, far longer than this read.
     let victim_ids: BTreeSet<String> = cluster
         .query(
             "genrt",
@@ -165,8 +170,6 @@ async fn three_nodes_one_killed_midway_lose_and_duplicate_nothing() {
         .lines()
         .map(str::to_owned)
         .collect();
-    nodes[2].kill_9();
-    let killed_at = Instant::now();
 
     all_succeed(&nodes[0], &accepted, Duration::from_secs(600)).await;
     let finished_after = killed_at.elapsed();
