@@ -149,6 +149,14 @@ impl Admin<'_> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // RUST_LOG (e.g. `llama-cpp-2=info`, for llama.cpp's "reserve took" at each adapter
+    // switch) shows the engine's log on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // The engine runs here as `genrt serve` runs it, with libgomp's settings.
     genrt_actors::engine::openmp::reexec_with_env();
     let mut config = ModelConfig::new(MODEL, &args.model);
