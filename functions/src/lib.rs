@@ -10,6 +10,7 @@ mod ids;
 mod limits;
 mod params;
 mod prepared;
+mod release;
 mod routing;
 mod spec;
 
@@ -22,6 +23,10 @@ pub use ids::{FunctionName, ModelId, TenantId};
 pub use limits::{stopped_render_threads, within_budget, BudgetAllocator, TemplateLimits};
 pub use params::{GenerationParams, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use prepared::{ChatRole, ChatTurn, Conversation, PreparedFunction, RenderedPrompt};
+pub use release::{
+    AliasName, AliasTarget, Choice, FunctionRef, Gate, GateRefusal, Shadow, VersionSelector,
+    Weighted, DEFAULT_ALIAS, MAX_SPLIT_TARGETS,
+};
 pub use routing::Route;
 pub use spec::{
     default_idle_timeout_s, default_timeout_s, AdapterRef, CachePolicy, FunctionSpec, ModelTarget,

@@ -12,6 +12,7 @@ mod m20261201_000006_model_registry;
 mod m20261201_000007_model_quantization;
 mod m20261201_000008_private_models;
 mod m20261201_000009_adapters;
+mod m20261201_000010_releases;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_model_quantization::Migration),
             Box::new(m20261201_000008_private_models::Migration),
             Box::new(m20261201_000009_adapters::Migration),
+            Box::new(m20261201_000010_releases::Migration),
         ]
     }
 }

@@ -52,6 +52,14 @@ pub struct InvocationRecord {
     pub invocation_id: Uuid,
     pub function: String,
     pub version: u32,
+    /// The alias it was admitted through, if any; `version` is what the alias chose then.
+    pub alias: Option<String>,
+    /// The alias split its traffic between versions.
+    pub split: bool,
+    /// A shadow run: the invocation whose input it mirrored (its output is compared, never
+    /// returned to a caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<Uuid>,
     pub model: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
@@ -82,6 +90,9 @@ impl From<InvocationRow> for InvocationRecord {
             invocation_id: r.id,
             function: r.function_name,
             version: r.function_version as u32,
+            alias: r.alias,
+            split: r.split,
+            shadow_of: r.shadow_of,
             model: r.model,
             status: r.status,
             mode: r.mode,

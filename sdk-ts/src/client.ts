@@ -5,6 +5,7 @@ import { APIClient, type ClientOptions, type RequestOptions } from './core.js';
 import type { GenrtFunction, InputOf } from './define.js';
 import { ApiKeys, Models, Tenants, Triggers, Usage } from './resources/admin.js';
 import { Batches } from './resources/batches.js';
+import { Aliases } from './resources/aliases.js';
 import { Functions } from './resources/functions.js';
 import { AsyncInvocation, Invocations } from './resources/invocations.js';
 import { Webhooks } from './resources/webhooks.js';
@@ -17,6 +18,11 @@ export type FunctionRef = string | GenrtFunction<any>;
 export interface InvokeOptions extends RequestOptions {
   /** Overrides the function's generation parameters for this call. */
   params?: Params;
+  /**
+   * Sent as `Genrt-Split-Key`: who the call serves (an end user's id), so that an alias
+   * splitting traffic between versions keeps that user on one version.
+   */
+  splitKey?: string;
 }
 
 export interface InvokeAsyncOptions extends InvokeOptions {
@@ -31,6 +37,8 @@ export interface InvokeAsyncOptions extends InvokeOptions {
 
 export class Genrt {
   readonly functions: Functions;
+  /** Aliases of functions' versions: `set`, `split`, `rollback`, `history`. */
+  readonly aliases: Aliases;
   readonly invocations: Invocations;
   readonly batches: Batches;
   readonly usage: Usage;
@@ -45,6 +53,7 @@ export class Genrt {
   constructor(options: ClientOptions = {}) {
     this.#client = new APIClient(options);
     this.functions = new Functions(this.#client);
+    this.aliases = new Aliases(this.#client);
     this.invocations = new Invocations(this.#client);
     this.batches = new Batches(this.#client);
     this.usage = new Usage(this.#client);
@@ -60,13 +69,14 @@ export class Genrt {
   }
 
   /**
-   * Runs the latest version and waits for the result. Retried like any request: a sync
+   * Runs the function and waits for the result: by default its `default` alias, else its
+   * latest version; `functions.pin(fn, 3)` or `'name@prod'` names another. Retried like any request: a sync
    * invocation leaves no durable work behind, so a retry at worst generates twice. (No
    * Idempotency-Key is sent: the server would replay a failed attempt's error to the retry.)
    */
   invoke<F extends FunctionRef>(fn: F, input: InputOf<F>, options: InvokeOptions = {}): Promise<InvokeResponse> {
-    const { params, ...request } = options;
-    return this.#client.post(invokePath(fn), { input, params }, request);
+    const { params, splitKey, ...request } = options;
+    return this.#client.post(invokePath(fn), { input, params }, withSplitKey(request, splitKey));
   }
 
   /**
@@ -76,13 +86,13 @@ export class Genrt {
    * `stream.abort()` or by leaving the loop: the server then stops generating.
    */
   stream<F extends FunctionRef>(fn: F, input: InputOf<F>, options: InvokeOptions = {}): InvocationStream {
-    const { params, signal, ...request } = options;
+    const { params, signal, splitKey, ...request } = options;
     return new InvocationStream(async (streamSignal) => {
       const { response } = await this.#client.request({
         method: 'POST',
         path: invokePath(fn),
         body: { input, params, stream: true },
-        options: { ...request, signal: streamSignal },
+        options: { ...withSplitKey(request, splitKey), signal: streamSignal },
         stream: true,
       });
       return response;
@@ -95,7 +105,8 @@ export class Genrt {
    * request returns the invocation the first attempt created.
    */
   async invokeAsync<F extends FunctionRef>(fn: F, input: InputOf<F>, options: InvokeAsyncOptions = {}): Promise<AsyncInvocation> {
-    const { params, webhook, idempotencyKey, ...request } = options;
+    const { params, webhook, idempotencyKey, splitKey, ...rest } = options;
+    const request = withSplitKey(rest, splitKey);
     const headers = { 'idempotency-key': idempotencyKey ?? randomUUID(), ...request.headers };
     const accepted = await this.#client.post<AsyncAccepted>(
       invokePath(fn),
@@ -104,6 +115,10 @@ export class Genrt {
     );
     return new AsyncInvocation(this.invocations, accepted);
   }
+}
+
+function withSplitKey(request: RequestOptions, splitKey: string | undefined): RequestOptions {
+  return splitKey === undefined ? request : { ...request, headers: { 'genrt-split-key': splitKey, ...request.headers } };
 }
 
 function invokePath(fn: FunctionRef): string {

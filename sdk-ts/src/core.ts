@@ -92,6 +92,10 @@ export class APIClient {
     return (await this.request<T>({ method: 'POST', path, body, options })).data;
   }
 
+  async put<T>(path: string, body: unknown, options?: RequestOptions): Promise<T> {
+    return (await this.request<T>({ method: 'PUT', path, body, options })).data;
+  }
+
   async patch<T>(path: string, body: unknown, options?: RequestOptions): Promise<T> {
     return (await this.request<T>({ method: 'PATCH', path, body, options })).data;
   }

@@ -23,6 +23,7 @@ export {
 export { InvocationStream, type StreamEvent, type TokenEvent, type DoneEvent } from './streaming.js';
 export { AsyncInvocation, type ListInvocationsParams, type WaitOptions } from './resources/invocations.js';
 export type { CreateBatchOptions } from './resources/batches.js';
+export type { SetAliasOptions } from './resources/aliases.js';
 export type { WebhookEvent, HeadersLike } from './resources/webhooks.js';
 export type { UsageParams, RegistrationWaitOptions, AdapterWaitOptions } from './resources/admin.js';
 export type * from './types.js';

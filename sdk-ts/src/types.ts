@@ -41,6 +41,12 @@ export type UpdateTenant = S['UpdateTenant'];
 export type CreateTrigger = S['CreateTrigger'];
 export type TriggerInfo = S['TriggerInfo'];
 export type ErrorBody = S['ErrorBody'];
+export type AliasInfo = S['AliasInfo'];
+export type AliasChanged = S['AliasChanged'];
+export type AliasEvent = S['AliasEvent'];
+export type GateSpec = S['GateSpec'];
+export type VersionWeight = S['VersionWeight'];
+export type VersionScore = S['VersionScore'];
 
 /** Statuses after which an invocation never changes again. */
 export type TerminalStatus = 'succeeded' | 'failed' | 'cancelled';

@@ -425,3 +425,56 @@ test('adapters: register a LoRA adapter by upload, with progress, use it from a 
   }
   await rm(dir, { recursive: true, force: true });
 });
+
+test('releases: a pinned version, a split sticky per key, promotion behind a gate with the CLI, rollback', async () => {
+  const def = (system, evaluation) => ({
+    name: 'pinned',
+    model: MODEL_ID,
+    system,
+    prompt: 'Say hello to {{ who }}.',
+    params: { max_tokens: 8, temperature: 0 },
+    ...(evaluation ? { evaluation } : {}),
+  });
+  await genrt.functions.deploy(def('Be brief.'));
+  assert.equal((await genrt.functions.deploy(def('Answer like a pirate.'))).version, 2);
+  const first = await genrt.invoke(genrt.functions.pin('pinned', 1), { who: 'Ada' });
+  assert.equal(first.version, 1);
+  assert.equal(genrt.functions.pin('pinned@prod', 3), 'pinned@3');
+  assert.throws(() => genrt.functions.pin('pinned', 0), RangeError);
+
+  await genrt.aliases.split('pinned', 'prod', [{ version: 1, weight: 50 }, { version: 2, weight: 50 }]);
+  const sticky = await genrt.invoke('pinned@prod', { who: 'Ada' }, { splitKey: 'user-1' });
+  assert.equal(sticky.alias, 'prod');
+  assert.equal(sticky.split, true);
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await genrt.invoke('pinned@prod', { who: 'Ada' }, { splitKey: 'user-1' })).version, sticky.version);
+  }
+
+  // Version 3 is version 1's prompt with an evaluation set of version 1's own answer.
+  const v3 = await genrt.functions.deploy(def('Be brief.', [{ input: { who: 'Ada' }, reference: first.output.text }]));
+  const env = { ...process.env, GENRT_BASE_URL: server.baseURL, GENRT_TOKEN: await server.token('acme') };
+  const promote = (version) => run(process.execPath, ['dist/cli.js', 'promote', 'pinned', 'prod', String(version), '--min-rouge-l', '0.99'], { cwd: sdkRoot, env });
+  await assert.rejects(promote(2), (err) => {
+    assert.equal(err.code, 1);
+    assert.match(err.stderr, /409 promotion_refused: version 2 scores ROUGE-L/);
+    return true;
+  });
+  const { stdout } = await promote(v3.version);
+  assert.match(stdout, /^pinned@prod → v3 \(ROUGE-L 1\.0000\)$/m);
+  assert.equal((await genrt.invoke('pinned@prod', { who: 'Ada' })).version, 3);
+
+  const back = await genrt.aliases.rollback('pinned', 'prod');
+  assert.deepEqual(back.alias.versions, [{ version: 1, weight: 50 }, { version: 2, weight: 50 }]);
+  const history = await genrt.aliases.history('pinned', 'prod');
+  assert.deepEqual(history.map((e) => e.action), ['rollback', 'set', 'refused', 'set']);
+  await assert.rejects(genrt.invoke('pinned@nope', { who: 'Ada' }), (err) => {
+    assert.ok(err instanceof NotFoundError);
+    assert.equal(err.code, 'alias_not_found');
+    return true;
+  });
+
+  // genrt-deploy --alias points an alias at each deployed version.
+  const deployed = await run(process.execPath, ['dist/cli.js', '--alias', 'staging', 'examples'], { cwd: sdkRoot, env });
+  assert.match(deployed.stdout, /^news-brief@staging → v1$/m);
+  assert.deepEqual((await genrt.aliases.list('news-brief')).map((a) => a.alias), ['staging']);
+});

@@ -157,6 +157,17 @@ async fn metrics_show_known_traffic() {
         ("genrt_status", "succeeded"),
     ];
     check("genrt_invocations_total", &succeeded, 4.0);
+    // By version too (a canary's numbers read apart from the rest).
+    check(
+        "genrt_invocations_total",
+        &[of_function[1], ("genrt_function_version", "1")],
+        5.0,
+    );
+    check(
+        "genrt_invocations_total",
+        &[of_function[1], ("genrt_function_version", "2")],
+        0.0,
+    );
     check(
         "genrt_invocations_total",
         &[

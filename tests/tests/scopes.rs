@@ -92,6 +92,8 @@ enum Resource {
     OwnAdapter,
     /// A tenant, as the operator names it.
     ManagedTenant,
+    /// An alias of the owner's function (to its version 1).
+    Alias,
 }
 
 impl Resource {
@@ -120,7 +122,8 @@ struct Fixture {
     body: Option<fn(&Owned) -> Value>,
     /// The tenant resource the body names (the OpenAI routes take a function as `model`).
     body_names: Option<Resource>,
-    /// The call uses its path's resource up (a delete, a revoke): each call gets a new one.
+    /// The call uses the resource its path names last up (a delete, a revoke): each call
+    /// gets a new one.
     consumes: bool,
     /// The answer with a scope that suffices; for a public operation, without a credential.
     granted: u16,
@@ -201,6 +204,25 @@ fn fixtures() -> Vec<Fixture> {
             .on("name", Function)
             .body(|_| json!({})),
         op("triggers_list", Tenant, 200).on("name", Function),
+        // Releases: the owner's function's aliases.
+        op("releases_list", Tenant, 200).on("name", Function),
+        op("set", Tenant, 200)
+            .on("name", Function)
+            .on("alias", Alias)
+            .body(|_| json!({"version": 1})),
+        op("releases_delete", Tenant, 204)
+            .on("name", Function)
+            .on("alias", Alias)
+            .consumes(),
+        // A new alias has had one target: refused with 409 once the scope check passed.
+        op("rollback", Tenant, 409)
+            .on("name", Function)
+            .on("alias", Alias)
+            .consumes(),
+        op("history", Tenant, 200)
+            .on("name", Function)
+            .on("alias", Alias),
+        op("stats", Tenant, 200).on("name", Function),
         op("triggers_delete", Tenant, 204)
             .on("id", Trigger)
             .consumes(),
@@ -453,6 +475,7 @@ struct Owned {
     /// The owner's own model and adapter (on the shared model), both awaiting their files.
     own_model: String,
     own_adapter: String,
+    alias: String,
     /// What no answer to the other tenant may carry, whatever it asked for.
     marks: Vec<String>,
     made: AtomicU32,
@@ -626,6 +649,7 @@ async fn setup(s: &TestServer, receiver: &WebhookReceiver) -> Owned {
     .await;
     let own_model = own_model(s, "own").await;
     let own_adapter = own_adapter(s, "style").await;
+    let alias = own_alias(s, &function, "prod").await;
     let mut marks = vec![
         OWNER.to_owned(),
         PROMPT_MARK.to_owned(),
@@ -655,9 +679,17 @@ async fn setup(s: &TestServer, receiver: &WebhookReceiver) -> Owned {
         tenant,
         own_model,
         own_adapter,
+        alias,
         marks,
         made: AtomicU32::new(0),
     }
+}
+
+/// Points a new alias of the owner's function at its version 1.
+async fn own_alias(s: &TestServer, function: &str, alias: &str) -> String {
+    let path = format!("/v1/functions/{function}/aliases/{alias}");
+    ok(s, Method::PUT, &path, Some(json!({"version": 1}))).await;
+    alias.to_owned()
 }
 
 /// Registers a model of the owner's own, by upload (its file never comes).
@@ -707,6 +739,7 @@ async fn value(s: &TestServer, owned: &Owned, resource: Resource, fresh: bool) -
             }
             OwnModel => return own_model(s, &owned.fresh("model")).await,
             OwnAdapter => return own_adapter(s, &owned.fresh("adapter")).await,
+            Alias => return own_alias(s, &owned.function, &owned.fresh("alias")).await,
             _ => panic!("nothing makes a fresh {resource:?}"),
         }
     }
@@ -722,6 +755,7 @@ async fn value(s: &TestServer, owned: &Owned, resource: Resource, fresh: bool) -
         OwnModel => owned.own_model.clone(),
         OwnAdapter => owned.own_adapter.clone(),
         ManagedTenant => owned.tenant.clone(),
+        Alias => owned.alias.clone(),
     }
 }
 
@@ -736,9 +770,11 @@ struct Call {
 async fn call_for(s: &TestServer, owned: &Owned, op: &Operation, f: &Fixture) -> Call {
     let mut path = op.path.clone();
     let mut named = Vec::new();
-    for (param, resource) in &f.path {
-        // What a call uses up is the tenant's resource; the shared model it names stays.
-        let fresh = f.consumes && resource.is_a_tenants();
+    let last = f.path.len().saturating_sub(1);
+    for (at, (param, resource)) in f.path.iter().enumerate() {
+        // What a call uses up is the tenant's resource its path names last (a function's
+        // alias, not the function; an adapter, not the shared model it is on).
+        let fresh = f.consumes && resource.is_a_tenants() && at == last;
         let v = value(s, owned, *resource, fresh).await;
         path = path.replace(&format!("{{{param}}}"), &v);
         named.push((*resource, v));
@@ -861,6 +897,10 @@ async fn view(s: &TestServer, owned: &Owned, resource: Resource, id: &str) -> Va
         Delivery => ("/v1/webhooks/deliveries".to_owned(), Some("deliveries")),
         OwnModel => (format!("/v1/models/{id}"), None),
         OwnAdapter => (format!("/v1/models/{MODEL}/adapters/{id}"), None),
+        Alias => (
+            format!("/v1/functions/{}/aliases/{id}/history", owned.function),
+            None,
+        ),
         Model | ManagedTenant => unreachable!("not a tenant's"),
     };
     let (status, got) = s.call(Method::GET, &path, &owner(), None).await;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::api::dto::{Params, WebhookSpec};
 use crate::api::functions::runnable;
-use crate::api::invoke::{callback, deployed};
+use crate::api::invoke::{callback, deployed, split_key};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::invocation::{Mode, Queued};
@@ -33,6 +33,11 @@ pub struct BatchRequest {
     /// Announce each item's result here (overrides the function's webhook).
     #[serde(default)]
     pub webhook: Option<WebhookSpec>,
+    /// Run every item on this version (the same as `name@3` in the path). Items keep the
+    /// version the batch was admitted with, whatever happens to aliases later.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub version: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +90,7 @@ fn parse_body(request: &HttpRequest, body: &[u8]) -> Result<BatchRequest, ApiErr
             inputs,
             params: Params::default(),
             webhook: None,
+            version: None,
         });
     }
     let value: Value =
@@ -94,6 +100,7 @@ fn parse_body(request: &HttpRequest, body: &[u8]) -> Result<BatchRequest, ApiErr
             inputs,
             params: Params::default(),
             webhook: None,
+            version: None,
         }),
         other => serde_json::from_value(other).map_err(|e| {
             ApiError::new(
@@ -126,8 +133,10 @@ pub async fn create(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsInvoke)?;
-    let (name, version) = runnable(&state, &caller, &name).await?;
     let batch = parse_body(&request, &body)?;
+    let key = split_key(&request)?;
+    let resolved = runnable(&state, &caller, &name, batch.version, key).await?;
+    let (name, version) = (&resolved.name, &resolved.version);
     let max = state.config.queue.max_batch_inputs;
     if batch.inputs.is_empty() || batch.inputs.len() > max {
         return Err(
@@ -144,7 +153,7 @@ pub async fn create(
     let webhook = callback(batch.webhook.as_ref(), &version.spec)?;
     let params_json = serde_json::to_value(&batch.params).expect("params serialize");
     let id = Uuid::now_v7();
-    let function = deployed(&caller, &name, &version);
+    let function = deployed(&caller, name, version);
     let rows = service
         .queue_rows(
             &admitted,
@@ -154,6 +163,7 @@ pub async fn create(
                 params: &params_json,
                 webhook: webhook.as_ref(),
                 batch: Some(id),
+                via: &resolved.via,
             },
         )
         .await?;

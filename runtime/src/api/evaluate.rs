@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
 use genrt_actors::DeployedFunction;
@@ -40,6 +42,8 @@ const CONCURRENCY: usize = 4;
         (status = 404, description = "No such function or version", body = ErrorBody),
         (status = 422, description = "No cases, more than 100, or params out of range", body = ErrorBody),
         (status = 429, description = "The tenant's concurrency or budget is used up", body = ErrorBody)))]
+/// The score is stored with the version (see `GET /v1/functions/{name}/versions`) under the
+/// digest of the cases and parameters, where promotion gates find it.
 pub async fn evaluate(
     state: web::Data<AppState>,
     caller: Caller,
@@ -67,13 +71,36 @@ pub async fn evaluate(
     params
         .validate_override()
         .map_err(|e| ApiError::from(genrt_actors::InvokeError::Input(e)))?;
+    let response = score_version(&state, &caller, &name, &version, cases, &params).await?;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// Identifies an evaluation set and its parameter overrides: scores compare, and are reused
+/// by promotion gates, only when this is the same.
+pub(crate) fn cases_digest(cases: &[EvaluationCase], params: &GenerationParams) -> String {
+    let text = serde_json::to_string(&(cases, params)).expect("cases serialize");
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Runs every case through `version`, scores it, and stores the version's score under the
+/// cases' digest (shown with the version, reused by promotion gates). Admitted as one
+/// `evaluate` request of `caller`.
+pub(crate) async fn score_version(
+    state: &AppState,
+    caller: &Caller,
+    name: &FunctionName,
+    version: &StoredVersion,
+    cases: Vec<EvaluationCase>,
+    params: &GenerationParams,
+) -> Result<EvaluateResponse, ApiError> {
     let service = &state.invocations;
+    let digest = cases_digest(&cases, params);
     let inputs: Vec<&serde_json::Value> = cases.iter().map(|c| &c.input).collect();
     let admitted = service
-        .admit(&caller, Mode::Evaluate, &version.spec, &inputs, &params)
+        .admit(caller, Mode::Evaluate, &version.spec, &inputs, params)
         .await?;
-    let function = crate::api::invoke::deployed(&caller, &name, &version);
-    let scored = score_cases(service, &caller, admitted, &function, cases, &params).await;
+    let function = crate::api::invoke::deployed(caller, name, version);
+    let scored = score_cases(service, caller, admitted, &function, cases, params).await;
     let succeeded = scored.iter().filter(|c| c.output.is_some()).count();
     let response = EvaluateResponse {
         function: name.to_string(),
@@ -86,11 +113,25 @@ pub async fn evaluate(
         ),
         succeeded,
         failed: scored.len() - succeeded,
+        cases_digest: digest,
         cases: scored,
     };
+    state
+        .store
+        .save_score(
+            &caller.tenant,
+            name,
+            response.version,
+            &response.cases_digest,
+            response.rouge_l,
+            response.bleu,
+            (response.succeeded + response.failed) as u32,
+            response.failed as u32,
+        )
+        .await?;
     tracing::info!(tenant = %caller.tenant, function = %name, version = response.version,
         rouge_l = response.rouge_l, bleu = response.bleu, failed = response.failed, "evaluated");
-    Ok(HttpResponse::Ok().json(response))
+    Ok(response)
 }
 
 /// The latest version (whose evaluation set is the default) and the one to evaluate.

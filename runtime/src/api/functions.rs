@@ -1,7 +1,7 @@
 //! Deploying and managing functions.
 
 use actix_web::{web, HttpResponse};
-use genrt_functions::{FunctionName, GenerationParams};
+use genrt_functions::{FunctionName, FunctionRef, GenerationParams};
 
 use crate::api::dto::{
     DeployResponse, FunctionDefinition, FunctionDetail, FunctionList, FunctionSummary,
@@ -10,8 +10,7 @@ use crate::api::dto::{
 use crate::api::no_content;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::invocation::Mode;
-use crate::store::StoredVersion;
+use crate::invocation::{Mode, Resolved};
 use crate::tenancy::{Caller, Scope};
 
 /// Reading function definitions is open to whoever deploys or invokes them.
@@ -23,19 +22,35 @@ pub(crate) fn function_name(raw: &str) -> Result<FunctionName, ApiError> {
     FunctionName::parse(raw).map_err(|_| function_not_found(raw))
 }
 
-/// The function a run-type request names, at the version invocations use.
+/// The function a run-type request names, at the version it runs: `name` (the `default`
+/// alias, else the latest version), `name@3` or `name@alias`, or a `version` field beside a
+/// bare name. Resolved once, here, at admission.
 pub(crate) async fn runnable(
     state: &AppState,
     caller: &Caller,
-    raw_name: &str,
-) -> Result<(FunctionName, StoredVersion), ApiError> {
-    let name = function_name(raw_name)?;
-    let version = state
+    raw: &str,
+    version: Option<u32>,
+    split_key: Option<&str>,
+) -> Result<Resolved, ApiError> {
+    let reference = function_ref(raw)?
+        .with_version(version)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.message).with_field(e.field))?;
+    state
         .invocations
-        .latest_version(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| function_not_found(name.as_str()))?;
-    Ok((name, version))
+        .resolve(&caller.tenant, &reference, split_key)
+        .await
+}
+
+/// `name`, `name@3` or `name@alias`. A name that cannot exist is reported like any missing
+/// function; a malformed version or alias names its field.
+pub(crate) fn function_ref(raw: &str) -> Result<FunctionRef, ApiError> {
+    FunctionRef::parse(raw).map_err(|e| {
+        if e.field == "name" {
+            function_not_found(raw)
+        } else {
+            ApiError::new(ErrorCode::InvalidRequest, e.message).with_field(e.field)
+        }
+    })
 }
 
 pub(crate) fn function_not_found(name: &str) -> ApiError {
@@ -84,7 +99,7 @@ pub async fn deploy(
             .map_err(|e| e.with_field("webhook.url"))?;
     }
     let deployment = state.store.deploy(&caller.tenant, &name, &spec).await?;
-    state.invocations.forget_version(&caller.tenant, &name);
+    state.invocations.forget_function(&caller.tenant, &name);
     let response = DeployResponse {
         name: name.to_string(),
         version: deployment.version.version,
@@ -161,10 +176,28 @@ pub async fn versions(
         .versions(&caller.tenant, &name)
         .await?
         .ok_or_else(|| function_not_found(name.as_str()))?;
+    let aliases = state
+        .store
+        .aliases(&caller.tenant, &name)
+        .await?
+        .unwrap_or_default();
+    let scores = state.store.version_scores(&caller.tenant, &name).await?;
     Ok(HttpResponse::Ok().json(VersionList {
         versions: versions
             .iter()
-            .map(|v| VersionInfo::new(name.as_str(), v))
+            .map(|v| VersionInfo {
+                aliases: aliases
+                    .iter()
+                    .filter(|a| a.target.referenced().any(|n| n == v.version))
+                    .map(|a| a.name.as_str().to_owned())
+                    .collect(),
+                scores: scores
+                    .iter()
+                    .filter(|s| s.version as u32 == v.version)
+                    .map(crate::api::dto::VersionScore::from)
+                    .collect(),
+                ..VersionInfo::new(name.as_str(), v)
+            })
             .collect(),
     }))
 }
@@ -184,7 +217,7 @@ pub async fn delete(
     caller.require(Scope::FunctionsWrite)?;
     let name = function_name(&name)?;
     let deleted = state.store.delete_function(&caller.tenant, &name).await?;
-    state.invocations.forget_version(&caller.tenant, &name);
+    state.invocations.forget_function(&caller.tenant, &name);
     if deleted {
         Ok(no_content())
     } else {
@@ -216,7 +249,8 @@ pub async fn prewarm(
     body: web::Json<PrewarmRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsInvoke)?;
-    let (name, version) = runnable(&state, &caller, &name).await?;
+    let resolved = runnable(&state, &caller, &name, None, None).await?;
+    let (name, version) = (&resolved.name, &resolved.version);
     let body = body.into_inner();
     if body.inputs.is_empty() || body.inputs.len() > MAX_PREWARM_INPUTS {
         return Err(ApiError::new(
@@ -243,9 +277,13 @@ pub async fn prewarm(
         .admit(&caller, Mode::Prewarm, &version.spec, &inputs, &params)
         .await?;
     let accepted = body.inputs.len();
-    let function = crate::api::invoke::deployed(&caller, &name, &version);
-    state
-        .invocations
-        .prewarm(admitted, function, body.inputs, params);
+    let function = crate::api::invoke::deployed(&caller, name, version);
+    state.invocations.prewarm(
+        admitted,
+        function,
+        resolved.via.clone(),
+        body.inputs,
+        params,
+    );
     Ok(HttpResponse::Accepted().json(PrewarmResponse { accepted }))
 }

@@ -17,7 +17,7 @@ use crate::api::dto::{
 use crate::api::functions::runnable;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::invocation::{Admitted, Mode, Queued, Request, Status, StreamItem};
+use crate::invocation::{Admitted, Mode, Queued, Request, Status, StreamItem, Via};
 use crate::store::{KeyClaim, StoredVersion};
 use crate::tenancy::{Caller, Scope};
 
@@ -49,8 +49,17 @@ pub async fn invoke(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsInvoke)?;
     let received_at = Instant::now();
-    let (name, version) = runnable(&state, &caller, &name).await?;
     let body = body.into_inner();
+    let reference = name.into_inner();
+    let resolved = runnable(
+        &state,
+        &caller,
+        &reference,
+        body.version,
+        split_key(&request)?,
+    )
+    .await?;
+    let version = &resolved.version;
     let key = idempotency_key(&request)?;
     let asynchronous = body.mode == InvokeMode::Async || prefers_async(&request);
     let mode = match (asynchronous, body.stream) {
@@ -77,15 +86,21 @@ pub async fn invoke(
     let admitted = service
         .admit(&caller, mode, &version.spec, &[&body.input], &params)
         .await?;
-    let function = deployed(&caller, &name, &version);
+    let function = deployed(&caller, &resolved.name, version);
     if mode == Mode::Async {
-        return enqueue(&state, &caller, &admitted, &function, body, key).await;
+        let queued = Enqueue {
+            reference: &reference,
+            function: &function,
+            via: &resolved.via,
+        };
+        return enqueue(&state, &caller, &admitted, queued, body, key).await;
     }
     let mut call = Request::new(function, body.input.clone(), params);
     call.received_at = received_at;
     call.fault = fault(&request);
+    call.via = resolved.via.clone();
     if let Some(key) = key {
-        let hash = request_hash(&name, &body);
+        let hash = request_hash(&reference, &body);
         let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
         match state
             .store
@@ -123,6 +138,22 @@ pub async fn invoke(
         })
     });
     Ok(sse(events, &request))
+}
+
+/// `Genrt-Split-Key`: who the caller is serving (an end user's id), so that an alias that
+/// splits traffic gives one user one version.
+pub(crate) fn split_key(request: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = request.headers().get("genrt-split-key") else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key)),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("Genrt-Split-Key must be 1-{MAX_KEY_LEN} printable characters"),
+        )
+        .with_field("Genrt-Split-Key")),
+    }
 }
 
 /// The function as the actor tree runs it.
@@ -209,10 +240,11 @@ fn prefers_async(request: &HttpRequest) -> bool {
     })
 }
 
-/// What makes two requests "the same" for an idempotency key: the function and the body.
-/// serde_json writes object keys sorted, so equal bodies hash equally.
-pub(crate) fn request_hash(name: &FunctionName, body: &impl serde::Serialize) -> String {
-    let text = serde_json::to_string(&(name.as_str(), body)).expect("request serializes");
+/// What makes two requests "the same" for an idempotency key: the function reference as
+/// given (`name`, `name@3`, `name@prod`) and the body. serde_json writes object keys sorted,
+/// so equal bodies hash equally.
+pub(crate) fn request_hash(reference: &str, body: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(&(reference, body)).expect("request serializes");
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
@@ -245,6 +277,8 @@ async fn replay(
                     invocation_id: record.invocation_id,
                     function: record.function,
                     version: record.version,
+                    alias: record.alias,
+                    split: record.split,
                     model: record.model.unwrap_or_default(),
                     output: record.output.unwrap_or(Output {
                         text: String::new(),
@@ -287,15 +321,23 @@ pub(crate) fn callback(
     }
 }
 
+/// What an async invocation queues: the function at the version admission chose.
+struct Enqueue<'a> {
+    reference: &'a str,
+    function: &'a DeployedFunction,
+    via: &'a Via,
+}
+
 /// Commits one async invocation (with its idempotency key, when given) and answers 202.
 async fn enqueue(
     state: &AppState,
     caller: &Caller,
     admitted: &Admitted,
-    function: &DeployedFunction,
+    queued: Enqueue<'_>,
     body: InvokeRequest,
     key: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let function = queued.function;
     let webhook = callback(body.webhook.as_ref(), &function.spec)?;
     let params_json = serde_json::to_value(&body.params).expect("params serialize");
     let inputs = [body.input.clone()];
@@ -309,15 +351,17 @@ async fn enqueue(
                 params: &params_json,
                 webhook: webhook.as_ref(),
                 batch: None,
+                via: queued.via,
             },
         )
         .await?;
     let row = rows.pop().expect("one input, one row");
     let (id, name) = (row.id, &function.name);
+    let alias = row.alias.clone();
     let mut status = Status::Queued.as_str().to_owned();
     match key {
         Some(key) => {
-            let hash = request_hash(name, &body);
+            let hash = request_hash(queued.reference, &body);
             let ttl = Duration::from_secs(state.config.queue.idempotency_ttl_s);
             match state
                 .store
@@ -332,13 +376,8 @@ async fn enqueue(
                         .await?
                         .ok_or_else(|| ApiError::internal("idempotency key without invocation"))?;
                     status = row.status;
-                    return Ok(accepted(
-                        earlier,
-                        name,
-                        row.function_version as u32,
-                        &status,
-                        true,
-                    ));
+                    let version = row.function_version as u32;
+                    return Ok(accepted(earlier, name, version, row.alias, &status, true));
                 }
                 KeyClaim::Conflict => return Err(key_reused()),
             }
@@ -346,13 +385,14 @@ async fn enqueue(
         None => state.store.enqueue(vec![row]).await?,
     }
     state.invocations.wake_queue();
-    Ok(accepted(id, name, function.version, &status, false))
+    Ok(accepted(id, name, function.version, alias, &status, false))
 }
 
 fn accepted(
     id: uuid::Uuid,
     name: &FunctionName,
     version: u32,
+    alias: Option<String>,
     status: &str,
     replayed: bool,
 ) -> HttpResponse {
@@ -366,5 +406,6 @@ fn accepted(
         status: status.to_owned(),
         function: name.as_str().to_owned(),
         version,
+        alias,
     })
 }

@@ -17,6 +17,7 @@ pub(crate) mod metrics;
 mod models;
 pub mod openai;
 pub mod openapi;
+mod releases;
 mod tenants;
 mod triggers;
 mod usage;
@@ -85,6 +86,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
             .route(
                 "/functions/{name}/evaluate",
                 web::post().to(evaluate::evaluate),
+            )
+            .route("/functions/{name}/aliases", web::get().to(releases::list))
+            .route("/functions/{name}/stats", web::get().to(releases::stats))
+            .service(
+                web::resource("/functions/{name}/aliases/{alias}")
+                    .route(web::put().to(releases::set))
+                    .route(web::delete().to(releases::delete)),
+            )
+            .route(
+                "/functions/{name}/aliases/{alias}/rollback",
+                web::post().to(releases::rollback),
+            )
+            .route(
+                "/functions/{name}/aliases/{alias}/history",
+                web::get().to(releases::history),
             )
             .service(
                 web::resource("/functions/{name}/batches")

@@ -81,13 +81,25 @@ struct TriggerConfig {
     params: Params,
     #[serde(default)]
     webhook: Option<WebhookSpec>,
+    /// What followed `@` in the function's path at creation (`3`, `prod`): every message
+    /// runs that version, or the alias's version when the message arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+}
+
+/// The function reference a trigger runs: its function, `@` what was named at creation.
+fn trigger_ref(function: &str, config: Option<&TriggerConfig>) -> String {
+    match config.and_then(|c| c.at.as_deref()) {
+        Some(at) => format!("{function}@{at}"),
+        None => function.to_owned(),
+    }
 }
 
 fn info(row: &TriggerRow, secret: Option<String>) -> TriggerInfo {
     let config: Option<TriggerConfig> = serde_json::from_str(&row.input_map).ok();
     TriggerInfo {
         id: row.id.clone(),
-        function: row.function_name.clone(),
+        function: trigger_ref(&row.function_name, config.as_ref()),
         url: format!("/hooks/{}", row.id),
         scheme: if row.scheme == "github" {
             SignatureScheme::Github
@@ -124,7 +136,10 @@ pub async fn create(
     body: web::Json<CreateTrigger>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WebhooksWrite)?;
-    let (name, version) = runnable(&state, &caller, &name).await?;
+    let reference = name.into_inner();
+    let resolved = runnable(&state, &caller, &reference, None, None).await?;
+    let (name, version) = (&resolved.name, &resolved.version);
+    let at = reference.split_once('@').map(|(_, at)| at.to_owned());
     let body = body.into_inner();
     if let Some(map) = &body.input_map {
         if let Some((field, _)) = map
@@ -150,6 +165,7 @@ pub async fn create(
         input_map: body.input_map,
         params: body.params,
         webhook: body.webhook,
+        at,
     };
     let row = TriggerRow {
         id: format!("trg_{}", uuid::Uuid::now_v7().simple()),
@@ -183,7 +199,10 @@ pub async fn list(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WebhooksWrite)?;
-    let (name, _) = runnable(&state, &caller, &name).await?;
+    let name = crate::api::functions::function_name(&name)?;
+    if state.store.function(&caller.tenant, &name).await?.is_none() {
+        return Err(function_not_found(name.as_str()));
+    }
     let rows = state
         .store
         .list_triggers(caller.tenant.as_str(), name.as_str())
@@ -346,9 +365,11 @@ pub async fn receive(
         expires_at: None,
         limits,
     };
-    let (name, version) = runnable(&state, &caller, &trigger.function_name)
+    let reference = trigger_ref(&trigger.function_name, Some(&config));
+    let resolved = runnable(&state, &caller, &reference, None, None)
         .await
-        .map_err(|_| function_not_found(&trigger.function_name))?;
+        .map_err(|_| function_not_found(&reference))?;
+    let (name, version) = (&resolved.name, &resolved.version);
     let params: GenerationParams = config.params.clone().into();
     let service = &state.invocations;
     let admitted = service
@@ -356,7 +377,7 @@ pub async fn receive(
         .await?;
     let webhook = callback(config.webhook.as_ref(), &version.spec)?;
     let params_json = serde_json::to_value(&config.params).expect("params serialize");
-    let function = deployed(&caller, &name, &version);
+    let function = deployed(&caller, name, version);
     let inputs = [input];
     let row = service
         .queue_rows(
@@ -367,6 +388,7 @@ pub async fn receive(
                 params: &params_json,
                 webhook: webhook.as_ref(),
                 batch: None,
+                via: &resolved.via,
             },
         )
         .await?
@@ -386,6 +408,7 @@ pub async fn receive(
         status: "queued".into(),
         function: name.as_str().to_owned(),
         version: version.version,
+        alias: resolved.via.alias().map(|a| a.as_str().to_owned()),
     }))
 }
 

@@ -17,6 +17,7 @@ pub(crate) struct Call {
     tenant: TenantId,
     name: FunctionName,
     version: u32,
+    via: super::Via,
     mode: Mode,
     row: InvocationRow,
     /// The `Idempotency-Key` this call claimed, released if the request is refused.
@@ -35,6 +36,7 @@ impl Call {
         id: InvocationId,
         input: &serde_json::Value,
         key: Option<String>,
+        via: &super::Via,
     ) -> Self {
         let labels = InvocationLabels {
             tenant: function.tenant.as_str().to_owned(),
@@ -51,6 +53,7 @@ impl Call {
                 version: function.version,
                 input,
                 mode,
+                via,
             },
             Status::Running,
         );
@@ -59,6 +62,7 @@ impl Call {
             tenant: function.tenant.clone(),
             name: function.name.clone(),
             version: function.version,
+            via: via.clone(),
             mode,
             row,
             key,
@@ -113,6 +117,7 @@ impl Call {
                     id: self.id,
                     function: self.name,
                     version: self.version,
+                    via: self.via,
                     outcome,
                 })
             }

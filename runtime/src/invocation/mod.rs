@@ -14,10 +14,12 @@ mod call;
 mod mode;
 pub mod record;
 pub mod render;
+mod via;
 
 pub use mode::{Checks, Mode, Place};
 pub use record::Status;
 pub use render::{RenderError, Renderer};
+pub use via::Via;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +29,8 @@ use genrt_actors::{
     stream_channel, ActorTree, DeployedFunction, Fault, Invocation, InvocationId, InvocationOutcome,
 };
 use genrt_functions::{
-    Conversation, FunctionName, FunctionSpec, GenerationParams, TenantId, WebhookTarget,
+    AliasName, Conversation, FunctionName, FunctionRef, FunctionSpec, GenerationParams, TenantId,
+    VersionSelector, WebhookTarget,
 };
 use serde_json::Value;
 use tracing::Instrument;
@@ -35,7 +38,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
-use crate::store::{InvocationRow, Recorder, Store, StoredVersion};
+use crate::store::{InvocationRow, Recorder, Store, StoredAlias, StoredVersion};
 use crate::telemetry::Metrics;
 use crate::tenancy::{Caller, ConcurrencyPermit, Tenancy};
 use crate::webhooks::ssrf::UrlGuard;
@@ -58,13 +61,29 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     url_guard: Arc<UrlGuard>,
     renderer: Renderer,
-    /// The latest version of recently invoked functions, so that the hot path reads no
-    /// database. Deploys and deletes on this node invalidate it; another node's are seen
-    /// within `VERSION_TTL`.
-    versions: moka::sync::Cache<(TenantId, FunctionName), Arc<StoredVersion>>,
+    /// The latest version and the aliases of recently invoked functions, so that the hot
+    /// path reads no database. Deploys, deletes and alias changes on this node invalidate
+    /// it; another node's are seen within `HEAD_TTL`.
+    heads: moka::sync::Cache<(TenantId, FunctionName), Arc<Head>>,
 }
 
-const VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a node may run a function's previous latest version or alias target after
+/// another node changed it (documented in the README, "Releases").
+pub const HEAD_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A function as invocations find it.
+struct Head {
+    latest: StoredVersion,
+    aliases: Vec<StoredAlias>,
+}
+
+/// What a reference resolved to at admission.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: FunctionName,
+    pub version: StoredVersion,
+    pub via: Via,
+}
 
 /// What the service needs, handed over once at assembly.
 pub struct Parts {
@@ -97,6 +116,8 @@ pub struct Request {
     /// An `Idempotency-Key` already claimed for `id`, released if the request is refused.
     pub key: Option<String>,
     pub received_at: Instant,
+    /// How its version was chosen, kept with the record.
+    pub via: Via,
 }
 
 impl Request {
@@ -110,6 +131,7 @@ impl Request {
             fault: None,
             key: None,
             received_at: Instant::now(),
+            via: Via::Latest,
         }
     }
 }
@@ -120,6 +142,8 @@ pub struct Completed {
     pub id: InvocationId,
     pub function: genrt_functions::FunctionName,
     pub version: u32,
+    /// How the version was chosen.
+    pub via: Via,
     pub outcome: InvocationOutcome,
 }
 
@@ -139,6 +163,8 @@ pub struct Queued<'a> {
     pub params: &'a Value,
     pub webhook: Option<&'a WebhookTarget>,
     pub batch: Option<uuid::Uuid>,
+    /// How the version was chosen at admission; the rows keep it with the version.
+    pub via: &'a Via,
 }
 
 impl InvocationService {
@@ -155,37 +181,122 @@ impl InvocationService {
                 metrics: parts.metrics,
                 url_guard: parts.url_guard,
                 renderer,
-                versions: moka::sync::Cache::builder()
+                heads: moka::sync::Cache::builder()
                     .max_capacity(10_000)
-                    .time_to_live(VERSION_TTL)
+                    .time_to_live(HEAD_TTL)
                     .build(),
             }),
         }
     }
 
-    /// The version invocations of `name` run: the latest, through a short-lived cache.
-    pub fn latest_version<'a>(
+    /// What a function is now (its latest version and its aliases), through a short-lived
+    /// cache so that the hot path reads no database.
+    fn head<'a>(
         &'a self,
         tenant: &'a TenantId,
         name: &'a FunctionName,
-    ) -> BoxFuture<'a, Result<Option<StoredVersion>, sea_orm::DbErr>> {
+    ) -> BoxFuture<'a, Result<Option<Arc<Head>>, sea_orm::DbErr>> {
         Box::pin(async move {
             let key = (tenant.clone(), name.clone());
-            if let Some(version) = self.shared.versions.get(&key) {
-                return Ok(Some((*version).clone()));
+            if let Some(head) = self.shared.heads.get(&key) {
+                return Ok(Some(head));
             }
-            let version = self.shared.store.latest_version(tenant, name).await?;
-            if let Some(v) = &version {
-                self.shared.versions.insert(key, Arc::new(v.clone()));
-            }
-            Ok(version)
+            let store = &self.shared.store;
+            let Some(latest) = store.latest_version(tenant, name).await? else {
+                return Ok(None);
+            };
+            let aliases = store.aliases(tenant, name).await?.unwrap_or_default();
+            let head = Arc::new(Head { latest, aliases });
+            self.shared.heads.insert(key, Arc::clone(&head));
+            Ok(Some(head))
         })
     }
 
-    /// After a deploy or delete on this node: the next invocation reads the new version.
-    pub fn forget_version(&self, tenant: &TenantId, name: &FunctionName) {
+    /// The version a reference runs and how it was chosen: `name@3` that version; `name@prod`
+    /// the alias's version (within a split, sticky per `split_key`); a bare name the `default`
+    /// alias when the function has one, else the latest version. Resolved once, at admission:
+    /// queued work keeps the version in its row.
+    pub fn resolve<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        reference: &'a FunctionRef,
+        split_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Resolved, ApiError>> {
+        Box::pin(async move {
+            let name = &reference.name;
+            let not_found = || {
+                ApiError::new(
+                    ErrorCode::FunctionNotFound,
+                    format!("function `{name}` not found"),
+                )
+            };
+            let head = self.head(tenant, name).await?.ok_or_else(not_found)?;
+            let aliased = |alias: &AliasName| head.aliases.iter().find(|a| &a.name == alias);
+            let default = AliasName::default_alias();
+            let (wanted, via) = match &reference.selector {
+                VersionSelector::Version(n) => (*n, Via::Pinned),
+                VersionSelector::Default if aliased(&default).is_none() => {
+                    (head.latest.version, Via::Latest)
+                }
+                VersionSelector::Default | VersionSelector::Alias(_) => {
+                    let alias = match &reference.selector {
+                        VersionSelector::Alias(a) => a,
+                        _ => &default,
+                    };
+                    let stored = aliased(alias).ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::AliasNotFound,
+                            format!("function `{name}` has no alias `{alias}`"),
+                        )
+                    })?;
+                    let choice = stored.target.choose(split_key, rand::random());
+                    let via = Via::Alias {
+                        alias: alias.clone(),
+                        split: choice.split,
+                    };
+                    (choice.version, via)
+                }
+            };
+            let version = if wanted == head.latest.version {
+                head.latest.clone()
+            } else {
+                self.version(tenant, name, wanted).await?
+            };
+            Ok(Resolved {
+                name: name.clone(),
+                version,
+                via,
+            })
+        })
+    }
+
+    /// One version of a function, by number.
+    pub fn version<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a FunctionName,
+        version: u32,
+    ) -> BoxFuture<'a, Result<StoredVersion, ApiError>> {
+        Box::pin(async move {
+            self.shared
+                .store
+                .version(tenant, name, version)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::VersionNotFound,
+                        format!("function `{name}` has no version {version}"),
+                    )
+                    .with_field("version")
+                })
+        })
+    }
+
+    /// After a deploy, a delete or an alias change on this node: the next invocation reads
+    /// the function again. Other nodes see it within `HEAD_TTL`.
+    pub fn forget_function(&self, tenant: &TenantId, name: &FunctionName) {
         self.shared
-            .versions
+            .heads
             .invalidate(&(tenant.clone(), name.clone()));
     }
 
@@ -323,6 +434,7 @@ impl InvocationService {
             request.id,
             &request.input,
             request.key,
+            &request.via,
         );
         call.request_params(&function.spec.params.resolve(&request.params));
         let prompt = match shared
@@ -523,6 +635,7 @@ impl InvocationService {
                             version: f.version,
                             input,
                             mode: admitted.mode,
+                            via: queued.via,
                         },
                         Status::Queued,
                     );
@@ -601,6 +714,7 @@ impl InvocationService {
         &self,
         admitted: Admitted,
         function: Arc<DeployedFunction>,
+        via: Via,
         inputs: Vec<Value>,
         params: GenerationParams,
     ) {
@@ -611,7 +725,8 @@ impl InvocationService {
                 let accepted = inputs.len();
                 let mut failed = 0;
                 for input in inputs {
-                    let request = Request::new(Arc::clone(&function), input, params.clone());
+                    let mut request = Request::new(Arc::clone(&function), input, params.clone());
+                    request.via = via.clone();
                     if let Err(err) = service.run(&admitted, request).await {
                         failed += 1;
                         tracing::debug!(function = %function.name, error = %err.message, "prewarm input failed");
@@ -670,6 +785,7 @@ impl InvocationService {
             });
             let mut request = Request::new(function, input, params);
             request.id = InvocationId(row.id);
+            request.via = Via::of_row(row);
             // The queue writes the row itself (with its lease); the call only counts, traces
             // and renders here.
             let (call, invocation) = match self.prepare(mode, request).await {

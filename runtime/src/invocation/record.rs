@@ -6,7 +6,7 @@ use genrt_actors::InvocationOutcome;
 use genrt_functions::{FunctionName, TenantId, WebhookTarget};
 use uuid::Uuid;
 
-use super::Mode;
+use super::{Mode, Via};
 use crate::store::InvocationRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub struct RowOf<'a> {
     pub version: u32,
     pub input: &'a serde_json::Value,
     pub mode: Mode,
+    /// How the version was chosen.
+    pub via: &'a Via,
 }
 
 /// A row for work that runs now (`Running`, one attempt) or is queued (`Queued`, no attempt
@@ -83,6 +85,9 @@ pub fn new_row(of: RowOf<'_>, status: Status) -> InvocationRow {
         traceparent: None,
         cached_prompt_tokens: 0,
         prefill_ms: 0.0,
+        alias: of.via.alias().map(|a| a.as_str().to_owned()),
+        split: of.via.split(),
+        shadow_of: of.via.shadow_of(),
     }
 }
 

@@ -10,6 +10,7 @@ mod idempotency;
 mod jobs;
 mod models;
 mod recorder;
+mod releases;
 mod tenants;
 mod triggers;
 mod usage;
@@ -20,6 +21,10 @@ pub use idempotency::KeyClaim;
 pub use jobs::{DeliveryRow, InvocationFilter, JobEnd};
 pub use models::{ModelChange, ModelRow, NewModel};
 pub use recorder::Recorder;
+pub(crate) use releases::decode_target;
+pub use releases::{
+    ActivityRow, AliasAction, AliasEventRow, AliasRefusal, AliasWrite, ScoreRow, StoredAlias,
+};
 pub use tenants::{ApiKeyRow, TenantRow, TenantSettings};
 pub use triggers::TriggerRow;
 pub use usage::{UsageGroup, UsageRow};
@@ -324,6 +329,7 @@ impl Store {
         let Some(f) = found else {
             return Ok(false);
         };
+        Self::delete_releases(&txn, f.id).await?;
         function_version::Entity::delete_many()
             .filter(function_version::Column::FunctionId.eq(f.id))
             .exec(&txn)

@@ -125,7 +125,11 @@ impl Metrics {
             meter.u64_counter(name).with_description(help).build()
         };
         Ok(Arc::new(Self {
-            labels: LabelBudget::new(config.max_tenant_labels, config.max_function_labels),
+            labels: LabelBudget::new(
+                config.max_tenant_labels,
+                config.max_function_labels,
+                config.max_version_labels,
+            ),
             invocations: counter(
                 "genrt.invocations",
                 "Invocations that ran, by tenant, function, model, mode and status (succeeded or the error code)",
@@ -463,13 +467,14 @@ mod process {
 /// The value a label gets once its cap is reached.
 pub const OTHER_LABEL: &str = "other";
 
-/// The tenant and function names seen in labels so far, up to their caps. A name seen before
-/// the cap keeps its own series; later names share `other`. Tenants and function names come
-/// from outside, and each distinct value is a new series in every scrape for the life of the
-/// process.
+/// The tenant and function names (and function versions) seen in labels so far, up to their
+/// caps. A name seen before the cap keeps its own series; later names share `other`. Tenants,
+/// function names and versions come from outside, and each distinct value is a new series in
+/// every scrape for the life of the process.
 struct LabelBudget {
     max_tenants: usize,
     max_functions: usize,
+    max_versions: usize,
     seen: Mutex<SeenLabels>,
 }
 
@@ -477,41 +482,68 @@ struct LabelBudget {
 struct SeenLabels {
     tenants: std::collections::HashSet<String>,
     functions: std::collections::HashSet<(String, String)>,
+    versions: std::collections::HashSet<(String, String, u32)>,
+}
+
+/// An invocation's label values, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundedLabels {
+    pub tenant: String,
+    pub function: String,
+    pub version: String,
 }
 
 impl LabelBudget {
-    fn new(max_tenants: usize, max_functions: usize) -> Self {
+    fn new(max_tenants: usize, max_functions: usize, max_versions: usize) -> Self {
         Self {
             max_tenants,
             max_functions,
+            max_versions,
             seen: Mutex::default(),
         }
     }
 
-    fn bound(&self, tenant: &str, function: &str) -> (String, String) {
+    fn bound(&self, tenant: &str, function: &str, version: u32) -> BoundedLabels {
+        let other = || BoundedLabels {
+            tenant: OTHER_LABEL.into(),
+            function: OTHER_LABEL.into(),
+            version: OTHER_LABEL.into(),
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let tenant_known = seen.tenants.contains(tenant)
             || (seen.tenants.len() < self.max_tenants && seen.tenants.insert(tenant.to_owned()));
         if !tenant_known {
-            return (OTHER_LABEL.into(), OTHER_LABEL.into());
+            return other();
         }
         let pair = (tenant.to_owned(), function.to_owned());
         let function_known = seen.functions.contains(&pair)
             || (seen.functions.len() < self.max_functions && seen.functions.insert(pair));
-        let function = if function_known {
-            function.to_owned()
-        } else {
-            OTHER_LABEL.into()
-        };
-        (tenant.to_owned(), function)
+        if !function_known {
+            return BoundedLabels {
+                tenant: tenant.to_owned(),
+                ..other()
+            };
+        }
+        let triple = (tenant.to_owned(), function.to_owned(), version);
+        let version_known = seen.versions.contains(&triple)
+            || (seen.versions.len() < self.max_versions && seen.versions.insert(triple));
+        BoundedLabels {
+            tenant: tenant.to_owned(),
+            function: function.to_owned(),
+            version: if version_known {
+                version.to_string()
+            } else {
+                OTHER_LABEL.into()
+            },
+        }
     }
 }
 
 impl Metrics {
-    /// The tenant and function label values for an invocation: their own names until the
+    /// The tenant, function and version label values for an invocation: their own until the
     /// configured caps are reached, `other` after.
-    pub fn bounded_labels(&self, tenant: &str, function: &str) -> (String, String) {
-        self.labels.bound(tenant, function)
+    pub fn bounded_labels(&self, tenant: &str, function: &str, version: u32) -> BoundedLabels {
+        self.labels.bound(tenant, function, version)
     }
 }
 
@@ -521,14 +553,24 @@ mod label_tests {
 
     #[test]
     fn names_past_the_caps_share_the_other_label() {
-        let budget = LabelBudget::new(2, 3);
-        assert_eq!(budget.bound("a", "f"), ("a".into(), "f".into()));
-        assert_eq!(budget.bound("b", "f"), ("b".into(), "f".into()));
+        let budget = LabelBudget::new(2, 3, 5);
+        let bound = |t: &str, f: &str, v: u32| {
+            let b = budget.bound(t, f, v);
+            (b.tenant, b.function, b.version)
+        };
+        let l = |t: &str, f: &str, v: &str| (t.to_owned(), f.to_owned(), v.to_owned());
+        assert_eq!(bound("a", "f", 1), l("a", "f", "1"));
+        assert_eq!(bound("b", "f", 1), l("b", "f", "1"));
         // A third tenant is past the tenant cap, whatever its function.
-        assert_eq!(budget.bound("c", "f"), ("other".into(), "other".into()));
-        assert_eq!(budget.bound("a", "g"), ("a".into(), "g".into()));
+        assert_eq!(bound("c", "f", 1), l("other", "other", "other"));
+        assert_eq!(bound("a", "g", 1), l("a", "g", "1"));
         // The fourth pair is past the function cap; known pairs keep their names.
-        assert_eq!(budget.bound("b", "h"), ("b".into(), "other".into()));
-        assert_eq!(budget.bound("a", "f"), ("a".into(), "f".into()));
+        assert_eq!(bound("b", "h", 1), l("b", "other", "other"));
+        assert_eq!(bound("a", "f", 1), l("a", "f", "1"));
+        // Versions: five triples in all, then `other`; known ones keep theirs.
+        assert_eq!(bound("a", "f", 2), l("a", "f", "2"));
+        assert_eq!(bound("a", "f", 3), l("a", "f", "3"));
+        assert_eq!(bound("a", "f", 4), l("a", "f", "other"));
+        assert_eq!(bound("a", "f", 2), l("a", "f", "2"));
     }
 }

@@ -77,6 +77,10 @@ pub struct TelemetryConfig {
     pub max_tenant_labels: usize,
     /// Distinct (tenant, function) pairs named in metric labels; later ones under `other`.
     pub max_function_labels: usize,
+    /// Distinct (tenant, function, version) triples named in metric labels (the
+    /// `genrt.function.version` label, so that a canary's numbers can be read apart); later
+    /// ones under `other`.
+    pub max_version_labels: usize,
     /// Base URL of an OTLP collector (`http://collector:4318` for HTTP, `:4317` for gRPC).
     /// None: nothing is exported.
     pub otlp_endpoint: Option<String>,
@@ -94,6 +98,7 @@ impl Default for TelemetryConfig {
             metrics_token: None,
             max_tenant_labels: 200,
             max_function_labels: 2000,
+            max_version_labels: 8000,
             otlp_endpoint: None,
             otlp_protocol: OtlpProtocol::HttpProtobuf,
             service_name: "genrt".into(),
@@ -164,9 +169,12 @@ impl TelemetryConfig {
                 ));
             }
         }
-        if self.max_tenant_labels == 0 || self.max_function_labels == 0 {
+        if self.max_tenant_labels == 0
+            || self.max_function_labels == 0
+            || self.max_version_labels == 0
+        {
             return Err(
-                "telemetry.max_tenant_labels and max_function_labels must be at least 1".into(),
+                "telemetry.max_tenant_labels, max_function_labels and max_version_labels must be at least 1".into(),
             );
         }
         Ok(())

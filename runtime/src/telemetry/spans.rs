@@ -61,11 +61,12 @@ pub fn record_outcome(
     result: Result<&InvocationOutcome, &str>,
 ) {
     // Spans carry the real names; metric series only as many as the label caps allow.
-    let (tenant, function) = metrics.bounded_labels(&labels.tenant, &labels.function);
+    let bounded = metrics.bounded_labels(&labels.tenant, &labels.function, labels.version);
     let mut attrs = vec![
         KeyValue::new("gen_ai.operation.name", "chat"),
-        KeyValue::new("genrt.tenant", tenant),
-        KeyValue::new("genrt.function", function),
+        KeyValue::new("genrt.tenant", bounded.tenant),
+        KeyValue::new("genrt.function", bounded.function),
+        KeyValue::new("genrt.function.version", bounded.version),
     ];
     let o = match result {
         Ok(o) => o,

@@ -308,6 +308,88 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/functions/{name}/aliases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A function's aliases. */
+        get: operations["releases_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/functions/{name}/aliases/{alias}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Create or move an alias: to one `version`, or split over `versions` by weight. With a
+         *     `gate`, the version(s) the move adds are first scored on the
+         *     function's evaluation set (stored scores are reused) and the move is refused, with both
+         *     scores, when they fail it; the refusal is recorded in the history too. Invocations of
+         *     `name@alias` on this node use the new target at once, on other nodes within 2 s; work
+         *     already admitted keeps its version.
+         */
+        put: operations["set"];
+        post?: never;
+        /**
+         * Delete an alias. `name@alias` is then refused (404 `alias_not_found`); work already
+         *     admitted through it keeps its version. A rollback restores it.
+         */
+        delete: operations["releases_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/functions/{name}/aliases/{alias}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every change to an alias, and every refused promotion, newest first (at most 200). */
+        get: operations["history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/functions/{name}/aliases/{alias}/rollback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Move an alias back to where it pointed before its last change (read from its history;
+         *     a rollback is itself a change, so a second one undoes the first).
+         */
+        post: operations["rollback"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/functions/{name}/batches": {
         parameters: {
             query?: never;
@@ -342,6 +424,8 @@ export interface paths {
          *     latest), and its output is compared with the case's reference. The cases are those given,
          *     or else the evaluation set of the latest version, so that versions are compared on the
          *     same cases. Each run is recorded as an invocation with mode `evaluate`.
+         *     The score is stored with the version (see `GET /v1/functions/{name}/versions`) under the
+         *     digest of the cases and parameters, where promotion gates find it.
          */
         post: operations["evaluate"];
         delete?: never;
@@ -386,6 +470,27 @@ export interface paths {
          *     in the background behind interactive invocations.
          */
         post: operations["prewarm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/functions/{name}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How each version of a function did: invocations, errors by code, latency and time to
+         *     first token (p50, p99), tokens, cache hit rate, and its stored evaluation scores. The same
+         *     counts are metrics labelled `genrt_function_version`.
+         */
+        get: operations["stats"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -807,6 +912,46 @@ export interface components {
              */
             scale?: number;
         };
+        /** @description The answer to a change: the alias now (absent after a delete) and the recorded event. */
+        AliasChanged: {
+            alias?: null | components["schemas"]["AliasInfo"];
+            event: components["schemas"]["AliasEvent"];
+        };
+        /** @description One recorded change to an alias, or a refused promotion. */
+        AliasEvent: {
+            /**
+             * @description `set`, `delete`, `rollback`, or `refused` (a gated promotion that failed its gate;
+             *     the alias did not change).
+             */
+            action: string;
+            /** @description The credential that made the change: `api_key:<id>` or `jwt`. */
+            actor: string;
+            alias: string;
+            /** Format: date-time */
+            at: string;
+            from?: null | components["schemas"]["AliasTargetInfo"];
+            /** @description A gated promotion's gate, the scores it compared and its decision. */
+            gate?: Record<string, unknown> | null;
+            /** Format: int64 */
+            id: number;
+            to?: null | components["schemas"]["AliasTargetInfo"];
+        };
+        AliasHistory: {
+            /** @description Newest first. */
+            events: components["schemas"]["AliasEvent"][];
+        };
+        AliasInfo: components["schemas"]["AliasTargetInfo"] & {
+            alias: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        AliasList: {
+            aliases: components["schemas"]["AliasInfo"][];
+        };
+        /** @description Where an alias points. */
+        AliasTargetInfo: {
+            versions: components["schemas"]["VersionWeight"][];
+        };
         ApiKeyInfo: {
             /** Format: date-time */
             created_at: string;
@@ -835,12 +980,17 @@ export interface components {
         };
         /** @description The answer to an accepted asynchronous invocation. */
         AsyncAccepted: {
+            /** @description The alias it was admitted through, if any. */
+            alias?: string | null;
             function: string;
             /** Format: uuid */
             invocation_id: string;
             /** @description `queued`, or the current status when an `Idempotency-Key` replayed an earlier request. */
             status: string;
-            /** Format: int32 */
+            /**
+             * Format: int32
+             * @description The version it will run, fixed now: a later move of the alias does not change it.
+             */
             version: number;
         };
         AttemptInfo: {
@@ -878,6 +1028,12 @@ export interface components {
         BatchRequest: {
             inputs: Record<string, unknown>[];
             params?: components["schemas"]["Params"];
+            /**
+             * Format: int32
+             * @description Run every item on this version (the same as `name@3` in the path). Items keep the
+             *     version the batch was admitted with, whatever happens to aliases later.
+             */
+            version?: number | null;
             webhook?: null | components["schemas"]["WebhookSpec"];
         };
         /** @description One line of a batch's results. */
@@ -1011,7 +1167,11 @@ export interface components {
             temperature?: number | null;
             /** Format: float */
             top_p?: number | null;
-            /** @description An end-user id; accepted for compatibility, recorded nowhere. */
+            /**
+             * @description An end-user id: when `model` names a function alias that splits its traffic, it keeps
+             *     this user on one version (unless a `Genrt-Split-Key` header is given). Recorded
+             *     nowhere.
+             */
             user?: string | null;
         };
         /** @description `POST /openai/v1/completions` (legacy text completion). */
@@ -1199,7 +1359,7 @@ export interface components {
          * @description Stable machine-readable error code.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "unknown_adapter" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_registration_interrupted" | "model_quota_exceeded" | "model_already_quantized" | "model_quantization_failed" | "adapter_not_found" | "not_an_adapter" | "adapter_mismatch" | "adapter_quota_exceeded" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
+        ErrorCode: "invalid_json" | "invalid_request" | "unsupported_media_type" | "payload_too_large" | "missing_credentials" | "invalid_token" | "token_expired" | "invalid_api_key" | "invalid_signature" | "stale_webhook" | "insufficient_scope" | "tenant_disabled" | "model_not_allowed" | "rate_limited" | "concurrency_limited" | "quota_exhausted" | "idempotency_key_reused" | "idempotency_in_progress" | "not_cancellable" | "replayed_webhook" | "tenant_not_found" | "tenant_exists" | "api_key_not_found" | "batch_not_found" | "trigger_not_found" | "delivery_not_found" | "callback_url_forbidden" | "not_found" | "method_not_allowed" | "function_not_found" | "version_not_found" | "alias_not_found" | "nothing_to_roll_back" | "promotion_refused" | "invocation_not_found" | "invalid_spec" | "invalid_input" | "template_error" | "template_limit" | "invalid_params" | "max_tokens_exceeds_context" | "prompt_too_long" | "unknown_model" | "unknown_adapter" | "invalid_output_spec" | "not_cacheable" | "embeddings_not_supported" | "invalid_output" | "insufficient_memory" | "model_not_found" | "model_exists" | "model_draining" | "invalid_model_source" | "model_not_awaiting_upload" | "model_sha256_mismatch" | "model_not_gguf" | "model_gguf_version" | "model_truncated" | "model_unsupported_architecture" | "model_too_large" | "model_download_failed" | "model_registration_interrupted" | "model_quota_exceeded" | "model_already_quantized" | "model_quantization_failed" | "adapter_not_found" | "not_an_adapter" | "adapter_mismatch" | "adapter_quota_exceeded" | "model_unavailable" | "overloaded" | "replica_failed" | "timeout" | "shutting_down" | "database_unavailable" | "internal";
         ErrorDetail: {
             code: components["schemas"]["ErrorCode"];
             field?: string | null;
@@ -1230,6 +1390,8 @@ export interface components {
              */
             bleu: number;
             cases: components["schemas"]["CaseScore"][];
+            /** @description Identifies the cases and parameter overrides: scores with the same digest compare. */
+            cases_digest: string;
             failed: number;
             function: string;
             /**
@@ -1289,6 +1451,19 @@ export interface components {
         FunctionList: {
             functions: components["schemas"]["FunctionSummary"][];
         };
+        FunctionStats: {
+            function: string;
+            /**
+             * Format: int64
+             * @description The newest invocations are read, at most this many: a busier window is sampled from
+             *     its end.
+             */
+            sampled: number;
+            /** Format: date-time */
+            since: string;
+            /** @description Versions with traffic or an alias, newest first. */
+            versions: components["schemas"]["VersionStats"][];
+        };
         FunctionSummary: {
             /** Format: date-time */
             created_at: string;
@@ -1297,6 +1472,25 @@ export interface components {
             name: string;
             /** Format: date-time */
             updated_at: string;
+        };
+        /**
+         * @description A condition the promotion must meet on the function's evaluation set (the latest
+         *     version's `evaluation` cases, scored by ROUGE-L). Scores are stored per version and
+         *     reused while the cases are the same.
+         */
+        GateSpec: {
+            /** Format: double */
+            max_drop?: number;
+            /**
+             * Format: double
+             * @description The new version must score at least this.
+             */
+            min_rouge_l?: number | null;
+            /**
+             * @description `current`: the new version must not score worse than the alias's current version
+             *     (its heaviest) by more than `max_drop`.
+             */
+            not_worse_than?: string | null;
         };
         Health: {
             status: string;
@@ -1312,6 +1506,8 @@ export interface components {
         };
         /** @description A stored invocation. */
         InvocationRecord: {
+            /** @description The alias it was admitted through, if any; `version` is what the alias chose then. */
+            alias?: string | null;
             /**
              * Format: int32
              * @description Attempts made so far (async work is retried after retryable failures).
@@ -1339,6 +1535,14 @@ export interface components {
             mode: string;
             model?: string | null;
             output?: null | components["schemas"]["Output"];
+            /**
+             * Format: uuid
+             * @description A shadow run: the invocation whose input it mirrored (its output is compared, never
+             *     returned to a caller).
+             */
+            shadow_of?: string | null;
+            /** @description The alias split its traffic between versions. */
+            split: boolean;
             /** @description `queued`, `running`, `succeeded`, `failed` or `cancelled`. */
             status: string;
             timings: components["schemas"]["TimingsInfo"];
@@ -1363,9 +1567,19 @@ export interface components {
              *     body as a synchronous response, without the text) or `error`.
              */
             stream?: boolean;
+            /**
+             * Format: int32
+             * @description Run this version instead of the default (the same as `name@3` in the path).
+             */
+            version?: number | null;
             webhook?: null | components["schemas"]["WebhookSpec"];
         };
         InvokeResponse: {
+            /**
+             * @description The alias it came through (`name@prod`, or `default` for a bare name when the
+             *     function has that alias); null for a pinned version or the latest.
+             */
+            alias?: string | null;
             cache_hit: boolean;
             /** @description `stop`, `length` or `stop_sequence`. */
             finish_reason: string;
@@ -1374,9 +1588,17 @@ export interface components {
             invocation_id: string;
             model: string;
             output: components["schemas"]["Output"];
+            /**
+             * @description The alias splits its traffic: this version was chosen by weight (sticky per
+             *     `Genrt-Split-Key`).
+             */
+            split: boolean;
             timings: components["schemas"]["TimingsInfo"];
             usage: components["schemas"]["UsageInfo"];
-            /** Format: int32 */
+            /**
+             * Format: int32
+             * @description The version that ran.
+             */
             version: number;
         };
         JsonSchemaFormat: {
@@ -1571,6 +1793,13 @@ export interface components {
             /** Format: float */
             top_p?: number | null;
         };
+        /** @description Two points of a latency distribution, in milliseconds. */
+        Percentiles: {
+            /** Format: double */
+            p50: number;
+            /** Format: double */
+            p99: number;
+        };
         /** @description The model's prefix caches since the process started, over all its replicas. */
         PrefixCacheInfo: {
             /**
@@ -1750,10 +1979,28 @@ export interface components {
             /** Format: int32 */
             to: number;
         };
+        /**
+         * @description `PUT /v1/functions/{name}/aliases/{alias}`: point the alias at one `version`, or split
+         *     it over `versions` by weight; optionally only if the new version passes a `gate`.
+         */
+        SetAlias: {
+            gate?: null | components["schemas"]["GateSpec"];
+            /**
+             * Format: int32
+             * @description One version, all the traffic.
+             */
+            version?: number | null;
+            /**
+             * @description Up to 4 versions whose weights sum to 100. The choice is sticky per
+             *     `Genrt-Split-Key`; changing weights moves as few keys as possible.
+             */
+            versions?: components["schemas"]["VersionWeight"][] | null;
+        };
         /** @enum {string} */
         SignatureScheme: "standard" | "github";
         /** @description The `done` event of a streamed invocation. */
         StreamDone: {
+            alias?: string | null;
             cache_hit: boolean;
             finish_reason: string;
             function: string;
@@ -1761,6 +2008,7 @@ export interface components {
             invocation_id: string;
             json?: Record<string, unknown> | null;
             model: string;
+            split: boolean;
             timings: components["schemas"]["TimingsInfo"];
             usage: components["schemas"]["UsageInfo"];
             /** Format: int32 */
@@ -1922,15 +2170,79 @@ export interface components {
             usage: components["schemas"]["UsageEntry"][];
         };
         VersionInfo: {
+            /** @description The aliases that route traffic to this version. */
+            aliases: string[];
             /** Format: date-time */
             created_at: string;
             definition: components["schemas"]["FunctionDefinition"];
             digest: string;
+            /**
+             * @description Its stored evaluation scores (from `evaluate` and promotion gates), one per set of
+             *     cases, newest first.
+             */
+            scores: components["schemas"]["VersionScore"][];
             /** Format: int32 */
             version: number;
         };
         VersionList: {
             versions: components["schemas"]["VersionInfo"][];
+        };
+        /** @description A version's stored score on one evaluation set. */
+        VersionScore: {
+            /** Format: double */
+            bleu: number;
+            /** Format: int32 */
+            cases: number;
+            /** @description Identifies the cases and parameters scored: only scores with the same digest compare. */
+            cases_digest: string;
+            /** Format: date-time */
+            evaluated_at: string;
+            /** Format: int32 */
+            failed: number;
+            /** Format: double */
+            rouge_l: number;
+            /** Format: int32 */
+            version: number;
+        };
+        /**
+         * @description How one version did over the window: traffic only (evaluations and prewarms are left
+         *     out), so that a canary can be compared with the version beside it.
+         */
+        VersionStats: {
+            /** @description The aliases pointing at it now. */
+            aliases: string[];
+            /**
+             * Format: double
+             * @description Of succeeded invocations.
+             */
+            cache_hit_rate: number;
+            /** Format: int64 */
+            completion_tokens: number;
+            /** @description Failed and cancelled invocations by error code. */
+            errors: {
+                [key: string]: number;
+            };
+            /** Format: int64 */
+            invocations: number;
+            /** @description End to end, of succeeded invocations. */
+            latency_ms: components["schemas"]["Percentiles"];
+            /** Format: int64 */
+            prompt_tokens: number;
+            /** @description Stored evaluation scores, newest first. */
+            scores: components["schemas"]["VersionScore"][];
+            /** Format: int64 */
+            succeeded: number;
+            /** @description To the first token, of succeeded invocations the engine ran (not cache hits). */
+            ttft_ms: components["schemas"]["Percentiles"];
+            /** Format: int32 */
+            version: number;
+        };
+        /** @description One version of an alias and its share of the traffic (percent). */
+        VersionWeight: {
+            /** Format: int32 */
+            version: number;
+            /** Format: int32 */
+            weight: number;
         };
         WebhookSecrets: {
             /**
@@ -3293,6 +3605,340 @@ export interface operations {
             };
         };
     };
+    releases_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AliasList"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    set: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alias: string;
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SetAlias"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AliasChanged"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function, or a version it names does not exist */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `promotion_refused`: the gate failed; the message gives both scores */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Scoring for the gate: the tenant's concurrency or budget is used up */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    releases_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alias: string;
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    history: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alias: string;
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AliasHistory"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rollback: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alias: string;
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AliasChanged"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `nothing_to_roll_back`: the alias has had one target only */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     batches_create: {
         parameters: {
             query?: never;
@@ -3700,6 +4346,72 @@ export interface operations {
                 };
             };
             /** @description The tenant's prewarm requests already running (`concurrency_limited`), or its budget is used up; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stats: {
+        parameters: {
+            query?: {
+                /** @description The window, in seconds back from now: default 86400 (a day), at most 2592000 (30 days). */
+                window_s?: number | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FunctionStats"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;

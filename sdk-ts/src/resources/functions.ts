@@ -37,6 +37,16 @@ export class Functions {
     return (await this.client.get<{ versions: VersionInfo[] }>(`${fn(name)}/versions`, undefined, options)).versions;
   }
 
+  /**
+   * A reference to one version of a function, for `invoke`, `stream`, `invokeAsync` and the
+   * OpenAI routes' `model`: `pin('summarize', 3)` is `'summarize@3'`.
+   */
+  pin(fn: string | { name: string }, version: number): string {
+    if (!Number.isInteger(version) || version < 1) throw new RangeError(`a version is an integer from 1, not ${version}`);
+    const name = typeof fn === 'string' ? fn.split('@')[0]! : fn.name;
+    return `${name}@${version}`;
+  }
+
   /** Deletes the function and all its versions (its invocation records are kept). */
   delete(name: string, options?: RequestOptions): Promise<void> {
     return this.client.delete(fn(name), options);

@@ -35,6 +35,8 @@ pub struct EvaluateResponse {
     pub bleu: f64,
     pub succeeded: usize,
     pub failed: usize,
+    /// Identifies the cases and parameter overrides: scores with the same digest compare.
+    pub cases_digest: String,
     pub cases: Vec<CaseScore>,
 }
 

@@ -306,6 +306,11 @@ pub struct VersionInfo {
     pub digest: String,
     pub created_at: DateTime<Utc>,
     pub definition: FunctionDefinition,
+    /// The aliases that route traffic to this version.
+    pub aliases: Vec<String>,
+    /// Its stored evaluation scores (from `evaluate` and promotion gates), one per set of
+    /// cases, newest first.
+    pub scores: Vec<VersionScore>,
 }
 
 impl VersionInfo {
@@ -315,6 +320,8 @@ impl VersionInfo {
             digest: v.digest.clone(),
             created_at: v.created_at,
             definition: FunctionDefinition::from_spec(name, &v.spec),
+            aliases: Vec::new(),
+            scores: Vec::new(),
         }
     }
 }

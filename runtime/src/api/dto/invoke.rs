@@ -30,6 +30,10 @@ pub struct InvokeRequest {
     /// webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSpec>,
+    /// Run this version instead of the default (the same as `name@3` in the path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub version: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -47,7 +51,11 @@ pub struct AsyncAccepted {
     /// `queued`, or the current status when an `Idempotency-Key` replayed an earlier request.
     pub status: String,
     pub function: String,
+    /// The version it will run, fixed now: a later move of the alias does not change it.
     pub version: u32,
+    /// The alias it was admitted through, if any.
+    #[serde(default)]
+    pub alias: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -58,7 +66,14 @@ fn empty_object() -> Value {
 pub struct InvokeResponse {
     pub invocation_id: Uuid,
     pub function: String,
+    /// The version that ran.
     pub version: u32,
+    /// The alias it came through (`name@prod`, or `default` for a bare name when the
+    /// function has that alias); null for a pinned version or the latest.
+    pub alias: Option<String>,
+    /// The alias splits its traffic: this version was chosen by weight (sticky per
+    /// `Genrt-Split-Key`).
+    pub split: bool,
     pub model: String,
     pub output: Output,
     /// `stop`, `length` or `stop_sequence`.
@@ -74,17 +89,26 @@ impl From<crate::invocation::Completed> for InvokeResponse {
             done.id.0,
             done.function.as_str(),
             done.version,
+            &done.via,
             done.outcome,
         )
     }
 }
 
 impl InvokeResponse {
-    pub fn new(id: Uuid, function: &str, version: u32, o: InvocationOutcome) -> Self {
+    pub fn new(
+        id: Uuid,
+        function: &str,
+        version: u32,
+        via: &crate::invocation::Via,
+        o: InvocationOutcome,
+    ) -> Self {
         Self {
             invocation_id: id,
             function: function.to_owned(),
             version,
+            alias: via.alias().map(|a| a.as_str().to_owned()),
+            split: via.split(),
             model: o.model.as_str().to_owned(),
             finish_reason: o.finish_reason.as_str().to_owned(),
             output: Output {
@@ -114,6 +138,8 @@ pub struct StreamDone {
     pub invocation_id: Uuid,
     pub function: String,
     pub version: u32,
+    pub alias: Option<String>,
+    pub split: bool,
     pub model: String,
     pub finish_reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +156,8 @@ impl From<InvokeResponse> for StreamDone {
             invocation_id: r.invocation_id,
             function: r.function,
             version: r.version,
+            alias: r.alias,
+            split: r.split,
             model: r.model,
             finish_reason: r.finish_reason,
             json: r.output.json,

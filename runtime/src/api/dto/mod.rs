@@ -7,6 +7,7 @@ mod functions;
 mod invoke;
 mod models;
 mod params;
+mod releases;
 
 pub use crate::records::*;
 pub use evaluate::*;
@@ -14,3 +15,4 @@ pub use functions::*;
 pub use invoke::*;
 pub use models::*;
 pub use params::*;
+pub use releases::*;

@@ -15,15 +15,17 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use genrt_actors::DeployedFunction;
-use genrt_functions::{Conversation, FunctionName, GenerationParams, ModelId, OutputSpec};
+use genrt_functions::{
+    Conversation, FunctionName, FunctionRef, GenerationParams, ModelId, OutputSpec,
+};
 use serde_json::Value;
 
 use crate::api::dto::InvokeResponse;
 use crate::api::functions::{runnable, READ};
-use crate::api::invoke::{fault, receiver_stream, sse};
+use crate::api::invoke::{fault, receiver_stream, split_key, sse};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::invocation::{Admitted, Mode, Request, StreamItem};
+use crate::invocation::{Admitted, Mode, Request, StreamItem, Via};
 use crate::tenancy::{Caller, Scope};
 
 use wire::{unsupported, Prompt};
@@ -160,7 +162,8 @@ pub async fn chat_completions(
     let params = plan::params(common, body.max_completion_tokens.or(common.max_tokens))?;
     let (conversation, last) = plan::conversation(&body.messages)?;
     let output = plan::output(body.response_format.as_ref());
-    let target = resolve(&state, &caller, &body.model, output).await?;
+    let key = split_key(&request)?.or(common.user.as_deref());
+    let target = resolve(&state, &caller, &body.model, output, key).await?;
     let runs = vec![(target.input(&last), conversation); n as usize];
     let chunks = Chunks::new(Kind::Chat, body.model.clone());
     if common.stream {
@@ -247,7 +250,8 @@ pub async fn completions(
         ));
     }
     let params = plan::params(common, common.max_tokens)?;
-    let target = resolve(&state, &caller, &body.model, OutputSpec::Text).await?;
+    let key = split_key(&request)?.or(common.user.as_deref());
+    let target = resolve(&state, &caller, &body.model, OutputSpec::Text, key).await?;
     // A model gets the prompt without a chat template; a function renders its own messages.
     let conversation = Conversation {
         raw: target.passthrough,
@@ -369,6 +373,8 @@ pub async fn embeddings(
 /// What a request's `model` names, made runnable.
 struct Target {
     function: Arc<DeployedFunction>,
+    /// How a function's version was chosen (`name@3`, `name@prod`).
+    via: Via,
     /// A registered model served as it is, rather than a function of the caller's.
     passthrough: bool,
 }
@@ -393,11 +399,16 @@ fn model_not_found(model: &str) -> ApiError {
 
 /// A registered model id wins over a function of the same name: model ids are the same for
 /// every tenant, so a client's meaning of `model` does not depend on what a tenant deployed.
+///
+/// A function may be named at a version or alias (`name@3`, `name@prod`); within an alias's
+/// split, the `Genrt-Split-Key` header, else the request's `user`, keeps one user on one
+/// version.
 async fn resolve(
     state: &AppState,
     caller: &Caller,
     model: &str,
     output: OutputSpec,
+    split_key: Option<&str>,
 ) -> Result<Target, OpenAiError> {
     let id = ModelId::new(model);
     // Another tenant's private model (or adapter) is no model at all here: the name may be
@@ -414,20 +425,24 @@ async fn resolve(
                 version,
                 spec,
             }),
+            via: Via::Latest,
             passthrough: true,
         });
     }
     let raw = model;
-    if FunctionName::parse(raw).is_err() {
+    if FunctionRef::parse(raw).is_err() {
         return Err(model_not_found(raw).into());
     }
-    let (name, version) = runnable(state, caller, raw).await.map_err(|e| {
-        if e.code == ErrorCode::FunctionNotFound {
-            model_not_found(raw)
-        } else {
-            e
-        }
-    })?;
+    let resolved = runnable(state, caller, raw, None, split_key)
+        .await
+        .map_err(|e| {
+            if e.code == ErrorCode::FunctionNotFound {
+                model_not_found(raw)
+            } else {
+                e.with_field("model")
+            }
+        })?;
+    let (name, version) = (resolved.name, resolved.version);
     if !output.is_text() && version.spec.output != output {
         return Err(unsupported(
             "response_format",
@@ -443,6 +458,7 @@ async fn resolve(
             version: version.version,
             spec: version.spec,
         }),
+        via: resolved.via,
         passthrough: false,
     })
 }
@@ -456,6 +472,7 @@ fn request(
 ) -> Request {
     let mut r = Request::new(Arc::clone(&target.function), input, params);
     r.fault = fault(request);
+    r.via = target.via.clone();
     r.conversation = Some(Arc::new(Conversation {
         cut_output_ok: true,
         ..conversation

@@ -88,7 +88,9 @@ pub struct CommonFields {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<Value>,
-    /// An end-user id; accepted for compatibility, recorded nowhere.
+    /// An end-user id: when `model` names a function alias that splits its traffic, it keeps
+    /// this user on one version (unless a `Genrt-Split-Key` header is given). Recorded
+    /// nowhere.
     #[serde(default)]
     pub user: Option<String>,
 }

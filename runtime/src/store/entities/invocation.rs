@@ -49,6 +49,13 @@ pub struct Model {
     /// Prompt tokens whose KV came from a replica's prefix cache.
     pub cached_prompt_tokens: i32,
     pub prefill_ms: f64,
+    /// The alias the invocation was admitted through, if any (its version is
+    /// `function_version`, fixed at admission).
+    pub alias: Option<String>,
+    /// The alias split its traffic between versions when this one was admitted.
+    pub split: bool,
+    /// A shadow run: the invocation whose input it mirrors.
+    pub shadow_of: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
