@@ -28,11 +28,17 @@ fn alias_name(raw: &str) -> Result<AliasName, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.message).with_field("alias"))
 }
 
-fn alias_not_found(name: &FunctionName, alias: &AliasName) -> ApiError {
+fn alias_not_found(name: &FunctionName, alias: &str) -> ApiError {
     ApiError::new(
         ErrorCode::AliasNotFound,
         format!("function `{name}` has no alias `{alias}`"),
     )
+}
+
+/// An alias a request reads or changes: a name that cannot exist is reported like any
+/// missing alias (a malformed name is refused only where an alias is created).
+fn existing_alias(name: &FunctionName, raw: &str) -> Result<AliasName, ApiError> {
+    AliasName::parse(raw).map_err(|_| alias_not_found(name, raw))
 }
 
 fn actor(caller: &Caller) -> String {
@@ -135,7 +141,8 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsWrite)?;
-    let (name, alias) = (function_name(&path.0)?, alias_name(&path.1)?);
+    let name = function_name(&path.0)?;
+    let alias = existing_alias(&name, &path.1)?;
     change(&state, &caller, &name, &alias, AliasAction::Delete, None).await?;
     Ok(crate::api::no_content())
 }
@@ -155,7 +162,8 @@ pub async fn rollback(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FunctionsWrite)?;
-    let (name, alias) = (function_name(&path.0)?, alias_name(&path.1)?);
+    let name = function_name(&path.0)?;
+    let alias = existing_alias(&name, &path.1)?;
     let changed = change(&state, &caller, &name, &alias, AliasAction::Rollback, None).await?;
     Ok(HttpResponse::Ok().json(changed))
 }
@@ -173,7 +181,8 @@ pub async fn history(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_any(&READ)?;
-    let (name, alias) = (function_name(&path.0)?, alias_name(&path.1)?);
+    let name = function_name(&path.0)?;
+    let alias = existing_alias(&name, &path.1)?;
     let events = state
         .store
         .alias_history(&caller.tenant, &name, Some(&alias), HISTORY_LIMIT)
@@ -206,7 +215,7 @@ async fn change(
         .await?
         .map_err(|refusal| match refusal {
             AliasRefusal::FunctionMissing => function_not_found(name.as_str()),
-            AliasRefusal::AliasMissing => alias_not_found(name, alias),
+            AliasRefusal::AliasMissing => alias_not_found(name, alias.as_str()),
             AliasRefusal::VersionMissing(v) => ApiError::new(
                 ErrorCode::VersionNotFound,
                 format!("function `{name}` has no version {v}"),
