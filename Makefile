@@ -70,6 +70,7 @@ bench: deps model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-cache
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-models
+	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-releases
 
 ## The GPU benchmark (benchmarks/gpu/run.sh): needs an NVIDIA GPU and the CUDA toolkit.
 bench-gpu: deps model

@@ -44,5 +44,6 @@ pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, Adapter, ModelChangeError, TreeConfig};
 pub use types::{
     DeployedFunction, Fault, FinishReason, Invocation, InvocationId, InvocationOutcome,
-    ModelConfig, ModelPhase, ModelStatus, PrefixCacheStatus, ScalingEvent, Timings, Usage,
+    ModelConfig, ModelPhase, ModelStatus, PrefixCacheStatus, Priority, ScalingEvent, Timings,
+    Usage,
 };

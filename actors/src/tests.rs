@@ -99,7 +99,7 @@ fn invocation(f: &Arc<DeployedFunction>, input: serde_json::Value) -> Invocation
             ..Default::default()
         },
         received_at: Instant::now(),
-        background: false,
+        priority: crate::Priority::Interactive,
         stream: None,
         fault: None,
         conversation: None,

@@ -61,8 +61,8 @@ pub struct Invocation {
     pub input: Value,
     pub params: GenerationParams,
     pub received_at: Instant,
-    /// Background work (prewarming) waits behind interactive invocations.
-    pub background: bool,
+    /// How it yields to other work (see [`Priority`]).
+    pub priority: Priority,
     /// When set, text pieces are sent here as they are generated.
     pub stream: Option<tokio::sync::mpsc::Sender<String>>,
     pub fault: Option<Fault>,
@@ -72,6 +72,29 @@ pub struct Invocation {
     /// The runtime renders on its bounded render pool, under the template limits, before
     /// anything reaches the tree; `None` renders here, which only the tree's own tests do.
     pub prompt: Option<Box<RenderedPrompt>>,
+}
+
+/// How a unit of work yields to others, in the model's queue and in the engine's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A caller is waiting: served first.
+    #[default]
+    Interactive,
+    /// Queued work (async, batch items, triggers) and prewarming: waits in the model's queue
+    /// while interactive jobs wait, then decodes beside whatever runs.
+    Background,
+    /// Work whose answer nobody waits for (a shadow copy of an invocation, run to compare
+    /// versions): queued like background work, and once running it decodes only in steps
+    /// where no other sequence runs, so that it never lengthens anyone's step. It may run
+    /// out its deadline instead, which is its caller's choice to accept.
+    Idle,
+}
+
+impl Priority {
+    /// Waits in the model's queue while interactive work waits.
+    pub fn yields(self) -> bool {
+        self != Priority::Interactive
+    }
 }
 
 impl Invocation {

@@ -75,6 +75,15 @@ impl Bench {
         models: Vec<ModelConfig>,
         backends_dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        Self::start_adjusted(models, backends_dir, |_| {}).await
+    }
+
+    /// As [`Self::start_models`], with the configuration adjusted before the server starts.
+    pub async fn start_adjusted(
+        models: Vec<ModelConfig>,
+        backends_dir: Option<PathBuf>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("genrt-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut config = Config::default();
@@ -90,6 +99,7 @@ impl Bench {
         config.tenancy.max_concurrent_streams = 0;
         config.engine.backends_dir = backends_dir;
         config.models = models;
+        adjust(&mut config);
         let token = genrt_runtime::auth::TokenIssuer::new(&config.auth).issue(
             &genrt_functions::TenantId::parse("bench")?,
             genrt_runtime::auth::DEFAULT_TENANT_SCOPES,

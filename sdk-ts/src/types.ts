@@ -45,6 +45,8 @@ export type AliasInfo = S['AliasInfo'];
 export type AliasChanged = S['AliasChanged'];
 export type AliasEvent = S['AliasEvent'];
 export type GateSpec = S['GateSpec'];
+export type ShadowSpec = S['ShadowSpec'];
+export type FunctionStats = S['FunctionStats'];
 export type VersionWeight = S['VersionWeight'];
 export type VersionScore = S['VersionScore'];
 

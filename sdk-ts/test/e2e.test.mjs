@@ -473,6 +473,23 @@ test('releases: a pinned version, a split sticky per key, promotion behind a gat
     return true;
   });
 
+  // A shadow at 100%: each call through the alias is mirrored to version 2 and compared.
+  await genrt.aliases.set('pinned', 'mirrored', 1, { shadow: { version: 2, percent: 100 } });
+  // One at a time: a tenant has one background place by default, and a shadow finding it
+  // taken is skipped, not queued.
+  let shadow;
+  for (const [n, who] of ['Ann', 'Bob'].entries()) {
+    assert.equal((await genrt.invoke('pinned@mirrored', { who })).version, 1);
+    for (let i = 0; i < 300 && shadow?.compared !== n + 1; i++) {
+      const stats = await genrt.functions.stats('pinned');
+      shadow = stats.versions.find((v) => v.version === 2)?.shadow;
+      if (shadow?.compared !== n + 1) await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  assert.equal(shadow.compared, 2);
+  assert.deepEqual(shadow.primary_versions, [1]);
+  assert.ok(shadow.rouge_l >= 0 && shadow.rouge_l <= 1);
+
   // genrt-deploy --alias points an alias at each deployed version.
   const deployed = await run(process.execPath, ['dist/cli.js', '--alias', 'staging', 'examples'], { cwd: sdkRoot, env });
   assert.match(deployed.stdout, /^news-brief@staging → v1$/m);

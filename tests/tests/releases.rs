@@ -16,6 +16,7 @@ genrt_tests::on_both_databases!(
     an_alias_splits_by_weight_sticky_per_key_and_consistently,
     queued_work_keeps_the_version_it_was_admitted_with,
     a_gated_promotion_is_refused_or_made_and_rolled_back,
+    a_shadow_mirrors_its_share_and_is_compared_with_the_primary,
 );
 
 fn code(body: &Value) -> &str {
@@ -743,5 +744,143 @@ async fn a_gated_promotion_is_refused_or_made_and_rolled_back(db: Db) {
         (422, "invalid_request", Some("gate")),
         "{body}"
     );
+    s.stop().await;
+}
+
+async fn a_shadow_mirrors_its_share_and_is_compared_with_the_primary(db: Db) {
+    // Room for every shadow at once: each takes one of the tenant's background places.
+    let s = TestServer::start_adjusted(db, |c| {
+        c.tenancy.rate_limit_rps = 0.0;
+        c.tenancy.max_concurrent_prewarms = 64;
+    })
+    .await;
+    let t = token("shadows");
+    deploy(&s, &t, definition("capital", "Answer briefly.", json!([]))).await;
+    deploy(
+        &s,
+        &t,
+        definition("capital", "Answer in one full sentence.", json!([])),
+    )
+    .await;
+    let target = json!({"version": 1, "shadow": {"version": 2, "percent": 50}});
+    let (status, body) = set_alias(&s, &t, "capital", "prod", target).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["alias"]["shadow"],
+        json!({"version": 2, "percent": 50}),
+        "{body}"
+    );
+    // Which keys are mirrored is the alias's sticky choice, computed here independently.
+    let domain = genrt_functions::AliasTarget {
+        versions: vec![genrt_functions::Weighted {
+            version: 1,
+            weight: 100,
+        }],
+        shadow: Some(genrt_functions::Shadow {
+            version: 2,
+            percent: 50,
+        }),
+    };
+    let countries = ["France", "Italy", "Japan", "Peru"];
+    let mut mirrored = 0;
+    let mut primaries = Vec::new();
+    for i in 0..40 {
+        let key = format!("user-{i}");
+        let input = json!({"input": {"country": countries[i % countries.len()]}});
+        let response = s
+            .build(Method::POST, "/v1/functions/capital@prod/invoke", &t)
+            .header("Genrt-Split-Key", key.clone())
+            .json(&input)
+            .send()
+            .await
+            .unwrap();
+        let (status, out) = genrt_tests::read(response).await;
+        // The caller gets the primary's answer only.
+        assert_eq!((status, out["version"].as_u64()), (200, Some(1)), "{out}");
+        if domain.shadowed(Some(&key), 0).is_some() {
+            mirrored += 1;
+            primaries.push(out["invocation_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(
+        (10..=30).contains(&mirrored),
+        "{mirrored} of 40 keys mirrored at 50%"
+    );
+    // Each mirrored call's shadow runs in the background, on version 2, and is compared.
+    let mut stats = Value::Null;
+    for _ in 0..600 {
+        s.server()
+            .state()
+            .records
+            .flush(Duration::from_secs(10))
+            .await;
+        let (status, got) = s
+            .call(Method::GET, "/v1/functions/capital/stats", &t, None)
+            .await;
+        assert_eq!(status, 200, "{got}");
+        stats = got;
+        let v2 = stats["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"] == 2);
+        if v2.is_some_and(|v| v["shadow"]["compared"] == mirrored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let versions = stats["versions"].as_array().unwrap();
+    let v2 = versions
+        .iter()
+        .find(|v| v["version"] == 2)
+        .expect("version 2 listed");
+    let shadow = &v2["shadow"];
+    assert_eq!(shadow["runs"], mirrored, "{stats}");
+    assert_eq!(shadow["compared"], mirrored, "{stats}");
+    assert_eq!(shadow["primary_versions"], json!([1]), "{stats}");
+    let (exact, rouge) = (
+        shadow["exact_match"].as_f64().unwrap(),
+        shadow["rouge_l"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.0..=1.0).contains(&exact) && (0.0..=1.0).contains(&rouge),
+        "{stats}"
+    );
+    assert!(rouge >= exact, "an exact match scores 1: {stats}");
+    // Shadows are not traffic: version 1 counts the 40 calls, version 2 none.
+    let v1 = versions.iter().find(|v| v["version"] == 1).unwrap();
+    assert_eq!(v1["invocations"], 40, "{stats}");
+    assert_eq!(v2["invocations"], 0, "{stats}");
+    assert_eq!(v2["aliases"], json!(["prod"]), "{stats}");
+    // Each shadow is recorded beside its primary, and counted in usage as a shadow.
+    let (_, page) = s
+        .call(
+            Method::GET,
+            "/v1/invocations?function=capital&limit=100",
+            &t,
+            None,
+        )
+        .await;
+    let records = page["invocations"].as_array().unwrap();
+    let shadows: Vec<&Value> = records.iter().filter(|r| r["mode"] == "shadow").collect();
+    assert_eq!(shadows.len(), mirrored, "{page}");
+    for record in &shadows {
+        assert_eq!(
+            (record["version"].as_u64(), record["alias"].as_str()),
+            (Some(2), Some("prod")),
+            "{record}"
+        );
+        let of = record["shadow_of"].as_str().unwrap();
+        assert!(primaries.iter().any(|p| p == of), "{record}");
+    }
+    let (_, usage) = s
+        .call(Method::GET, "/v1/usage?group_by=mode", &t, None)
+        .await;
+    let by_mode = usage["usage"].as_array().unwrap();
+    let shadow_usage = by_mode
+        .iter()
+        .find(|u| u["key"] == "shadow")
+        .expect("shadow usage");
+    assert_eq!(shadow_usage["invocations"], mirrored, "{usage}");
     s.stop().await;
 }

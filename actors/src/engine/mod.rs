@@ -288,8 +288,9 @@ pub struct EngineJob {
     pub tenant: TenantId,
     pub enqueued_at: Instant,
     pub load_wait: Duration,
-    /// Background work (prewarming) waits behind every interactive job.
-    pub low_priority: bool,
+    /// Background and idle work waits behind every interactive job; idle work also yields
+    /// every decode step to the others (see [`crate::Priority`]).
+    pub priority: crate::Priority,
     /// Text pieces as they are generated. Bounded by construction: its capacity exceeds
     /// `max_tokens`, and the engine sends at most one piece per token.
     pub stream: Option<mpsc::Sender<String>>,

@@ -111,6 +111,10 @@ struct Running {
     batch_prompt: usize,
 }
 
+fn is_idle(r: &Running) -> bool {
+    r.job.priority == crate::Priority::Idle
+}
+
 struct Stream {
     /// The tokens whose KV the stream holds, at positions `0..tokens.len()`: while a sequence
     /// runs in it, what that sequence has computed so far.
@@ -254,7 +258,12 @@ impl Scheduler {
             target,
             reuse,
             spill,
-        } = self.place(&job.tenant, &set.key, &prompt);
+        } = self.place(
+            &job.tenant,
+            &set.key,
+            &prompt,
+            job.priority == crate::Priority::Idle,
+        );
         tracing::trace!(
             slot = target,
             ?reuse,
@@ -351,8 +360,25 @@ impl Scheduler {
     /// one pass and splits a batch at every gap (`split_equal`, sequential, with one KV stream
     /// per sequence), so that running sequences spread over the streams would cost a pass
     /// each. Cached KV elsewhere is copied into the slot rather than run where it lies.
-    fn place(&self, tenant: &TenantId, adapters: &AdapterKey, prompt: &[TokenId]) -> Placement {
-        let target = self.slot_for(adapters);
+    ///
+    /// A sequence that is not idle never waits for an idle one's prefill (which waits for it
+    /// in turn): it reuses only what the idle one has computed already.
+    fn place(
+        &self,
+        tenant: &TenantId,
+        adapters: &AdapterKey,
+        prompt: &[TokenId],
+        idle: bool,
+    ) -> Placement {
+        // An idle sequence takes the highest free slot, away from the others: a sequence left
+        // out of a step between two that run would split the step into two passes.
+        let target = match idle {
+            true => (0..self.config.slots)
+                .rev()
+                .find(|&i| self.streams[i].is_idle())
+                .expect("admit checked for a free slot"),
+            false => self.slot_for(adapters),
+        };
         // The last prompt token is always computed, for its logits.
         let limit = prompt.len() - 1;
         // (stream, common prefix, whether its KV is already there)
@@ -364,7 +390,11 @@ impl Scheduler {
                 }
                 let have = common_prefix(&s.tokens, prompt).min(limit);
                 let (len, ready) = match &s.running {
-                    Some(r) if r.last_token.is_none() && r.awaiting.is_none() => {
+                    Some(r)
+                        if r.last_token.is_none()
+                            && r.awaiting.is_none()
+                            && (idle || !is_idle(r)) =>
+                    {
                         let will = common_prefix(&r.prompt, prompt).min(limit);
                         if will > have {
                             (will, false)
@@ -428,7 +458,15 @@ impl Scheduler {
     fn slot_for(&self, set: &AdapterKey) -> usize {
         let slots = self.config.slots;
         let free = |i: usize| self.streams[i].is_idle();
-        let set_of = |i: usize| self.streams[i].running.as_ref().map(|r| &r.set.key);
+        // Idle sequences sit at the top (see `place`) and never decode with the others: no
+        // one's neighbour.
+        let set_of = |i: usize| {
+            self.streams[i]
+                .running
+                .as_ref()
+                .filter(|r| !is_idle(r))
+                .map(|r| &r.set.key)
+        };
         // The free run around slot `i`: how many free slots from `i` on in direction `step`.
         let room = |i: usize, right: bool| {
             let mut n = 0;
@@ -564,7 +602,10 @@ impl Scheduler {
             }
         }
         self.resolve_waits(session);
-        let Some(turn) = self.choose_set() else {
+        // Idle work (a shadow copy) takes part only in steps no other sequence needs: it
+        // never makes another's step longer. It keeps its slot and KV while it waits.
+        let others = self.running().any(|r| !is_idle(r));
+        let Some(turn) = self.choose_set(others) else {
             return left;
         };
         if turn != self.current.key {
@@ -599,7 +640,7 @@ impl Scheduler {
         // ITL p99/p50 of 16 streams with prompts arriving.
         let decoding = self
             .running()
-            .filter(|r| r.last_token.is_some() && r.set.key == turn)
+            .filter(|r| r.last_token.is_some() && r.set.key == turn && !(others && is_idle(r)))
             .count();
         let allowance = self.prefill_budget(decoding, session.n_batch());
         let mut budget = allowance;
@@ -610,8 +651,8 @@ impl Scheduler {
             .enumerate()
             .filter_map(|(i, s)| {
                 let r = s.running.as_ref()?;
-                (r.last_token.is_none() && r.awaiting.is_none() && r.set.key == turn)
-                    .then_some((r.admitted, i))
+                let runs = r.set.key == turn && !(others && is_idle(r));
+                (r.last_token.is_none() && r.awaiting.is_none() && runs).then_some((r.admitted, i))
             })
             .collect();
         prefilling.sort_unstable();
@@ -637,7 +678,7 @@ impl Scheduler {
             let n_past = s.tokens.len();
             let Some(r) = &mut s.running else { continue };
             r.batch_index = None;
-            if r.set.key != turn {
+            if r.set.key != turn || others && is_idle(r) {
                 r.batch_prompt = 0;
                 continue;
             }
@@ -742,11 +783,12 @@ impl Scheduler {
 
     /// The adapter set whose sequences run this step: the current one for up to
     /// [`ADAPTER_QUANTUM_STEPS`] steps, or alone; otherwise the next set with work after it,
-    /// in key order, wrapping around. `None` when no sequence can run.
-    fn choose_set(&self) -> Option<AdapterKey> {
+    /// in key order, wrapping around. `None` when no sequence can run. With `others` (a
+    /// sequence that is not idle runs), idle sequences give no set a turn.
+    fn choose_set(&self, others: bool) -> Option<AdapterKey> {
         let mut sets: Vec<&AdapterKey> = self
             .running()
-            .filter(|r| r.awaiting.is_none())
+            .filter(|r| r.awaiting.is_none() && !(others && is_idle(r)))
             .map(|r| &r.set.key)
             .collect();
         sets.sort_unstable();
@@ -899,7 +941,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             enqueued_at: Instant::now(),
             load_wait: Duration::ZERO,
-            low_priority: false,
+            priority: crate::Priority::Interactive,
             stream: None,
             reply,
         };
@@ -943,6 +985,37 @@ mod tests {
     }
 
     const SYSTEM: &str = "You are a careful assistant who follows the house style.";
+
+    #[test]
+    fn idle_work_decodes_only_in_steps_nobody_else_needs() {
+        let mut session = FakeSession::new(4, 4096, 512);
+        let mut s = scheduler(4, 4, 32);
+        let (mut shadow, mut shadow_reply) = job(None, "a shadow copy", 30);
+        shadow.priority = crate::Priority::Idle;
+        assert_eq!(s.admit(&mut session, shadow), 0);
+        // Alone, it runs: its prompt goes in.
+        s.step(&mut session, false);
+        assert_eq!(session.last_batch_seqs.len(), 1);
+        let shadow_seq = session.last_batch_seqs[0];
+        let (a, mut a_reply) = job(None, "an interactive call", 5);
+        assert_eq!(s.admit(&mut session, a), 0);
+        // While the interactive sequence runs, no batch holds the shadow's.
+        let mut steps = 0;
+        while a_reply.try_recv().is_err() {
+            s.step(&mut session, false);
+            assert!(
+                !session.last_batch_seqs.contains(&shadow_seq),
+                "step {steps}"
+            );
+            assert_eq!(session.last_batch_seqs.len(), 1);
+            steps += 1;
+            assert!(steps < 100, "the interactive call never ended");
+        }
+        // Then the shadow goes on to its end, its text whole.
+        run_until_idle(&mut s, &mut session);
+        let done = shadow_reply.try_recv().unwrap().unwrap();
+        assert_eq!(done.text, "echo: a shadow copy");
+    }
 
     #[test]
     fn sequences_share_decode_steps_and_each_gets_its_own_text() {

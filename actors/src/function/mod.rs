@@ -155,7 +155,7 @@ impl Function {
             request,
             tenant: invocation.tenant().clone(),
             enqueued_at: received_at,
-            low_priority: invocation.background,
+            priority: invocation.priority,
             stream: invocation.stream,
             pool,
         };
@@ -219,7 +219,7 @@ struct Submission {
     request: EngineRequest,
     tenant: TenantId,
     enqueued_at: Instant,
-    low_priority: bool,
+    priority: crate::Priority,
     stream: Option<tokio::sync::mpsc::Sender<String>>,
     pool: ActorRef<PoolMsg>,
 }
@@ -238,7 +238,7 @@ impl Submission {
                 tenant: self.tenant.clone(),
                 enqueued_at: self.enqueued_at,
                 load_wait: std::time::Duration::ZERO,
-                low_priority: self.low_priority,
+                priority: self.priority,
                 stream: self.stream.clone(),
                 reply: tx,
             };

@@ -176,7 +176,7 @@ mod tests {
             input,
             params,
             received_at: Instant::now(),
-            background: false,
+            priority: crate::Priority::Interactive,
             stream: None,
             fault: None,
             conversation: None,

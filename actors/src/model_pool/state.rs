@@ -53,8 +53,13 @@ pub(crate) struct PoolState {
     pub(crate) config: ModelConfig,
     pub(crate) phase: ModelPhase,
     queue: FairQueue<TenantId, EngineJob>,
-    /// Background work (prewarming): served only when `queue` is empty.
+    /// Background work (queued invocations, prewarming): served only when `queue` is empty.
     background: FairQueue<TenantId, EngineJob>,
+    /// Idle work (shadow copies): served only when both queues are empty, and only to a
+    /// replica with at most half its slots taken, so that it never holds the slot an
+    /// interactive call would wait for (in the engine it also yields every step). It does
+    /// not count as load for scaling.
+    idle: FairQueue<TenantId, EngineJob>,
     replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
     /// What each replica was sent, for cache-aware placement.
     affinity: HashMap<ReplicaKey, ReplicaIndex>,
@@ -79,6 +84,7 @@ impl PoolState {
             phase: ModelPhase::Unloaded,
             queue: FairQueue::new(),
             background: FairQueue::new(),
+            idle: FairQueue::new(),
             replicas: BTreeMap::new(),
             affinity: HashMap::new(),
             next_key: 0,
@@ -124,10 +130,10 @@ impl PoolState {
             }
             self.phase = ModelPhase::Unloaded;
         }
-        let queue = if job.low_priority {
-            &mut self.background
-        } else {
-            &mut self.queue
+        let queue = match job.priority {
+            crate::Priority::Interactive => &mut self.queue,
+            crate::Priority::Background => &mut self.background,
+            crate::Priority::Idle => &mut self.idle,
         };
         let queued = queue.len();
         if queued >= self.config.queue_capacity {
@@ -161,7 +167,8 @@ impl PoolState {
 
     /// The next thing to do to serve the queue or to follow the load, given the time.
     pub(crate) fn next_action(&mut self, now: Instant) -> Action {
-        let has_work = !self.queue.is_empty() || !self.background.is_empty();
+        let has_work =
+            !self.queue.is_empty() || !self.background.is_empty() || !self.idle.is_empty();
         match self.phase {
             ModelPhase::Unloaded if has_work || self.config.min_replicas > 0 => {
                 return Action::Load
@@ -243,7 +250,19 @@ impl PoolState {
         if free.is_empty() {
             return None;
         }
-        let mut job = self.queue.pop().or_else(|| self.background.pop())?;
+        let (mut job, free) = match self.queue.pop().or_else(|| self.background.pop()) {
+            Some(job) => (job, free),
+            None => {
+                let roomy: Vec<(ReplicaKey, u32)> = free
+                    .into_iter()
+                    .filter(|(_, busy)| busy * 2 < slots)
+                    .collect();
+                if roomy.is_empty() {
+                    return None;
+                }
+                (self.idle.pop()?, roomy)
+            }
+        };
         let key = self.place(&job, &free);
         if let Some(info) = self.replicas.get_mut(&key) {
             info.busy += 1;
@@ -316,6 +335,7 @@ impl PoolState {
     pub(crate) fn drain_queue(&mut self) -> Vec<EngineJob> {
         let mut jobs = self.queue.drain();
         jobs.extend(self.background.drain());
+        jobs.extend(self.idle.drain());
         jobs
     }
 
@@ -395,7 +415,7 @@ impl PoolState {
             slots_per_replica: self.config.slots,
             busy_slots,
             queued: self.queue.len() as u32,
-            background_queued: self.background.len() as u32,
+            background_queued: (self.background.len() + self.idle.len()) as u32,
             min_replicas: self.config.min_replicas,
             max_replicas: self.config.max_replicas,
             n_ctx: self.config.n_ctx,
@@ -443,7 +463,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             enqueued_at: now,
             load_wait: Duration::ZERO,
-            low_priority: false,
+            priority: crate::Priority::Interactive,
             stream: None,
             reply,
         }
@@ -534,7 +554,7 @@ mod tests {
     }
 
     fn background(mut job: EngineJob) -> EngineJob {
-        job.low_priority = true;
+        job.priority = crate::Priority::Background;
         job
     }
 
@@ -658,6 +678,33 @@ mod tests {
     }
 
     #[test]
+    fn idle_work_starts_only_where_half_the_slots_are_free() {
+        let (mut p, now) = pool(16, 4, 1);
+        ready(&mut p, now);
+        let key = p.add_replica("test");
+        let mut shadow = job_of("a", "shadow", now);
+        shadow.priority = crate::Priority::Idle;
+        p.admit(shadow, now).unwrap();
+        p.admit(background(job_of("a", "bg", now)), now).unwrap();
+        p.admit(job_of("a", "i0", now), now).unwrap();
+        p.admit(job_of("a", "i1", now), now).unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| p.next_assignment(now))
+            .map(|(_, j)| j.request.prompt.user)
+            .collect();
+        // Interactive, then background; the shadow would take a third of four slots.
+        assert_eq!(order, ["i0", "i1", "bg"]);
+        assert_eq!(p.status().background_queued, 1);
+        p.slot_freed(key, now);
+        assert!(
+            p.next_assignment(now).is_none(),
+            "two of four slots still busy"
+        );
+        p.slot_freed(key, now);
+        let (_, started) = p.next_assignment(now).unwrap();
+        assert_eq!(started.request.prompt.user, "shadow");
+    }
+
+    #[test]
     fn a_failure_hands_back_every_tenants_waiting_jobs() {
         let (mut p, now) = pool(8, 1, 1);
         p.admit(job_of("a", "a0", now), now).unwrap();
@@ -682,15 +729,15 @@ mod tests {
         let (mut p, now) = pool(8, 2, 1);
         ready(&mut p, now);
         let mut bg = job(now);
-        bg.low_priority = true;
+        bg.priority = crate::Priority::Background;
         p.admit(bg, now).unwrap();
         p.admit(job(now), now).unwrap();
         p.admit(job(now), now).unwrap();
         p.add_replica("test");
         let (_, first) = p.next_assignment(now).unwrap();
-        assert!(!first.low_priority);
+        assert_eq!(first.priority, crate::Priority::Interactive);
         let (_, second) = p.next_assignment(now).unwrap();
-        assert!(!second.low_priority);
+        assert_eq!(second.priority, crate::Priority::Interactive);
         assert!(p.next_assignment(now).is_none(), "both slots busy");
         assert_eq!(p.status().background_queued, 1);
     }

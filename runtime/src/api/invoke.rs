@@ -119,6 +119,7 @@ pub async fn invoke(
             KeyClaim::Conflict => return Err(key_reused()),
         }
     }
+    service.shadow(&caller, resolved.shadow.as_ref(), &call);
     if mode == Mode::Sync {
         let done = service.run(&admitted, call).await?;
         return Ok(HttpResponse::Ok().json(InvokeResponse::from(done)));

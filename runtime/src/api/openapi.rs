@@ -132,6 +132,7 @@ use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
         dto::EvaluateResponse,
         dto::CaseScore,
         dto::VersionWeight,
+        dto::ShadowSpec,
         dto::GateSpec,
         dto::SetAlias,
         dto::AliasTargetInfo,

@@ -11,13 +11,13 @@ use serde_json::json;
 
 use crate::api::dto::{
     AliasChanged, AliasEvent, AliasHistory, AliasInfo, AliasList, FunctionStats, GateSpec,
-    Percentiles, SetAlias, StatsQuery, VersionScore, VersionStats,
+    Percentiles, SetAlias, ShadowAgreement, StatsQuery, VersionScore, VersionStats,
 };
 use crate::api::evaluate::{cases_digest, score_version};
 use crate::api::functions::{function_name, function_not_found, READ};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::store::{ActivityRow, AliasAction, AliasRefusal, AliasWrite, StoredAlias};
+use crate::store::{ActivityRow, AliasAction, AliasRefusal, AliasWrite, ShadowPair, StoredAlias};
 use crate::tenancy::{Caller, Credential, Scope};
 
 /// History entries one request returns.
@@ -330,6 +330,8 @@ async fn judge(
 
 /// Invocations read for one statistics request, at most.
 const STATS_SAMPLE: u64 = 50_000;
+/// Shadow copies read for one statistics request, at most (with their primaries).
+const SHADOW_SAMPLE: u64 = 5_000;
 const DEFAULT_WINDOW_S: u64 = 86_400;
 const MAX_WINDOW_S: u64 = 30 * 86_400;
 
@@ -369,7 +371,20 @@ pub async fn stats(
         .version_activity(&caller.tenant, &name, since, STATS_SAMPLE)
         .await?;
     let scores = store.version_scores(&caller.tenant, &name).await?;
+    let pairs = store
+        .shadow_pairs(&caller.tenant, &name, since, SHADOW_SAMPLE)
+        .await?;
     let mut versions = summarize(&rows);
+    for (version, agreement) in agreements(&pairs) {
+        match versions.iter_mut().find(|s| s.version == version) {
+            Some(stats) => stats.shadow = Some(agreement),
+            None => versions.push(VersionStats {
+                version,
+                shadow: Some(agreement),
+                ..VersionStats::default()
+            }),
+        }
+    }
     for alias in &aliases {
         for v in alias.target.referenced() {
             if !versions.iter().any(|s| s.version == v) {
@@ -454,6 +469,50 @@ fn summarize(rows: &[ActivityRow]) -> Vec<VersionStats> {
         .collect()
 }
 
+/// Per shadow version: how its outputs compare with those of the invocations they mirrored.
+fn agreements(pairs: &[ShadowPair]) -> Vec<(u32, ShadowAgreement)> {
+    let mut by_version: std::collections::BTreeMap<u32, (ShadowAgreement, f64, u64)> =
+        Default::default();
+    for pair in pairs {
+        let version = pair.shadow.function_version.max(0) as u32;
+        let (agreement, rouge_sum, exact) = by_version.entry(version).or_default();
+        agreement.runs += 1;
+        let primary_version = pair.primary.function_version.max(0) as u32;
+        if !agreement.primary_versions.contains(&primary_version) {
+            agreement.primary_versions.push(primary_version);
+        }
+        if pair.shadow.status != "succeeded" {
+            let code = pair.shadow.error_code.clone();
+            *agreement
+                .errors
+                .entry(code.unwrap_or_else(|| pair.shadow.status.clone()))
+                .or_default() += 1;
+            continue;
+        }
+        let (Some(shadow), Some(primary)) = (&pair.shadow.output_text, &pair.primary.output_text)
+        else {
+            continue;
+        };
+        if pair.primary.status != "succeeded" {
+            continue;
+        }
+        agreement.compared += 1;
+        *exact += u64::from(shadow == primary);
+        *rouge_sum += genrt_functions::rouge_l(shadow, primary);
+    }
+    by_version
+        .into_iter()
+        .map(|(version, (mut agreement, rouge_sum, exact))| {
+            if agreement.compared > 0 {
+                agreement.exact_match = exact as f64 / agreement.compared as f64;
+                agreement.rouge_l = rouge_sum / agreement.compared as f64;
+            }
+            agreement.primary_versions.sort_unstable();
+            (version, agreement)
+        })
+        .collect()
+}
+
 fn percentiles(values: &mut [f64]) -> Percentiles {
     if values.is_empty() {
         return Percentiles::default();
@@ -488,6 +547,43 @@ mod tests {
             completion_tokens: 5,
             cache_hit,
         }
+    }
+
+    fn output(version: i32, status: &str, text: Option<&str>) -> crate::store::OutputRow {
+        crate::store::OutputRow {
+            id: uuid::Uuid::now_v7(),
+            shadow_of: None,
+            function_version: version,
+            status: status.into(),
+            error_code: (status != "succeeded").then(|| "timeout".into()),
+            output_text: text.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_shadow_is_compared_with_its_primaries() {
+        let pair = |shadow: (&str, Option<&str>), primary: Option<&str>| ShadowPair {
+            shadow: output(5, shadow.0, shadow.1),
+            primary: output(4, "succeeded", primary),
+        };
+        let pairs = [
+            pair(("succeeded", Some("the cat sat")), Some("the cat sat")),
+            pair(("succeeded", Some("the cat sat")), Some("the dog sat")),
+            pair(("failed", None), Some("a")),
+        ];
+        let got = agreements(&pairs);
+        assert_eq!(got.len(), 1);
+        let (version, a) = &got[0];
+        assert_eq!((*version, a.runs, a.compared), (5, 3, 2));
+        assert_eq!(a.exact_match, 0.5);
+        // ROUGE-L 1 and 2/3.
+        assert!(
+            (a.rouge_l - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-9,
+            "{}",
+            a.rouge_l
+        );
+        assert_eq!(a.errors.get("timeout"), Some(&1));
+        assert_eq!(a.primary_versions, vec![4]);
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct UsageQuery {
     pub from: Option<DateTime<Utc>>,
     /// End, exclusive (RFC 3339). Default: now.
     pub to: Option<DateTime<Utc>>,
-    /// `function` (default) or `day` (UTC).
+    /// `function` (default), `day` (UTC) or `mode` (how the work started: `sync`, `stream`,
+    /// `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`).
     pub group_by: Option<String>,
 }
 
@@ -71,10 +72,11 @@ pub async fn get(
     let (group, name) = match q.group_by.as_deref() {
         None | Some("function") => (UsageGroup::Function, "function"),
         Some("day") => (UsageGroup::Day, "day"),
+        Some("mode") => (UsageGroup::Mode, "mode"),
         Some(other) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("group_by must be `function` or `day`, not `{other}`"),
+                format!("group_by must be `function`, `day` or `mode`, not `{other}`"),
             )
             .with_field("group_by"))
         }

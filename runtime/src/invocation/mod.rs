@@ -83,6 +83,17 @@ pub struct Resolved {
     pub name: FunctionName,
     pub version: StoredVersion,
     pub via: Via,
+    /// The alias mirrors this invocation to its shadow version: start it with
+    /// [`InvocationService::shadow`] once the invocation has its id.
+    pub shadow: Option<ShadowRun>,
+}
+
+/// A shadow copy to run: the function's version that the alias mirrors traffic to.
+#[derive(Debug, Clone)]
+pub struct ShadowRun {
+    pub name: FunctionName,
+    pub alias: AliasName,
+    pub version: u32,
 }
 
 /// What the service needs, handed over once at assembly.
@@ -233,10 +244,10 @@ impl InvocationService {
             let head = self.head(tenant, name).await?.ok_or_else(not_found)?;
             let aliased = |alias: &AliasName| head.aliases.iter().find(|a| &a.name == alias);
             let default = AliasName::default_alias();
-            let (wanted, via) = match &reference.selector {
-                VersionSelector::Version(n) => (*n, Via::Pinned),
+            let (wanted, via, shadow) = match &reference.selector {
+                VersionSelector::Version(n) => (*n, Via::Pinned, None),
                 VersionSelector::Default if aliased(&default).is_none() => {
-                    (head.latest.version, Via::Latest)
+                    (head.latest.version, Via::Latest, None)
                 }
                 VersionSelector::Default | VersionSelector::Alias(_) => {
                     let alias = match &reference.selector {
@@ -250,11 +261,19 @@ impl InvocationService {
                         )
                     })?;
                     let choice = stored.target.choose(split_key, rand::random());
+                    let shadow = stored
+                        .target
+                        .shadowed(split_key, rand::random())
+                        .map(|version| ShadowRun {
+                            name: name.clone(),
+                            alias: alias.clone(),
+                            version,
+                        });
                     let via = Via::Alias {
                         alias: alias.clone(),
                         split: choice.split,
                     };
-                    (choice.version, via)
+                    (choice.version, via, shadow)
                 }
             };
             let version = if wanted == head.latest.version {
@@ -266,6 +285,7 @@ impl InvocationService {
                 name: name.clone(),
                 version,
                 via,
+                shadow,
             })
         })
     }
@@ -456,7 +476,7 @@ impl InvocationService {
             input: request.input,
             params: request.params,
             received_at: request.received_at,
-            background: mode.checks().background,
+            priority: mode.checks().priority,
             stream: None,
             fault: request.fault,
             conversation: request.conversation,
@@ -700,6 +720,60 @@ impl InvocationService {
                 .record_usage(&caller.tenant, u64::from(tokens));
             Ok(embeddings)
         })
+    }
+
+    /// Mirrors invocation `of` to the shadow version its alias chose, when it chose one: the
+    /// same input and parameters, in the background, recorded with mode `shadow` and
+    /// `shadow_of`, counted in the tenant's usage, its answer given to no one. It takes one
+    /// of the tenant's background places (shared with prewarming) or does not run: shadows
+    /// are best-effort, never queued. In the engine it decodes only in steps no other
+    /// sequence needs (`Priority::Idle`), so the caller's latency does not pay for it.
+    pub fn shadow(&self, caller: &Caller, shadow: Option<&ShadowRun>, of: &Request) {
+        let Some(ShadowRun {
+            name,
+            alias,
+            version,
+        }) = shadow.cloned()
+        else {
+            return;
+        };
+        let (service, caller) = (self.clone(), caller.clone());
+        let (input, params) = (of.input.clone(), of.params.clone());
+        let (conversation, of) = (of.conversation.clone(), of.id);
+        let span =
+            tracing::info_span!("shadow", genrt.function = %name, genrt.function.version = version);
+        tokio::spawn(
+            async move {
+                let run = async {
+                    let stored = service.version(&caller.tenant, &name, version).await?;
+                    let inputs = [&input];
+                    let admitted = service
+                        .admit(&caller, Mode::Shadow, &stored.spec, &inputs, &params)
+                        .await?;
+                    let function = Arc::new(DeployedFunction {
+                        tenant: caller.tenant.clone(),
+                        name: name.clone(),
+                        version,
+                        spec: stored.spec,
+                    });
+                    let mut request = Request::new(function, input, params);
+                    request.via = Via::Shadow { of: of.0, alias };
+                    request.conversation = conversation;
+                    service.run(&admitted, request).await
+                };
+                match run.await {
+                    Ok(_) => service.shared.metrics.shadow("ran"),
+                    Err(err) if err.code == ErrorCode::ConcurrencyLimited => {
+                        service.shared.metrics.shadow("skipped");
+                    }
+                    Err(err) => {
+                        service.shared.metrics.shadow("failed");
+                        tracing::debug!(error = %err.message, "shadow failed");
+                    }
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// New queued work was committed on this node.

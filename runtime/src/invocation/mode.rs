@@ -1,6 +1,8 @@
 //! The ways a generation starts, and what admission checks for each: one table, written as
 //! one exhaustive match, so that a new mode does not compile until its checks are decided.
 
+use genrt_actors::Priority;
+
 /// How an invocation was started. Becomes a string only in the store and in telemetry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -23,6 +25,9 @@ pub enum Mode {
     OpenAi,
     /// The same, streamed.
     OpenAiStream,
+    /// A copy of an interactive invocation run on its alias's shadow version, to compare the
+    /// two: in the background, its answer given to no one.
+    Shadow,
 }
 
 /// The concurrency place an admitted request holds.
@@ -55,8 +60,8 @@ pub struct Checks {
     /// the queue.
     pub render_at_accept: bool,
     pub place: Place,
-    /// Yields to interactive work in the model's queue.
-    pub background: bool,
+    /// How it yields to other work in the model's queue and the engine's steps.
+    pub priority: Priority,
 }
 
 impl Mode {
@@ -67,7 +72,7 @@ impl Mode {
             input_limits: true,
             render_at_accept: false,
             place: Place::Invocation,
-            background: false,
+            priority: Priority::Interactive,
         };
         match self {
             Mode::Sync | Mode::OpenAi => all,
@@ -78,7 +83,7 @@ impl Mode {
             Mode::Async | Mode::Batch | Mode::Trigger => Checks {
                 render_at_accept: true,
                 place: Place::Queued,
-                background: true,
+                priority: Priority::Background,
                 ..all
             },
             Mode::Evaluate => Checks {
@@ -87,7 +92,14 @@ impl Mode {
             },
             Mode::Prewarm => Checks {
                 place: Place::Prewarm,
-                background: true,
+                priority: Priority::Background,
+                ..all
+            },
+            // A shadow takes one of the tenant's background places (shared with prewarming)
+            // or does not run: shadows are bounded, never queued.
+            Mode::Shadow => Checks {
+                place: Place::Prewarm,
+                priority: Priority::Idle,
                 ..all
             },
         }
@@ -104,6 +116,7 @@ impl Mode {
             Mode::Prewarm => "prewarm",
             Mode::OpenAi => "openai",
             Mode::OpenAiStream => "openai_stream",
+            Mode::Shadow => "shadow",
         }
     }
 
@@ -117,7 +130,8 @@ impl Mode {
             | Mode::Async
             | Mode::Trigger
             | Mode::OpenAi
-            | Mode::OpenAiStream => None,
+            | Mode::OpenAiStream
+            | Mode::Shadow => None,
         }
     }
 
@@ -125,7 +139,7 @@ impl Mode {
         Self::ALL.into_iter().find(|m| m.as_str() == text)
     }
 
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 10] = [
         Mode::Sync,
         Mode::Stream,
         Mode::Async,
@@ -135,6 +149,7 @@ impl Mode {
         Mode::Prewarm,
         Mode::OpenAi,
         Mode::OpenAiStream,
+        Mode::Shadow,
     ];
 }
 
@@ -158,7 +173,8 @@ mod tests {
             assert_eq!(c.render_at_accept, c.place == Place::Queued, "{mode:?}");
         }
         assert_eq!(Mode::Prewarm.checks().place, Place::Prewarm);
-        assert!(Mode::Prewarm.checks().background);
-        assert!(!Mode::Sync.checks().background);
+        assert_eq!(Mode::Prewarm.checks().priority, Priority::Background);
+        assert_eq!(Mode::Sync.checks().priority, Priority::Interactive);
+        assert_eq!(Mode::Shadow.checks().priority, Priority::Idle);
     }
 }

@@ -23,7 +23,8 @@ pub use models::{ModelChange, ModelRow, NewModel};
 pub use recorder::Recorder;
 pub(crate) use releases::decode_target;
 pub use releases::{
-    ActivityRow, AliasAction, AliasEventRow, AliasRefusal, AliasWrite, ScoreRow, StoredAlias,
+    ActivityRow, AliasAction, AliasEventRow, AliasRefusal, AliasWrite, OutputRow, ScoreRow,
+    ShadowPair, StoredAlias,
 };
 pub use tenants::{ApiKeyRow, TenantRow, TenantSettings};
 pub use triggers::TriggerRow;

@@ -17,6 +17,24 @@ use super::Store;
 
 pub type AliasEventRow = alias_event::Model;
 
+/// An invocation's version, status and text, for comparing a shadow with its primary.
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct OutputRow {
+    pub id: uuid::Uuid,
+    pub shadow_of: Option<uuid::Uuid>,
+    pub function_version: i32,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub output_text: Option<String>,
+}
+
+/// A shadow copy and the invocation it mirrored.
+#[derive(Debug, Clone)]
+pub struct ShadowPair {
+    pub shadow: OutputRow,
+    pub primary: OutputRow,
+}
+
 /// One invocation's outcome, for per-version statistics.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]
 pub struct ActivityRow {
@@ -344,8 +362,8 @@ impl Store {
     }
 
     /// The outcome of a function's invocations since `since`, newest first, at most `limit`:
-    /// what per-version statistics are computed from. Evaluations and prewarms are left out:
-    /// they are not traffic.
+    /// what per-version statistics are computed from. Evaluations, prewarms and shadow
+    /// copies are left out: they are not traffic.
     pub async fn version_activity(
         &self,
         tenant: &TenantId,
@@ -366,12 +384,54 @@ impl Store {
             .filter(invocation::Column::TenantId.eq(tenant.as_str()))
             .filter(invocation::Column::FunctionName.eq(name.as_str()))
             .filter(invocation::Column::CreatedAt.gte(since))
-            .filter(invocation::Column::Mode.is_not_in(["evaluate", "prewarm"]))
+            .filter(invocation::Column::Mode.is_not_in(["evaluate", "prewarm", "shadow"]))
             .order_by_desc(invocation::Column::CreatedAt)
             .limit(limit)
             .into_model::<ActivityRow>()
             .all(&self.db)
             .await
+    }
+
+    /// A function's shadow copies since `since` (newest first, at most `limit`), each with the
+    /// invocation it mirrored: what the comparison of a shadow version with its primaries is
+    /// computed from.
+    pub async fn shadow_pairs(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        since: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<ShadowPair>, DbErr> {
+        let shadows: Vec<OutputRow> = output_rows()
+            .filter(invocation::Column::TenantId.eq(tenant.as_str()))
+            .filter(invocation::Column::FunctionName.eq(name.as_str()))
+            .filter(invocation::Column::CreatedAt.gte(since))
+            .filter(invocation::Column::Mode.eq("shadow"))
+            .filter(invocation::Column::ShadowOf.is_not_null())
+            .order_by_desc(invocation::Column::CreatedAt)
+            .limit(limit)
+            .into_model::<OutputRow>()
+            .all(&self.db)
+            .await?;
+        let mut primaries = std::collections::HashMap::new();
+        let ids: Vec<uuid::Uuid> = shadows.iter().filter_map(|s| s.shadow_of).collect();
+        // In chunks: a statement's parameters are bounded (SQLite: 32766).
+        for chunk in ids.chunks(500) {
+            let rows: Vec<OutputRow> = output_rows()
+                .filter(invocation::Column::TenantId.eq(tenant.as_str()))
+                .filter(invocation::Column::Id.is_in(chunk.iter().copied()))
+                .into_model::<OutputRow>()
+                .all(&self.db)
+                .await?;
+            primaries.extend(rows.into_iter().map(|r| (r.id, r)));
+        }
+        Ok(shadows
+            .into_iter()
+            .filter_map(|shadow| {
+                let primary = primaries.get(&shadow.shadow_of?)?.clone();
+                Some(ShadowPair { shadow, primary })
+            })
+            .collect())
     }
 
     /// Deletes what belongs to a function besides its versions (inside its delete).
@@ -393,6 +453,18 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// A query of the columns of [`OutputRow`].
+fn output_rows() -> sea_orm::Select<invocation::Entity> {
+    invocation::Entity::find()
+        .select_only()
+        .column(invocation::Column::Id)
+        .column(invocation::Column::ShadowOf)
+        .column(invocation::Column::FunctionVersion)
+        .column(invocation::Column::Status)
+        .column(invocation::Column::ErrorCode)
+        .column(invocation::Column::OutputText)
 }
 
 /// The history row of a change (or a refusal), written in the change's transaction.

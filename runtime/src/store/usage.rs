@@ -15,6 +15,7 @@ use super::Store;
 pub enum UsageGroup {
     Function,
     Day,
+    Mode,
 }
 
 #[derive(Debug, Clone, FromQueryResult)]
@@ -37,6 +38,7 @@ impl Store {
     ) -> Result<Vec<UsageRow>, DbErr> {
         let key: SimpleExpr = match (group, self.backend()) {
             (UsageGroup::Function, _) => Expr::col(invocation::Column::FunctionName).into(),
+            (UsageGroup::Mode, _) => Expr::col(invocation::Column::Mode).into(),
             // Timestamps are stored as RFC 3339 text on SQLite: the date is its first 10
             // characters, already in UTC.
             (UsageGroup::Day, DatabaseBackend::Sqlite) => Expr::cust("substr(created_at, 1, 10)"),

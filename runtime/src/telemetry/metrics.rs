@@ -69,6 +69,7 @@ pub struct Metrics {
     cache_misses: Counter<u64>,
     cache_evictions: Counter<u64>,
     webhook_deliveries: Counter<u64>,
+    shadows: Counter<u64>,
     cold_start_duration: Histogram<f64>,
     http_duration: Histogram<f64>,
 }
@@ -186,6 +187,10 @@ impl Metrics {
                 "genrt.webhook.deliveries",
                 "Webhook delivery attempts, by outcome (delivered, retry, failed, disabled)",
             ),
+            shadows: counter(
+                "genrt.shadow.invocations",
+                "Shadow copies of invocations, by outcome (ran; skipped: no background place free; failed)",
+            ),
             cold_start_duration: histogram(
                 "genrt.model.cold_start.duration",
                 "s",
@@ -262,6 +267,11 @@ impl Metrics {
     pub fn webhook_delivery(&self, outcome: &'static str) {
         self.webhook_deliveries
             .add(1, &[KeyValue::new("genrt.webhook.outcome", outcome)]);
+    }
+
+    pub fn shadow(&self, outcome: &'static str) {
+        self.shadows
+            .add(1, &[KeyValue::new("genrt.shadow.outcome", outcome)]);
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {

@@ -950,6 +950,7 @@ export interface components {
         };
         /** @description Where an alias points. */
         AliasTargetInfo: {
+            shadow?: null | components["schemas"]["ShadowSpec"];
             versions: components["schemas"]["VersionWeight"][];
         };
         ApiKeyInfo: {
@@ -1981,10 +1982,12 @@ export interface components {
         };
         /**
          * @description `PUT /v1/functions/{name}/aliases/{alias}`: point the alias at one `version`, or split
-         *     it over `versions` by weight; optionally only if the new version passes a `gate`.
+         *     it over `versions` by weight; optionally mirror a share to a `shadow`; optionally only
+         *     if the new version passes a `gate`.
          */
         SetAlias: {
             gate?: null | components["schemas"]["GateSpec"];
+            shadow?: null | components["schemas"]["ShadowSpec"];
             /**
              * Format: int32
              * @description One version, all the traffic.
@@ -1995,6 +1998,52 @@ export interface components {
              *     `Genrt-Split-Key`; changing weights moves as few keys as possible.
              */
             versions?: components["schemas"]["VersionWeight"][] | null;
+        };
+        /**
+         * @description A shadow version's outputs against the outputs of the invocations they mirrored, over the
+         *     pairs where both succeeded.
+         */
+        ShadowAgreement: {
+            /**
+             * Format: int64
+             * @description Pairs where both succeeded: what the figures below are over.
+             */
+            compared: number;
+            /** @description Shadow copies that failed, by error code. */
+            errors: {
+                [key: string]: number;
+            };
+            /**
+             * Format: double
+             * @description Share of compared pairs with exactly the same text.
+             */
+            exact_match: number;
+            /** @description The versions that answered the callers meanwhile. */
+            primary_versions: number[];
+            /**
+             * Format: double
+             * @description Mean ROUGE-L of the shadow's text against the primary's.
+             */
+            rouge_l: number;
+            /**
+             * Format: int64
+             * @description Shadow copies run in the window.
+             */
+            runs: number;
+        };
+        /**
+         * @description A share of the alias's traffic mirrored in the background to a candidate version: the
+         *     caller gets the primary's answer only; both outputs are recorded, and compared in
+         *     `GET /v1/functions/{name}/stats`.
+         */
+        ShadowSpec: {
+            /**
+             * Format: int32
+             * @description Of the alias's interactive invocations (sync, stream, OpenAI), sticky per split key.
+             */
+            percent: number;
+            /** Format: int32 */
+            version: number;
         };
         /** @enum {string} */
         SignatureScheme: "standard" | "github";
@@ -2230,6 +2279,7 @@ export interface components {
             prompt_tokens: number;
             /** @description Stored evaluation scores, newest first. */
             scores: components["schemas"]["VersionScore"][];
+            shadow?: null | components["schemas"]["ShadowAgreement"];
             /** Format: int64 */
             succeeded: number;
             /** @description To the first token, of succeeded invocations the engine ran (not cache hits). */
@@ -5605,7 +5655,10 @@ export interface operations {
             query?: {
                 /** @description Start, inclusive (RFC 3339). Default: 30 days before `to`. */
                 from?: string;
-                /** @description `function` (default) or `day` (UTC). */
+                /**
+                 * @description `function` (default), `day` (UTC) or `mode` (how the work started: `sync`, `stream`,
+                 *     `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`).
+                 */
                 group_by?: string;
                 /** @description End, exclusive (RFC 3339). Default: now. */
                 to?: string;

@@ -1,10 +1,15 @@
 import type { APIClient, RequestOptions } from '../core.js';
-import type { AliasChanged, AliasEvent, AliasInfo, GateSpec, VersionWeight } from '../types.js';
+import type { AliasChanged, AliasEvent, AliasInfo, GateSpec, ShadowSpec, VersionWeight } from '../types.js';
 
 const aliases = (name: string) => `/v1/functions/${encodeURIComponent(name)}/aliases`;
 const alias = (name: string, alias: string) => `${aliases(name)}/${encodeURIComponent(alias)}`;
 
 export interface SetAliasOptions extends RequestOptions {
+  /**
+   * Mirror `percent`% of the alias's interactive calls to a candidate `version` in the
+   * background: callers get the alias's answer only; `functions.stats` compares the two.
+   */
+  shadow?: ShadowSpec;
   /**
    * Score the version(s) the move adds on the function's evaluation set first, and refuse
    * the move (409 `promotion_refused`, a ConflictError naming both scores) when they fail:
@@ -27,8 +32,8 @@ export class Aliases {
 
   /** Points `alias` at one version (creating it if needed). */
   set(name: string, aliasName: string, version: number, options: SetAliasOptions = {}): Promise<AliasChanged> {
-    const { gate, ...request } = options;
-    return this.client.put(alias(name, aliasName), { version, gate }, request);
+    const { shadow, gate, ...request } = options;
+    return this.client.put(alias(name, aliasName), { version, shadow, gate }, request);
   }
 
   /**
@@ -37,8 +42,8 @@ export class Aliases {
    * possible.
    */
   split(name: string, aliasName: string, versions: VersionWeight[], options: SetAliasOptions = {}): Promise<AliasChanged> {
-    const { gate, ...request } = options;
-    return this.client.put(alias(name, aliasName), { versions, gate }, request);
+    const { shadow, gate, ...request } = options;
+    return this.client.put(alias(name, aliasName), { versions, shadow, gate }, request);
   }
 
   /**

@@ -5,6 +5,7 @@ import type {
   EvaluateResponse,
   FunctionDefinition,
   FunctionDetail,
+  FunctionStats,
   FunctionSummary,
   Params,
   VersionInfo,
@@ -45,6 +46,15 @@ export class Functions {
     if (!Number.isInteger(version) || version < 1) throw new RangeError(`a version is an integer from 1, not ${version}`);
     const name = typeof fn === 'string' ? fn.split('@')[0]! : fn.name;
     return `${name}@${version}`;
+  }
+
+  /**
+   * How each version did over the last `windowS` seconds (default a day): invocations,
+   * errors by code, latency and time-to-first-token p50/p99, tokens, cache hit rate, aliases,
+   * evaluation scores, and for a shadow version its agreement with the primaries.
+   */
+  stats(name: string, windowS?: number, options?: RequestOptions): Promise<FunctionStats> {
+    return this.client.get(`${fn(name)}/stats`, windowS === undefined ? undefined : { window_s: windowS }, options);
   }
 
   /** Deletes the function and all its versions (its invocation records are kept). */

@@ -1,7 +1,7 @@
 //! Releases: aliases of a function, their history, promotion gates and version scores.
 
 use chrono::{DateTime, Utc};
-use genrt_functions::{AliasTarget, Gate, Weighted};
+use genrt_functions::{AliasTarget, Gate, Shadow, Weighted};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -16,6 +16,19 @@ pub struct VersionWeight {
     pub version: u32,
     #[schema(minimum = 1, maximum = 100)]
     pub weight: u32,
+}
+
+/// A share of the alias's traffic mirrored in the background to a candidate version: the
+/// caller gets the primary's answer only; both outputs are recorded, and compared in
+/// `GET /v1/functions/{name}/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    #[schema(minimum = 1)]
+    pub version: u32,
+    /// Of the alias's interactive invocations (sync, stream, OpenAI), sticky per split key.
+    #[schema(minimum = 1, maximum = 100)]
+    pub percent: u32,
 }
 
 /// A condition the promotion must meet on the function's evaluation set (the latest
@@ -58,7 +71,8 @@ impl GateSpec {
 }
 
 /// `PUT /v1/functions/{name}/aliases/{alias}`: point the alias at one `version`, or split
-/// it over `versions` by weight; optionally only if the new version passes a `gate`.
+/// it over `versions` by weight; optionally mirror a share to a `shadow`; optionally only
+/// if the new version passes a `gate`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetAlias {
@@ -70,6 +84,8 @@ pub struct SetAlias {
     /// `Genrt-Split-Key`; changing weights moves as few keys as possible.
     #[serde(default)]
     pub versions: Option<Vec<VersionWeight>>,
+    #[serde(default)]
+    pub shadow: Option<ShadowSpec>,
     #[serde(default)]
     pub gate: Option<GateSpec>,
 }
@@ -97,7 +113,10 @@ impl SetAlias {
         };
         let target = AliasTarget {
             versions,
-            shadow: None,
+            shadow: self.shadow.map(|s| Shadow {
+                version: s.version,
+                percent: s.percent,
+            }),
         };
         target.validate()?;
         Ok(target)
@@ -108,6 +127,8 @@ impl SetAlias {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AliasTargetInfo {
     pub versions: Vec<VersionWeight>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
 }
 
 impl From<&AliasTarget> for AliasTargetInfo {
@@ -121,6 +142,10 @@ impl From<&AliasTarget> for AliasTargetInfo {
                     weight: w.weight,
                 })
                 .collect(),
+            shadow: t.shadow.map(|s| ShadowSpec {
+                version: s.version,
+                percent: s.percent,
+            }),
         }
     }
 }
@@ -256,6 +281,27 @@ pub struct VersionStats {
     pub cache_hit_rate: f64,
     /// Stored evaluation scores, newest first.
     pub scores: Vec<VersionScore>,
+    /// When this version ran as a shadow: how its outputs compare with the primaries'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowAgreement>,
+}
+
+/// A shadow version's outputs against the outputs of the invocations they mirrored, over the
+/// pairs where both succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct ShadowAgreement {
+    /// Shadow copies run in the window.
+    pub runs: u64,
+    /// Pairs where both succeeded: what the figures below are over.
+    pub compared: u64,
+    /// Share of compared pairs with exactly the same text.
+    pub exact_match: f64,
+    /// Mean ROUGE-L of the shadow's text against the primary's.
+    pub rouge_l: f64,
+    /// Shadow copies that failed, by error code.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// The versions that answered the callers meanwhile.
+    pub primary_versions: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

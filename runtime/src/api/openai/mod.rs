@@ -25,7 +25,7 @@ use crate::api::functions::{runnable, READ};
 use crate::api::invoke::{fault, receiver_stream, split_key, sse};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::invocation::{Admitted, Mode, Request, StreamItem, Via};
+use crate::invocation::{Admitted, Mode, Request, ShadowRun, StreamItem, Via};
 use crate::tenancy::{Caller, Scope};
 
 use wire::{unsupported, Prompt};
@@ -375,6 +375,8 @@ struct Target {
     function: Arc<DeployedFunction>,
     /// How a function's version was chosen (`name@3`, `name@prod`).
     via: Via,
+    /// The alias mirrors this call to its shadow version.
+    shadow: Option<ShadowRun>,
     /// A registered model served as it is, rather than a function of the caller's.
     passthrough: bool,
 }
@@ -426,6 +428,7 @@ async fn resolve(
                 spec,
             }),
             via: Via::Latest,
+            shadow: None,
             passthrough: true,
         });
     }
@@ -459,6 +462,7 @@ async fn resolve(
             spec: version.spec,
         }),
         via: resolved.via,
+        shadow: resolved.shadow,
         passthrough: false,
     })
 }
@@ -514,10 +518,18 @@ async fn run_all(
 ) -> Result<Vec<InvokeResponse>, OpenAiError> {
     let admitted = admit(state, caller, Mode::OpenAi, target, &runs, &params).await?;
     let service = &state.invocations;
-    let results = join_all(runs.into_iter().map(|(input, conversation)| {
-        let r = request(target, http, input, conversation, params.clone());
-        service.run(&admitted, r)
-    }))
+    let results = join_all(
+        runs.into_iter()
+            .enumerate()
+            .map(|(i, (input, conversation))| {
+                let r = request(target, http, input, conversation, params.clone());
+                if i == 0 {
+                    // One shadow per request, whatever its `n`.
+                    service.shadow(caller, target.shadow.as_ref(), &r);
+                }
+                service.run(&admitted, r)
+            }),
+    )
     .await;
     results
         .into_iter()
@@ -572,6 +584,7 @@ async fn start_stream(
     .await?;
     let (input, conversation) = runs.into_iter().next().expect("one run to stream");
     let r = request(&target, http, input, conversation, params);
+    state.invocations.shadow(caller, target.shadow.as_ref(), &r);
     let items = state.invocations.stream(admitted, r).await?;
     let include_usage = common.include_usage();
     let mut first = true;
