@@ -72,13 +72,11 @@ async fn main() -> anyhow::Result<()> {
         .deploy(definition("You are a concise travel guide."))
         .await?;
     // Warm: the model loaded and both versions' prompts seen, before anything is timed.
-    put(
-        &bench,
-        "/v1/functions/capital/aliases/prod",
-        json!({"version": 1}),
-    )
-    .await?;
-    client(&bench, usize::MAX / 2, 4, 0).await?;
+    for version in [2, 1] {
+        let target = json!({"version": version});
+        put(&bench, "/v1/functions/capital/aliases/prod", target).await?;
+        client(&bench, usize::MAX / 2, 4, 0, version).await?;
+    }
     let mut plain = Latencies::new();
     let mut shadowed = Latencies::new();
     let mut rounds: Vec<(bool, f64, f64)> = Vec::new();
@@ -98,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         next_key += CLIENTS * args.calls;
         let clients = (0..CLIENTS).map(|c| {
             let first = base + c * args.calls;
-            client(&bench, first, args.calls, args.think_ms)
+            client(&bench, first, args.calls, args.think_ms, 1)
         });
         for latencies in futures_util::future::try_join_all(clients).await? {
             for ms in latencies {
@@ -185,12 +183,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One closed-loop client: `calls` calls with split keys from `first`, a think time after
-/// each; their latencies in milliseconds.
+/// each, each answered by `version`; their latencies in milliseconds.
 async fn client(
     bench: &Bench,
     first: usize,
     calls: usize,
     think_ms: u64,
+    version: u64,
 ) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(calls);
     for i in first..first + calls {
@@ -211,7 +210,7 @@ async fn client(
             bail!("invoke failed: {}", r.text().await?);
         }
         let body: Value = r.json().await?;
-        if body["version"] != 1 {
+        if body["version"] != version {
             bail!("the caller got another version: {body}");
         }
         out.push(started.elapsed().as_secs_f64() * 1000.0);

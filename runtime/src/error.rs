@@ -72,6 +72,7 @@ error_codes! {
     AliasNotFound => ("alias_not_found", NOT_FOUND, None),
     NothingToRollBack => ("nothing_to_roll_back", CONFLICT, None),
     PromotionRefused => ("promotion_refused", CONFLICT, None),
+    AliasChanged => ("alias_changed", CONFLICT, None),
     InvocationNotFound => ("invocation_not_found", NOT_FOUND, None),
     InvalidSpec => ("invalid_spec", UNPROCESSABLE_ENTITY, None),
     InvalidInput => ("invalid_input", UNPROCESSABLE_ENTITY, None),

@@ -39,6 +39,7 @@ export const ERROR_CODES = [
   'alias_not_found',
   'nothing_to_roll_back',
   'promotion_refused',
+  'alias_changed',
   'invocation_not_found',
   'invalid_spec',
   'invalid_input',

@@ -824,7 +824,7 @@ async fn a_shadow_mirrors_its_share_and_is_compared_with_the_primary(db: Db) {
             .unwrap()
             .iter()
             .find(|v| v["version"] == 2);
-        if v2.is_some_and(|v| v["shadow"]["compared"] == mirrored) {
+        if v2.is_some_and(|v| v["shadow"]["runs"] == mirrored) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -836,7 +836,20 @@ async fn a_shadow_mirrors_its_share_and_is_compared_with_the_primary(db: Db) {
         .expect("version 2 listed");
     let shadow = &v2["shadow"];
     assert_eq!(shadow["runs"], mirrored, "{stats}");
-    assert_eq!(shadow["compared"], mirrored, "{stats}");
+    // A shadow is best-effort: one may give its slot up when every slot is taken
+    // (`overloaded`); the rest are compared.
+    let given_up: u64 = shadow["errors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(code, n)| {
+            assert_eq!(code, "overloaded", "{stats}");
+            n.as_u64().unwrap()
+        })
+        .sum();
+    let compared = shadow["compared"].as_u64().unwrap();
+    assert_eq!(compared + given_up, mirrored as u64, "{stats}");
+    assert!(compared * 2 >= mirrored as u64, "{stats}");
     assert_eq!(shadow["primary_versions"], json!([1]), "{stats}");
     let (exact, rouge) = (
         shadow["exact_match"].as_f64().unwrap(),

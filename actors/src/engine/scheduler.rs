@@ -562,10 +562,13 @@ impl Scheduler {
                 && source.adapters == self.streams[i].adapters
                 && source.tokens.len() >= len
                 && source.tokens[..len] == prompt[..len];
+            let waiter_idle = self.streams[i].running.as_ref().is_some_and(is_idle);
             let still_coming = source.running.as_ref().is_some_and(|r| {
                 r.last_token.is_none()
                     && r.awaiting.is_none()
                     && common_prefix(&r.prompt, prompt) >= len
+                    // An idle source does not run while this one waits for it.
+                    && (waiter_idle || !is_idle(r))
             });
             if same {
                 let copied = session.copy_prefix(from as SeqId, i as SeqId, len);
@@ -605,6 +608,17 @@ impl Scheduler {
         // Idle work (a shadow copy) takes part only in steps no other sequence needs: it
         // never makes another's step longer. It keeps its slot and KV while it waits.
         let others = self.running().any(|r| !is_idle(r));
+        if others && self.free_slots() == 0 {
+            // Every slot is taken while others run: a paused idle sequence gives its slot up,
+            // since someone may wait for it in the pool (which sends a job only to a free
+            // slot). A shadow is best-effort; a caller is not.
+            let paused: Vec<usize> = (0..self.streams.len())
+                .filter(|&i| self.streams[i].running.as_ref().is_some_and(is_idle))
+                .collect();
+            for i in paused {
+                left += self.finish(session, i, Err(EngineError::Overloaded { queued: 0 }));
+            }
+        }
         let Some(turn) = self.choose_set(others) else {
             return left;
         };
@@ -666,7 +680,10 @@ impl Scheduler {
             let n_past = s.tokens.len();
             let r = s.running.as_mut().expect("running");
             let rest = r.prompt.len() - n_past;
-            let whole = decoding == 0 && n == 0 || budget > 0 && rest <= budget + allowance / 2;
+            // An idle sequence's prompt always goes in chunks within the budget: a step in
+            // flight when a caller's sequence arrives is one the caller waits for.
+            let whole = !is_idle(r)
+                && (decoding == 0 && n == 0 || budget > 0 && rest <= budget + allowance / 2);
             r.batch_prompt = if whole { rest } else { rest.min(budget) }.min(room);
             budget = budget.saturating_sub(r.batch_prompt);
             room -= r.batch_prompt;
@@ -1015,6 +1032,28 @@ mod tests {
         run_until_idle(&mut s, &mut session);
         let done = shadow_reply.try_recv().unwrap().unwrap();
         assert_eq!(done.text, "echo: a shadow copy");
+    }
+
+    #[test]
+    fn a_paused_idle_sequence_gives_its_slot_up_when_every_slot_is_taken() {
+        let mut session = FakeSession::new(2, 4096, 512);
+        let mut s = scheduler(2, 2, 32);
+        let (mut shadow, mut shadow_reply) = job(None, "a shadow copy", 30);
+        shadow.priority = crate::Priority::Idle;
+        assert_eq!(s.admit(&mut session, shadow), 0);
+        s.step(&mut session, false);
+        let (a, mut a_reply) = job(None, "an interactive call", 5);
+        assert_eq!(s.admit(&mut session, a), 0);
+        assert_eq!(s.free_slots(), 0);
+        // The next step ends the shadow (overloaded) and frees its slot.
+        assert_eq!(s.step(&mut session, false), 1);
+        assert_eq!(s.free_slots(), 1);
+        assert!(matches!(
+            shadow_reply.try_recv().unwrap(),
+            Err(EngineError::Overloaded { .. })
+        ));
+        run_until_idle(&mut s, &mut session);
+        assert!(a_reply.try_recv().unwrap().is_ok());
     }
 
     #[test]

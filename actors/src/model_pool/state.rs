@@ -55,10 +55,11 @@ pub(crate) struct PoolState {
     queue: FairQueue<TenantId, EngineJob>,
     /// Background work (queued invocations, prewarming): served only when `queue` is empty.
     background: FairQueue<TenantId, EngineJob>,
-    /// Idle work (shadow copies): served only when both queues are empty, and only to a
-    /// replica with at most half its slots taken, so that it never holds the slot an
-    /// interactive call would wait for (in the engine it also yields every step). It does
-    /// not count as load for scaling.
+    /// Idle work (shadow copies): admitted only while a replica serves, served only when both
+    /// queues are empty, and only to a replica that keeps at least half its slots free with
+    /// it (never a one-slot replica), so that it does not hold the slot an interactive call
+    /// would wait for (in the engine it also yields every step, and is given up when every
+    /// slot is taken). It does not count as load for scaling beyond keeping one replica.
     idle: FairQueue<TenantId, EngineJob>,
     replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
     /// What each replica was sent, for cache-aware placement.
@@ -120,6 +121,13 @@ impl PoolState {
         job: EngineJob,
         now: Instant,
     ) -> Result<(), (EngineJob, EngineError)> {
+        // Idle work (a shadow copy) never loads a model nor starts a replica: it runs where
+        // one is serving, or is refused at once (the shadow is skipped).
+        if job.priority == crate::Priority::Idle
+            && !(self.phase == ModelPhase::Ready && self.live().next().is_some())
+        {
+            return Err((job, EngineError::Overloaded { queued: 0 }));
+        }
         if let ModelPhase::Failed { reason } = &self.phase {
             if self
                 .failed_at
@@ -161,7 +169,10 @@ impl PoolState {
     fn wanted(&self) -> u32 {
         let c = &self.config;
         let ongoing = self.ongoing();
-        let by_load = ongoing.div_ceil(c.target_ongoing());
+        // Idle work is not load, but keeps one replica while it waits for it.
+        let by_load = ongoing
+            .div_ceil(c.target_ongoing())
+            .max(u32::from(!self.idle.is_empty()));
         by_load.clamp(c.min_replicas, c.max_replicas.max(c.min_replicas))
     }
 
@@ -253,9 +264,12 @@ impl PoolState {
         let (mut job, free) = match self.queue.pop().or_else(|| self.background.pop()) {
             Some(job) => (job, free),
             None => {
+                // With the idle job, at least half the slots still free (never a replica's
+                // only slot): whoever comes next has room, and the engine gives up a paused
+                // idle sequence when the last slot is taken (see the scheduler).
                 let roomy: Vec<(ReplicaKey, u32)> = free
                     .into_iter()
-                    .filter(|(_, busy)| busy * 2 < slots)
+                    .filter(|(_, busy)| 2 * (busy + 1) <= slots)
                     .collect();
                 if roomy.is_empty() {
                     return None;
@@ -702,6 +716,32 @@ mod tests {
         p.slot_freed(key, now);
         let (_, started) = p.next_assignment(now).unwrap();
         assert_eq!(started.request.prompt.user, "shadow");
+        // Never where it would leave less than half the slots free.
+        let mut second = job_of("b", "shadow-2", now);
+        second.priority = crate::Priority::Idle;
+        p.admit(second, now).unwrap();
+        assert!(
+            p.next_assignment(now).is_none(),
+            "2 of 4 busy with it would be 3"
+        );
+    }
+
+    #[test]
+    fn idle_work_loads_nothing_and_needs_a_serving_replica() {
+        let (mut p, now) = pool(16, 4, 1);
+        let mut shadow = job_of("a", "shadow", now);
+        shadow.priority = crate::Priority::Idle;
+        let (_, err) = p.admit(shadow, now).unwrap_err();
+        assert_eq!(err, EngineError::Overloaded { queued: 0 });
+        assert_eq!(p.next_action(now), Action::Nothing, "no load for a shadow");
+        // A one-slot replica never takes one.
+        let (mut p, now) = pool(16, 1, 1);
+        ready(&mut p, now);
+        p.add_replica("test");
+        let mut shadow = job_of("a", "shadow", now);
+        shadow.priority = crate::Priority::Idle;
+        p.admit(shadow, now).unwrap();
+        assert!(p.next_assignment(now).is_none());
     }
 
     #[test]

@@ -116,19 +116,23 @@ pub(crate) async fn score_version(
         cases_digest: digest,
         cases: scored,
     };
-    state
-        .store
-        .save_score(
-            &caller.tenant,
-            name,
-            response.version,
-            &response.cases_digest,
-            response.rouge_l,
-            response.bleu,
-            (response.succeeded + response.failed) as u32,
-            response.failed as u32,
-        )
-        .await?;
+    // A failed case scores 0, and a failure may be the moment's (an overloaded model, a
+    // timeout): only a score with every case answered is kept for gates to reuse.
+    if response.failed == 0 {
+        state
+            .store
+            .save_score(
+                &caller.tenant,
+                name,
+                response.version,
+                &response.cases_digest,
+                response.rouge_l,
+                response.bleu,
+                (response.succeeded + response.failed) as u32,
+                response.failed as u32,
+            )
+            .await?;
+    }
     tracing::info!(tenant = %caller.tenant, function = %name, version = response.version,
         rouge_l = response.rouge_l, bleu = response.bleu, failed = response.failed, "evaluated");
     Ok(response)

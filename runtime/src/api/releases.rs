@@ -110,20 +110,26 @@ pub async fn set(
         .map(GateSpec::to_gate)
         .transpose()
         .map_err(invalid)?;
-    let mut record = None;
+    let mut judged = None;
     if let Some(gate) = gate {
         let current = state.store.alias(&caller.tenant, &name, &alias).await?;
         let verdict = judge(&state, &caller, &name, current.as_ref(), &target, gate).await?;
-        let scores = Some(verdict.record.to_string());
+        let scores = verdict.record.to_string();
         if let Err(reason) = verdict.decision {
             let refused = AliasAction::Refused(target);
-            change(&state, &caller, &name, &alias, refused, scores).await?;
+            let record = Judged {
+                scores,
+                expected: None,
+            };
+            change(&state, &caller, &name, &alias, refused, Some(record)).await?;
             return Err(ApiError::new(ErrorCode::PromotionRefused, reason).with_field("gate"));
         }
-        record = scores;
+        // Judged against `current`: the move is made only if the alias still points there.
+        let expected = Some(current.map(|c| c.target));
+        judged = Some(Judged { scores, expected });
     }
     let set = AliasAction::Set(target);
-    let changed = change(&state, &caller, &name, &alias, set, record).await?;
+    let changed = change(&state, &caller, &name, &alias, set, judged).await?;
     Ok(HttpResponse::Ok().json(changed))
 }
 
@@ -148,7 +154,8 @@ pub async fn delete(
 }
 
 /// Move an alias back to where it pointed before its last change (read from its history;
-/// a rollback is itself a change, so a second one undoes the first).
+/// a rollback is itself a change, so a second one undoes the first; after a rollback that
+/// restored a deleted alias there is nothing before it, and the answer is 409).
 #[utoipa::path(post, path = "/v1/functions/{name}/aliases/{alias}/rollback", tag = "releases", security(("bearer" = ["functions:write"])),
     params(("name" = String, Path), ("alias" = String, Path)),
     responses(
@@ -201,13 +208,18 @@ async fn change(
     name: &FunctionName,
     alias: &AliasName,
     action: AliasAction,
-    gate: Option<String>,
+    judged: Option<Judged>,
 ) -> Result<AliasChanged, ApiError> {
+    let (gate, expected) = match judged {
+        Some(j) => (Some(j.scores), j.expected),
+        None => (None, None),
+    };
     let write = AliasWrite {
         alias,
         action,
         actor: &actor(caller),
         gate,
+        expected,
     };
     let event = state
         .store
@@ -225,6 +237,10 @@ async fn change(
                 ErrorCode::NothingToRollBack,
                 format!("alias `{alias}` has no earlier target to return to"),
             ),
+            AliasRefusal::Moved => ApiError::new(
+                ErrorCode::AliasChanged,
+                format!("alias `{alias}` moved while the gate was scoring; read it and try again"),
+            ),
         })?;
     state.invocations.forget_function(&caller.tenant, name);
     tracing::info!(tenant = %caller.tenant, function = %name, alias = %alias,
@@ -234,6 +250,13 @@ async fn change(
         alias: now.as_ref().map(AliasInfo::from),
         event: AliasEvent::from(&event),
     })
+}
+
+/// What a gate decided a change on: its scores (JSON, for the history) and the target it
+/// judged against (`Some(None)`: the alias did not exist).
+struct Judged {
+    scores: String,
+    expected: Option<Option<AliasTarget>>,
 }
 
 /// A gate's decision and what it compared (kept in the history as JSON).
@@ -290,6 +313,7 @@ async fn judge(
                 .store
                 .version_score(&caller.tenant, name, version, &digest)
                 .await?
+                .filter(|s| s.failed == 0)
             {
                 return Ok::<_, ApiError>((stored.rouge_l, stored.bleu));
             }

@@ -21,6 +21,7 @@ pub use record::Status;
 pub use render::{RenderError, Renderer};
 pub use via::Via;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,6 +66,10 @@ pub(crate) struct Shared {
     /// path reads no database. Deploys, deletes and alias changes on this node invalidate
     /// it; another node's are seen within `HEAD_TTL`.
     heads: moka::sync::Cache<(TenantId, FunctionName), Arc<Head>>,
+    /// Versions by number (pinned, or an alias's), cached the same way.
+    versions: moka::sync::Cache<(TenantId, FunctionName, u32), Arc<StoredVersion>>,
+    /// Bumped by every change on this node: a read that started before one is not cached.
+    generation: AtomicU64,
 }
 
 /// How long a node may run a function's previous latest version or alias target after
@@ -196,6 +201,11 @@ impl InvocationService {
                     .max_capacity(10_000)
                     .time_to_live(HEAD_TTL)
                     .build(),
+                versions: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(HEAD_TTL)
+                    .build(),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -212,13 +222,17 @@ impl InvocationService {
             if let Some(head) = self.shared.heads.get(&key) {
                 return Ok(Some(head));
             }
+            let generation = self.shared.generation.load(Ordering::Acquire);
             let store = &self.shared.store;
             let Some(latest) = store.latest_version(tenant, name).await? else {
                 return Ok(None);
             };
             let aliases = store.aliases(tenant, name).await?.unwrap_or_default();
             let head = Arc::new(Head { latest, aliases });
-            self.shared.heads.insert(key, Arc::clone(&head));
+            // Not cached when a change on this node came in meanwhile: it may predate it.
+            if self.shared.generation.load(Ordering::Acquire) == generation {
+                self.shared.heads.insert(key, Arc::clone(&head));
+            }
             Ok(Some(head))
         })
     }
@@ -290,7 +304,8 @@ impl InvocationService {
         })
     }
 
-    /// One version of a function, by number.
+    /// One version of a function, by number, through the same short-lived cache (an
+    /// alias's older version, or a pinned one, is as hot as the latest).
     pub fn version<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -298,7 +313,13 @@ impl InvocationService {
         version: u32,
     ) -> BoxFuture<'a, Result<StoredVersion, ApiError>> {
         Box::pin(async move {
-            self.shared
+            let key = (tenant.clone(), name.clone(), version);
+            if let Some(v) = self.shared.versions.get(&key) {
+                return Ok((*v).clone());
+            }
+            let generation = self.shared.generation.load(Ordering::Acquire);
+            let found = self
+                .shared
                 .store
                 .version(tenant, name, version)
                 .await?
@@ -308,7 +329,11 @@ impl InvocationService {
                         format!("function `{name}` has no version {version}"),
                     )
                     .with_field("version")
-                })
+                })?;
+            if self.shared.generation.load(Ordering::Acquire) == generation {
+                self.shared.versions.insert(key, Arc::new(found.clone()));
+            }
+            Ok(found)
         })
     }
 
@@ -763,7 +788,14 @@ impl InvocationService {
                 };
                 match run.await {
                     Ok(_) => service.shared.metrics.shadow("ran"),
-                    Err(err) if err.code == ErrorCode::ConcurrencyLimited => {
+                    // No background place free, or no room on the model: a shadow waits for
+                    // nobody.
+                    Err(err)
+                        if matches!(
+                            err.code,
+                            ErrorCode::ConcurrencyLimited | ErrorCode::Overloaded
+                        ) =>
+                    {
                         service.shared.metrics.shadow("skipped");
                     }
                     Err(err) => {

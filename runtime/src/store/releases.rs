@@ -89,6 +89,10 @@ pub struct AliasWrite<'a> {
     pub actor: &'a str,
     /// A gated promotion's gate and scores (JSON), kept in the history.
     pub gate: Option<String>,
+    /// Change only if the alias still points here (`None` inside: it does not exist): a
+    /// gated promotion judged against this target must not overwrite a move made while it
+    /// was scoring.
+    pub expected: Option<Option<AliasTarget>>,
 }
 
 /// Why a change was not made; nothing was written.
@@ -99,6 +103,8 @@ pub enum AliasRefusal {
     VersionMissing(u32),
     /// The alias has no earlier target in its history.
     NothingToRollBack,
+    /// The alias moved since `expected` was read.
+    Moved,
 }
 
 impl Store {
@@ -162,7 +168,16 @@ impl Store {
         write: AliasWrite<'_>,
     ) -> Result<Result<AliasEventRow, AliasRefusal>, DbErr> {
         let txn = self.begin_write().await?;
-        let Some(function_id) = Self::function_id(&txn, tenant, name).await? else {
+        // Changes to one function's aliases are serialised by a lock on its row (Postgres;
+        // SQLite's write lock, taken by `begin_write`, serialises every write), so that each
+        // history row's `from` is what the change replaced.
+        let locked = function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant.as_str()))
+            .filter(function::Column::Name.eq(name.as_str()))
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let Some(function_id) = locked.map(|f| f.id) else {
             return Ok(Err(AliasRefusal::FunctionMissing));
         };
         let current = function_alias::Entity::find()
@@ -170,6 +185,15 @@ impl Store {
             .filter(function_alias::Column::Name.eq(write.alias.as_str()))
             .one(&txn)
             .await?;
+        if let Some(expected) = &write.expected {
+            let now = current
+                .as_ref()
+                .map(|c| decode_target(&c.target))
+                .transpose()?;
+            if &now != expected {
+                return Ok(Err(AliasRefusal::Moved));
+            }
+        }
         if let AliasAction::Refused(proposed) = &write.action {
             let to = Some(encode_target(proposed)?);
             let event = record(&txn, function_id, &write, current.map(|c| c.target), to).await?;
