@@ -41,6 +41,17 @@ async fn deploy(s: &TestServer, t: &str, definition: Value) -> u64 {
     body["version"].as_u64().unwrap()
 }
 
+/// `capital` at version 1 (brief answers) and version 2 (full sentences).
+async fn two_versions(s: &TestServer, t: &str) {
+    deploy(s, t, definition("capital", "Answer briefly.", json!([]))).await;
+    deploy(
+        s,
+        t,
+        definition("capital", "Answer in one full sentence.", json!([])),
+    )
+    .await;
+}
+
 async fn set_alias(s: &TestServer, t: &str, name: &str, alias: &str, body: Value) -> (u16, Value) {
     let path = format!("/v1/functions/{name}/aliases/{alias}");
     s.call(Method::PUT, &path, t, Some(body)).await
@@ -298,13 +309,7 @@ async fn an_alias_splits_by_weight_sticky_per_key_and_consistently(db: Db) {
     // 2,000 requests and more, from the cache after each version's first: not a rate test.
     let s = TestServer::start_adjusted(db, |c| c.tenancy.rate_limit_rps = 0.0).await;
     let t = token("splits");
-    deploy(&s, &t, definition("capital", "Answer briefly.", json!([]))).await;
-    deploy(
-        &s,
-        &t,
-        definition("capital", "Answer in one full sentence.", json!([])),
-    )
-    .await;
+    two_versions(&s, &t).await;
     let (status, body) = set_alias(
         &s,
         &t,
@@ -525,13 +530,7 @@ async fn queued_work_keeps_the_version_it_was_admitted_with(db: Db) {
     // moves.
     let s = TestServer::start_adjusted(db, |c| c.queue.concurrency = 1).await;
     let t = token("queues");
-    deploy(&s, &t, definition("capital", "Answer briefly.", json!([]))).await;
-    deploy(
-        &s,
-        &t,
-        definition("capital", "Answer in one full sentence.", json!([])),
-    )
-    .await;
+    two_versions(&s, &t).await;
     let (status, body) = set_alias(&s, &t, "capital", "prod", json!({"version": 1})).await;
     assert_eq!(status, 200, "{body}");
     let countries: Vec<Value> = [
@@ -755,13 +754,7 @@ async fn a_shadow_mirrors_its_share_and_is_compared_with_the_primary(db: Db) {
     })
     .await;
     let t = token("shadows");
-    deploy(&s, &t, definition("capital", "Answer briefly.", json!([]))).await;
-    deploy(
-        &s,
-        &t,
-        definition("capital", "Answer in one full sentence.", json!([])),
-    )
-    .await;
+    two_versions(&s, &t).await;
     let target = json!({"version": 1, "shadow": {"version": 2, "percent": 50}});
     let (status, body) = set_alias(&s, &t, "capital", "prod", target).await;
     assert_eq!(status, 200, "{body}");
