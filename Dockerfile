@@ -22,6 +22,16 @@
 # the same user, folders, ENTRYPOINT and CMD as below. Without the module, or without a GPU,
 # the GPU image serves on its CPU.
 
+# The web console (console/): Preact + Vite, type-checked against the SDK's types generated
+# from the OpenAPI document, built into console/dist, which the builder's genrt embeds.
+FROM docker.io/library/node:20.19-bookworm-slim AS console
+WORKDIR /src/console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY sdk-ts/src/generated/openapi.ts /src/sdk-ts/src/generated/openapi.ts
+COPY console/ ./
+RUN npm run --silent build
+
 # Builder. The tag pins the toolchain (the workspace needs Rust 1.85 or newer) and the Debian
 # release, whose glibc must not be newer than the runtime stage's. Image names are written in
 # full because Podman, unlike Docker, refuses short names unless a registry is configured.
@@ -36,6 +46,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+COPY --from=console /src/console/dist/ /src/console/dist/
 # The cache mounts keep crates and compiled artifacts (llama.cpp is most of a cold build)
 # between builds on the same machine without putting them into any layer. Since target/ is a
 # cache mount, the binary and its libraries are copied out in the same step; `cp -a` keeps

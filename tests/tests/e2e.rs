@@ -568,6 +568,10 @@ async fn the_example_functions_deploy_and_run(s: &TestServer) {
             "news-brief",
             json!({"topic": "a new solar farm opens near the coast"}),
         ),
+        (
+            "tagline",
+            json!({"product": "a reusable water bottle", "tone": "playful"}),
+        ),
     ];
     let mut deployed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

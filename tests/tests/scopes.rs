@@ -238,6 +238,8 @@ fn fixtures() -> Vec<Fixture> {
         op("api-keys_create", Tenant, 201).body(|_| json!({"name": "ci"})),
         op("api-keys_list", Tenant, 200),
         op("revoke", Tenant, 204).on("id", ApiKey).consumes(),
+        // Any valid credential may read what it is.
+        op("me", Tenant, 200),
         // Outgoing webhooks.
         op("secret", Tenant, 200),
         op("rotate", Tenant, 200).body(|_| json!({"overlap_s": 60})),

@@ -1,6 +1,7 @@
 //! Invocation records: one, a filtered page of them, and cancellation.
 
 use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -8,6 +9,7 @@ use uuid::Uuid;
 use crate::api::dto::{InvocationPage, InvocationRecord};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::invocation::Mode;
 use crate::store::InvocationFilter;
 use crate::tenancy::{Caller, Scope};
 
@@ -52,6 +54,13 @@ pub struct ListQuery {
     pub function: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: Option<String>,
+    /// How the work started: `sync`, `stream`, `async`, `batch`, `trigger`, `evaluate`,
+    /// `prewarm`, `openai`, `openai_stream` or `shadow`.
+    pub mode: Option<String>,
+    /// Made at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Made before this time (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
@@ -83,6 +92,16 @@ pub async fn list(
             .with_field("status"));
         }
     }
+    if let Some(m) = &q.mode {
+        if Mode::parse(m).is_none() {
+            let known: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown mode `{m}`; one of {}", known.join(", ")),
+            )
+            .with_field("mode"));
+        }
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(
@@ -99,9 +118,20 @@ pub async fn list(
             })
         })
         .transpose()?;
+    if let (Some(from), Some(to)) = (q.from, q.to) {
+        if from >= to {
+            return Err(
+                ApiError::new(ErrorCode::InvalidRequest, "from must be before to")
+                    .with_field("from"),
+            );
+        }
+    }
     let filter = InvocationFilter {
         function: q.function,
         status: q.status,
+        mode: q.mode,
+        from: q.from,
+        to: q.to,
         batch: None,
         before,
     };

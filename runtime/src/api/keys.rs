@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::store::ApiKeyRow;
-use crate::tenancy::{keys, Caller, Scope, Scopes};
+use crate::tenancy::{keys, Caller, Credential, Scope, Scopes};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -229,4 +229,38 @@ pub async fn revoke(
         .ok_or_else(|| key_not_found(&id))?;
     state.tenancy.forget_key(&row);
     Ok(crate::api::no_content())
+}
+
+/// The credential a request came with, as the console (or any client) needs it to know what
+/// to offer: its tenant, its scopes and when it stops working.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallerInfo {
+    pub tenant: String,
+    /// `token` (a JWT) or `api_key`.
+    pub credential: String,
+    /// The API key's id, for `api_key` credentials.
+    pub key_id: Option<Uuid>,
+    pub scopes: Vec<String>,
+    /// When the credential stops working; absent for one that does not expire.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Who is calling: the tenant, scopes and expiry of the credential sent. Needs no scope, so
+/// that any valid credential can learn what it may do.
+#[utoipa::path(get, path = "/v1/me", tag = "api-keys", security(("bearer" = [])),
+    responses(
+        (status = 200, body = CallerInfo),
+        (status = 401, body = ErrorBody)))]
+pub async fn me(caller: Caller) -> HttpResponse {
+    let (credential, key_id) = match caller.credential {
+        Credential::ApiKey(id) => ("api_key", Some(id)),
+        Credential::Jwt | Credential::Trigger => ("token", None),
+    };
+    HttpResponse::Ok().json(CallerInfo {
+        tenant: caller.tenant.as_str().to_owned(),
+        credential: credential.to_owned(),
+        key_id,
+        scopes: caller.scopes.names(),
+        expires_at: caller.expires_at,
+    })
 }

@@ -3,6 +3,7 @@
 
 mod batches;
 mod caller;
+pub mod console;
 mod server_span;
 pub use server_span::http_server_span;
 pub mod dto;
@@ -136,6 +137,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
                     .route(web::get().to(keys::list)),
             )
             .route("/api-keys/{id}", web::delete().to(keys::revoke))
+            .route("/me", web::get().to(keys::me))
             .service(
                 web::resource("/admin/tenants")
                     .route(web::post().to(tenants::create))
@@ -174,6 +176,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: BodyLimits) {
             .route("/devices", web::get().to(models::devices)),
     )
     .configure(|cfg| openai::configure(cfg, body_limit))
+    // The web console's static files; its data comes from the routes above.
+    .configure(console::configure)
     .default_service(web::to(not_found));
 }
 

@@ -18,14 +18,15 @@ pub struct UsageQuery {
     pub from: Option<DateTime<Utc>>,
     /// End, exclusive (RFC 3339). Default: now.
     pub to: Option<DateTime<Utc>>,
-    /// `function` (default), `day` (UTC) or `mode` (how the work started: `sync`, `stream`,
-    /// `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`).
+    /// `function` (default), `day` (UTC), `mode` (how the work started: `sync`, `stream`,
+    /// `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`) or `error_code` (the
+    /// invocations that ended with an error, by its code).
     pub group_by: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageEntry {
-    /// The function name, or the day as YYYY-MM-DD.
+    /// The function name, the day as YYYY-MM-DD, the mode or the error code.
     pub key: String,
     pub invocations: u64,
     pub prompt_tokens: u64,
@@ -33,6 +34,8 @@ pub struct UsageEntry {
     pub cache_hits: u64,
     /// Invocations that failed (refused requests are not invocations).
     pub errors: u64,
+    /// When the group's newest invocation was made.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,7 +50,8 @@ pub struct UsageReport {
     pub monthly_token_budget: u64,
 }
 
-/// Invocations, tokens, cache hits and errors of the caller's tenant, by function or day.
+/// Invocations, tokens, cache hits and errors of the caller's tenant, by function, day, mode
+/// or error code.
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = ["invocations:read"])),
     params(UsageQuery),
     responses(
@@ -73,10 +77,13 @@ pub async fn get(
         None | Some("function") => (UsageGroup::Function, "function"),
         Some("day") => (UsageGroup::Day, "day"),
         Some("mode") => (UsageGroup::Mode, "mode"),
+        Some("error_code") => (UsageGroup::ErrorCode, "error_code"),
         Some(other) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("group_by must be `function`, `day` or `mode`, not `{other}`"),
+                format!(
+                    "group_by must be `function`, `day`, `mode` or `error_code`, not `{other}`"
+                ),
             )
             .with_field("group_by"))
         }
@@ -95,6 +102,7 @@ pub async fn get(
             completion_tokens: n(r.completion_tokens),
             cache_hits: n(r.cache_hits),
             errors: n(r.errors),
+            last_at: r.last_at,
         })
         .collect();
     let total = UsageEntry {
@@ -104,6 +112,7 @@ pub async fn get(
         completion_tokens: usage.iter().map(|u| u.completion_tokens).sum(),
         cache_hits: usage.iter().map(|u| u.cache_hits).sum(),
         errors: usage.iter().map(|u| u.errors).sum(),
+        last_at: usage.iter().filter_map(|u| u.last_at).max(),
     };
     let month_tokens = state.tenancy.usage_this_month(&caller.tenant).await?;
     Ok(HttpResponse::Ok().json(UsageReport {

@@ -457,6 +457,10 @@ impl Store {
 pub struct InvocationFilter {
     pub function: Option<String>,
     pub status: Option<String>,
+    pub mode: Option<String>,
+    /// Made at or after / before these times.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
     pub batch: Option<Uuid>,
     /// Only invocations older than this id (ids are time-ordered UUIDv7).
     pub before: Option<Uuid>,
@@ -477,6 +481,15 @@ impl Store {
         }
         if let Some(s) = &filter.status {
             query = query.filter(invocation::Column::Status.eq(s.as_str()));
+        }
+        if let Some(m) = &filter.mode {
+            query = query.filter(invocation::Column::Mode.eq(m.as_str()));
+        }
+        if let Some(from) = filter.from {
+            query = query.filter(invocation::Column::CreatedAt.gte(from));
+        }
+        if let Some(to) = filter.to {
+            query = query.filter(invocation::Column::CreatedAt.lt(to));
         }
         if let Some(b) = filter.batch {
             query = query.filter(invocation::Column::BatchId.eq(b));

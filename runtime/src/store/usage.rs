@@ -1,5 +1,5 @@
 //! Usage aggregates for the business view: invocations, tokens, cache hits and errors per
-//! function or per day.
+//! function, day, mode or error code.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, Func, SimpleExpr};
@@ -16,6 +16,8 @@ pub enum UsageGroup {
     Function,
     Day,
     Mode,
+    /// Failed invocations by error code.
+    ErrorCode,
 }
 
 #[derive(Debug, Clone, FromQueryResult)]
@@ -26,6 +28,8 @@ pub struct UsageRow {
     pub completion_tokens: Option<i64>,
     pub cache_hits: Option<i64>,
     pub errors: Option<i64>,
+    /// The newest invocation of the group.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -39,6 +43,7 @@ impl Store {
         let key: SimpleExpr = match (group, self.backend()) {
             (UsageGroup::Function, _) => Expr::col(invocation::Column::FunctionName).into(),
             (UsageGroup::Mode, _) => Expr::col(invocation::Column::Mode).into(),
+            (UsageGroup::ErrorCode, _) => Expr::col(invocation::Column::ErrorCode).into(),
             // Timestamps are stored as RFC 3339 text on SQLite: the date is its first 10
             // characters, already in UTC.
             (UsageGroup::Day, DatabaseBackend::Sqlite) => Expr::cust("substr(created_at, 1, 10)"),
@@ -48,7 +53,11 @@ impl Store {
         };
         let flag =
             |cond: SimpleExpr| -> SimpleExpr { Func::sum(Expr::case(cond, 1).finally(0)).into() };
-        invocation::Entity::find()
+        let mut query = invocation::Entity::find();
+        if group == UsageGroup::ErrorCode {
+            query = query.filter(invocation::Column::ErrorCode.is_not_null());
+        }
+        query
             .select_only()
             .column_as(key.clone(), "key")
             .column_as(Expr::col(invocation::Column::Id).count(), "invocations")
@@ -62,6 +71,7 @@ impl Store {
             )
             .column_as(flag(invocation::Column::CacheHit.eq(true)), "cache_hits")
             .column_as(flag(invocation::Column::Status.eq("failed")), "errors")
+            .column_as(Expr::col(invocation::Column::CreatedAt).max(), "last_at")
             .filter(invocation::Column::TenantId.eq(tenant))
             .filter(invocation::Column::CreatedAt.gte(from))
             .filter(invocation::Column::CreatedAt.lt(to))

@@ -591,6 +591,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who is calling: the tenant, scopes and expiry of the credential sent. Needs no scope, so
+         *     that any valid credential can learn what it may do.
+         */
+        get: operations["me"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -770,7 +790,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Invocations, tokens, cache hits and errors of the caller's tenant, by function or day. */
+        /**
+         * Invocations, tokens, cache hits and errors of the caller's tenant, by function, day, mode
+         *     or error code.
+         */
         get: operations["usage_get"];
         put?: never;
         post?: never;
@@ -1056,6 +1079,26 @@ export interface components {
             enabled?: boolean | null;
             /** Format: int64 */
             ttl_s?: number | null;
+        };
+        /**
+         * @description The credential a request came with, as the console (or any client) needs it to know what
+         *     to offer: its tenant, its scopes and when it stops working.
+         */
+        CallerInfo: {
+            /** @description `token` (a JWT) or `api_key`. */
+            credential: string;
+            /**
+             * Format: date-time
+             * @description When the credential stops working; absent for one that does not expire.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: uuid
+             * @description The API key's id, for `api_key` credentials.
+             */
+            key_id?: string | null;
+            scopes: string[];
+            tenant: string;
         };
         CaseScore: {
             /**
@@ -2185,8 +2228,13 @@ export interface components {
             errors: number;
             /** Format: int64 */
             invocations: number;
-            /** @description The function name, or the day as YYYY-MM-DD. */
+            /** @description The function name, the day as YYYY-MM-DD, the mode or the error code. */
             key: string;
+            /**
+             * Format: date-time
+             * @description When the group's newest invocation was made.
+             */
+            last_at?: string | null;
             /** Format: int64 */
             prompt_tokens: number;
         };
@@ -4681,12 +4729,21 @@ export interface operations {
             query?: {
                 /** @description `next_cursor` of the previous page. */
                 cursor?: string;
+                /** @description Made at or after this time (RFC 3339). */
+                from?: string;
                 /** @description Only this function's invocations. */
                 function?: string;
                 /** @description Page size, 1-200 (default 50). */
                 limit?: number;
+                /**
+                 * @description How the work started: `sync`, `stream`, `async`, `batch`, `trigger`, `evaluate`,
+                 *     `prewarm`, `openai`, `openai_stream` or `shadow`.
+                 */
+                mode?: string;
                 /** @description `queued`, `running`, `succeeded`, `failed` or `cancelled`. */
                 status?: string;
+                /** @description Made before this time (RFC 3339). */
+                to?: string;
             };
             header?: never;
             path?: never;
@@ -4843,6 +4900,51 @@ export interface operations {
             };
             /** @description Already finished */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    me: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CallerInfo"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A scope is missing, or the tenant is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5657,8 +5759,9 @@ export interface operations {
                 /** @description Start, inclusive (RFC 3339). Default: 30 days before `to`. */
                 from?: string;
                 /**
-                 * @description `function` (default), `day` (UTC) or `mode` (how the work started: `sync`, `stream`,
-                 *     `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`).
+                 * @description `function` (default), `day` (UTC), `mode` (how the work started: `sync`, `stream`,
+                 *     `async`, ..., `shadow` for shadow copies, `prewarm`, `evaluate`) or `error_code` (the
+                 *     invocations that ended with an error, by its code).
                  */
                 group_by?: string;
                 /** @description End, exclusive (RFC 3339). Default: now. */

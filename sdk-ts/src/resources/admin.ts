@@ -3,6 +3,7 @@ import type { APIClient, RequestOptions } from '../core.js';
 import type {
   AdapterInfo,
   ApiKeyInfo,
+  CallerInfo,
   CreateApiKey,
   CreatedApiKey,
   CreateTenant,
@@ -201,6 +202,11 @@ export class ApiKeys {
   /** Revocation is immediate. */
   revoke(id: string, options?: RequestOptions): Promise<void> {
     return this.client.delete(`/v1/api-keys/${encodeURIComponent(id)}`, options);
+  }
+
+  /** The credential this client sends: its tenant, scopes, kind and expiry (`GET /v1/me`). */
+  me(options?: RequestOptions): Promise<CallerInfo> {
+    return this.client.get('/v1/me', undefined, options);
   }
 }
 
