@@ -15,7 +15,8 @@ run: deps model build $(FASHION)
 
 ## The whole test suite: unit, actor, property (fuzz) and end-to-end tests on SQLite and
 ## Postgres, the GPU benchmark's machinery on the CPU, the schema-driven API fuzz run, then the
-## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt.
+## TypeScript SDK and the OpenAI-compatible API (official `openai` client) against a real genrt,
+## and the web console in Debian's Chromium.
 test: deps browser-deps console models
 	@# One feature set per crate across `make run`, this build and `cargo test`, so that
 	@# nothing is compiled twice (see runtime/Cargo.toml, "Feature unification").
@@ -38,7 +39,7 @@ test-sdk: deps models
 	bash sdk-ts/scripts/test.sh
 
 ## Only the console's browser tests (needs `make build`'s binary, with the console embedded).
-test-console: deps browser-deps console models
+test-console: deps browser-deps build models
 	bash console/scripts/test.sh
 
 ## System packages (cmake and libclang for llama.cpp, PostgreSQL for the tests).
@@ -46,7 +47,7 @@ deps:
 	@scripts/install-deps.sh
 
 ## Debian's Chromium, for the console's browser tests.
-browser-deps:
+browser-deps: deps
 	@scripts/install-deps.sh --browser
 
 ## The web console (console/) into console/dist, which the genrt binary embeds when it is
@@ -86,7 +87,7 @@ build: deps console
 	$(CARGO) build --release -p genrt-runtime --bin genrt
 
 ## The runtime against raw llama.cpp, measured in one run (see benchmarks/README.md).
-bench: deps model
+bench: deps console model
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-cache
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-bench-models
@@ -98,7 +99,7 @@ bench-gpu: deps model
 
 ## The GPU benchmark's own machinery on the CPU, as it runs on a machine without cargo: the
 ## bundle, unpacked elsewhere, writes a small synthetic model and benchmarks it (no CUDA).
-bench-gpu-check: deps model
+bench-gpu-check: deps console model
 	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
 	BUNDLE_CPU_VARIANTS=native benchmarks/gpu/bundle.sh "$$dir/bundle.tar.gz" && \
 	GPU_BUNDLE="$$dir/bundle.tar.gz" WORK_DIR="$$dir/work" SKIP_CUDA=1 OUT="$$dir/RESULTS-gpu.md" \
@@ -110,7 +111,7 @@ bench-gpu-check: deps model
 
 ## The 10-minute soak (not part of `make test`): the real binary under mixed load from two
 ## tenants; writes the soak section of benchmarks/RESULTS.md.
-soak: deps model
+soak: deps console model
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p genrt-benchmarks --bin genrt-soak -- --duration-s 600
 

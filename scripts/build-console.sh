@@ -9,4 +9,9 @@ cd "$(dirname "$0")/../console"
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
-npm run --silent build
+# A build that fails part-way (after Vite, in the compression) must not leave a dist/ that
+# make takes as up to date.
+npm run --silent build || {
+  rm -rf dist
+  exit 1
+}

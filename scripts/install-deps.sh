@@ -80,6 +80,11 @@ fi
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
   need "initdb" "apt-get install postgresql: the Postgres tests"
 command -v npm >/dev/null 2>&1 || need "npm" "apt-get install nodejs npm: the SDK"
+# The console's bundler (Vite 7) needs Node.js 20.19 or newer (or 22.12+).
+if command -v node >/dev/null 2>&1 &&
+  ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  need "Node.js >= 20.19 (found $(node --version))" "the console's build (Vite 7); Debian bookworm's nodejs is 18"
+fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ||
   need "python3 with venv" "apt-get install python3-venv: the API fuzz run and check-deploy"
 if [ "$browser" -eq 1 ]; then

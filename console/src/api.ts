@@ -72,10 +72,17 @@ function setOffline(value: boolean): void {
   }
 }
 
+/** A request that gets no answer in this time counts as a lost connection. */
+const ANSWER_TIMEOUT_MS = 20_000;
+
 /** fetch, noting whether the server answered. */
 async function trackedFetch(input: Request | string | URL, init?: RequestInit): Promise<Response> {
   try {
-    const response = await fetch(input, init);
+    // Data calls (openapi-fetch passes a Request) get a deadline, so that one request left
+    // hanging cannot hold a page's polling; streams bring their own signal and have none.
+    const deadline = AbortSignal.timeout(ANSWER_TIMEOUT_MS);
+    const signal = input instanceof Request ? AbortSignal.any([input.signal, deadline]) : init?.signal;
+    const response = await fetch(input, { ...init, signal });
     setOffline(false);
     return response;
   } catch (e) {
@@ -162,11 +169,22 @@ export async function streamInvoke(
     },
   });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  for (;;) {
-    const { value, done: finished } = await reader.read();
-    if (finished) break;
-    parser.feed(value);
-    if (failure) throw failure;
+  try {
+    // The last event ends the call, whether or not the connection has closed yet, so that a
+    // stop pressed after it does not turn a finished generation into a stopped one.
+    while (!done && !failure) {
+      let chunk: ReadableStreamReadResult<string>;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        if (!signal.aborted) setOffline(true);
+        throw e;
+      }
+      if (chunk.done) break;
+      parser.feed(chunk.value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
   }
   if (failure) throw failure;
   if (!done) throw new ApiError(0, 'stream_ended', 'the stream ended before its last event');

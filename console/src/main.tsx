@@ -32,12 +32,40 @@ function App() {
       setSignInError(e);
     });
     if (!hasCredential()) return;
-    whoAmI()
-      .then(setMe, (e: unknown) => {
-        setCredential(null);
-        if (e instanceof ApiError) setSignInError(e);
-      })
-      .finally(() => setChecking(false));
+    // A stored credential is dropped only when genrt refuses it; while the server is away
+    // or failing, the check waits and is made again when it answers.
+    let retry: number | undefined;
+    let off: (() => void) | undefined;
+    const check = () => {
+      whoAmI().then(
+        (m) => {
+          setMe(m);
+          setChecking(false);
+        },
+        (e: unknown) => {
+          if (e instanceof ApiError && e.status === 401) {
+            setCredential(null);
+            setSignInError(e);
+            setChecking(false);
+          } else if (e instanceof ApiError) {
+            retry = window.setTimeout(check, 2000);
+          } else {
+            off?.();
+            off = onConnectionChange(() => {
+              if (!isOffline()) {
+                off?.();
+                check();
+              }
+            });
+          }
+        },
+      );
+    };
+    check();
+    return () => {
+      off?.();
+      window.clearTimeout(retry);
+    };
   }, []);
 
   const banner = offline ? (
@@ -91,19 +119,24 @@ function App() {
   );
 }
 
-const SECTIONS: { id: string; label: string; scope?: string }[] = [
-  { id: 'functions', label: 'Functions' },
-  { id: 'playground', label: 'Playground' },
-  { id: 'invocations', label: 'Invocations' },
-  { id: 'usage', label: 'Usage' },
+/** The sections, each offered to credentials holding one of its scopes (none: any). */
+const SECTIONS: { id: string; label: string; scopes?: string[] }[] = [
+  { id: 'functions', label: 'Functions', scopes: ['functions:write', 'functions:invoke'] },
+  { id: 'playground', label: 'Playground', scopes: ['functions:invoke'] },
+  { id: 'invocations', label: 'Invocations', scopes: ['invocations:read'] },
+  { id: 'usage', label: 'Usage', scopes: ['invocations:read'] },
   { id: 'models', label: 'Models' },
-  { id: 'webhooks', label: 'Webhooks' },
-  { id: 'admin', label: 'Admin', scope: 'admin' },
+  { id: 'webhooks', label: 'Webhooks', scopes: ['webhooks:write', 'invocations:read'] },
+  { id: 'admin', label: 'Admin', scopes: ['admin'] },
 ];
+
+function offered(session: Session) {
+  return SECTIONS.filter((s) => !s.scopes || s.scopes.some(session.can));
+}
 
 function Header({ session, onSignOut }: { session: Session; onSignOut: () => void }) {
   const route = useRoute();
-  const section = route.parts[0] ?? 'functions';
+  const section = route.parts[0] ?? offered(session)[0].id;
   return (
     <header>
       <div class="brand">
@@ -111,7 +144,7 @@ function Header({ session, onSignOut }: { session: Session; onSignOut: () => voi
       </div>
       <nav aria-label="Sections">
         <ul>
-          {SECTIONS.filter((s) => !s.scope || session.can(s.scope)).map((s) => (
+          {offered(session).map((s) => (
             <li key={s.id}>
               <a href={href([s.id])} aria-current={section === s.id ? 'page' : undefined}>
                 {s.label}
@@ -134,16 +167,16 @@ function Header({ session, onSignOut }: { session: Session; onSignOut: () => voi
 
 function Page({ session }: { session: Session }) {
   const route = useRoute();
-  const [section, arg] = route.parts;
+  const [section = offered(session)[0].id, arg] = route.parts;
   const first = useRef(true);
   useEffect(() => {
-    document.title = `${section ?? 'functions'} · genrt console`;
+    document.title = `${section} · genrt console`;
     // After a move to another page, keyboard and screen-reader users start at its content;
     // on the first load the browser's own order (the skip link first) is kept.
     if (first.current) first.current = false;
     else document.getElementById('main')?.focus({ preventScroll: true });
   }, [section, arg]);
-  switch (section ?? 'functions') {
+  switch (section) {
     case 'functions':
       return arg ? <FunctionDetail session={session} name={arg} /> : <Functions session={session} />;
     case 'deploy':

@@ -63,14 +63,21 @@ export function useResource<T>(load: () => Promise<T>, key: string, pollMs?: num
   const loadRef = useRef(load);
   loadRef.current = load;
   const generation = useRef(0);
+  const inFlight = useRef(false);
 
   const reload = useCallback(() => {
     const mine = ++generation.current;
+    inFlight.current = true;
+    const settle = () => {
+      if (mine === generation.current) inFlight.current = false;
+    };
     loadRef.current().then(
       (data) => {
+        settle();
         if (mine === generation.current) setState({ data, loading: false });
       },
       (e: unknown) => {
+        settle();
         if (mine !== generation.current) return;
         // An unreachable server is shown once, by the banner; the last data stays.
         if (!(e instanceof ApiError)) {
@@ -90,14 +97,17 @@ export function useResource<T>(load: () => Promise<T>, key: string, pollMs?: num
     });
     let timer: number | undefined;
     if (pollMs) {
+      // A poll never overtakes an answer still on its way: on a slow server each answer
+      // would otherwise be superseded before it arrives, and the page would never fill.
       timer = window.setInterval(() => {
-        if (!document.hidden && !isOffline()) reload();
+        if (!document.hidden && !isOffline() && !inFlight.current) reload();
       }, pollMs);
     }
     return () => {
       off();
       if (timer !== undefined) window.clearInterval(timer);
       generation.current++;
+      inFlight.current = false;
     };
   }, [key, pollMs, reload]);
 

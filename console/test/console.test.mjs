@@ -89,7 +89,8 @@ async function visit(page, hash, ready) {
     await ready();
   } catch (e) {
     await shot(page, `failed-${hash.replace(/\W+/g, '-')}`).catch(() => {});
-    throw e;
+    const text = await page.locator('body').innerText().catch(() => '<unreadable>');
+    throw new Error(`${hash} did not get ready: ${e.message}\npage text:\n${text}`);
   }
 }
 
@@ -306,6 +307,8 @@ test('a credential without functions:write sees no deploy button, and a deploy s
   await signIn(page, limitedKey);
   await page.locator('tr[data-function="tagline"]').waitFor();
   assert.equal(await page.getByTestId('deploy-button').count(), 0);
+  const sections = await page.getByRole('navigation', { name: 'Sections' }).getByRole('link').allInnerTexts();
+  assert.deepEqual(sections, ['Functions', 'Playground', 'Invocations', 'Usage', 'Models', 'Webhooks']);
   await visit(page, '#/deploy', () => page.getByLabel('Definition (JSON)').waitFor());
   await page.getByRole('button', { name: 'Deploy' }).click();
   const error = page.getByTestId('deploy-error');
@@ -321,6 +324,9 @@ test('a credential without functions:write sees no deploy button, and a deploy s
 test('an admin sees the tenants and their limits', async () => {
   const page = await newPage();
   await signIn(page, adminToken);
+  // An `admin`-only credential is offered what it may use: models and the tenants.
+  const sections = await page.getByRole('navigation', { name: 'Sections' }).getByRole('link').allInnerTexts();
+  assert.deepEqual(sections, ['Models', 'Admin']);
   await page.getByRole('link', { name: 'Admin' }).click();
   await page.getByRole('rowheader', { name: 'demo' }).waitFor();
   await page.getByRole('button', { name: 'Edit demo' }).click();
@@ -384,6 +390,24 @@ test('on a phone-sized screen nothing overflows, and the keyboard reaches every 
   await page.keyboard.press('Enter');
   await page.getByRole('heading', { name: 'Invocations' }).waitFor();
   await context.close();
+  assert.deepEqual(pageErrors, []);
+});
+
+test('a lost connection shows the reconnecting state, and the page recovers when it is back', async () => {
+  const page = await newPage();
+  await signIn(page, tenantToken);
+  await visit(page, '#/models', () => page.locator(`[data-model="${MODEL}"]`).waitFor());
+  await page.context().setOffline(true);
+  const banner = page.getByTestId('reconnecting');
+  await banner.waitFor({ timeout: 15_000 });
+  await page.context().setOffline(false);
+  await banner.waitFor({ state: 'detached', timeout: 30_000 });
+  // Signed in still, and live again.
+  await page.getByTestId('tenant').waitFor();
+  const before = requests.length;
+  await page.waitForTimeout(2500);
+  assert.ok(requests.slice(before).some((r) => r.url.endsWith('/v1/models')), 'the models page polls again');
+  await page.context().close();
 });
 
 // Last: it takes the server away.
@@ -399,4 +423,5 @@ test('a server that goes away shows a reconnecting state, not a blank page', asy
   assert.equal(await page.locator(`[data-model="${MODEL}"]`).count(), 1);
   await shot(page, '13-reconnecting');
   await page.context().close();
+  assert.deepEqual(pageErrors, []);
 });

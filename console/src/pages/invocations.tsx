@@ -1,4 +1,4 @@
-import { useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, client, unwrap, type Schemas } from '../api';
 import type { Session } from '../main';
 import { ErrorBox, Json, Loading, Section, StatusBadge, UsageFacts, href, ms, navigate, useResource, when } from '../ui';
@@ -7,6 +7,13 @@ const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const MODES = ['sync', 'stream', 'async', 'batch', 'trigger', 'evaluate', 'prewarm', 'openai', 'openai_stream', 'shadow'];
 const FILTERS = ['function', 'status', 'mode', 'from', 'to'] as const;
 type Record_ = Schemas['InvocationRecord'];
+
+/** Rows of both lists, each once (the later list's copy wins), newest first. */
+function merged(a: Record_[], b: Record_[]): Record_[] {
+  const byId = new Map<string, Record_>();
+  for (const r of [...a, ...b]) byId.set(r.invocation_id, r);
+  return [...byId.values()].sort((x, y) => (x.invocation_id < y.invocation_id ? 1 : x.invocation_id > y.invocation_id ? -1 : 0));
+}
 
 function toIso(local: string | null): string | undefined {
   if (!local) return undefined;
@@ -17,7 +24,9 @@ function toIso(local: string | null): string | undefined {
 export function Invocations({ session, query }: { session: Session; query: URLSearchParams }) {
   const filter = Object.fromEntries(FILTERS.map((f) => [f, query.get(f) ?? ''])) as Record<(typeof FILTERS)[number], string>;
   const [auto, setAuto] = useState(true);
-  const [pages, setPages] = useState<{ rows: Record_[]; cursor?: string | null }>({ rows: [] });
+  // Older pages, loaded on demand, and whether more remain; cleared when the filters change.
+  const [older, setOlder] = useState<{ key: string; rows: Record_[]; more: boolean } | undefined>();
+  const [loadingMore, setLoadingMore] = useState(false);
   const [moreError, setMoreError] = useState<ApiError | undefined>();
   const key = FILTERS.map((f) => filter[f]).join('|');
   const params = {
@@ -33,26 +42,53 @@ export function Invocations({ session, query }: { session: Session; query: URLSe
     auto ? 3000 : undefined,
   );
   const functions = useResource(() => unwrap(client.GET('/v1/functions')), 'invocation-filter-functions');
-  const rows = [...(first.data?.invocations ?? []), ...(pages.rows ?? [])];
-  const cursor = pages.cursor === undefined ? first.data?.next_cursor : pages.cursor;
+
+  // The newest page is refreshed; rows that newer arrivals push off it move to the older
+  // rows once those are being shown, so that nothing loaded disappears. Ids are UUIDv7, so
+  // their order is the time order the server pages by.
+  const previous = useRef<{ key: string; rows: Record_[] }>({ key, rows: [] });
+  useEffect(() => {
+    const fresh = first.data?.invocations;
+    if (!fresh) return;
+    const last = fresh[fresh.length - 1]?.invocation_id;
+    const before = previous.current;
+    previous.current = { key, rows: fresh };
+    if (before.key !== key || last === undefined) return;
+    const pushed = before.rows.filter((r) => r.invocation_id < last);
+    if (pushed.length) setOlder((o) => (o && o.key === key ? { ...o, rows: merged(pushed, o.rows) } : o));
+  }, [first.data, key]);
+
+  const newest = first.data?.invocations ?? [];
+  const boundary = newest[newest.length - 1]?.invocation_id;
+  const kept = older?.key === key ? older : undefined;
+  // The newest page speaks for its own range: an older row inside it has left the filter.
+  const rows = [...newest, ...(kept?.rows ?? []).filter((r) => boundary === undefined || r.invocation_id < boundary)];
+  const more = kept ? kept.more : Boolean(first.data?.next_cursor);
 
   function apply(e: Event) {
     e.preventDefault();
     const form = new FormData(e.target as HTMLFormElement);
     const next: Record<string, string | undefined> = {};
     for (const f of FILTERS) next[f] = (form.get(f) as string) || undefined;
-    setPages({ rows: [] });
     navigate(href(['invocations'], next));
   }
 
-  async function more() {
-    if (!cursor) return;
+  async function loadOlder() {
+    const cursor = rows[rows.length - 1]?.invocation_id;
+    if (!cursor || loadingMore) return;
+    setLoadingMore(true);
     try {
       const page = await unwrap(client.GET('/v1/invocations', { params: { query: { ...params, limit: 50, cursor } } }));
-      setPages((p) => ({ rows: [...p.rows, ...page.invocations], cursor: page.next_cursor ?? null }));
+      setOlder((o) => ({
+        key,
+        rows: merged(o?.key === key ? o.rows : [], page.invocations),
+        more: Boolean(page.next_cursor),
+      }));
       setMoreError(undefined);
     } catch (e) {
       if (e instanceof ApiError) setMoreError(e);
+    } finally {
+      setLoadingMore(false);
     }
   }
 
@@ -161,8 +197,8 @@ export function Invocations({ session, query }: { session: Session; query: URLSe
         </div>
       ) : null}
       <ErrorBox error={moreError} />
-      {cursor ? (
-        <button type="button" class="secondary" onClick={more}>
+      {more ? (
+        <button type="button" class="secondary" onClick={loadOlder} disabled={loadingMore}>
           Load older
         </button>
       ) : null}

@@ -49,10 +49,16 @@ function Runner({ session, name, initialVersion }: { session: Session; name: str
   const [choice, setChoice] = useState(initialVersion ?? '');
   const list = versions.data?.versions ?? [];
   const aliases = [...new Set(list.flatMap((v) => v.aliases))].sort();
+  // What the choice runs, as the server resolves it: a bare name runs the `default` alias
+  // when there is one, else the latest version. (A split alias runs one of several versions;
+  // the form follows the first listed that it names.)
+  const aliased = (alias: string) => list.find((v) => v.aliases.includes(alias));
   const chosen =
-    list.find((v) => String(v.version) === choice) ??
-    list.find((v) => choice.startsWith('@') && v.aliases.includes(choice.slice(1))) ??
-    list[list.length - 1];
+    (choice === ''
+      ? aliased('default')
+      : choice.startsWith('@')
+        ? aliased(choice.slice(1))
+        : list.find((v) => String(v.version) === choice)) ?? list[list.length - 1];
   const schema = (chosen?.definition.input_schema ?? { type: 'object', properties: {} }) as JsonSchema;
   const defaults = chosen?.definition.params ?? {};
 

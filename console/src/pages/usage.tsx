@@ -66,8 +66,9 @@ export function Usage({ query }: { query: URLSearchParams }) {
           <Section title="By function">
             <Breakdown entries={r.byFunction.usage} label="Function" />
           </Section>
-          <Section title="Errors by code">
-            {r.byError.usage.length === 0 ? <p class="muted">No failed invocations in this range.</p> : <Breakdown entries={r.byError.usage} label="Error code" errors />}
+          <Section title="Error codes">
+            <p class="muted">Invocations that ended with an error code: failures, and cancellations (<code>cancelled</code>).</p>
+            {r.byError.usage.length === 0 ? <p class="muted">None in this range.</p> : <Breakdown entries={r.byError.usage} label="Error code" errors />}
           </Section>
         </>
       ) : null}

@@ -89,7 +89,12 @@ fn accepts_gzip(req: &HttpRequest) -> bool {
         .flat_map(|v| v.split(','))
         .any(|coding| {
             let mut parts = coding.split(';').map(str::trim);
-            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+            parts.next() == Some("gzip")
+                && !parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q == 0.0)
+                })
         })
 }
 
@@ -122,13 +127,24 @@ mod tests {
         assert!(accepts_gzip(&req("br;q=1.0, gzip;q=0.8")));
         assert!(!accepts_gzip(&req("br, deflate")));
         assert!(!accepts_gzip(&req("gzip;q=0, br")));
+        assert!(!accepts_gzip(&req("gzip; q=0.000")));
+        assert!(accepts_gzip(&req("gzip;q=0.001")));
         assert!(!accepts_gzip(
             &actix_web::test::TestRequest::default().to_http_request()
         ));
     }
 
     #[test]
-    fn the_console_has_an_index_page() {
-        assert!(ASSETS.iter().any(|a| a.path == "index.html"));
+    fn the_console_has_an_index_page_naming_its_bundle_when_built() {
+        let index = ASSETS.iter().find(|a| a.path == "index.html").unwrap();
+        let html = std::str::from_utf8(index.body).unwrap();
+        if BUILT {
+            let script = html.split("src=\"/console/").nth(1).unwrap();
+            let script = script.split('"').next().unwrap();
+            let bundle = ASSETS.iter().find(|a| a.path == script).unwrap();
+            assert!(bundle.gzip.is_some_and(|g| g.len() < bundle.body.len()));
+        } else {
+            assert!(html.contains("make console"), "{html}");
+        }
     }
 }
