@@ -340,6 +340,46 @@ test('an admin sees the tenants and their limits', async () => {
   await page.context().close();
 });
 
+test('the invocation list pages back and keeps every row, once, while new ones arrive', async () => {
+  // More than one page (50) of one function's invocations.
+  const inputs = Array.from({ length: 55 }, (_, i) => ({ product: `item ${i}` }));
+  const batch = await api('POST', '/v1/functions/tagline/batches', tenantToken, { inputs, params: { max_tokens: 1 } });
+  assert.equal(batch.status, 202, JSON.stringify(batch.body));
+  for (let i = 0; ; i++) {
+    const b = await api('GET', `/v1/batches/${batch.body.batch_id}`, tenantToken);
+    if (b.body.status === 'completed') break;
+    assert.ok(i < 240, JSON.stringify(b.body));
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const total = async () => {
+    let n = 0;
+    let cursor;
+    do {
+      const page = await api('GET', `/v1/invocations?function=tagline&limit=200${cursor ? `&cursor=${cursor}` : ''}`, tenantToken);
+      n += page.body.invocations.length;
+      cursor = page.body.next_cursor;
+    } while (cursor);
+    return n;
+  };
+  const page = await newPage();
+  await signIn(page, tenantToken);
+  const rows = page.locator('table[data-testid=invocations] tbody tr');
+  await visit(page, '#/invocations?function=tagline', () => page.getByRole('button', { name: 'Load older' }).waitFor());
+  assert.equal(await rows.count(), 50);
+  await page.getByRole('button', { name: 'Load older' }).click();
+  const all = await total();
+  await page.waitForFunction((n) => document.querySelectorAll('table[data-testid=invocations] tbody tr').length === n, all);
+  // Three new ones arrive; the auto-refresh shows them on top and drops nothing.
+  for (let i = 0; i < 3; i++) {
+    assert.equal((await api('POST', '/v1/functions/tagline/invoke', tenantToken, { input: { product: `new ${i}` }, params: { max_tokens: 1 } })).status, 200);
+  }
+  await page.waitForFunction((n) => document.querySelectorAll('table[data-testid=invocations] tbody tr').length === n, all + 3, { timeout: 15_000 });
+  const ids = await page.locator('table[data-testid=invocations] tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.invocation));
+  assert.equal(new Set(ids).size, ids.length, 'no row twice');
+  assert.deepEqual(ids, [...ids].sort().reverse(), 'newest first');
+  await page.context().close();
+});
+
 test('every data call goes through /v1 with the credential; the console serves only files', async () => {
   const origin = new URL(server.baseURL).origin;
   const ours = requests.filter((r) => new URL(r.url).origin === origin);
