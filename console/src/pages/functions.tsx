@@ -19,30 +19,32 @@ interface Row {
 
 export function Functions({ session }: { session: Session }) {
   const canRead = session.can('invocations:read');
-  const list = useResource<Row[]>(
+  // The functions and their definitions are read once; only the usage figures are polled,
+  // so that a refresh is one request rather than one per function.
+  const functions = useResource(
     async () => {
       const { functions } = await unwrap(client.GET('/v1/functions'));
-      const [details, usage] = await Promise.all([
-        Promise.all(
-          functions.map((f) =>
-            unwrap(client.GET('/v1/functions/{name}', { params: { path: { name: f.name } } })).catch(
-              () => undefined,
-            ),
-          ),
+      const details = await Promise.all(
+        functions.map((f) =>
+          unwrap(client.GET('/v1/functions/{name}', { params: { path: { name: f.name } } })).catch(() => undefined),
         ),
-        canRead
-          ? unwrap(client.GET('/v1/usage', { params: { query: { group_by: 'function' } } }))
-          : Promise.resolve(undefined),
-      ]);
-      return functions.map((summary, i) => ({
-        summary,
-        definition: details[i]?.definition,
-        usage: usage?.usage.find((u) => u.key === summary.name),
-      }));
+      );
+      return functions.map((summary, i) => ({ summary, definition: details[i]?.definition }));
     },
     'functions',
+  );
+  const usage = useResource(
+    () =>
+      canRead
+        ? unwrap(client.GET('/v1/usage', { params: { query: { group_by: 'function' } } }))
+        : Promise.resolve(undefined),
+    'functions-usage',
     10000,
   );
+  const list = {
+    ...functions,
+    data: functions.data?.map((f): Row => ({ ...f, usage: usage.data?.usage.find((u) => u.key === f.summary.name) })),
+  };
 
   return (
     <Section

@@ -335,25 +335,28 @@ export function InvocationDetail({ session, id }: { session: Session; id: string
   );
 }
 
-export function Delivery({ delivery: d, onRedeliver }: { delivery: Schemas['DeliveryInfo']; onRedeliver?: () => void }) {
+export function Delivery({ delivery: d }: { delivery: Schemas['DeliveryInfo'] }) {
   return (
     <details class="delivery">
       <summary>
         <StatusBadge status={d.status} /> {d.event} to <code>{d.url}</code>, {d.attempts.length} attempts, {when(d.created_at)}
       </summary>
-      <ol>
-        {d.attempts.map((a, i) => (
-          <li key={i}>
-            <Json value={a} label={`Attempt ${i + 1}`} />
-          </li>
-        ))}
-      </ol>
-      {onRedeliver ? (
-        <button type="button" class="secondary small" onClick={onRedeliver}>
-          Redeliver
-        </button>
-      ) : null}
+      <Attempts attempts={d.attempts} />
     </details>
+  );
+}
+
+/** A delivery's attempts: when, the receiver's answer, how long it took. */
+export function Attempts({ attempts }: { attempts: Schemas['AttemptInfo'][] }) {
+  return (
+    <ol>
+      {attempts.map((a) => (
+        <li key={a.attempt}>
+          {when(a.attempted_at)}: {a.status_code ?? 'no answer'} in {ms(a.duration_ms)}
+          {a.error ? ` (${a.error})` : ''}
+        </li>
+      ))}
+    </ol>
   );
 }
 

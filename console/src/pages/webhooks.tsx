@@ -1,7 +1,8 @@
 import { useState } from 'preact/hooks';
 import { ApiError, client, unwrap } from '../api';
 import type { Session } from '../main';
-import { ErrorBox, Loading, Section, StatusBadge, href, ms, useResource, when } from '../ui';
+import { ErrorBox, Loading, Section, StatusBadge, href, useResource, when } from '../ui';
+import { Attempts } from './invocations';
 
 export function Webhooks({ session }: { session: Session }) {
   const canWrite = session.can('webhooks:write');
@@ -122,14 +123,7 @@ function Deliveries({ canWrite }: { canWrite: boolean }) {
                   <td>
                     <details>
                       <summary>{d.attempts.length}</summary>
-                      <ol>
-                        {d.attempts.map((a) => (
-                          <li key={a.attempt}>
-                            {when(a.attempted_at)}: {a.status_code ?? 'no answer'} in {ms(a.duration_ms)}
-                            {a.error ? ` (${a.error})` : ''}
-                          </li>
-                        ))}
-                      </ol>
+                      <Attempts attempts={d.attempts} />
                     </details>
                   </td>
                   <td>{d.status === 'pending' ? when(d.next_attempt_at) : '—'}</td>
