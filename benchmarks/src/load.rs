@@ -31,6 +31,8 @@ pub struct StreamSample {
     pub tokens: u64,
     pub first_token_at: Option<Instant>,
     pub last_token_at: Option<Instant>,
+    /// When each token event arrived.
+    pub token_at: Vec<Instant>,
     pub done: Option<Value>,
 }
 
@@ -56,6 +58,7 @@ impl Target {
             tokens: 0,
             first_token_at: None,
             last_token_at: None,
+            token_at: Vec::new(),
             done: None,
         };
         let Ok(response) = self
@@ -83,6 +86,7 @@ impl Target {
                         sample.first_token_at = Some(now);
                     }
                     sample.last_token_at = Some(now);
+                    sample.token_at.push(now);
                 }
                 "done" => {
                     let done: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
@@ -126,6 +130,64 @@ pub struct LoadReport {
     pub ttft: Latencies,
     pub itl: Latencies,
     pub e2e: Latencies,
+    /// A closed loop's steady state, see [`Steady`].
+    pub steady: Option<Steady>,
+}
+
+/// The part of a closed-loop run during which every client has a request in flight: from the
+/// moment the last client got its first token to the moment the first client got the last
+/// token of its last request. Requests keep arriving in it (each client's next one, prefilled
+/// beside the others' decoding), but the ramps are left out: the start, where every client's
+/// prompt arrives at once, and the end, where fewer and fewer clients remain, which measure
+/// how the run began and ended rather than the load's level.
+pub struct Steady {
+    pub seconds: f64,
+    /// Token events received inside the window, over every client.
+    pub tokens: u64,
+    /// Of those, first tokens of a request: a prompt prefilled in the window (about).
+    pub first_tokens: u64,
+    /// Gaps between two consecutive tokens of one stream, both inside the window.
+    pub itl: Latencies,
+}
+
+impl Steady {
+    /// `None` when the window is empty (a client finished before the last one started).
+    pub fn of(clients: &[Vec<StreamSample>]) -> Option<Self> {
+        // One instant per client, or `None` if a client has no such token.
+        let per_client = |pick: fn(&[StreamSample]) -> Option<Instant>| {
+            clients.iter().map(|c| pick(c)).collect::<Option<Vec<_>>>()
+        };
+        let start = per_client(|c| c.first()?.first_token_at)?
+            .into_iter()
+            .max()?;
+        let end = per_client(|c| c.last()?.last_token_at)?.into_iter().min()?;
+        if end <= start {
+            return None;
+        }
+        let inside = |t: &Instant| (start..=end).contains(t);
+        let mut steady = Steady {
+            seconds: (end - start).as_secs_f64(),
+            tokens: 0,
+            first_tokens: 0,
+            itl: Latencies::new(),
+        };
+        for sample in clients.iter().flatten() {
+            steady.tokens += sample.token_at.iter().filter(|t| inside(t)).count() as u64;
+            steady.first_tokens += u64::from(sample.token_at.first().is_some_and(inside));
+            for pair in sample.token_at.windows(2) {
+                if inside(&pair[0]) && inside(&pair[1]) {
+                    steady
+                        .itl
+                        .record_ms((pair[1] - pair[0]).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        Some(steady)
+    }
+
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds
+    }
 }
 
 impl LoadReport {
@@ -138,6 +200,7 @@ impl LoadReport {
             ttft: Latencies::new(),
             itl: Latencies::new(),
             e2e: Latencies::new(),
+            steady: None,
         }
     }
 
@@ -185,14 +248,31 @@ pub async fn closed_loop(
                 function.to_owned(),
             );
             tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let sample = target.stream(&function, body(c * per_client + i)).await;
                     report.lock().await.add(&sample);
+                    samples.push(sample);
                 }
+                samples
             })
         })
         .collect();
-    collect(tasks, report, started).await
+    let mut per_client_samples = Vec::with_capacity(clients);
+    for task in tasks {
+        if let Ok(samples) = task.await {
+            per_client_samples.push(samples);
+        }
+    }
+    let mut report = Arc::try_unwrap(report)
+        .ok()
+        .expect("tasks done")
+        .into_inner();
+    report.seconds = started.elapsed().as_secs_f64();
+    if per_client_samples.len() == clients {
+        report.steady = Steady::of(&per_client_samples);
+    }
+    report
 }
 
 /// Requests started at `rate` per second for `duration`, each streamed to its end.
@@ -295,4 +375,52 @@ pub async fn request_loop(
         .into_inner();
     let rps = latencies.len() as f64 / started.elapsed().as_secs_f64();
     (rps, latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream whose tokens arrived at these milliseconds after `t0`.
+    fn sample(t0: Instant, ms: &[u64]) -> StreamSample {
+        let token_at: Vec<_> = ms.iter().map(|m| t0 + Duration::from_millis(*m)).collect();
+        StreamSample {
+            ok: true,
+            ttft_ms: 0.0,
+            e2e_ms: 0.0,
+            itl_ms: Vec::new(),
+            tokens: ms.len() as u64,
+            first_token_at: token_at.first().copied(),
+            last_token_at: token_at.last().copied(),
+            token_at,
+            done: None,
+        }
+    }
+
+    #[test]
+    fn the_steady_window_runs_from_the_last_first_token_to_the_first_last_token() {
+        let t0 = Instant::now();
+        // Client A starts at 0 and ends at 500; client B starts at 100 and ends at 700.
+        let a = vec![sample(t0, &[0, 50, 100, 150]), sample(t0, &[300, 400, 500])];
+        let b = vec![sample(t0, &[100, 200, 300]), sample(t0, &[450, 600, 700])];
+        let steady = Steady::of(&[a, b]).expect("a window");
+        assert!((steady.seconds - 0.4).abs() < 1e-9, "{}", steady.seconds);
+        // In [100, 500]: A's 100, 150, 300, 400, 500 and B's 100, 200, 300, 450.
+        assert_eq!(steady.tokens, 9);
+        // First tokens inside: A's second request (300), B's first (100) and second (450).
+        assert_eq!(steady.first_tokens, 3);
+        // Gaps with both ends inside: A 100→150, 300→400, 400→500; B 100→200, 200→300.
+        assert_eq!(steady.itl.len(), 5);
+        assert!((steady.tokens_per_s() - 22.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_window_when_a_client_finished_before_another_started() {
+        let t0 = Instant::now();
+        let a = vec![sample(t0, &[0, 10, 20])];
+        let b = vec![sample(t0, &[30, 40])];
+        assert!(Steady::of(&[a, b]).is_none());
+        let never = vec![sample(t0, &[])];
+        assert!(Steady::of(&[never]).is_none());
+    }
 }

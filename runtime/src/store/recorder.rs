@@ -94,9 +94,29 @@ impl Recorder {
                     Err(_) => break,
                 }
             }
+            // Building the INSERT of a full batch takes milliseconds of CPU: on an async
+            // worker it would hold up every request and actor message scheduled behind it,
+            // so it runs on the blocking pool.
+            let store = self.store.clone();
+            let Ok((rows, insert)) = tokio::task::spawn_blocking(move || {
+                let insert = store.invocations_insert(&batch);
+                (batch, insert)
+            })
+            .await
+            else {
+                // The runtime is shutting down; the rows stay pending for `get`.
+                return;
+            };
+            batch = rows;
             let mut backoff = Duration::from_millis(50);
+            let mut insert = Some(insert);
             loop {
-                match self.store.insert_invocations(batch.clone()).await {
+                // A retry (the database failed) builds the statement again, here: rare, and
+                // it spares the common path a copy of every value.
+                let statement = insert
+                    .take()
+                    .unwrap_or_else(|| self.store.invocations_insert(&batch));
+                match self.store.execute_insert(statement).await {
                     Ok(()) => break,
                     Err(err) => {
                         tracing::warn!(error = %err, records = batch.len(), "writing invocation records failed; retrying");
