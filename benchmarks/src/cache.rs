@@ -41,8 +41,8 @@ struct Args {
     step_tokens: Vec<u32>,
     /// Requests each of the 16 clients makes under load (at least 2, so that prompts arrive
     /// while all clients stream).
-    #[arg(long, default_value_t = 3)]
-    per_client: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..))]
+    per_client: u64,
     /// Only the conversations (part 1), printed and not written to CACHE.md: for iterating on
     /// the scheduler.
     #[arg(long)]
@@ -324,6 +324,12 @@ async fn main() -> anyhow::Result<()> {
             "params": {"temperature": 0}, "cache": {"enabled": false}}),
         )
         .await?;
+        // Raw llama.cpp doing the load's work (the 16 prompts prefilled at once, then decoded
+        // together), measured right before and right after each budget's run, and averaged:
+        // a shared machine's speed drifts by a tenth or more within minutes, and both sides
+        // of a ratio should see it in the same state. Before the warm-up, which it would
+        // otherwise outlast (the replica scales to zero after 2 idle seconds).
+        let before = tokio::task::block_in_place(|| raw.batched(&raw_prompts, LOAD_TOKENS))?;
         // Warm: load the model.
         let _ = t
             .stream(
@@ -331,13 +337,9 @@ async fn main() -> anyhow::Result<()> {
                 json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}}),
             )
             .await;
-        // Raw llama.cpp doing the load's work (the 16 prompts prefilled at once, then decoded
-        // together), measured right before and right after each budget's run, and averaged:
-        // a shared machine's speed drifts by a tenth or more within minutes, and both sides
-        // of a ratio should see it in the same state.
-        let before = tokio::task::block_in_place(|| raw.batched(&raw_prompts, LOAD_TOKENS))?;
         let offset = budget as usize * 1000;
-        let r = closed_loop(t, &id, LOAD_SLOTS as usize, args.per_client, move |i| {
+        let per_client = args.per_client as usize;
+        let r = closed_loop(t, &id, LOAD_SLOTS as usize, per_client, move |i| {
             load_body(offset + i)
         })
         .await;

@@ -142,7 +142,8 @@ pub struct LoadReport {
 /// how the run began and ended rather than the load's level.
 pub struct Steady {
     pub seconds: f64,
-    /// Token events received inside the window, over every client.
+    /// Token events received inside the window (after its start, up to its end), over every
+    /// client.
     pub tokens: u64,
     /// Of those, first tokens of a request: a prompt prefilled in the window (about).
     pub first_tokens: u64,
@@ -164,7 +165,10 @@ impl Steady {
         if end <= start {
             return None;
         }
-        let inside = |t: &Instant| (start..=end).contains(t);
+        // Events after the window's start: the first token that defines it was prefilled
+        // before it, and a window's rate counts one of its two ends, not both.
+        let inside = |t: &Instant| *t > start && *t <= end;
+        let spans = |t: &Instant| (start..=end).contains(t);
         let mut steady = Steady {
             seconds: (end - start).as_secs_f64(),
             tokens: 0,
@@ -175,7 +179,7 @@ impl Steady {
             steady.tokens += sample.token_at.iter().filter(|t| inside(t)).count() as u64;
             steady.first_tokens += u64::from(sample.token_at.first().is_some_and(inside));
             for pair in sample.token_at.windows(2) {
-                if inside(&pair[0]) && inside(&pair[1]) {
+                if spans(&pair[0]) && spans(&pair[1]) {
                     steady
                         .itl
                         .record_ms((pair[1] - pair[0]).as_secs_f64() * 1000.0);
@@ -405,13 +409,14 @@ mod tests {
         let b = vec![sample(t0, &[100, 200, 300]), sample(t0, &[450, 600, 700])];
         let steady = Steady::of(&[a, b]).expect("a window");
         assert!((steady.seconds - 0.4).abs() < 1e-9, "{}", steady.seconds);
-        // In [100, 500]: A's 100, 150, 300, 400, 500 and B's 100, 200, 300, 450.
-        assert_eq!(steady.tokens, 9);
-        // First tokens inside: A's second request (300), B's first (100) and second (450).
-        assert_eq!(steady.first_tokens, 3);
-        // Gaps with both ends inside: A 100→150, 300→400, 400→500; B 100→200, 200→300.
+        // In (100, 500]: A's 150, 300, 400, 500 and B's 200, 300, 450.
+        assert_eq!(steady.tokens, 7);
+        // First tokens after the start: A's second request (300) and B's second (450); B's
+        // first (100) defines the start, its prompt was prefilled before the window.
+        assert_eq!(steady.first_tokens, 2);
+        // Gaps with both ends in [100, 500]: A 100→150, 300→400, 400→500; B 100→200, 200→300.
         assert_eq!(steady.itl.len(), 5);
-        assert!((steady.tokens_per_s() - 22.5).abs() < 1e-9);
+        assert!((steady.tokens_per_s() - 17.5).abs() < 1e-9);
     }
 
     #[test]

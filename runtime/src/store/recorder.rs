@@ -104,7 +104,12 @@ impl Recorder {
             })
             .await
             else {
-                // The runtime is shutting down; the rows stay pending for `get`.
+                // Building the statement panicked (a bug): the writer stops, as it did when it
+                // built the statement itself; the rows stay pending, served by `get`.
+                tracing::error!(
+                    records = pending_len(&self.pending),
+                    "building the invocation records' INSERT failed; the record writer stops"
+                );
                 return;
             };
             batch = rows;
@@ -134,4 +139,8 @@ impl Recorder {
             self.written.notify_waiters();
         }
     }
+}
+
+fn pending_len(pending: &Mutex<HashMap<Uuid, InvocationRow>>) -> usize {
+    pending.lock().expect("pending lock").len()
 }
