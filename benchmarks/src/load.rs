@@ -262,17 +262,7 @@ pub async fn closed_loop(
             })
         })
         .collect();
-    let mut per_client_samples = Vec::with_capacity(clients);
-    for task in tasks {
-        if let Ok(samples) = task.await {
-            per_client_samples.push(samples);
-        }
-    }
-    let mut report = Arc::try_unwrap(report)
-        .ok()
-        .expect("tasks done")
-        .into_inner();
-    report.seconds = started.elapsed().as_secs_f64();
+    let (mut report, per_client_samples) = collect(tasks, report, started).await;
     if per_client_samples.len() == clients {
         report.steady = Steady::of(&per_client_samples);
     }
@@ -306,24 +296,28 @@ pub async fn open_loop(
         }));
         i += 1;
     }
-    collect(tasks, report, started).await
+    collect(tasks, report, started).await.0
 }
 
-/// Waits for the clients, then closes the report with the run's duration.
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// Waits for the clients, then closes the report with the run's duration; also returns what
+/// each client that did not panic returned.
+async fn collect<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
     report: Arc<Mutex<LoadReport>>,
     started: Instant,
-) -> LoadReport {
+) -> (LoadReport, Vec<T>) {
+    let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let _ = task.await;
+        if let Ok(result) = task.await {
+            results.push(result);
+        }
     }
     let mut report = Arc::try_unwrap(report)
         .ok()
         .expect("tasks done")
         .into_inner();
     report.seconds = started.elapsed().as_secs_f64();
-    report
+    (report, results)
 }
 
 /// `connections` clients sending plain POSTs back to back for `duration`; returns

@@ -107,7 +107,7 @@ impl Recorder {
                 // Building the statement panicked (a bug): the writer stops, as it did when it
                 // built the statement itself; the rows stay pending, served by `get`.
                 tracing::error!(
-                    records = pending_len(&self.pending),
+                    records = self.pending.lock().expect("pending lock").len(),
                     "building the invocation records' INSERT failed; the record writer stops"
                 );
                 return;
@@ -139,8 +139,4 @@ impl Recorder {
             self.written.notify_waiters();
         }
     }
-}
-
-fn pending_len(pending: &Mutex<HashMap<Uuid, InvocationRow>>) -> usize {
-    pending.lock().expect("pending lock").len()
 }
