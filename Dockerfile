@@ -84,9 +84,8 @@ RUN if [ "$WITH_MODEL" = 1 ]; then \
     fi
 
 # Runtime. bookworm-slim matches the builder's glibc. llama.cpp's libraries link libstdc++6
-# (already in slim, named to say so), libgomp1 (the OpenMP runtime of its CPU code) and
-# libssl3 (libllama-common, since the builder image has OpenSSL's headers); ca-certificates
-# lets webhooks and OTLP reach https endpoints. `readelf -d` on /opt/genrt lists them all.
+# (already in slim, named to say so) and libssl3 (libllama-common, since the builder image
+# has OpenSSL's headers); ca-certificates lets webhooks and OTLP reach https endpoints. `readelf -d` on /opt/genrt lists them all.
 # Versions are unpinned for the reason given in the builder.
 FROM docker.io/library/debian:bookworm-slim AS runtime
 # The user has a fixed numeric uid, so that a pod's `runAsNonRoot` can check it and volume
@@ -94,7 +93,7 @@ FROM docker.io/library/debian:bookworm-slim AS runtime
 # Postgres is configured).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libgomp1 libssl3 libstdc++6 \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 genrt \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/genrt --no-create-home \

@@ -39,7 +39,7 @@ pub use error::InvokeError;
 pub mod testing {
     pub use crate::engine::fake::{FakeBackend, LoadGate};
 }
-pub use memory::{Budgets, Held, MemoryBudget, Reservation};
+pub use memory::{fix_malloc_thresholds, Budgets, Held, MemoryBudget, Reservation};
 pub use supervision::RestartPolicy;
 pub use tree::{ActorTree, Adapter, ModelChangeError, TreeConfig};
 pub use types::{

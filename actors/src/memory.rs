@@ -182,6 +182,24 @@ fn mib(bytes: u64) -> u64 {
     bytes.div_ceil(1024 * 1024)
 }
 
+/// Makes memory freed by an unloaded replica go back to the system. glibc's malloc raises its
+/// mmap threshold (up to 32 MiB) each time a large mmapped block is freed, and serves blocks
+/// under it from its arenas from then on, which keep freed memory resident (`malloc_trim`
+/// does not shrink a thread arena's top): after the first unload freed a replica's buffers,
+/// each later load and unload left up to 10 MiB more resident every few scale-to-zero cycles
+/// (RSS 43 → 66 MiB in five cycles of `genrt-bench`, 43 → 48 with this; benchmarks/README).
+/// Setting the thresholds, at glibc's own initial values, turns that adjustment off: blocks of
+/// 128 KiB and more are mapped and unmapped, as they were before the first unload. Called at
+/// start, before the engine allocates; a no-op off glibc.
+pub fn fix_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,10 +32,6 @@ done
 cp -P "$release"/libllama.so* "$release"/libllama-common.so* \
   "$release"/libggml.so* "$release"/libggml-base.so* \
   "$release"/libggml-cpu*.so "$stage/bin/"
-# The CPU modules need OpenMP's runtime; carried in case the other machine lacks it
-# (run.sh uses it only then).
-mkdir -p "$stage/bin/fallback"
-cp -L "$(gcc -print-file-name=libgomp.so.1)" "$stage/bin/fallback/"
 "$release/genrt-make-model" --tokenizer "$model" --vocab-only --out "$stage/vocab.gguf"
 src=$(scripts/llama-cpp-src.sh)
 # What configuring llama.cpp reads, without the sources of backends other than CPU and CUDA.

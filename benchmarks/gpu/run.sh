@@ -31,9 +31,6 @@ if [ -n "${GPU_BUNDLE:-}" ]; then
   bin=$work/bundle/bin
   vocab=$work/bundle/vocab.gguf
   export LLAMA_CPP_SRC=$work/bundle/llama.cpp
-  if ! ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1'; then
-    export LD_LIBRARY_PATH=$bin/fallback${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  fi
 else
   bin=${BIN_DIR:-target/release}
   [ -x "$bin/genrt-bench-gpu" ] || cargo build --release -p genrt-benchmarks --bins

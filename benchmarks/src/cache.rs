@@ -209,8 +209,6 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
-    genrt_actors::engine::openmp::reexec_with_env();
     if !args.model.is_file() {
         bail!("{} is missing: run `make model`", args.model.display());
     }

@@ -63,8 +63,6 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
-    genrt_actors::engine::openmp::reexec_with_env();
     // llama.cpp's own messages (why a backend module did not load, where the layers went).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(

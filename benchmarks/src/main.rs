@@ -55,8 +55,6 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
-    genrt_actors::engine::openmp::reexec_with_env();
     if !args.model.is_file() {
         bail!("{} is missing: run `make model`", args.model.display());
     }

@@ -157,8 +157,6 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
-    genrt_actors::engine::openmp::reexec_with_env();
     let mut config = ModelConfig::new(MODEL, &args.model);
     config.threads = args.threads;
     config.idle_timeout_s = 1;
@@ -354,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\nThe adapters' 4-sequence steps are 4 times as many as the base's 16-sequence steps for the same tokens, and each pays the same fixed costs: building the graph, sampling, and with two threads the OpenMP barriers after every graph node (this process runs, as `genrt serve` does, with `OMP_WAIT_POLICY=ACTIVE`, see `actors/src/engine/openmp.rs`; with libgomp's defaults the second thread slept at most barriers and the adapters kept about 0.55× of the base). Adapters loaded after the runs: {}, {:.1} MiB (counted in the memory budget).\n",
+        "\nThe adapters' 4-sequence steps are 4 times as many as the base's 16-sequence steps for the same tokens, and each pays the same fixed costs: building the graph, sampling, waking the replica's second thread, and the barriers between graph nodes (`actors/src/engine/threadpool.rs`). Adapters loaded after the runs: {}, {:.1} MiB (counted in the memory budget).\n",
         lora[0].loaded,
         lora[0].loaded_bytes as f64 / 1048576.0
     )?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use genrt_actors::engine::threadpool::{self, Lease};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -96,7 +97,15 @@ impl Raw {
         tokens: u32,
     ) -> anyhow::Result<RawRun> {
         let n = prompts.len();
+        // As llama.cpp's own tools run: on a thread pool of their own with its default
+        // polling, created before the context so that it is dropped after it.
+        let pool = Lease::take(self.threads, threadpool::LLAMA_CPP_POLL)
+            .context("no thread pool from llama.cpp's CPU module")?;
         let mut ctx = self.context(n_seq, n_ctx)?;
+        // SAFETY: `ctx` is declared after `pool`, so dropped before it.
+        if !unsafe { genrt_actors::engine::attach_thread_pool(&ctx, &self.model, &pool) } {
+            anyhow::bail!("cannot put the baseline's context on its thread pool");
+        }
         let prefill_started = Instant::now();
         let mut batch = LlamaBatch::new(512, 1);
         let vocab = self.model.vocab();

@@ -50,8 +50,6 @@ const COUNTRIES: [&str; 12] = [
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The engine runs here as `genrt serve` runs it, with libgomp's settings.
-    genrt_actors::engine::openmp::reexec_with_env();
     let mut model = ModelConfig::new(MODEL, &args.model);
     model.threads = args.threads;
     model.slots = 8;

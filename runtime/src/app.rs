@@ -149,6 +149,7 @@ async fn start_server(
             );
         }
     }
+    genrt_actors::fix_malloc_thresholds();
     // First, because an unreachable JWKS URL should stop the start before anything is opened.
     let auth = web::Data::new(Authenticator::new(&config.auth).await?);
     let config = Arc::new(config);

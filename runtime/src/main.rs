@@ -71,11 +71,6 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve) {
-        // Before anything else: the engine's threads need libgomp's settings, which libgomp
-        // reads only at start (see the module).
-        genrt_actors::engine::openmp::reexec_with_env();
-    }
     let o = cli.overrides;
     let overrides = Overrides {
         host: o.host,

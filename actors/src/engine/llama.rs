@@ -21,6 +21,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LlamaStateSeqFlags, LogOptions};
 
 use super::devices::{Device, DeviceKind, Placement};
+use super::threadpool::{self, Lease};
 use super::{
     ActiveSet, Backend, BatchItem, Embedder, Embedding, EngineError, LoadedAdapter, Sampled, SeqId,
     Session, TokenId, Weights,
@@ -312,6 +313,7 @@ impl Backend for LlamaCppBackend {
         let template = loaded.chat_template(None).ok();
         let vocab = loaded.vocab();
         let eog_tokens = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
+        let tokenizer = super::tokenize::PromptTokenizer::new(&loaded);
         let kv_on_gpu = placement.gpu.is_some() && placement.n_gpu_layers > 0;
         // SAFETY: the model pointer is valid while `loaded` lives.
         let sliding_window = unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&loaded)) } > 0;
@@ -327,6 +329,7 @@ impl Backend for LlamaCppBackend {
             model: loaded,
             loras: std::sync::Mutex::new(()),
             copy,
+            tokenizer,
         }))
     }
 
@@ -381,6 +384,7 @@ struct LlamaWeights {
     loras: std::sync::Mutex<()>,
     /// How this model's contexts copy a cached prefix between streams.
     copy: CopyMode,
+    tokenizer: super::tokenize::PromptTokenizer,
 }
 
 /// KV cells of one replica: one full context for each of its streams, the slots' and the
@@ -440,6 +444,8 @@ impl Weights for LlamaWeights {
             .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
+        // Before the context, so that it is dropped after it.
+        let pool = Lease::take(threads, threadpool::ENGINE_POLL);
         // Creating a context reserves its graph, which reads the model's adapter list.
         let ctx = {
             let _list = self.loras.lock().expect("adapter list lock");
@@ -447,6 +453,7 @@ impl Weights for LlamaWeights {
         }
         .map_err(|e| EngineError::Load(format!("cannot create context: {e}")))?;
         let raw = raw_context(&ctx, raw_model(&self.model));
+        attach(raw, pool.as_ref());
         let mut session = LlamaSession {
             weights: self,
             raw,
@@ -481,11 +488,13 @@ impl Weights for LlamaWeights {
             .with_pooling_type(LlamaPoolingType::Mean)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
+        let pool = Lease::take(threads, threadpool::ENGINE_POLL);
         let ctx = {
             let _list = self.loras.lock().expect("adapter list lock");
             self.model.new_context(&self.backend, params)
         }
         .map_err(|e| EngineError::Load(format!("cannot create embedding context: {e}")))?;
+        attach(raw_context(&ctx, raw_model(&self.model)), pool.as_ref());
         let mut embedder = LlamaEmbedder {
             weights: self,
             ctx,
@@ -572,13 +581,7 @@ impl LlamaSession<'_> {
     }
 
     fn tokens(&self, text: &str) -> Vec<i32> {
-        self.weights
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), true, true)
-            .into_iter()
-            .map(|t| t.0)
-            .collect()
+        self.weights.tokenizer.tokenize(&self.weights.model, text)
     }
 }
 
@@ -907,10 +910,37 @@ impl Drop for LlamaAdapter {
     }
 }
 
+/// Puts a context on its own thread pool. Without one (the context's pointer or the CPU
+/// module's pool unavailable) llama.cpp starts and joins its threads for every graph: correct,
+/// slower, and said once here.
+fn attach(ctx: Option<*mut llama_cpp_sys_2::llama_context>, pool: Option<&Lease>) {
+    match (ctx, pool) {
+        // SAFETY: the context is live, and the caller frees it before the pool.
+        (Some(ctx), Some(pool)) => unsafe { pool.attach(ctx) },
+        _ => {
+            tracing::warn!("no thread pool for a llama.cpp context: each decode starts its threads")
+        }
+    }
+}
+
+/// Puts `ctx` on `pool`, for code outside the engine that runs llama.cpp directly (the
+/// benchmarks' baselines); false when the context's pointer cannot be read.
+///
+/// # Safety
+/// `ctx` is dropped before `pool`.
+pub unsafe fn attach_thread_pool(ctx: &LlamaContext<'_>, model: &LlamaModel, pool: &Lease) -> bool {
+    let Some(raw) = raw_context(ctx, raw_model(model)) else {
+        return false;
+    };
+    // SAFETY: `raw` is `ctx`'s, dropped before `pool` per this function's contract.
+    unsafe { pool.attach(raw) };
+    true
+}
+
 /// The model's llama.cpp pointer. llama-cpp-2 keeps it private, but `LlamaModel` is
 /// `repr(transparent)` over its private `Ptr`, which is `repr(transparent)` over a
 /// `NonNull<llama_model>`: the wrapper's memory is that pointer.
-fn raw_model(model: &LlamaModel) -> *mut llama_cpp_sys_2::llama_model {
+pub(super) fn raw_model(model: &LlamaModel) -> *mut llama_cpp_sys_2::llama_model {
     // SAFETY: see above: reading the wrapper as the pointer it is made of.
     unsafe { *std::ptr::from_ref(model).cast::<*mut llama_cpp_sys_2::llama_model>() }
 }

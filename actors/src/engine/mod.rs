@@ -9,11 +9,12 @@ pub mod adapters;
 pub mod devices;
 pub mod gguf;
 mod llama;
-pub mod openmp;
 pub mod quantize;
 pub(crate) mod scheduler;
 mod text;
 mod thread;
+pub mod threadpool;
+mod tokenize;
 
 /// Compiled into every build rather than behind a feature: the runtime's in-process tests
 /// need it, and a `testing` feature enabled by the test crate alone would give `cargo test`
@@ -33,7 +34,7 @@ use crate::{Fault, FinishReason, ModelConfig};
 
 pub use adapters::{ActiveSet, AdapterCache, AdapterKey, AdapterSet, AdapterSpec, LoadedAdapter};
 pub use devices::{Device, DeviceKind, Placement};
-pub use llama::{llama_backend, load_backends, BackendsInfo, LlamaCppBackend};
+pub use llama::{attach_thread_pool, llama_backend, load_backends, BackendsInfo, LlamaCppBackend};
 pub use scheduler::ADAPTER_QUANTUM_STEPS;
 
 pub(crate) use thread::{EngineEvent, EngineThread};
