@@ -187,7 +187,8 @@ fn mib(bytes: u64) -> u64 {
 /// under it from its arenas from then on, which keep freed memory resident (`malloc_trim`
 /// does not shrink a thread arena's top): after the first unload freed a replica's buffers,
 /// each later load and unload left up to 10 MiB more resident every few scale-to-zero cycles
-/// (RSS 43 → 66 MiB in five cycles of `genrt-bench`, 43 → 48 with this; benchmarks/README).
+/// (RSS 44 → 66 MiB in five cycles of `genrt-bench`; 43 → 49 in eight with this, 44 → 45 in
+/// five; benchmarks/README).
 /// Setting the thresholds, at glibc's own initial values, turns that adjustment off: blocks of
 /// 128 KiB and more are mapped and unmapped, as they were before the first unload. Called at
 /// start, before the engine allocates; a no-op off glibc.

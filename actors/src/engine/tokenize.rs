@@ -200,12 +200,6 @@ fn partition<'a>(text: &'a [u8], specials: &[Special]) -> Vec<Piece<'a>> {
     let mut next = Vec::new();
     for special in specials {
         let needle = special.text.as_slice();
-        if !pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Text(t) if find(t, needle).is_some()))
-        {
-            continue;
-        }
         next.clear();
         for piece in &pieces {
             let Piece::Text(mut rest) = *piece else {
