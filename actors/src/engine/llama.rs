@@ -20,6 +20,7 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LlamaStateSeqFlags, LogOptions};
 
+use super::cores::{Cores, Turn};
 use super::devices::{Device, DeviceKind, Placement};
 use super::threadpool::{self, Lease};
 use super::{
@@ -315,6 +316,9 @@ impl Backend for LlamaCppBackend {
         let eog_tokens = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
         let tokenizer = super::tokenize::PromptTokenizer::new(&loaded);
         let kv_on_gpu = placement.gpu.is_some() && placement.n_gpu_layers > 0;
+        // A model with every layer on a GPU (llama.cpp clamps a larger count to its layers)
+        // leaves its CPU threads next to idle; any other computes on the cores.
+        let on_gpu = placement.gpu.is_some() && placement.n_gpu_layers >= loaded.n_layer();
         // SAFETY: the model pointer is valid while `loaded` lives.
         let sliding_window = unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&loaded)) } > 0;
         let copy = if kv_on_gpu || sliding_window {
@@ -330,6 +334,7 @@ impl Backend for LlamaCppBackend {
             loras: std::sync::Mutex::new(()),
             copy,
             tokenizer,
+            takes_turns: !on_gpu,
         }))
     }
 
@@ -385,6 +390,17 @@ struct LlamaWeights {
     /// How this model's contexts copy a cached prefix between streams.
     copy: CopyMode,
     tokenizer: super::tokenize::PromptTokenizer,
+    /// Its contexts compute on the CPU, in turns with the process's other CPU contexts
+    /// (see `cores`).
+    takes_turns: bool,
+}
+
+impl LlamaWeights {
+    /// Waits for the cores a graph of `threads` threads needs, where this model computes on
+    /// the CPU.
+    fn turn(&self, threads: u32) -> Option<Turn<'static>> {
+        self.takes_turns.then(|| Cores::machine().turn(threads))
+    }
 }
 
 /// KV cells of one replica: one full context for each of its streams, the slots' and the
@@ -466,6 +482,7 @@ impl Weights for LlamaWeights {
             streams: config.kv_streams() as usize,
             n_ctx: config.n_ctx,
             copy: self.copy,
+            threads: threads as u32,
         };
         serve(&mut session);
         Ok(())
@@ -499,6 +516,7 @@ impl Weights for LlamaWeights {
             weights: self,
             ctx,
             n_ctx: config.n_ctx,
+            threads: threads as u32,
         };
         serve(&mut embedder);
         Ok(())
@@ -523,6 +541,7 @@ struct LlamaSession<'a> {
     streams: usize,
     n_ctx: u32,
     copy: CopyMode,
+    threads: u32,
 }
 
 /// How a cached prefix is copied from one KV stream to another.
@@ -589,6 +608,7 @@ struct LlamaEmbedder<'a> {
     weights: &'a LlamaWeights,
     ctx: LlamaContext<'a>,
     n_ctx: u32,
+    threads: u32,
 }
 
 impl Embedder for LlamaEmbedder<'_> {
@@ -615,9 +635,11 @@ impl Embedder for LlamaEmbedder<'_> {
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         self.ctx.clear_kv_cache();
+        let turn = self.weights.turn(self.threads);
         self.ctx
             .decode(&mut batch)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
+        drop(turn);
         let pooled = self
             .ctx
             .embeddings_seq_ith(0)
@@ -773,6 +795,7 @@ impl Session for LlamaSession<'_> {
             .reserve_pending
             .then(|| weights.loras.lock().expect("adapter list lock"));
         self.reserve_pending = false;
+        let _turn = weights.turn(self.threads);
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(e.to_string()))

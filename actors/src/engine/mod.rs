@@ -6,6 +6,7 @@
 //! (and, when streaming, reads its token channel).
 
 pub mod adapters;
+mod cores;
 pub mod devices;
 pub mod gguf;
 mod llama;
