@@ -159,3 +159,43 @@ async fn retryable_failures_are_retried_up_to_max_attempts_then_fail_once() {
     );
     s.stop().await;
 }
+
+/// The record writer's INSERTs go in chunks of a few fixed sizes (so that their statements stay
+/// prepared): a batch of any size is stored whole, and a batch that fails stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_records_are_inserted_in_chunks_all_or_nothing() {
+    let s = server().await;
+    let t = token("acme");
+    let (status, out) = s
+        .invoke(&t, "echo", json!({"input": {"text": "one"}}))
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let state = s.server().state();
+    assert_eq!(state.records.flush(Duration::from_secs(10)).await, 0);
+    let tenant = genrt_functions::TenantId::parse("acme").unwrap();
+    let id = out["invocation_id"].as_str().unwrap().parse().unwrap();
+    let row = state.store.invocation(&tenant, id).await.unwrap().unwrap();
+    let count = || state.store.count_invocations(&tenant);
+    assert_eq!(count().await.unwrap(), 1);
+
+    // 93 rows: 64 + 16 + 4 + 4 + 4 + 1, in one transaction.
+    let copies = |n: usize| {
+        (0..n)
+            .map(|_| {
+                let mut copy = row.clone();
+                copy.id = uuid::Uuid::now_v7();
+                copy
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(state.store.invocations_insert(&copies(93)).len(), 6);
+    state.store.insert_invocations(copies(93)).await.unwrap();
+    assert_eq!(count().await.unwrap(), 94);
+
+    // The last of 70 rows repeats a stored id: the primary key refuses it, and the 69 before
+    // it, in statements of their own, are not stored either.
+    let mut failing = copies(70);
+    failing.last_mut().unwrap().id = row.id;
+    assert!(state.store.insert_invocations(failing).await.is_err());
+    assert_eq!(count().await.unwrap(), 94, "nothing of the failed batch");
+}

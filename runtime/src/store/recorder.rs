@@ -94,7 +94,7 @@ impl Recorder {
                     Err(_) => break,
                 }
             }
-            // Building the INSERT of a full batch takes milliseconds of CPU: on an async
+            // Building the INSERTs of a full batch takes milliseconds of CPU: on an async
             // worker it would hold up every request and actor message scheduled behind it,
             // so it runs on the blocking pool.
             let store = self.store.clone();
@@ -118,10 +118,10 @@ impl Recorder {
             loop {
                 // A retry (the database failed) builds the statement again, here: rare, and
                 // it spares the common path a copy of every value.
-                let statement = insert
+                let inserts = insert
                     .take()
                     .unwrap_or_else(|| self.store.invocations_insert(&batch));
-                match self.store.execute_insert(statement).await {
+                match self.store.execute_insert(inserts).await {
                     Ok(()) => break,
                     Err(err) => {
                         tracing::warn!(error = %err, records = batch.len(), "writing invocation records failed; retrying");

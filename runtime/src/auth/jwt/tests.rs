@@ -689,3 +689,40 @@ async fn a_chunked_jwks_larger_than_the_cap_is_refused_without_reading_it_whole(
     let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
     assert!(sent < 16 * 1024 * 1024, "{sent} bytes were read");
 }
+
+#[tokio::test]
+async fn a_remembered_token_stops_verifying_when_its_key_is_retired() {
+    let reply = Arc::new(Mutex::new((200, jwks_with(&["rsa-1", "ec-1"]))));
+    let config = AuthConfig {
+        jwks_url: Some(serve(reply.clone()).await),
+        ..secret_only()
+    };
+    let verifier = verifier(&config).await;
+    let token = rs(Some("rsa-1"), &claims());
+    let first = accepted(&verifier, &token);
+    assert!(verifier.verified.contains_key(&token), "remembered");
+    assert_eq!(
+        accepted(&verifier, &token),
+        first,
+        "the same answer from memory"
+    );
+
+    *reply.lock().unwrap() = (200, jwks_with(&["ec-1"]));
+    assert_eq!(verifier.refresh().await.unwrap(), 1);
+    refused(&verifier, &token, ErrorCode::InvalidToken);
+    // A refusal is not remembered.
+    assert!(!verifier.verified.contains_key(&token));
+}
+
+#[tokio::test]
+async fn a_remembered_token_expires_like_any_other() {
+    let strict = verifier_with_leeway(0).await;
+    let exp = unix_now() + 1;
+    let token = hs(&claims_with(json!({"exp": exp})));
+    accepted(&strict, &token);
+    assert!(strict.verified.contains_key(&token), "remembered");
+    while unix_now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refused(&strict, &token, ErrorCode::TokenExpired);
+}
