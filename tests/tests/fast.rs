@@ -188,7 +188,7 @@ async fn invocation_records_are_inserted_in_chunks_all_or_nothing() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(state.store.invocations_insert(&copies(93)).len(), 6);
+    assert_eq!(state.store.invocations_insert(&copies(93), false).len(), 6);
     state.store.insert_invocations(copies(93)).await.unwrap();
     assert_eq!(count().await.unwrap(), 94);
 
@@ -196,6 +196,15 @@ async fn invocation_records_are_inserted_in_chunks_all_or_nothing() {
     // it, in statements of their own, are not stored either.
     let mut failing = copies(70);
     failing.last_mut().unwrap().id = row.id;
-    assert!(state.store.insert_invocations(failing).await.is_err());
+    assert!(state
+        .store
+        .insert_invocations(failing.clone())
+        .await
+        .is_err());
     assert_eq!(count().await.unwrap(), 94, "nothing of the failed batch");
+
+    // The writer's retry skips stored rows: the same batch then stores the 69 others.
+    let retry = state.store.invocations_insert(&failing, true);
+    state.store.execute_insert(retry).await.unwrap();
+    assert_eq!(count().await.unwrap(), 94 + 69);
 }

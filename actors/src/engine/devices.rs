@@ -142,6 +142,12 @@ impl Placement {
         (u64::from(self.n_gpu_layers).min(offloadable)) as f64 / offloadable as f64
     }
 
+    /// Whether every layer of a model of `n_layer` repeating layers, the output layer
+    /// included, is on the GPU: its CPU threads then have next to nothing to compute.
+    pub fn all_on_gpu(&self, n_layer: u32) -> bool {
+        self.gpu_layers(n_layer) > n_layer
+    }
+
     /// Layers actually offloaded for a model of `n_layer` repeating layers.
     pub fn gpu_layers(&self, n_layer: u32) -> u32 {
         if self.gpu.is_none() {
@@ -202,6 +208,8 @@ mod tests {
         assert_eq!(p.label(), "CUDA0 (NVIDIA H200)");
         assert_eq!(p.gpu_layers(30), 31);
         assert!((p.gpu_share(30) - 1.0).abs() < 1e-9);
+        assert!(p.all_on_gpu(30));
+        assert!(!Placement::cpu().all_on_gpu(30));
     }
 
     #[test]
@@ -209,7 +217,14 @@ mod tests {
         let with_gpu = [gpu(0, "CUDA0"), Device::host_cpu()];
         let p = Placement::decide(&model(Some(10), 0), &with_gpu).unwrap();
         assert_eq!(p.gpu_layers(30), 10);
+        assert!(!p.all_on_gpu(30));
         assert!((p.gpu_share(29) - 10.0 / 30.0).abs() < 1e-9);
+        // As many as the repeating layers leaves the first on the CPU: llama.cpp offloads
+        // the last `n_gpu_layers` of the layers and the output layer.
+        let p = Placement::decide(&model(Some(30), 0), &with_gpu).unwrap();
+        assert!(!p.all_on_gpu(30));
+        let p = Placement::decide(&model(Some(31), 0), &with_gpu).unwrap();
+        assert!(p.all_on_gpu(30));
         assert_eq!(
             Placement::decide(&model(Some(0), 0), &with_gpu).unwrap(),
             Placement::cpu()

@@ -316,9 +316,9 @@ impl Backend for LlamaCppBackend {
         let eog_tokens = vocab.tokens().filter(|t| vocab.is_eog(*t)).collect();
         let tokenizer = super::tokenize::PromptTokenizer::new(&loaded);
         let kv_on_gpu = placement.gpu.is_some() && placement.n_gpu_layers > 0;
-        // A model with every layer on a GPU (llama.cpp clamps a larger count to its layers)
-        // leaves its CPU threads next to idle; any other computes on the cores.
-        let on_gpu = placement.gpu.is_some() && placement.n_gpu_layers >= loaded.n_layer();
+        // A model with every layer on a GPU leaves its CPU threads next to idle; any other
+        // computes on the cores.
+        let on_gpu = placement.all_on_gpu(loaded.n_layer());
         // SAFETY: the model pointer is valid while `loaded` lives.
         let sliding_window = unsafe { llama_cpp_sys_2::llama_model_n_swa(raw_model(&loaded)) } > 0;
         let copy = if kv_on_gpu || sliding_window {
@@ -791,11 +791,14 @@ impl Session for LlamaSession<'_> {
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         let weights = self.weights;
+        // The turn first: waiting for one must not hold up the model's other contexts, which
+        // take the adapter list's lock to start or to load an adapter. (Declared first, the
+        // turn is dropped after the lock.)
+        let _turn = weights.turn(self.threads);
         let _list = self
             .reserve_pending
             .then(|| weights.loras.lock().expect("adapter list lock"));
         self.reserve_pending = false;
-        let _turn = weights.turn(self.threads);
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(e.to_string()))

@@ -341,7 +341,7 @@ impl Store {
     }
 
     pub async fn insert_invocations(&self, rows: Vec<InvocationRow>) -> Result<(), DbErr> {
-        let inserts = self.invocations_insert(&rows);
+        let inserts = self.invocations_insert(&rows, false);
         self.execute_insert(inserts).await
     }
 
@@ -354,19 +354,33 @@ impl Store {
     /// made a new text for nearly every batch size, which SQLite parsed anew each time (a
     /// third of the database thread's CPU on the cached path under load, `perf` of
     /// `genrt-bench`'s cached phase). In these sizes the texts repeat and stay prepared.
-    pub fn invocations_insert(&self, rows: &[InvocationRow]) -> Vec<sea_orm::Statement> {
+    ///
+    /// `skip_stored` leaves out rows whose id is already stored, for a retry after an error
+    /// that may have come after the commit (a connection lost on its way back): the retry
+    /// then completes instead of failing on the primary key for ever.
+    pub fn invocations_insert(
+        &self,
+        rows: &[InvocationRow],
+        skip_stored: bool,
+    ) -> Vec<sea_orm::Statement> {
+        use sea_orm::sea_query::OnConflict;
         use sea_orm::QueryTrait;
         let mut inserts = Vec::new();
         let mut rest = rows;
         for size in INSERT_ROWS {
             while rest.len() >= size {
                 let (chunk, tail) = rest.split_at(size);
-                inserts.push(
-                    invocation::Entity::insert_many(
-                        chunk.iter().cloned().map(invocation::ActiveModel::from),
-                    )
-                    .build(self.backend()),
+                let mut insert = invocation::Entity::insert_many(
+                    chunk.iter().cloned().map(invocation::ActiveModel::from),
                 );
+                if skip_stored {
+                    insert = insert.on_conflict(
+                        OnConflict::column(invocation::Column::Id)
+                            .do_nothing()
+                            .to_owned(),
+                    );
+                }
+                inserts.push(insert.build(self.backend()));
                 rest = tail;
             }
         }
@@ -412,7 +426,7 @@ impl Store {
 }
 
 /// Rows per INSERT of invocation records, largest first (see [`Store::invocations_insert`]):
-/// at most 3 statements of each smaller size per batch, and 64 rows × 33 columns stay far
+/// at most 3 statements of each smaller size per batch, and 64 rows × 40 columns stay far
 /// below SQLite's 32,766 bound parameters.
 const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
 

@@ -99,7 +99,7 @@ impl Recorder {
             // so it runs on the blocking pool.
             let store = self.store.clone();
             let Ok((rows, insert)) = tokio::task::spawn_blocking(move || {
-                let insert = store.invocations_insert(&batch);
+                let insert = store.invocations_insert(&batch, false);
                 (batch, insert)
             })
             .await
@@ -116,11 +116,12 @@ impl Recorder {
             let mut backoff = Duration::from_millis(50);
             let mut insert = Some(insert);
             loop {
-                // A retry (the database failed) builds the statement again, here: rare, and
-                // it spares the common path a copy of every value.
+                // A retry (the database failed) builds the statements again, here: rare, and
+                // it spares the common path a copy of every value. It skips rows already
+                // stored: the failure may have come after the commit.
                 let inserts = insert
                     .take()
-                    .unwrap_or_else(|| self.store.invocations_insert(&batch));
+                    .unwrap_or_else(|| self.store.invocations_insert(&batch, true));
                 match self.store.execute_insert(inserts).await {
                     Ok(()) => break,
                     Err(err) => {
