@@ -71,16 +71,14 @@ pub enum JobEnd {
     },
 }
 
-/// Inserts invocation rows within a transaction, in chunks that keep each statement under
-/// SQLite's bound-parameter limit.
+/// Inserts invocation rows within a transaction, in the record writer's chunks (see
+/// [`Store::invocations_insert`]: the statements stay prepared).
 pub(super) async fn insert_invocations_in(
     txn: &sea_orm::DatabaseTransaction,
     rows: Vec<InvocationRow>,
 ) -> Result<(), DbErr> {
-    for chunk in rows.chunks(500) {
-        invocation::Entity::insert_many(chunk.iter().cloned().map(invocation::ActiveModel::from))
-            .exec_without_returning(txn)
-            .await?;
+    for insert in super::invocation_inserts(txn.get_database_backend(), &rows, false) {
+        txn.execute(insert).await?;
     }
     Ok(())
 }

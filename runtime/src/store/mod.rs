@@ -363,28 +363,7 @@ impl Store {
         rows: &[InvocationRow],
         skip_stored: bool,
     ) -> Vec<sea_orm::Statement> {
-        use sea_orm::sea_query::OnConflict;
-        use sea_orm::QueryTrait;
-        let mut inserts = Vec::new();
-        let mut rest = rows;
-        for size in INSERT_ROWS {
-            while rest.len() >= size {
-                let (chunk, tail) = rest.split_at(size);
-                let mut insert = invocation::Entity::insert_many(
-                    chunk.iter().cloned().map(invocation::ActiveModel::from),
-                );
-                if skip_stored {
-                    insert = insert.on_conflict(
-                        OnConflict::column(invocation::Column::Id)
-                            .do_nothing()
-                            .to_owned(),
-                    );
-                }
-                inserts.push(insert.build(self.backend()));
-                rest = tail;
-            }
-        }
-        inserts
+        invocation_inserts(self.backend(), rows, skip_stored)
     }
 
     /// Runs the statements of [`Self::invocations_insert`]: all of them or none.
@@ -423,6 +402,36 @@ impl Store {
             .one(&self.db)
             .await
     }
+}
+
+/// The INSERTs of [`Store::invocations_insert`], for any connection of `backend`.
+pub(super) fn invocation_inserts(
+    backend: DbBackend,
+    rows: &[InvocationRow],
+    skip_stored: bool,
+) -> Vec<sea_orm::Statement> {
+    use sea_orm::sea_query::OnConflict;
+    use sea_orm::QueryTrait;
+    let mut inserts = Vec::new();
+    let mut rest = rows;
+    for size in INSERT_ROWS {
+        while rest.len() >= size {
+            let (chunk, tail) = rest.split_at(size);
+            let mut insert = invocation::Entity::insert_many(
+                chunk.iter().cloned().map(invocation::ActiveModel::from),
+            );
+            if skip_stored {
+                insert = insert.on_conflict(
+                    OnConflict::column(invocation::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                );
+            }
+            inserts.push(insert.build(backend));
+            rest = tail;
+        }
+    }
+    inserts
 }
 
 /// Rows per INSERT of invocation records, largest first (see [`Store::invocations_insert`]):
