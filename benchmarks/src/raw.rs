@@ -166,10 +166,19 @@ impl Raw {
             }
         }
         let decoded = (tokens.saturating_sub(1) as usize * n) as f64;
-        Ok(RawRun {
+        let run = RawRun {
             decode_tokens_per_s: decoded / decode_started.elapsed().as_secs_f64(),
             first_tokens_ms,
-        })
+        };
+        // The baseline's threads poll for a next graph for about a tenth of a second after
+        // their last one (llama.cpp's default); kept as a spare, the pool would spin on the
+        // cores while the next measurement (genrt's, in every paired phase) starts. Measured:
+        // genrt's one-stream rate 0.85x raw straight after a baseline run, 0.92-0.95x after
+        // the polling had ended.
+        drop(ctx);
+        // SAFETY: the context that used the pool is freed just above.
+        unsafe { pool.discard() };
+        Ok(run)
     }
 }
 

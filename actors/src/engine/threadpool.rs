@@ -85,6 +85,18 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Ends the pool now instead of keeping it for the next context: its threads stop at once,
+    /// where a pool that polls (as [`LLAMA_CPP_POLL`] does) would otherwise keep spinning for
+    /// a while after its last graph, on cores that something else is about to be measured on.
+    ///
+    /// # Safety
+    /// No context is attached to the pool any more (the one it served has been freed).
+    pub unsafe fn discard(mut self) {
+        drop(self.0.take());
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take() {
