@@ -13,6 +13,7 @@ mod m20261201_000007_model_quantization;
 mod m20261201_000008_private_models;
 mod m20261201_000009_adapters;
 mod m20261201_000010_releases;
+mod m20261202_000011_model_attempt;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_private_models::Migration),
             Box::new(m20261201_000009_adapters::Migration),
             Box::new(m20261201_000010_releases::Migration),
+            Box::new(m20261202_000011_model_attempt::Migration),
         ]
     }
 }

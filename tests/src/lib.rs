@@ -567,12 +567,26 @@ pub fn github_signature(secret: &str, body: &str) -> String {
         .to_owned()
 }
 
+/// Reads an HTTP/1.1 request up to the end of its head; `None` if the connection ends first.
+pub async fn read_request_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&request).into_owned())
+}
+
 /// Serves files over plain HTTP/1.1; a file with a cut answers with its whole
 /// `Content-Length` but closes the connection after `cut` bytes (a download broken off).
 pub async fn file_server(
     files: std::collections::HashMap<&'static str, (std::sync::Arc<Vec<u8>>, Option<usize>)>,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let files = std::sync::Arc::new(files);
@@ -583,16 +597,10 @@ pub async fn file_server(
             };
             let files = std::sync::Arc::clone(&files);
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&request);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let Some(head) = read_request_head(&mut conn).await else {
+                    return;
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 match files.get(path.trim_start_matches('/')) {
                     Some((body, cut)) => {
                         let head = format!(

@@ -208,3 +208,63 @@ async fn invocation_records_are_inserted_in_chunks_all_or_nothing() {
     state.store.execute_insert(retry).await.unwrap();
     assert_eq!(count().await.unwrap(), 94 + 69);
 }
+
+/// A registration job changes its row only while the row is its attempt: after the id was
+/// deleted and registered again, the old job's moves, failures and progress touch nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_registration_job_cannot_change_a_new_registration_of_its_id() {
+    use genrt_runtime::store::{Attempt, ModelChange, NewModel};
+    let s = server().await;
+    let store = &s.server().state().store;
+    let new = NewModel {
+        id: "again".into(),
+        kind: "model",
+        base: None,
+        owner: None,
+        state: "registering",
+        source_kind: "url",
+        source: Some("http://127.0.0.1:1/m.gguf".into()),
+        sha256: "ab".repeat(32),
+        path: "/nowhere/again.gguf".into(),
+        settings: None,
+        quantize: None,
+        requantize: false,
+    };
+    assert!(store.insert_model(new.clone()).await.unwrap());
+    let old = store.model_row("again").await.unwrap().unwrap();
+    assert!(!old.attempt.is_empty());
+    // Taken: a second registration of the id is refused while the first stands.
+    assert!(!store.insert_model(new.clone()).await.unwrap());
+    store.delete_model_row("again").await.unwrap();
+    assert!(store.insert_model(new).await.unwrap());
+    let current = store.model_row("again").await.unwrap().unwrap();
+    assert_ne!(current.attempt, old.attempt);
+
+    let to_validating =
+        |at| store.model_transition(at, &["registering"], "validating", ModelChange::default());
+    assert!(!to_validating(Attempt::of(&old)).await.unwrap());
+    let failed = ModelChange {
+        error: Some(("model_truncated".into(), "stale".into())),
+        ..Default::default()
+    };
+    assert!(!store
+        .model_transition(Attempt::of(&old), &["registering"], "failed", failed)
+        .await
+        .unwrap());
+    store
+        .model_progress(Attempt::of(&old), 123, 456)
+        .await
+        .unwrap();
+    let unchanged = store.model_row("again").await.unwrap().unwrap();
+    assert_eq!(unchanged.state, "registering");
+    assert_eq!((unchanged.bytes_done, unchanged.size_bytes), (0, 0));
+
+    // The current attempt moves it.
+    store
+        .model_progress(Attempt::of(&current), 7, 9)
+        .await
+        .unwrap();
+    assert!(to_validating(Attempt::of(&current)).await.unwrap());
+    let moved = store.model_row("again").await.unwrap().unwrap();
+    assert_eq!((moved.state.as_str(), moved.bytes_done), ("validating", 7));
+}

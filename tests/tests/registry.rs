@@ -4,7 +4,8 @@
 //! truncated file, a text file named `.gguf`, an architecture llama.cpp does not know and a
 //! path outside the store are each refused with their own code and leave nothing in the
 //! store; deleting drains (running work finishes, new work gets `model_draining`); a model
-//! registered on one node is served by another node of the same Postgres.
+//! registered on one node is served by another node of the same Postgres, and one deleted on
+//! another node while its download runs stops there.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,38 @@ fn link_or_copy(from: &Path, to: &Path) {
     if std::fs::hard_link(from, to).is_err() {
         std::fs::copy(from, to).unwrap();
     }
+}
+
+/// Serves `body` at any path, 64 KiB every 50 ms (a large file on a slow link): a download
+/// that is still running when the test acts on it.
+async fn drip_server(body: Arc<Vec<u8>>) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = Arc::clone(&body);
+            tokio::spawn(async move {
+                if genrt_tests::read_request_head(&mut conn).await.is_none() {
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for chunk in body.chunks(64 * 1024) {
+                    if conn.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    base
 }
 
 async fn sources_and_refusals(db: Db) {
@@ -546,7 +579,7 @@ async fn a_model_registered_on_one_node_is_served_by_another() {
     assert_eq!(status, 202, "{entry}");
     let sent = genrt_tests::reply(
         a.build(Method::PUT, "/v1/models/shared/file", &admin_token())
-            .body(gguf),
+            .body(gguf.clone()),
     )
     .await;
     assert_eq!(sent.status, 202, "{:?}", sent.body);
@@ -629,6 +662,66 @@ async fn a_model_registered_on_one_node_is_served_by_another() {
         },
     )
     .await;
+
+    // A registration whose download runs on A, deleted on B: A's job stops at A's next look
+    // (not when the download would have ended, over a minute later), its partial file goes,
+    // and the id registered again on B is B's registration, untouched by A's old job.
+    let base = drip_server(Arc::new(gguf.clone())).await;
+    let (status, entry) = register(
+        &a,
+        json!({"id": "dripping", "source": {"url": format!("{base}/m.gguf")}, "sha256": sha256(&gguf),
+               "settings": {"n_ctx": 256, "threads": 2}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{entry}");
+    a.eventually(
+        "A's download to be under way",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = a
+                .call(Method::GET, "/v1/models/dripping", &admin_token(), None)
+                .await;
+            body["registration"]["bytes_done"].as_u64().unwrap_or(0) > 0
+        },
+    )
+    .await;
+    let partials = || {
+        registry_files(&shared.0)
+            .into_iter()
+            .filter(|f| f.starts_with("dripping"))
+            .collect::<Vec<_>>()
+    };
+    assert!(!partials().is_empty(), "the download writes a partial file");
+    let (status, body) = b
+        .call(Method::DELETE, "/v1/models/dripping", &admin_token(), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deleted_at = Instant::now();
+    a.eventually(
+        "A's download to stop and its partial file to go",
+        Duration::from_secs(15),
+        || async { partials().is_empty() },
+    )
+    .await;
+    eprintln!(
+        "A stopped the download {:?} after B took the DELETE",
+        deleted_at.elapsed()
+    );
+    b.eventually("the row to be gone", Duration::from_secs(30), || async {
+        b.call(Method::GET, "/v1/models/dripping", &admin_token(), None)
+            .await
+            .0
+            == 404
+    })
+    .await;
+    let entry = registered(
+        &b,
+        json!({"id": "dripping", "source": {"path": "again.gguf"}, "sha256": sha256(&gguf),
+               "settings": {"n_ctx": 256, "threads": 2}}),
+    )
+    .await;
+    assert_eq!(entry["registration"]["state"], "ready", "{entry}");
+    assert_eq!(entry["registration"]["source_kind"], "path", "{entry}");
     a.stop().await;
     b.stop().await;
 }
@@ -1029,7 +1122,7 @@ async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() 
         // As a run that stopped in the middle of llama.cpp's reading leaves it.
         let moved = state
             .store
-            .model_transition(id, &["awaiting_upload"], left, Default::default())
+            .model_transition_any(id, None, &["awaiting_upload"], left, Default::default())
             .await
             .unwrap();
         assert!(moved);

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::config::AdapterSeed;
 use crate::error::{ApiError, ErrorCode};
-use crate::store::{ModelChange, ModelRow, NewModel};
+use crate::store::{Attempt, ModelChange, ModelRow, NewModel};
 use crate::tenancy::{Caller, Scope};
 
 /// An adapter registration as the API accepted it.
@@ -183,7 +183,7 @@ impl ModelRegistry {
         }
         let row = self.row(&id).await?;
         if state == "registering" {
-            self.spawn_job(&id);
+            self.spawn_job(&row);
         }
         Ok(row)
     }
@@ -346,7 +346,7 @@ impl ModelRegistry {
         };
         match inner
             .store
-            .model_transition(&row.id, &["validating"], "ready", change)
+            .model_transition(Attempt::of(row), &["validating"], "ready", change)
             .await
         {
             Ok(true) => {}

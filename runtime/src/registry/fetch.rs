@@ -14,7 +14,7 @@ use url::Url;
 
 use super::Failure;
 use crate::error::ErrorCode;
-use crate::store::Store;
+use crate::store::{Attempt, ModelRow, Store};
 use crate::webhooks::ssrf::{GuardedResolver, UrlGuard};
 
 /// A file's size and sha256 (lower-case hex).
@@ -61,14 +61,16 @@ pub(super) fn client(guard: Arc<UrlGuard>) -> Result<reqwest::Client, reqwest::E
 pub(super) struct Progress {
     store: Store,
     id: String,
+    attempt: String,
     last: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Progress {
-    pub(super) fn new(store: Store, id: &str) -> Self {
+    pub(super) fn new(store: Store, row: &ModelRow) -> Self {
         Self {
             store,
-            id: id.to_owned(),
+            id: row.id.clone(),
+            attempt: row.attempt.clone(),
             last: std::sync::Mutex::new(None),
         }
     }
@@ -81,7 +83,11 @@ impl Progress {
             }
             *at = Some(Instant::now());
         }
-        if let Err(err) = self.store.model_progress(&self.id, done, size).await {
+        let at = Attempt {
+            id: &self.id,
+            attempt: &self.attempt,
+        };
+        if let Err(err) = self.store.model_progress(at, done, size).await {
             tracing::debug!(model = %self.id, error = %err, "progress not recorded");
         }
     }

@@ -25,12 +25,17 @@
 //! the row `failed` with a code naming the problem. Jobs run on a bounded pool
 //! (`registry.concurrent`); progress is written to the row.
 //!
+//! Each registration of an id (and each seeding) writes a fresh `attempt` to the row; a job
+//! changes the row only while it is still its attempt ([`Attempt`]), so that a job left over
+//! from a registration deleted and made again cannot move, fail or fill in the new one.
+//!
 //! Every node reads the registry every `registry.sync_interval_ms` ([`ModelRegistry::sync`]):
 //! a `ready` model it does not serve is started once the file's sha256 has been checked on
 //! this node (the store is a shared volume); a model deleted or `deleting` is drained and
-//! stopped. That interval (plus the hash) bounds how long a model registered on one node takes
-//! to be served by the others. Polling rather than LISTEN/NOTIFY: it works on SQLite too, and
-//! the registry changes rarely.
+//! stopped, and a registration job of this node whose row is gone, `deleting` or another
+//! attempt (deleted through another node) is cancelled. That interval (plus the hash) bounds
+//! how long a model registered on one node takes to be served by the others. Polling rather
+//! than LISTEN/NOTIFY: it works on SQLite too, and the registry changes rarely.
 //!
 //! Deleting drains: new invocations are refused with `model_draining`, running and queued work
 //! finishes (up to `registry.drain_timeout_s`), the replicas stop, the row goes and, when no
@@ -42,6 +47,7 @@ mod fetch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,7 +61,7 @@ use url::Url;
 
 use crate::config::{validate_model, RegistryConfig};
 use crate::error::{ApiError, ErrorCode};
-use crate::store::{ModelChange, ModelRow, NewModel, Store};
+use crate::store::{Attempt, ModelChange, ModelRow, NewModel, Store};
 use crate::tenancy::{Caller, Scope, Tenancy};
 use crate::webhooks::ssrf::UrlGuard;
 
@@ -138,12 +144,21 @@ struct Inner {
     http: reqwest::Client,
     jobs: Arc<Semaphore>,
     quantizations: Arc<Semaphore>,
-    /// Registration jobs running on this node, to cancel them when the model is deleted.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Registration jobs running on this node, by job number, to cancel them when their
+    /// registration is deleted (here, or on another node: seen by the sync loop).
+    running: Mutex<HashMap<u64, Job>>,
+    next_job: AtomicU64,
     /// Models this node is draining, so that the sync loop starts one drain per model.
     removing: Mutex<HashSet<String>>,
     /// Files whose sha256 this node checked: path → (size, modified, sha256).
     verified: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+/// A registration job running on this node.
+struct Job {
+    id: String,
+    attempt: String,
+    cancel: CancellationToken,
 }
 
 /// Longest accepted model id, and the characters: lower-case letters, digits, `-`, `_`, `.`.
@@ -191,6 +206,7 @@ impl ModelRegistry {
                 guard,
                 http,
                 running: Mutex::new(HashMap::new()),
+                next_job: AtomicU64::new(0),
                 removing: Mutex::new(HashSet::new()),
                 verified: Mutex::new(HashMap::new()),
             }),
@@ -261,7 +277,7 @@ impl ModelRegistry {
         // the job does next (a 404 URL fails within milliseconds).
         let row = self.row(r.id.as_str()).await?;
         if state == "registering" {
-            self.spawn_job(r.id.as_str());
+            self.spawn_job(&row);
         }
         Ok(row)
     }
@@ -426,7 +442,7 @@ impl ModelRegistry {
         if !inner
             .store
             .model_transition(
-                id,
+                Attempt::of(&row),
                 &["awaiting_upload"],
                 "registering",
                 ModelChange::default(),
@@ -438,14 +454,15 @@ impl ModelRegistry {
                 format!("model `{id}` is already receiving its file"),
             ));
         }
-        let cancel = self.track(id);
+        let (job, cancel) = self.track(Attempt::of(&row));
         let partial = self.partial_path(id);
         let mut guard = UploadGuard {
             registry: self.clone(),
             row: Some(row.clone()),
+            job,
             partial: partial.clone(),
         };
-        let progress = fetch::Progress::new(inner.store.clone(), id);
+        let progress = fetch::Progress::new(inner.store.clone(), &row);
         let result = fetch::receive(
             body,
             &partial,
@@ -462,12 +479,12 @@ impl ModelRegistry {
                 self.remember(Path::new(&row.path), &hashed.sha256);
                 // As received, before validation moves it on.
                 let received = self.row(id).await;
-                self.spawn_validation(id.to_owned(), cancel);
+                self.spawn_validation(row, job, cancel);
                 received
             }
             Err(failure) => {
                 self.fail(&row, failure.clone()).await;
-                self.untrack(id);
+                self.untrack(job);
                 Err(ApiError::new(failure.code, failure.message))
             }
         }
@@ -481,9 +498,7 @@ impl ModelRegistry {
         if row.state != "deleting" {
             self.mark_deleting(id).await?;
         }
-        if let Some(token) = inner.running.lock().expect("running lock").get(id) {
-            token.cancel();
-        }
+        self.cancel_jobs(id);
         self.spawn_removal(row.clone(), true);
         if row.kind == "model" {
             // A model's adapters go with it: nothing could run them.
@@ -502,13 +517,12 @@ impl ModelRegistry {
     }
 
     async fn mark_deleting(&self, id: &str) -> Result<bool, sea_orm::DbErr> {
-        if let Some(token) = self.inner.running.lock().expect("running lock").get(id) {
-            token.cancel();
-        }
+        self.cancel_jobs(id);
         self.inner
             .store
-            .model_transition(
+            .model_transition_any(
                 id,
+                None,
                 &[
                     "awaiting_upload",
                     "registering",
@@ -581,8 +595,27 @@ impl ModelRegistry {
     /// `registering` by a previous run (`resume`, at start).
     pub async fn sync(&self, resume: bool) -> Result<(), sea_orm::DbErr> {
         let inner = &self.inner;
+        // Before the rows are read: a job started after this read its row before.
+        let jobs: Vec<(u64, String, String)> = {
+            let running = inner.running.lock().expect("running lock");
+            running
+                .iter()
+                .map(|(n, j)| (*n, j.id.clone(), j.attempt.clone()))
+                .collect()
+        };
         let rows = inner.store.model_rows().await?;
         let by_id: HashMap<&str, &ModelRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        // A job whose registration was deleted on another node (or deleted and made again)
+        // stops here: nothing else would tell it.
+        for (n, id, attempt) in jobs {
+            let current = by_id.get(id.as_str());
+            if current.is_none_or(|r| r.state == "deleting" || r.attempt != attempt) {
+                if let Some(job) = inner.running.lock().expect("running lock").get(&n) {
+                    tracing::info!(model = %id, "registration deleted elsewhere: its job stops");
+                    job.cancel.cancel();
+                }
+            }
+        }
         let served_adapters = inner.tree.adapters();
         for row in &rows {
             let id = ModelId::new(row.id.clone());
@@ -598,7 +631,7 @@ impl ModelRegistry {
                 // A configured adapter still being checked is another node's seeding (this
                 // node seeded its own before this sync): not a job left over.
                 "registering" | "validating" if resume && row.source_kind == "config" => {}
-                "registering" if resume => self.spawn_job(&row.id),
+                "registering" if resume => self.spawn_job(row),
                 "validating" | "quantizing" if resume => self.interrupted(row).await,
                 _ => {}
             }
@@ -690,22 +723,24 @@ impl ModelRegistry {
         Ok(())
     }
 
-    fn spawn_job(&self, id: &str) {
-        let cancel = self.track(id);
+    /// Runs registration `row` (fetch or hash, validate, quantize, serve) on the job pool.
+    fn spawn_job(&self, row: &ModelRow) {
+        let (job, cancel) = self.track(Attempt::of(row));
         let this = self.clone();
-        let id = id.to_owned();
+        let (id, attempt) = (row.id.clone(), row.attempt.clone());
         tokio::spawn(async move {
             let permit = tokio::select! {
                 permit = Arc::clone(&this.inner.jobs).acquire_owned() => permit,
-                () = cancel.cancelled() => { this.untrack(&id); return; }
+                () = cancel.cancelled() => { this.untrack(job); return; }
             };
             let Ok(_permit) = permit else {
                 return;
             };
+            // As it is now (it waited for a place): still this registration, still to do.
             let row = match this.inner.store.model_row(&id).await {
-                Ok(Some(row)) if row.state == "registering" => row,
+                Ok(Some(row)) if row.state == "registering" && row.attempt == attempt => row,
                 _ => {
-                    this.untrack(&id);
+                    this.untrack(job);
                     return;
                 }
             };
@@ -714,22 +749,23 @@ impl ModelRegistry {
                 Ok(()) => this.validate_and_serve(&row, &cancel).await,
                 Err(failure) => this.fail(&row, failure).await,
             }
-            this.untrack(&id);
+            this.untrack(job);
         });
     }
 
-    fn spawn_validation(&self, id: String, cancel: CancellationToken) {
+    /// Validates an upload once received (`row` as it was claimed).
+    fn spawn_validation(&self, row: ModelRow, job: u64, cancel: CancellationToken) {
         let this = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = Arc::clone(&this.inner.jobs).acquire_owned().await else {
                 return;
             };
-            if let Ok(Some(row)) = this.inner.store.model_row(&id).await {
-                if row.state == "registering" {
-                    this.validate_and_serve(&row, &cancel).await;
+            if let Ok(Some(now)) = this.inner.store.model_row(&row.id).await {
+                if now.state == "registering" && now.attempt == row.attempt {
+                    this.validate_and_serve(&now, &cancel).await;
                 }
             }
-            this.untrack(&id);
+            this.untrack(job);
         });
     }
 
@@ -738,7 +774,7 @@ impl ModelRegistry {
     async fn acquire(&self, row: &ModelRow, cancel: &CancellationToken) -> Result<(), Failure> {
         let inner = &self.inner;
         let expected = row.sha256.as_deref().unwrap_or_default();
-        let progress = fetch::Progress::new(inner.store.clone(), &row.id);
+        let progress = fetch::Progress::new(inner.store.clone(), row);
         let path = PathBuf::from(&row.path);
         let hashed = match row.source_kind.as_str() {
             "url" => {
@@ -793,10 +829,15 @@ impl ModelRegistry {
                 Err(failure) => return self.fail(row, failure).await,
             },
         };
+        let quantized = file_sha256.is_some();
         if cancel.is_cancelled() {
+            // Deleted meanwhile: the deletion removes the source it knows of; the output is
+            // this job's to remove.
+            if quantized {
+                let _ = tokio::fs::remove_file(&served).await;
+            }
             return;
         }
-        let quantized = file_sha256.is_some();
         // A tenant's quantized output counts against its `max_private_model_mb` too.
         if quantized && info.file_bytes > self.allowance(row).await {
             let _ = tokio::fs::remove_file(&served).await;
@@ -815,11 +856,22 @@ impl ModelRegistry {
         };
         match inner
             .store
-            .model_transition(&row.id, &["validating", "quantizing"], "ready", change)
+            .model_transition(
+                Attempt::of(row),
+                &["validating", "quantizing"],
+                "ready",
+                change,
+            )
             .await
         {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                // Deleted (or registered again) meanwhile: the output is nobody's.
+                if quantized {
+                    let _ = tokio::fs::remove_file(&served).await;
+                }
+                return;
+            }
             Err(err) => {
                 tracing::error!(model = %row.id, error = %err, "cannot record a validated model");
                 return;
@@ -848,7 +900,7 @@ impl ModelRegistry {
             .inner
             .store
             .model_transition(
-                &row.id,
+                Attempt::of(row),
                 &["registering"],
                 "validating",
                 ModelChange::default(),
@@ -885,16 +937,20 @@ impl ModelRegistry {
                 ),
             ));
         }
-        inner
+        let moved = inner
             .store
             .model_transition(
-                &row.id,
+                Attempt::of(row),
                 &["validating"],
                 "quantizing",
                 ModelChange::default(),
             )
             .await
             .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+        if !moved {
+            // Deleted, or registered again, since validation began.
+            return Err(fetch::cancelled());
+        }
         let _permit = tokio::select! {
             permit = Arc::clone(&inner.quantizations).acquire_owned() => permit,
             () = cancel.cancelled() => return Err(fetch::cancelled()),
@@ -907,7 +963,7 @@ impl ModelRegistry {
         ));
         let expected = (source.parameters as f64 * quantize::bits_per_weight(target).unwrap_or(8.0)
             / 8.0) as u64;
-        let progress = fetch::Progress::new(inner.store.clone(), &row.id);
+        let progress = fetch::Progress::new(inner.store.clone(), row);
         let started = std::time::Instant::now();
         let (input, out, t) = (PathBuf::from(&row.path), output.clone(), target.to_owned());
         let (requantize, threads) = (row.requantize, inner.config.quantize_threads);
@@ -996,20 +1052,35 @@ impl ModelRegistry {
         .await
     }
 
+    /// Records `failure` on `row` if it is still this registration in one of `from`, and
+    /// removes what the registration wrote unless the id now names a newer one (which may
+    /// use the same file).
     async fn fail_state(&self, row: &ModelRow, from: &[&str], failure: Failure) {
         tracing::warn!(model = %row.id, code = failure.code.as_str(), reason = %failure.message, "model registration failed");
-        self.remove_written(row).await;
         let change = ModelChange {
             error: Some((failure.code.as_str().to_owned(), failure.message)),
             ..Default::default()
         };
-        if let Err(err) = self
-            .inner
-            .store
-            .model_transition(&row.id, from, "failed", change)
+        let store = &self.inner.store;
+        let ours = match store
+            .model_transition(Attempt::of(row), from, "failed", change)
             .await
         {
-            tracing::error!(model = %row.id, error = %err, "cannot record a failed registration");
+            Ok(true) => true,
+            // Not moved: deleted (its removal may already have run, before this job's file
+            // was in place) or registered again.
+            Ok(false) => match store.model_row(&row.id).await {
+                Ok(Some(now)) => now.attempt == row.attempt,
+                Ok(None) => true,
+                Err(_) => false,
+            },
+            Err(err) => {
+                tracing::error!(model = %row.id, error = %err, "cannot record a failed registration");
+                true
+            }
+        };
+        if ours {
+            self.remove_written(row).await;
         }
     }
 
@@ -1090,18 +1161,35 @@ impl ModelRegistry {
         });
     }
 
-    fn track(&self, id: &str) -> CancellationToken {
-        let token = CancellationToken::new();
+    /// Registers a job of registration `at`; returns its number and its cancellation.
+    fn track(&self, at: Attempt<'_>) -> (u64, CancellationToken) {
+        let inner = &self.inner;
+        let n = inner.next_job.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let job = Job {
+            id: at.id.to_owned(),
+            attempt: at.attempt.to_owned(),
+            cancel: cancel.clone(),
+        };
+        inner.running.lock().expect("running lock").insert(n, job);
+        (n, cancel)
+    }
+
+    fn untrack(&self, job: u64) {
         self.inner
             .running
             .lock()
             .expect("running lock")
-            .insert(id.to_owned(), token.clone());
-        token
+            .remove(&job);
     }
 
-    fn untrack(&self, id: &str) {
-        self.inner.running.lock().expect("running lock").remove(id);
+    /// Cancels every job of model `id` running on this node.
+    fn cancel_jobs(&self, id: &str) {
+        let running = self.inner.running.lock().expect("running lock");
+        running
+            .values()
+            .filter(|j| j.id == id)
+            .for_each(|j| j.cancel.cancel());
     }
 
     fn remember(&self, path: &Path, sha256: &str) {
@@ -1203,13 +1291,14 @@ struct UploadGuard {
     registry: ModelRegistry,
     /// `None` once the transfer has ended either way.
     row: Option<ModelRow>,
+    job: u64,
     partial: PathBuf,
 }
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         let Some(row) = self.row.take() else { return };
-        let (registry, partial) = (self.registry.clone(), self.partial.clone());
+        let (registry, partial, job) = (self.registry.clone(), self.partial.clone(), self.job);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = tokio::fs::remove_file(&partial).await;
@@ -1218,7 +1307,7 @@ impl Drop for UploadGuard {
                     "the upload ended before the whole file was received",
                 );
                 registry.fail(&row, failure).await;
-                registry.untrack(&row.id);
+                registry.untrack(job);
             });
         }
     }
@@ -1388,6 +1477,7 @@ mod tests {
             file_sha256: None,
             kind: "model".into(),
             base: None,
+            attempt: String::new(),
         }
     }
 

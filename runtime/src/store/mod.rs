@@ -19,7 +19,7 @@ pub use batches::BatchRow;
 pub use deliveries::{AttemptRow, DeliveryNext};
 pub use idempotency::KeyClaim;
 pub use jobs::{DeliveryRow, InvocationFilter, JobEnd};
-pub use models::{ModelChange, ModelRow, NewModel};
+pub use models::{Attempt, ModelChange, ModelRow, NewModel};
 pub use recorder::Recorder;
 pub(crate) use releases::decode_target;
 pub use releases::{

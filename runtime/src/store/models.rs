@@ -60,6 +60,7 @@ fn new_row(new: &NewModel, size_bytes: i64) -> model::ActiveModel {
         file_sha256: Set(None),
         kind: Set(new.kind.into()),
         base: Set(new.base.clone()),
+        attempt: Set(uuid::Uuid::new_v4().simple().to_string()),
     }
 }
 
@@ -113,6 +114,7 @@ impl Store {
                         model::Column::ErrorCode,
                         model::Column::ErrorMessage,
                         model::Column::UpdatedAt,
+                        model::Column::Attempt,
                     ])
                     .to_owned(),
             )
@@ -165,23 +167,40 @@ impl Store {
             .await
     }
 
-    /// Bytes fetched, hashed or received so far, against the whole when known.
-    pub async fn model_progress(&self, id: &str, done: u64, size: u64) -> Result<(), DbErr> {
+    /// Bytes fetched, hashed or received so far by registration `at`, against the whole when
+    /// known.
+    pub async fn model_progress(&self, at: Attempt<'_>, done: u64, size: u64) -> Result<(), DbErr> {
         model::Entity::update_many()
             .col_expr(model::Column::BytesDone, Expr::value(done as i64))
             .col_expr(model::Column::SizeBytes, Expr::value(size as i64))
             .col_expr(model::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(model::Column::Id.eq(id))
+            .filter(model::Column::Id.eq(at.id))
+            .filter(model::Column::Attempt.eq(at.attempt))
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Moves a row from `from` to `to` (nothing happens if it is no longer in `from`: a
-    /// registration deleted meanwhile stays deleted). Returns whether it moved.
+    /// Moves registration `at` from `from` to `to`. Nothing happens if the row is no longer
+    /// in `from` (a registration deleted meanwhile stays deleted) or no longer `at`'s attempt
+    /// (the id was registered again since). Returns whether it moved.
     pub async fn model_transition(
         &self,
+        at: Attempt<'_>,
+        from: &[&str],
+        to: &str,
+        change: ModelChange,
+    ) -> Result<bool, DbErr> {
+        self.model_transition_any(at.id, Some(at.attempt), from, to, change)
+            .await
+    }
+
+    /// As [`Self::model_transition`], for whichever attempt holds the id when `attempt` is
+    /// `None` (a deletion is of the id, not of one registration of it).
+    pub async fn model_transition_any(
+        &self,
         id: &str,
+        attempt: Option<&str>,
         from: &[&str],
         to: &str,
         change: ModelChange,
@@ -208,6 +227,9 @@ impl Store {
                 .col_expr(model::Column::ErrorCode, Expr::value(code))
                 .col_expr(model::Column::ErrorMessage, Expr::value(message));
         }
+        if let Some(attempt) = attempt {
+            update = update.filter(model::Column::Attempt.eq(attempt));
+        }
         let result = update
             .filter(model::Column::Id.eq(id))
             .filter(model::Column::State.is_in(from.iter().copied()))
@@ -231,6 +253,22 @@ impl Store {
             .one(&self.db)
             .await?
             .is_some())
+    }
+}
+
+/// One registration of a model id: the row's id and the attempt that wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub id: &'a str,
+    pub attempt: &'a str,
+}
+
+impl<'a> Attempt<'a> {
+    pub fn of(row: &'a ModelRow) -> Self {
+        Self {
+            id: &row.id,
+            attempt: &row.attempt,
+        }
     }
 }
 

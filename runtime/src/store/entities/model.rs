@@ -35,6 +35,9 @@ pub struct Model {
     /// `model`, or `adapter` for a LoRA adapter of the model `base` (its id is `base:name`).
     pub kind: String,
     pub base: Option<String>,
+    /// Written afresh by every registration (and seeding) of the id: a registration job
+    /// changes the row only while it is still its attempt.
+    pub attempt: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
