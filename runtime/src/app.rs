@@ -197,11 +197,11 @@ async fn start_server(
         Arc::clone(&url_guard),
     )
     .map_err(StartError::Config)?;
-    // Before the first request: the configuration's adapters are validated, the models and
+    // Before the first request: the configuration's adapters are validated. The models and
     // adapters registered earlier (here or on another node) are served, and registrations a
-    // previous run left unfinished start again.
+    // previous run left unfinished start again, by the registry's first sync, once the server
+    // listens (`ModelRegistry::run_sync`; `/readyz` waits for it).
     registry.seed_adapters(&config.adapters).await?;
-    registry.sync(true).await?;
     let deliveries = Arc::new(tokio::sync::Notify::new());
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
     let invocations = InvocationService::new(Parts {

@@ -198,7 +198,7 @@ impl TestServer {
             .try_init();
         let server = start.await.expect("server starts");
         let base = format!("http://{}", server.addr());
-        Self {
+        let s = Self {
             server: Some(server),
             base,
             client: Client::builder()
@@ -206,7 +206,15 @@ impl TestServer {
                 .build()
                 .unwrap(),
             _data: data,
+        };
+        // As an orchestrator would: no traffic before `/readyz` says so (the model registry's
+        // first sync runs once the server listens).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.request(Method::GET, "/readyz", None, None).await.status() != 200 {
+            assert!(Instant::now() < deadline, "/readyz not 200 within 60 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        s
     }
 
     pub fn server(&self) -> &RunningServer {

@@ -525,6 +525,7 @@ async fn openapi_and_probes(s: &TestServer) {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["database"], true);
     assert_eq!(ready["actors"], true);
+    assert_eq!(ready["registry"], true);
 
     let (status, doc) =
         genrt_tests::read(s.request(Method::GET, "/openapi.json", None, None).await).await;

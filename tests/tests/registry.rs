@@ -1127,7 +1127,7 @@ async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() 
             .unwrap();
         assert!(moved);
     }
-    // What a start does before it listens.
+    // What a start's first registry sync does.
     state.registry.sync(true).await.unwrap();
     for id in ["crashed-validating", "crashed-quantizing"] {
         let (_, entry) = s
@@ -1141,4 +1141,81 @@ async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() 
         failed_with(&entry, "model_registration_interrupted");
     }
     s.stop().await;
+}
+
+/// A node that starts while the registry names a large model file listens and answers its
+/// liveness probe at once, and says it is not ready (`registry: false`) until its first sync
+/// has checked that file; then it is ready. Checking a large file before listening would keep
+/// the process from answering for longer than an orchestrator's startup probe waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_listens_before_it_checks_registered_files() {
+    let first = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let store_dir = first.server().state().registry.store_root().to_owned();
+    // 1 GiB of holes: instant to make, seconds to hash.
+    let big = store_dir.join("big.gguf");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut settings = genrt_actors::ModelConfig::new("big", &big);
+    settings.n_ctx = 256;
+    first
+        .server()
+        .state()
+        .store
+        .seed(&genrt_runtime::store::NewModel {
+            id: "big".into(),
+            kind: "model",
+            base: None,
+            owner: None,
+            state: "ready",
+            source_kind: "path",
+            source: Some("big.gguf".into()),
+            sha256: "0".repeat(64),
+            path: big.display().to_string(),
+            settings: Some(settings),
+            quantize: None,
+            requantize: false,
+        })
+        .await
+        .unwrap();
+
+    // A second node of the same database and store.
+    let data = TempDir::new("genrt-second-node");
+    let mut config = TestServer::config(&Db::Sqlite, &data);
+    configure(&mut config);
+    config.database.url = Some(first.server().state().config.database_url());
+    config.registry.store_dir = store_dir;
+    let started = Instant::now();
+    let server = genrt_runtime::start(config, false)
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.addr());
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let listened = started.elapsed();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (&body["database"], &body["actors"], &body["registry"]),
+        (&json!(true), &json!(true), &json!(false)),
+        "{body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "listening after {listened:?}, ready after {:?}",
+        started.elapsed()
+    );
+    server.stop().await.unwrap();
+    first.stop().await;
 }

@@ -21,7 +21,8 @@ pub async fn healthz() -> HttpResponse {
 /// timeout and read as "no answer"; answering 503 in time says why.
 const DB_PING_LIMIT: Duration = Duration::from_secs(2);
 
-/// Readiness: the database answers and the actor tree is running.
+/// Readiness: the database answers, the actor tree is running, and the model registry's
+/// first sync has served the models registered earlier (their files' sha256 checked).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = Readiness),
@@ -31,11 +32,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .await
         .unwrap_or(false);
     let actors = state.tree.is_running();
-    let ready = database && actors;
+    let registry = state.registry.is_synced();
+    let ready = database && actors && registry;
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" }.into(),
         database,
         actors,
+        registry,
     };
     if ready {
         HttpResponse::Ok().json(body)

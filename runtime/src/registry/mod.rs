@@ -47,7 +47,7 @@ mod fetch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -148,6 +148,8 @@ struct Inner {
     /// registration is deleted (here, or on another node: seen by the sync loop).
     running: Mutex<HashMap<u64, Job>>,
     next_job: AtomicU64,
+    /// Whether the first sync of this run has completed (see [`ModelRegistry::run_sync`]).
+    synced: AtomicBool,
     /// Models this node is draining, so that the sync loop starts one drain per model.
     removing: Mutex<HashSet<String>>,
     /// Files whose sha256 this node checked: path → (size, modified, sha256).
@@ -207,6 +209,7 @@ impl ModelRegistry {
                 http,
                 running: Mutex::new(HashMap::new()),
                 next_job: AtomicU64::new(0),
+                synced: AtomicBool::new(false),
                 removing: Mutex::new(HashSet::new()),
                 verified: Mutex::new(HashMap::new()),
             }),
@@ -677,18 +680,38 @@ impl ModelRegistry {
         self.fail(row, failure).await;
     }
 
-    /// Runs [`Self::sync`] every `registry.sync_interval_ms` until `stop`.
+    /// Runs [`Self::sync`] at once with `resume` (until it succeeds), then every
+    /// `registry.sync_interval_ms` until `stop`.
+    ///
+    /// The first sync runs after the server listens, not before: it checks the sha256 of
+    /// every registered model file this node serves, which for large models takes longer than
+    /// an orchestrator waits for a process to answer its liveness probe. Until it completes,
+    /// `/readyz` answers 503 ([`Self::is_synced`]), so that no traffic is routed here before
+    /// the registered models are served.
     pub async fn run_sync(self, stop: CancellationToken) {
         let every = Duration::from_millis(self.inner.config.sync_interval_ms);
+        let mut resume = true;
         loop {
+            match self.sync(resume).await {
+                Ok(()) if resume => {
+                    resume = false;
+                    self.inner.synced.store(true, Ordering::Release);
+                    tracing::info!("model registry synced: registered models are served");
+                }
+                Ok(()) => {}
+                Err(err) => tracing::warn!(error = %err, "model registry sync failed"),
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            if let Err(err) = self.sync(false).await {
-                tracing::warn!(error = %err, "model registry sync failed");
-            }
         }
+    }
+
+    /// Whether this run's first sync has completed: the models and adapters registered
+    /// earlier are served, and registrations a previous run left unfinished have restarted.
+    pub fn is_synced(&self) -> bool {
+        self.inner.synced.load(Ordering::Acquire)
     }
 
     /// Starts serving a `ready` row on this node, once its file matches its sha256.

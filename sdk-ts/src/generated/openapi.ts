@@ -124,7 +124,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: the database answers and the actor tree is running. */
+        /**
+         * Readiness: the database answers, the actor tree is running, and the model registry's
+         *     first sync has served the models registered earlier (their files' sha256 checked).
+         */
         get: operations["readyz"];
         put?: never;
         post?: never;
@@ -1885,6 +1888,11 @@ export interface components {
         Readiness: {
             actors: boolean;
             database: boolean;
+            /**
+             * @description The model registry's first sync since start has completed: models registered
+             *     earlier are served.
+             */
+            registry: boolean;
             /** @description `ready` or `not_ready`. */
             status: string;
         };

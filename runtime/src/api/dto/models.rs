@@ -452,4 +452,7 @@ pub struct Readiness {
     pub status: String,
     pub database: bool,
     pub actors: bool,
+    /// The model registry's first sync since start has completed: models registered
+    /// earlier are served.
+    pub registry: bool,
 }
