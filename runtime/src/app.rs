@@ -205,6 +205,7 @@ async fn start_server(
     let deliveries = Arc::new(tokio::sync::Notify::new());
     let queue = Arc::new(JobQueue::new(config.node_id(), config.queue.clone()));
     let invocations = InvocationService::new(Parts {
+        registry: registry.clone(),
         config: Arc::clone(&config),
         store: store.clone(),
         tree: Arc::clone(&tree),
@@ -249,6 +250,7 @@ async fn start_server(
         store: state.store.clone(),
         queue: Arc::clone(&state.queue),
         invocations: state.invocations.clone(),
+        registry: state.registry.clone(),
         deliveries: Arc::clone(&deliveries),
     });
     let queue_runner = tokio::spawn(crate::queue::run(Arc::clone(&runner)));

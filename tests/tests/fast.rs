@@ -235,6 +235,17 @@ async fn a_stale_registration_job_cannot_change_a_new_registration_of_its_id() {
     assert!(!old.attempt.is_empty());
     // Taken: a second registration of the id is refused while the first stands.
     assert!(!store.insert_model(new.clone()).await.unwrap());
+    // Only a row being deleted is deleted.
+    store.delete_model_row("again").await.unwrap();
+    assert!(store.model_row("again").await.unwrap().is_some());
+    let deleting = store.model_transition_any(
+        "again",
+        None,
+        &["registering"],
+        "deleting",
+        ModelChange::default(),
+    );
+    assert!(deleting.await.unwrap());
     store.delete_model_row("again").await.unwrap();
     assert!(store.insert_model(new).await.unwrap());
     let current = store.model_row("again").await.unwrap().unwrap();

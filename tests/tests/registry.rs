@@ -1143,25 +1143,18 @@ async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() 
     s.stop().await;
 }
 
-/// A node that starts while the registry names a large model file listens and answers its
-/// liveness probe at once, and says it is not ready (`registry: false`) until its first sync
-/// has checked that file; then it is ready. Checking a large file before listening would keep
-/// the process from answering for longer than an orchestrator's startup probe waits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_listens_before_it_checks_registered_files() {
-    let first = TestServer::start_adjusted(Db::Sqlite, configure).await;
-    let store_dir = first.server().state().registry.store_root().to_owned();
-    // 1 GiB of holes: instant to make, seconds to hash.
-    let big = store_dir.join("big.gguf");
+/// Registers `big`, `ready`, on 1 GiB of holes in `s`'s store: instant to make, seconds for a
+/// node's sync to hash (and then find it is not the registered sha256).
+async fn register_slow_to_check(s: &TestServer) {
+    let state = s.server().state();
+    let big = state.registry.store_root().join("big.gguf");
     std::fs::File::create(&big)
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
     let mut settings = genrt_actors::ModelConfig::new("big", &big);
     settings.n_ctx = 256;
-    first
-        .server()
-        .state()
+    state
         .store
         .seed(&genrt_runtime::store::NewModel {
             id: "big".into(),
@@ -1179,6 +1172,17 @@ async fn a_start_listens_before_it_checks_registered_files() {
         })
         .await
         .unwrap();
+}
+
+/// A node that starts while the registry names a large model file listens and answers its
+/// liveness probe at once, and says it is not ready (`registry: false`) until its first sync
+/// has checked that file; then it is ready. Checking a large file before listening would keep
+/// the process from answering for longer than an orchestrator's startup probe waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_listens_before_it_checks_registered_files() {
+    let first = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let store_dir = first.server().state().registry.store_root().to_owned();
+    register_slow_to_check(&first).await;
 
     // A second node of the same database and store.
     let data = TempDir::new("genrt-second-node");
@@ -1216,6 +1220,86 @@ async fn a_start_listens_before_it_checks_registered_files() {
         "listening after {listened:?}, ready after {:?}",
         started.elapsed()
     );
+    server.stop().await.unwrap();
+    first.stop().await;
+}
+
+/// Work for a model registered earlier that reaches a node before its first registry sync:
+/// a synchronous call is told to retry (503 `model_unavailable`), not that the model is
+/// unknown; queued work waits for the sync (the queue claims nothing before it) and then
+/// runs, on its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_node_takes_work_on_registered_models_only_after_its_first_sync() {
+    let first = TestServer::start_adjusted(Db::Sqlite, configure).await;
+    let state = first.server().state();
+    let store_dir = state.registry.store_root().to_owned();
+    // Registered first, so read first by the sync.
+    register_slow_to_check(&first).await;
+    link_or_copy(&model_path(), &store_dir.join("small.gguf"));
+    let entry = registered(
+        &first,
+        json!({"id": "small", "source": {"path": "small.gguf"},
+               "sha256": sha256(&std::fs::read(model_path()).unwrap()),
+               "settings": {"n_ctx": 256, "threads": 2}}),
+    )
+    .await;
+    assert_eq!(entry["registration"]["state"], "ready", "{entry}");
+    let t = token("acme");
+    generate(&first, &t, "small").await;
+    // The first node claims no more queued work: only the second one can run it.
+    state.queue.drain();
+
+    let data = TempDir::new("genrt-starting-node");
+    let mut config = TestServer::config(&Db::Sqlite, &data);
+    configure(&mut config);
+    config.database.url = Some(state.config.database_url());
+    config.registry.store_dir = store_dir;
+    let server = genrt_runtime::start(config, false)
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.addr());
+    let client = reqwest::Client::new();
+    let invoke = |body: Value| {
+        client
+            .post(format!("{base}/v1/functions/on-small/invoke"))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+    };
+    let now = invoke(json!({"input": {"thing": "x"}})).await.unwrap();
+    assert_eq!(now.status(), 503);
+    assert!(now.headers().contains_key("retry-after"));
+    let body: Value = now.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_unavailable", "{body}");
+    let later = invoke(json!({"input": {"thing": "x"}, "mode": "async"}))
+        .await
+        .unwrap();
+    assert_eq!(later.status(), 202);
+    let id = later.json::<Value>().await.unwrap()["invocation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "the sync is still hashing");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let record = loop {
+        let record: Value = client
+            .get(format!("{base}/v1/invocations/{id}"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&record["status"].as_str().unwrap_or("")) {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "never ran: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempts"], 1, "{record}");
     server.stop().await.unwrap();
     first.stop().await;
 }

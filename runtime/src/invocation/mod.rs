@@ -39,6 +39,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
+use crate::registry::ModelRegistry;
 use crate::store::{InvocationRow, Recorder, Store, StoredAlias, StoredVersion};
 use crate::telemetry::Metrics;
 use crate::tenancy::{Caller, ConcurrencyPermit, Tenancy};
@@ -53,6 +54,8 @@ pub struct InvocationService {
 }
 
 pub(crate) struct Shared {
+    /// Read for its first sync only (see [`Shared::invoke_error`]).
+    registry: ModelRegistry,
     config: Arc<Config>,
     store: Store,
     tree: Arc<ActorTree>,
@@ -103,6 +106,7 @@ pub struct ShadowRun {
 
 /// What the service needs, handed over once at assembly.
 pub struct Parts {
+    pub registry: ModelRegistry,
     pub config: Arc<Config>,
     pub store: Store,
     pub tree: Arc<ActorTree>,
@@ -188,6 +192,7 @@ impl InvocationService {
         let renderer = Renderer::new(&parts.config.templates);
         Self {
             shared: Arc::new(Shared {
+                registry: parts.registry,
                 config: parts.config,
                 store: parts.store,
                 tree: parts.tree,
@@ -459,7 +464,8 @@ impl InvocationService {
             };
             let span = call.span.clone();
             let result = shared.tree.invoke(invocation).instrument(span).await;
-            call.complete(shared, result.map_err(ApiError::from)).await
+            call.complete(shared, result.map_err(|e| shared.invoke_error(e)))
+                .await
         })
     }
 
@@ -589,9 +595,27 @@ async fn forward(
         }
     };
     let end = call
-        .complete(&shared, outcome.map_err(ApiError::from))
+        .complete(&shared, outcome.map_err(|e| shared.invoke_error(e)))
         .await;
     let _ = items.send(StreamItem::End(end)).await;
+}
+
+impl Shared {
+    /// The answer to a failed run. Before this node's first registry sync, a model or adapter
+    /// registered earlier is not served here yet: that is "not yet" (503, retry), not
+    /// "unknown" (422, give up).
+    fn invoke_error(&self, err: genrt_actors::InvokeError) -> ApiError {
+        use genrt_actors::InvokeError::{UnknownAdapter, UnknownModel};
+        if matches!(err, UnknownModel(_) | UnknownAdapter { .. }) && !self.registry.is_synced() {
+            let mut e = ApiError::new(
+                ErrorCode::ModelUnavailable,
+                format!("{err}: this node is starting and has not yet served the models registered earlier; retry shortly"),
+            );
+            e.retryable = true;
+            return e;
+        }
+        ApiError::from(err)
+    }
 }
 
 /// Names the input at fault in a request that carries a list of them.
@@ -907,7 +931,7 @@ impl InvocationService {
                 .invoke(invocation)
                 .instrument(span)
                 .await
-                .map_err(ApiError::from);
+                .map_err(|e| shared.invoke_error(e));
             call.finish_queued(shared, result.as_ref());
             result
         })

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::QueueConfig;
 use crate::invocation::InvocationService;
+use crate::registry::ModelRegistry;
 use crate::store::InvocationRow;
 use crate::store::Store;
 
@@ -124,6 +125,9 @@ pub struct QueueRunner {
     pub store: Store,
     pub queue: Arc<JobQueue>,
     pub invocations: InvocationService,
+    /// Claims wait for its first sync: before it, a model or adapter registered earlier is
+    /// not served here yet, and work on it would fail as `unknown_model` for good.
+    pub registry: ModelRegistry,
     /// Wakes the webhook delivery loop when a run committed deliveries.
     pub deliveries: Arc<Notify>,
 }
@@ -137,6 +141,12 @@ impl QueueRunner {
 /// The claim loop. Ends when [`JobQueue::stop`] is called.
 pub async fn run(state: Arc<QueueRunner>) {
     let queue = &state.queue;
+    while !state.registry.is_synced() {
+        if queue.stopping() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let lease = Duration::from_secs(queue.config.lease_s);
     let poll = Duration::from_millis(queue.config.poll_ms);
     let heartbeat_every = lease / 3;

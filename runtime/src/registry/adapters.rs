@@ -360,6 +360,9 @@ impl ModelRegistry {
         let Ok(Some(ready)) = inner.store.model_row(&row.id).await else {
             return;
         };
+        if ready.attempt != row.attempt || ready.state != "ready" {
+            return;
+        }
         if let Err(err) = self.serve_adapter(&ready).await {
             let failure = Failure::new(ErrorCode::ModelUnavailable, err);
             self.fail_state(&ready, &["ready"], failure).await;

@@ -613,7 +613,8 @@ impl ModelRegistry {
         for (n, id, attempt) in jobs {
             let current = by_id.get(id.as_str());
             if current.is_none_or(|r| r.state == "deleting" || r.attempt != attempt) {
-                if let Some(job) = inner.running.lock().expect("running lock").get(&n) {
+                let running = inner.running.lock().expect("running lock");
+                if let Some(job) = running.get(&n).filter(|j| !j.cancel.is_cancelled()) {
                     tracing::info!(model = %id, "registration deleted elsewhere: its job stops");
                     job.cancel.cancel();
                 }
@@ -652,8 +653,16 @@ impl ModelRegistry {
             .filter(|r| r.kind == "adapter" && r.state != "deleting")
         {
             let base = row.base.as_deref().and_then(|b| by_id.get(b));
-            if base.is_none_or(|b| b.state == "deleting") && self.mark_deleting(&row.id).await? {
-                self.spawn_removal(row.clone(), true);
+            if base.is_none_or(|b| b.state == "deleting") {
+                // Logged, not returned: past the read above, a sync always runs to its end,
+                // so that a sync with `resume` never resumes a registration twice.
+                match self.mark_deleting(&row.id).await {
+                    Ok(true) => self.spawn_removal(row.clone(), true),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(adapter = %row.id, error = %err, "cannot mark an orphaned adapter for deletion")
+                    }
+                }
             }
         }
         for (model, name, adapter) in served_adapters {
@@ -692,7 +701,13 @@ impl ModelRegistry {
         let every = Duration::from_millis(self.inner.config.sync_interval_ms);
         let mut resume = true;
         loop {
-            match self.sync(resume).await {
+            // A sync fails only when it cannot read the registry, before it did anything:
+            // the first is retried with `resume` until it has run once.
+            let synced = tokio::select! {
+                () = stop.cancelled() => return,
+                synced = self.sync(resume) => synced,
+            };
+            match synced {
                 Ok(()) if resume => {
                     resume = false;
                     self.inner.synced.store(true, Ordering::Release);
@@ -783,9 +798,13 @@ impl ModelRegistry {
             let Ok(_permit) = Arc::clone(&this.inner.jobs).acquire_owned().await else {
                 return;
             };
-            if let Ok(Some(now)) = this.inner.store.model_row(&row.id).await {
-                if now.state == "registering" && now.attempt == row.attempt {
+            match this.inner.store.model_row(&row.id).await {
+                Ok(Some(now)) if now.state == "registering" && now.attempt == row.attempt => {
                     this.validate_and_serve(&now, &cancel).await;
+                }
+                Ok(_) => this.abandon(&row).await,
+                Err(err) => {
+                    tracing::warn!(model = %row.id, error = %err, "cannot read a received upload's registration");
                 }
             }
             this.untrack(job);
@@ -854,12 +873,12 @@ impl ModelRegistry {
         };
         let quantized = file_sha256.is_some();
         if cancel.is_cancelled() {
-            // Deleted meanwhile: the deletion removes the source it knows of; the output is
-            // this job's to remove.
+            // Deleted meanwhile: the output, and the source if the deletion's removal ran
+            // before it was in place, are this job's to remove.
             if quantized {
                 let _ = tokio::fs::remove_file(&served).await;
             }
-            return;
+            return self.abandon(row).await;
         }
         // A tenant's quantized output counts against its `max_private_model_mb` too.
         if quantized && info.file_bytes > self.allowance(row).await {
@@ -908,6 +927,9 @@ impl ModelRegistry {
         let Ok(Some(ready)) = inner.store.model_row(&row.id).await else {
             return;
         };
+        if ready.attempt != row.attempt || ready.state != "ready" {
+            return;
+        }
         if let Err(err) = self.serve(&ready).await {
             let failure = Failure::new(ErrorCode::ModelUnavailable, err);
             self.fail_state(&ready, &["ready"], failure).await;
@@ -930,7 +952,11 @@ impl ModelRegistry {
             )
             .await;
         match moved {
-            Ok(moved) => moved,
+            Ok(true) => true,
+            Ok(false) => {
+                self.abandon(row).await;
+                false
+            }
             Err(err) => {
                 let failure = Failure::new(ErrorCode::Internal, err.to_string());
                 self.fail(row, failure).await;
@@ -1090,13 +1116,7 @@ impl ModelRegistry {
             .await
         {
             Ok(true) => true,
-            // Not moved: deleted (its removal may already have run, before this job's file
-            // was in place) or registered again.
-            Ok(false) => match store.model_row(&row.id).await {
-                Ok(Some(now)) => now.attempt == row.attempt,
-                Ok(None) => true,
-                Err(_) => false,
-            },
+            Ok(false) => self.still_ours(row).await,
             Err(err) => {
                 tracing::error!(model = %row.id, error = %err, "cannot record a failed registration");
                 true
@@ -1104,6 +1124,26 @@ impl ModelRegistry {
         };
         if ours {
             self.remove_written(row).await;
+        }
+    }
+
+    /// A job that stops without recording anything (its registration was deleted, or the id
+    /// registered again, while it ran) removes what it wrote, if nothing else will: the
+    /// deletion's removal may have run before this job's file was in place.
+    async fn abandon(&self, row: &ModelRow) {
+        if self.still_ours(row).await {
+            self.remove_written(row).await;
+        }
+    }
+
+    /// Whether the files `row`'s registration wrote are still its own to remove: the id is
+    /// gone or still this attempt, or a newer registration of it names another file. (A newer
+    /// one of the same id and sha256 may be using the very file.)
+    async fn still_ours(&self, row: &ModelRow) -> bool {
+        match self.inner.store.model_row(&row.id).await {
+            Ok(Some(now)) => now.attempt == row.attempt || now.path != row.path,
+            Ok(None) => true,
+            Err(_) => false,
         }
     }
 

@@ -238,8 +238,12 @@ impl Store {
         Ok(result.rows_affected > 0)
     }
 
+    /// Deletes the row of `id` once its deletion has drained (`deleting`; a row in any other
+    /// state is not this deletion's).
     pub async fn delete_model_row(&self, id: &str) -> Result<(), DbErr> {
-        model::Entity::delete_by_id(id.to_owned())
+        model::Entity::delete_many()
+            .filter(model::Column::Id.eq(id))
+            .filter(model::Column::State.eq("deleting"))
             .exec(&self.db)
             .await?;
         Ok(())
