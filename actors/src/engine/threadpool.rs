@@ -83,9 +83,7 @@ impl Lease {
         // SAFETY: per this function's contract.
         unsafe { sys::llama_attach_threadpool(ctx, pool.ptr.as_ptr(), pool.ptr.as_ptr()) }
     }
-}
 
-impl Lease {
     /// Ends the pool now instead of keeping it for the next context: its threads stop at once,
     /// where a pool that polls (as [`LLAMA_CPP_POLL`] does) would otherwise keep spinning for
     /// a while after its last graph, on cores that something else is about to be measured on.
