@@ -908,11 +908,11 @@ impl ModelRegistry {
         {
             Ok(true) => {}
             Ok(false) => {
-                // Deleted (or registered again) meanwhile: the output is nobody's.
+                // Deleted (or registered again) meanwhile: as when cancelled above.
                 if quantized {
                     let _ = tokio::fs::remove_file(&served).await;
                 }
-                return;
+                return self.abandon(row).await;
             }
             Err(err) => {
                 tracing::error!(model = %row.id, error = %err, "cannot record a validated model");
