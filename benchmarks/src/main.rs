@@ -54,6 +54,8 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // The model registry's child processes run this binary (`registry.tool_binary` unset).
+    genrt_actors::engine::tool::serve_if_asked();
     let args = Args::parse();
     // RUST_LOG (e.g. `genrt_actors::engine::scheduler=trace`) shows each engine step on stderr.
     if std::env::var_os("RUST_LOG").is_some() {

@@ -148,6 +148,8 @@ impl Admin<'_> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The model registry's child processes run this binary (`registry.tool_binary` unset).
+    genrt_actors::engine::tool::serve_if_asked();
     let args = Args::parse();
     // RUST_LOG (e.g. `llama-cpp-2=info`, for llama.cpp's "reserve took" at each adapter
     // switch) shows the engine's log on stderr.

@@ -49,6 +49,8 @@ const COUNTRIES: [&str; 12] = [
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // The model registry's child processes run this binary (`registry.tool_binary` unset).
+    genrt_actors::engine::tool::serve_if_asked();
     let args = Args::parse();
     let mut model = ModelConfig::new(MODEL, &args.model);
     model.threads = args.threads;

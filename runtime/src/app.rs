@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use futures_util::future::BoxFuture;
+use genrt_actors::engine::tool::ModelTool;
 use genrt_actors::{load_backends, ActorTree, Backend, BackendsInfo, LlamaCppBackend, TreeConfig};
 
 use crate::auth::{AuthSetupError, Authenticator};
@@ -164,9 +165,22 @@ async fn start_server(
     ));
     // Before anything else touches llama.cpp: the backend modules decide which devices exist.
     let backends = load_backends(config.engine.backends_dir.as_deref())?;
+    // Registered files are loaded and quantized first in child processes of this binary (or of
+    // `registry.tool_binary`): see `genrt_actors::engine::tool`.
+    let tool = ModelTool::new(
+        match &config.registry.tool_binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe().map_err(|e| {
+                StartError::Config(format!(
+                    "registry.tool_binary is unset and this executable's path is unknown: {e}"
+                ))
+            })?,
+        },
+        config.engine.backends_dir.clone(),
+    );
     let backend = match backend {
         Some(backend) => backend,
-        None => Arc::new(LlamaCppBackend::new()?),
+        None => Arc::new(LlamaCppBackend::new()?.with_tool(tool.clone())),
     };
     let tree = ActorTree::start(
         TreeConfig {
@@ -195,6 +209,7 @@ async fn start_server(
         config.registry.clone(),
         config.memory_budget_bytes(),
         Arc::clone(&url_guard),
+        tool,
     )
     .map_err(StartError::Config)?;
     // Before the first request: the configuration's adapters are validated. The models and

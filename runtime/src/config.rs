@@ -124,6 +124,12 @@ pub struct RegistryConfig {
     pub concurrent_quantizations: usize,
     /// CPU threads of one quantization; 0 uses every core.
     pub quantize_threads: u32,
+    /// The `genrt` executable that loads and quantizes registered files in a child process
+    /// (`genrt model-tool`, see `genrt_actors::engine::tool`), so that a file that crashes
+    /// llama.cpp ends that process and not the server, and deleting a model stops its
+    /// quantization at once. Unset: this executable (set it when embedding the runtime in
+    /// another program, as the tests do).
+    pub tool_binary: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -137,6 +143,7 @@ impl Default for RegistryConfig {
             allow_http: false,
             concurrent_quantizations: 1,
             quantize_threads: 0,
+            tool_binary: None,
         }
     }
 }

@@ -98,6 +98,7 @@ error_codes! {
     ModelGgufVersion => ("model_gguf_version", UNPROCESSABLE_ENTITY, None),
     ModelTruncated => ("model_truncated", UNPROCESSABLE_ENTITY, None),
     ModelUnsupportedArchitecture => ("model_unsupported_architecture", UNPROCESSABLE_ENTITY, None),
+    ModelUnloadable => ("model_unloadable", UNPROCESSABLE_ENTITY, None),
     ModelTooLarge => ("model_too_large", UNPROCESSABLE_ENTITY, None),
     ModelDownloadFailed => ("model_download_failed", BAD_GATEWAY, None),
     ModelRegistrationInterrupted => ("model_registration_interrupted", UNPROCESSABLE_ENTITY, None),

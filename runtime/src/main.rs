@@ -70,6 +70,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `genrt model-tool ...`: the registry's child process, never a user's command.
+    genrt_actors::engine::tool::serve_if_asked();
     let cli = Cli::parse();
     let o = cli.overrides;
     let overrides = Overrides {

@@ -65,6 +65,7 @@ export const ERROR_CODES = [
   'model_gguf_version',
   'model_truncated',
   'model_unsupported_architecture',
+  'model_unloadable',
   'model_too_large',
   'model_download_failed',
   'model_registration_interrupted',

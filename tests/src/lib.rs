@@ -107,6 +107,8 @@ impl TestServer {
         // The model registry's store, one per server unless a test shares one (a volume that
         // several nodes mount).
         config.registry.store_dir = data.0.join("store");
+        // The test binary is no `genrt`: the registry's child processes run the real one.
+        config.registry.tool_binary = Some(process::genrt_binary());
         config.auth.jwt_secret = SECRET.into();
         // Many servers run at once in one test binary: each gets its own metrics port.
         config.telemetry.metrics_listen = "127.0.0.1:0".into();

@@ -1303,3 +1303,170 @@ async fn a_starting_node_takes_work_on_registered_models_only_after_its_first_sy
     server.stop().await.unwrap();
     first.stop().await;
 }
+
+/// Runs `genrt-make-model` with `args`.
+fn make_model(args: &[&str]) {
+    let bin = genrt_tests::process::workspace_binary("genrt-make-model");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "genrt-make-model {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Processes whose command line holds `needle` (the model tool's children of a test).
+fn processes_with(needle: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// llama.cpp reads registered files in a child process (`genrt model-tool`), never in the
+/// server: a file that loads no model (a tokenizer without its tensors, which a
+/// vocabulary-only read lets through) is refused with `model_unloadable` and nothing is left;
+/// a tool that crashes fails only its registration, the server answering throughout; and
+/// deleting a model while it is quantized kills the quantizer at once (llama.cpp's quantizer
+/// cannot be interrupted in-process) and removes its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_ends() {
+    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
+        configure(c);
+        // One thread: the quantization below lasts seconds, longer than a deletion needs.
+        c.registry.quantize_threads = 1;
+    })
+    .await;
+    let store = PathBuf::from(s.server().state().registry.store_root());
+    let tokenizer = model_path().display().to_string();
+    let before = registry_files(&store);
+
+    // A tokenizer without its tensors.
+    let vocab = store.join("vocab-only.gguf");
+    make_model(&[
+        "--tokenizer",
+        &tokenizer,
+        "--out",
+        vocab.to_str().unwrap(),
+        "--vocab-only",
+    ]);
+    let entry = registered(
+        &s,
+        json!({"id": "no-weights", "source": {"path": "vocab-only.gguf"},
+               "sha256": sha256(&std::fs::read(&vocab).unwrap())}),
+    )
+    .await;
+    failed_with(&entry, "model_unloadable");
+    let message = entry["registration"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tensor"), "{message}");
+    assert_eq!(
+        registry_files(&store),
+        before,
+        "a refused registration left a file"
+    );
+
+    // An F16 model whose quantization takes seconds on one thread (~640 MB), deleted as soon
+    // as its quantization has begun.
+    let f16 = store.join("big-f16.gguf");
+    make_model(&[
+        "--tokenizer",
+        &tokenizer,
+        "--out",
+        f16.to_str().unwrap(),
+        "--type",
+        "f16",
+        "--n-embd",
+        "1024",
+        "--n-layer",
+        "16",
+        "--n-ff",
+        "4096",
+        "--n-head",
+        "16",
+        "--n-head-kv",
+        "4",
+    ]);
+    let (status, body) = register(
+        &s,
+        json!({"id": "big-q8", "source": {"path": "big-f16.gguf"},
+               "sha256": sha256(&std::fs::read(&f16).unwrap()), "quantize": "Q8_0",
+               "settings": {"n_ctx": 256}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, entry) = s
+            .call(Method::GET, "/v1/models/big-q8", &admin_token(), None)
+            .await;
+        let state = entry["registration"]["state"].as_str().unwrap_or_default();
+        assert!(state != "ready" && state != "failed", "{entry}");
+        if state == "quantizing" && processes_with("big-f16.gguf") > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never quantizing: {entry}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deleted = Instant::now();
+    let (status, body) = s
+        .call(Method::DELETE, "/v1/models/big-q8", &admin_token(), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    loop {
+        let (status, _) = s
+            .call(Method::GET, "/v1/models/big-q8", &admin_token(), None)
+            .await;
+        let quantized = registry_files(&store).iter().any(|f| f.contains("q8_0"));
+        if status == 404 && !quantized && processes_with("big-f16.gguf") == 0 {
+            break;
+        }
+        // Quantizing the whole file takes several seconds on one thread.
+        assert!(
+            deleted.elapsed() < Duration::from_millis(2000),
+            "the deleted quantization still runs after {:?} (row {status}, output left: {quantized})",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "quantization stopped {:?} after its deletion",
+        deleted.elapsed()
+    );
+    std::fs::remove_file(&f16).unwrap();
+    s.stop().await;
+
+    // A model tool that crashes on every file: the registration fails, the server answers.
+    let data = TempDir::new("genrt-crashing-tool");
+    let crasher = data.0.join("crashing-tool");
+    std::fs::write(&crasher, "#!/bin/sh\nkill -SEGV $$\n").unwrap();
+    let mut permissions = std::fs::metadata(&crasher).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&crasher, permissions).unwrap();
+    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
+        configure(c);
+        c.registry.tool_binary = Some(crasher.clone());
+    })
+    .await;
+    let store = PathBuf::from(s.server().state().registry.store_root());
+    link_or_copy(&model_path(), &store.join("smollm2.gguf"));
+    let sha = sha256(&std::fs::read(model_path()).unwrap());
+    let entry = registered(
+        &s,
+        json!({"id": "crashes-the-tool", "source": {"path": "smollm2.gguf"}, "sha256": sha}),
+    )
+    .await;
+    failed_with(&entry, "model_unloadable");
+    let message = entry["registration"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("signal 11"), "{message}");
+    // The server itself is unharmed: the configured model still generates.
+    assert!(!generate(&s, &token("acme"), MODEL).await.is_empty());
+    s.stop().await;
+}

@@ -23,6 +23,7 @@ use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LlamaStateSeqFla
 use super::cores::{Cores, Turn};
 use super::devices::{Device, DeviceKind, Placement};
 use super::threadpool::{self, Lease};
+use super::tool::ModelTool;
 use super::{
     ActiveSet, Backend, BatchItem, Embedder, Embedding, EngineError, LoadedAdapter, Sampled, SeqId,
     Session, TokenId, Weights,
@@ -269,24 +270,40 @@ pub fn llama_backend() -> Result<Arc<LlamaBackend>, EngineError> {
 #[derive(Clone)]
 pub struct LlamaCppBackend {
     backend: Arc<LlamaBackend>,
+    tool: Option<ModelTool>,
 }
 
 impl LlamaCppBackend {
     pub fn new() -> Result<Self, EngineError> {
         Ok(Self {
             backend: llama_backend()?,
+            tool: None,
         })
+    }
+
+    /// Probes files in a child process with `tool` (see `engine::tool`).
+    pub fn with_tool(mut self, tool: ModelTool) -> Self {
+        self.tool = Some(tool);
+        self
     }
 }
 
 impl Backend for LlamaCppBackend {
     fn probe(&self, path: &std::path::Path) -> Result<(), String> {
-        // `vocab_only` reads the architecture, hyperparameters and vocabulary and allocates no
-        // tensors: llama.cpp refuses an unknown architecture here as it would at a full load.
-        let params = LlamaModelParams::default().with_vocab_only(true);
-        LlamaModel::load_from_file(&self.backend, path, &params)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        match &self.tool {
+            // A full load, tensors mapped, in a child that a bad file may crash.
+            Some(tool) => tool.probe(path).map_err(|e| e.to_string()),
+            // Without a tool (an embedder that gave none), in this process and so only as far
+            // as is cheap: `vocab_only` reads the architecture, hyperparameters and vocabulary
+            // and allocates no tensors; llama.cpp refuses an unknown architecture here as it
+            // would at a full load.
+            None => {
+                let params = LlamaModelParams::default().with_vocab_only(true);
+                LlamaModel::load_from_file(&self.backend, path, &params)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 
     fn load(

@@ -16,6 +16,7 @@ mod text;
 mod thread;
 pub mod threadpool;
 mod tokenize;
+pub mod tool;
 
 /// Compiled into every build rather than behind a feature: the runtime's in-process tests
 /// need it, and a `testing` feature enabled by the test crate alone would give `cargo test`

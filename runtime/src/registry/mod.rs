@@ -17,10 +17,12 @@
 //! `registering` fetches the file (a URL through the webhooks' SSRF guard, streamed to the
 //! store) or hashes it (a path under the store, an upload), checks its sha256, then validates
 //! it before anything loads it: GGUF magic and version, the header and tensor table, every
-//! tensor inside the file (`engine::gguf::inspect`), the architecture known to this llama.cpp
-//! (a vocabulary-only load), the size against the memory budget. With `quantize`, an
-//! F32/F16/BF16 source is then quantized by llama.cpp's own quantizer (`quantizing`, on a pool
-//! of `registry.concurrent_quantizations`), and the output is validated and hashed in turn and
+//! tensor inside the file (`engine::gguf::inspect`), the size against the memory budget, then
+//! llama.cpp loading it as a replica would (architecture known, every tensor it expects there
+//! with its shape) in a child process, which a bad file may crash without harm to the server
+//! (`engine::tool`). With `quantize`, an F32/F16/BF16 source is then quantized by llama.cpp's
+//! own quantizer (`quantizing`, on a pool of `registry.concurrent_quantizations`, in a child
+//! that a deletion kills), and the output is validated and hashed in turn and
 //! served in its place. A failure removes what the registration wrote to the store and leaves
 //! the row `failed` with a code naming the problem. Jobs run on a bounded pool
 //! (`registry.concurrent`); progress is written to the row.
@@ -53,6 +55,7 @@ use std::time::{Duration, SystemTime};
 
 use genrt_actors::engine::gguf::{self, GgufInfo, GgufProblem};
 use genrt_actors::engine::quantize;
+use genrt_actors::engine::tool::{ModelTool, ToolCommand, ToolError};
 use genrt_actors::{ActorTree, ModelChangeError, ModelConfig};
 use genrt_functions::{ModelId, TenantId};
 use tokio::sync::Semaphore;
@@ -144,6 +147,8 @@ struct Inner {
     http: reqwest::Client,
     jobs: Arc<Semaphore>,
     quantizations: Arc<Semaphore>,
+    /// Runs llama.cpp's quantizer in a child process (see `genrt_actors::engine::tool`).
+    tool: ModelTool,
     /// Registration jobs running on this node, by job number, to cancel them when their
     /// registration is deleted (here, or on another node: seen by the sync loop).
     running: Mutex<HashMap<u64, Job>>,
@@ -187,6 +192,7 @@ impl ModelRegistry {
         config: RegistryConfig,
         memory_budget_bytes: u64,
         guard: Arc<UrlGuard>,
+        tool: ModelTool,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(config.store_dir.join(REGISTRY_DIR).join(".partial"))
             .map_err(|e| format!("registry.store_dir {}: {e}", config.store_dir.display()))?;
@@ -202,6 +208,7 @@ impl ModelRegistry {
                 tenancy,
                 jobs: Arc::new(Semaphore::new(config.concurrent.max(1))),
                 quantizations: Arc::new(Semaphore::new(config.concurrent_quantizations.max(1))),
+                tool,
                 config,
                 root,
                 memory_budget_bytes,
@@ -967,8 +974,7 @@ impl ModelRegistry {
 
     /// Quantizes the validated source of `row` to `target` on the quantization pool, with
     /// progress (the output grows tensor by tensor), then validates and hashes the output.
-    /// llama.cpp's quantizer cannot be interrupted: a registration deleted meanwhile waits for
-    /// it, then its output is removed.
+    /// A registration deleted meanwhile kills the quantizer's process and removes its output.
     async fn quantize(
         &self,
         row: &ModelRow,
@@ -1014,14 +1020,21 @@ impl ModelRegistry {
             / 8.0) as u64;
         let progress = fetch::Progress::new(inner.store.clone(), row);
         let started = std::time::Instant::now();
-        let (input, out, t) = (PathBuf::from(&row.path), output.clone(), target.to_owned());
-        let (requantize, threads) = (row.requantize, inner.config.quantize_threads);
-        let mut work = tokio::task::spawn_blocking(move || {
-            quantize::quantize(&input, &out, &t, requantize, threads)
-        });
+        let command = ToolCommand::Quantize {
+            input: PathBuf::from(&row.path),
+            output: output.clone(),
+            type_name: target.to_owned(),
+            requantize: row.requantize,
+            threads: inner.config.quantize_threads,
+        };
+        let (tool, stop) = (inner.tool.clone(), cancel.clone());
+        // In a child process: a deletion kills it at once (llama.cpp's quantizer cannot be
+        // interrupted), and a file that crashes the quantizer crashes only the child.
+        let mut work =
+            tokio::task::spawn_blocking(move || tool.quantize(&command, &|| stop.is_cancelled()));
         let result = loop {
             tokio::select! {
-                done = &mut work => break done.unwrap_or_else(|e| Err(e.to_string())),
+                done = &mut work => break done.unwrap_or_else(|e| Err(ToolError::Unavailable(e.to_string()))),
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
                     let written = std::fs::metadata(&output).map_or(0, |m| m.len());
                     // Never 100% before the end: the estimate of the output size is rough.
@@ -1030,7 +1043,13 @@ impl ModelRegistry {
             }
         };
         let checked = async {
-            result.map_err(|e| Failure::new(ErrorCode::ModelQuantizationFailed, e))?;
+            result.map_err(|e| match e {
+                ToolError::Cancelled => fetch::cancelled(),
+                ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
+                ToolError::Refused(m) | ToolError::Crashed(m) => {
+                    Failure::new(ErrorCode::ModelQuantizationFailed, m)
+                }
+            })?;
             if cancel.is_cancelled() {
                 return Err(fetch::cancelled());
             }
@@ -1077,10 +1096,16 @@ impl ModelRegistry {
                 ));
             }
             tree.probe(&p).map_err(|reason| {
+                // llama.cpp's own words for an architecture it does not know; anything else
+                // is the file (a tensor missing or misshapen, or the loader crashed on it).
+                let code = match reason.contains("unknown model architecture") {
+                    true => ErrorCode::ModelUnsupportedArchitecture,
+                    false => ErrorCode::ModelUnloadable,
+                };
                 Failure::new(
-                    ErrorCode::ModelUnsupportedArchitecture,
+                    code,
                     format!(
-                        "this llama.cpp cannot load architecture `{}`: {reason}",
+                        "this llama.cpp cannot load this `{}` model: {reason}",
                         info.architecture
                     ),
                 )
