@@ -324,7 +324,7 @@ impl ActorTree {
 
     /// Whether this engine can load the model file at `path` (see [`Backend::probe`]). Reads
     /// the file: call it off the async threads.
-    pub fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+    pub fn probe(&self, path: &std::path::Path) -> Result<(), crate::engine::tool::ToolError> {
         self.backend.probe(path)
     }
 

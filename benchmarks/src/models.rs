@@ -284,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
     writeln!(md, "## Quantization on registration\n")?;
     writeln!(
         md,
-        "The synthetic model ({:.2} B parameters, {n} layers, F16, {:.0} MiB) to Q8_0. Raw: llama.cpp's `llama_model_quantize` called in this process, every core. genrt: `POST /v1/models` with `\"quantize\": \"Q8_0\"` on the F16 file until `ready` (the source's sha256, the GGUF checks, a vocabulary-only load, the quantization on every core, the output's checks and sha256).\n",
+        "The synthetic model ({:.2} B parameters, {n} layers, F16, {:.0} MiB) to Q8_0. Raw: llama.cpp's `llama_model_quantize` called in this process, every core. genrt: `POST /v1/models` with `\"quantize\": \"Q8_0\"` on the F16 file until `ready` (the source's sha256, the GGUF checks, a llama.cpp load checking every tensor in a child process, the quantization on every core in another, the output's checks and sha256).\n",
         parameters as f64 / 1e9,
         f16_bytes as f64 / 1048576.0,
         n = args.layers,

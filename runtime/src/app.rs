@@ -468,6 +468,7 @@ impl RunningServer {
         self.cluster_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster_sync).await;
         self.registry_stop.cancel();
+        self.state.registry.stop_jobs();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.registry_sync).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;

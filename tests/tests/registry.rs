@@ -1318,7 +1318,7 @@ fn make_model(args: &[&str]) {
     );
 }
 
-/// Processes whose command line holds `needle` (the model tool's children of a test).
+/// Processes whose command line holds `needle` (a path unique to one test's store).
 fn processes_with(needle: &str) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -1332,17 +1332,46 @@ fn processes_with(needle: &str) -> usize {
 }
 
 /// llama.cpp reads registered files in a child process (`genrt model-tool`), never in the
-/// server: a file that loads no model (a tokenizer without its tensors, which a
-/// vocabulary-only read lets through) is refused with `model_unloadable` and nothing is left;
-/// a tool that crashes fails only its registration, the server answering throughout; and
-/// deleting a model while it is quantized kills the quantizer at once (llama.cpp's quantizer
-/// cannot be interrupted in-process) and removes its output.
+/// server. The tool here is a script around the real one: it runs the real `genrt model-tool`
+/// for every probe, except that it crashes (SIGSEGV) on a file named `crash.gguf`, and its
+/// "quantization" never ends (a process named after the store), so that only a kill stops
+/// it (the real quantizer is `quantizing_on_registration_keeps_the_next_token_distributions_close`'s).
+/// A file that loads no model (a tokenizer without its tensors, which a vocabulary-only read
+/// lets through) is refused with `model_unloadable` and leaves nothing; a crash fails only its
+/// registration, the server generating throughout; deleting a model while it is quantized
+/// kills the quantizer at once and removes what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_ends() {
+    let data = TempDir::new("genrt-model-tool");
+    let store = data.0.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let quantizer = format!("{}/quantizer-that-never-ends", store.display());
+    let script = data.0.join("model-tool");
+    let body = r#"#!/bin/bash
+args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    quantize) echo partial > "${args[$((i + 2))]}"; exec -a QUANTIZER sleep 600 ;;
+    */crash.gguf) kill -SEGV $$ ;;
+  esac
+done
+exec GENRT "$@"
+"#;
+    std::fs::write(
+        &script,
+        body.replace("QUANTIZER", &quantizer).replace(
+            "GENRT",
+            &genrt_tests::process::genrt_binary().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).unwrap();
     let s = TestServer::start_adjusted(Db::Sqlite, |c| {
         configure(c);
-        // One thread: the quantization below lasts seconds, longer than a deletion needs.
-        c.registry.quantize_threads = 1;
+        c.registry.store_dir = store.clone();
+        c.registry.tool_binary = Some(script.clone());
     })
     .await;
     let store = PathBuf::from(s.server().state().registry.store_root());
@@ -1366,16 +1395,31 @@ async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_
     .await;
     failed_with(&entry, "model_unloadable");
     let message = entry["registration"]["error"]["message"].as_str().unwrap();
-    assert!(message.contains("tensor"), "{message}");
+    assert!(
+        message.contains("tensor 'token_embd.weight' not found"),
+        "{message}"
+    );
     assert_eq!(
         registry_files(&store),
         before,
         "a refused registration left a file"
     );
 
-    // An F16 model whose quantization takes seconds on one thread (~640 MB), deleted as soon
-    // as its quantization has begun.
-    let f16 = store.join("big-f16.gguf");
+    // A file the tool crashes on: its registration fails, the server answers.
+    link_or_copy(&model_path(), &store.join("crash.gguf"));
+    let sha = sha256(&std::fs::read(model_path()).unwrap());
+    let entry = registered(
+        &s,
+        json!({"id": "crashes-the-tool", "source": {"path": "crash.gguf"}, "sha256": sha}),
+    )
+    .await;
+    failed_with(&entry, "model_unloadable");
+    let message = entry["registration"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("signal 11"), "{message}");
+    assert!(!generate(&s, &token("acme"), MODEL).await.is_empty());
+
+    // A small F16 model (it passes the real probe), deleted while it is quantized.
+    let f16 = store.join("small-f16.gguf");
     make_model(&[
         "--tokenizer",
         &tokenizer,
@@ -1384,19 +1428,19 @@ async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_
         "--type",
         "f16",
         "--n-embd",
-        "1024",
+        "256",
         "--n-layer",
-        "16",
+        "2",
         "--n-ff",
-        "4096",
+        "512",
         "--n-head",
-        "16",
-        "--n-head-kv",
         "4",
+        "--n-head-kv",
+        "2",
     ]);
     let (status, body) = register(
         &s,
-        json!({"id": "big-q8", "source": {"path": "big-f16.gguf"},
+        json!({"id": "small-q8", "source": {"path": "small-f16.gguf"},
                "sha256": sha256(&std::fs::read(&f16).unwrap()), "quantize": "Q8_0",
                "settings": {"n_ctx": 256}}),
     )
@@ -1405,11 +1449,14 @@ async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, entry) = s
-            .call(Method::GET, "/v1/models/big-q8", &admin_token(), None)
+            .call(Method::GET, "/v1/models/small-q8", &admin_token(), None)
             .await;
         let state = entry["registration"]["state"].as_str().unwrap_or_default();
         assert!(state != "ready" && state != "failed", "{entry}");
-        if state == "quantizing" && processes_with("big-f16.gguf") > 0 {
+        let output = registry_files(&store)
+            .iter()
+            .any(|f| f.ends_with("q8_0.gguf"));
+        if state == "quantizing" && processes_with(&quantizer) > 0 && output {
             break;
         }
         assert!(Instant::now() < deadline, "never quantizing: {entry}");
@@ -1417,56 +1464,31 @@ async fn llama_cpp_reads_registered_files_in_a_child_that_a_crash_or_a_deletion_
     }
     let deleted = Instant::now();
     let (status, body) = s
-        .call(Method::DELETE, "/v1/models/big-q8", &admin_token(), None)
+        .call(Method::DELETE, "/v1/models/small-q8", &admin_token(), None)
         .await;
     assert_eq!(status, 202, "{body}");
     loop {
         let (status, _) = s
-            .call(Method::GET, "/v1/models/big-q8", &admin_token(), None)
+            .call(Method::GET, "/v1/models/small-q8", &admin_token(), None)
             .await;
-        let quantized = registry_files(&store).iter().any(|f| f.contains("q8_0"));
-        if status == 404 && !quantized && processes_with("big-f16.gguf") == 0 {
+        let running = processes_with(&quantizer);
+        let output = registry_files(&store)
+            .iter()
+            .any(|f| f.ends_with("q8_0.gguf"));
+        if status == 404 && running == 0 && !output {
             break;
         }
-        // Quantizing the whole file takes several seconds on one thread.
+        // Without the kill it would run for 10 minutes.
         assert!(
-            deleted.elapsed() < Duration::from_millis(2000),
-            "the deleted quantization still runs after {:?} (row {status}, output left: {quantized})",
+            deleted.elapsed() < Duration::from_secs(5),
+            "the deleted quantization still runs after {:?} (row {status}, processes {running}, output left: {output})",
             deleted.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
-        "quantization stopped {:?} after its deletion",
+        "quantization killed {:?} after its deletion",
         deleted.elapsed()
     );
-    std::fs::remove_file(&f16).unwrap();
-    s.stop().await;
-
-    // A model tool that crashes on every file: the registration fails, the server answers.
-    let data = TempDir::new("genrt-crashing-tool");
-    let crasher = data.0.join("crashing-tool");
-    std::fs::write(&crasher, "#!/bin/sh\nkill -SEGV $$\n").unwrap();
-    let mut permissions = std::fs::metadata(&crasher).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&crasher, permissions).unwrap();
-    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
-        configure(c);
-        c.registry.tool_binary = Some(crasher.clone());
-    })
-    .await;
-    let store = PathBuf::from(s.server().state().registry.store_root());
-    link_or_copy(&model_path(), &store.join("smollm2.gguf"));
-    let sha = sha256(&std::fs::read(model_path()).unwrap());
-    let entry = registered(
-        &s,
-        json!({"id": "crashes-the-tool", "source": {"path": "smollm2.gguf"}, "sha256": sha}),
-    )
-    .await;
-    failed_with(&entry, "model_unloadable");
-    let message = entry["registration"]["error"]["message"].as_str().unwrap();
-    assert!(message.contains("signal 11"), "{message}");
-    // The server itself is unharmed: the configured model still generates.
-    assert!(!generate(&s, &token("acme"), MODEL).await.is_empty());
     s.stop().await;
 }

@@ -23,7 +23,7 @@ use llama_cpp_2::{json_schema_to_grammar, send_logs_to_tracing, LlamaStateSeqFla
 use super::cores::{Cores, Turn};
 use super::devices::{Device, DeviceKind, Placement};
 use super::threadpool::{self, Lease};
-use super::tool::ModelTool;
+use super::tool::{ModelTool, ToolError};
 use super::{
     ActiveSet, Backend, BatchItem, Embedder, Embedding, EngineError, LoadedAdapter, Sampled, SeqId,
     Session, TokenId, Weights,
@@ -289,10 +289,11 @@ impl LlamaCppBackend {
 }
 
 impl Backend for LlamaCppBackend {
-    fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+    fn probe(&self, path: &std::path::Path) -> Result<(), ToolError> {
         match &self.tool {
-            // A full load, tensors mapped, in a child that a bad file may crash.
-            Some(tool) => tool.probe(path).map_err(|e| e.to_string()),
+            // A full load (every tensor checked, none read) in a child that a bad file may
+            // crash.
+            Some(tool) => tool.probe(path),
             // Without a tool (an embedder that gave none), in this process and so only as far
             // as is cheap: `vocab_only` reads the architecture, hyperparameters and vocabulary
             // and allocates no tensors; llama.cpp refuses an unknown architecture here as it
@@ -301,7 +302,7 @@ impl Backend for LlamaCppBackend {
                 let params = LlamaModelParams::default().with_vocab_only(true);
                 LlamaModel::load_from_file(&self.backend, path, &params)
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| ToolError::Refused(e.to_string()))
             }
         }
     }

@@ -107,7 +107,7 @@ pub trait Backend: Send + Sync + 'static {
     /// hyperparameters and vocabulary read, without the weights. The registry asks before a
     /// file is accepted, so that an unsupported model is refused at registration and not at
     /// its first invocation.
-    fn probe(&self, path: &std::path::Path) -> Result<(), String> {
+    fn probe(&self, path: &std::path::Path) -> Result<(), tool::ToolError> {
         let _ = path;
         Ok(())
     }

@@ -8,8 +8,12 @@
 //! kills it at once instead of waiting minutes for it to finish. The child also returns
 //! whatever memory the quantizer used when it exits.
 //!
-//! The protocol is the exit status: 0 when the file passed, otherwise the child's last line
-//! on stdout says why (stderr carries llama.cpp's own log, kept for a crash's message).
+//! The protocol is the exit status: 0 when the file passed; 1 when it did not, the child's
+//! last line on stdout saying why; 2 (arguments not understood, a binary that is not
+//! `genrt`) and 3 (llama.cpp could not be set up) for the tool's own failures, not the
+//! file's; anything else, a signal above all, a crash on the file (stderr carries llama.cpp's
+//! own log, kept for its message). The children see no GPU: the file is checked on the host,
+//! and the GPUs' memory belongs to the server's replicas.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -22,8 +26,9 @@ use llama_cpp_2::model::LlamaModel;
 
 /// The subcommand of the `genrt` binary that runs the child's side.
 pub const SUBCOMMAND: &str = "model-tool";
-/// How long a probe may take: it maps the file and reads its tables, it does not read the
-/// weights, so even a large model takes seconds; a child still running then is killed.
+/// How long a probe may take: it reads the file's tables and checks every tensor against them
+/// without reading the weights (`no_alloc`), so even a large model takes seconds; a child
+/// still running then is killed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a waiting parent looks at its child (and at cancellation).
 const POLL: Duration = Duration::from_millis(20);
@@ -89,7 +94,8 @@ impl ModelTool {
     }
 
     /// Whether llama.cpp loads the model at `path`: its architecture known, every tensor it
-    /// expects present with its shape, within the file. Blocking.
+    /// expects present with its shape, within the file (the weights themselves not read).
+    /// Blocking.
     pub fn probe(&self, path: &Path) -> Result<(), ToolError> {
         let command = ToolCommand::Probe {
             path: path.to_owned(),
@@ -124,18 +130,40 @@ impl ModelTool {
     }
 
     fn run_args(&self, args: Vec<OsString>, cancelled: &dyn Fn() -> bool) -> Result<(), ToolError> {
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(args)
+            .env("CUDA_VISIBLE_DEVICES", "")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                ToolError::Unavailable(format!(
-                    "cannot start the model tool {}: {e} (registry.tool_binary)",
-                    self.binary.display()
-                ))
-            })?;
+            .stderr(Stdio::piped());
+        // The child ends with the thread that waits for it (the server stopping, killed, or
+        // crashing included): an orphaned quantizer would go on writing into the store.
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id();
+            // SAFETY: `prctl` and `getppid` are system calls, safe between fork and exec;
+            // nothing is allocated.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                command.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent may have ended before the signal was asked for.
+                    if libc::getppid() as u32 != parent {
+                        return Err(std::io::Error::other("the server ended"));
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().map_err(|e| {
+            ToolError::Unavailable(format!(
+                "cannot start the model tool {}: {e} (registry.tool_binary)",
+                self.binary.display()
+            ))
+        })?;
         // Read both pipes while waiting, so that a chatty child never blocks on a full pipe.
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
@@ -150,6 +178,7 @@ impl ModelTool {
                 Ok(None) => std::thread::sleep(POLL),
                 Err(e) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     return Err(ToolError::Unavailable(format!(
                         "cannot wait for the model tool: {e}"
                     )));
@@ -218,11 +247,15 @@ fn answer(status: ExitStatus, out: &str, err: &str, binary: &Path) -> Result<(),
     }
     match (status.code(), last(out)) {
         (Some(1), Some(reason)) => Err(ToolError::Refused(reason)),
-        // clap's usage error: the binary is not a `genrt` that knows the tool.
+        // A usage error (clap's too): the binary is not a `genrt` that knows the tool.
         (Some(2), _) => Err(ToolError::Unavailable(format!(
             "{} does not run `genrt {SUBCOMMAND}` (registry.tool_binary must name the genrt binary): {}",
             binary.display(),
             last(err).unwrap_or_default()
+        ))),
+        (Some(3), reason) => Err(ToolError::Unavailable(format!(
+            "the model tool could not set up llama.cpp: {}",
+            reason.unwrap_or_default()
         ))),
         _ => {
             let said: Vec<&str> = err
@@ -274,10 +307,10 @@ pub fn serve_if_asked() {
         }
         Ok((command, backends_dir)) => match run(&command, backends_dir.as_deref()) {
             Ok(()) => 0,
-            Err(reason) => {
+            Err((code, reason)) => {
                 // One line: the parent reports the last.
                 println!("{}", reason.replace('\n', " "));
-                1
+                code
             }
         },
     };
@@ -332,25 +365,33 @@ fn parse(args: &[OsString]) -> Result<(ToolCommand, Option<PathBuf>), String> {
     Ok((command, backends_dir))
 }
 
-/// The child's side: runs `command` in this process. `Err` is the message the parent reports.
-pub fn run(command: &ToolCommand, backends_dir: Option<&Path>) -> Result<(), String> {
-    super::load_backends(backends_dir).map_err(|e| e.to_string())?;
+/// The child's side: runs `command` in this process. `Err` is the exit code (1: the file, 3:
+/// llama.cpp could not be set up) and the message the parent reports.
+fn run(command: &ToolCommand, backends_dir: Option<&Path>) -> Result<(), (i32, String)> {
+    let setup = |e: super::EngineError| (3, e.to_string());
+    super::load_backends(backends_dir).map_err(setup)?;
+    let backend = super::llama_backend().map_err(setup)?;
     errors::capture();
     // llama.cpp says why only in its log (its API answers a null model or a return code).
-    run_command(command).map_err(|e| match errors::last() {
-        Some(said) => format!("{said} ({e})"),
-        None => e,
+    run_command(command, &backend).map_err(|e| match errors::last() {
+        Some(said) => (1, format!("{said} ({e})")),
+        None => (1, e),
     })
 }
 
-fn run_command(command: &ToolCommand) -> Result<(), String> {
+fn run_command(
+    command: &ToolCommand,
+    backend: &llama_cpp_2::llama_backend::LlamaBackend,
+) -> Result<(), String> {
     match command {
         ToolCommand::Probe { path } => {
-            let backend = super::llama_backend().map_err(|e| e.to_string())?;
-            // As a replica loads it, tensors on the host only: the check is of the file, and
-            // the GPU's memory belongs to the server's replicas.
-            let params = LlamaModelParams::default().with_n_gpu_layers(0);
-            LlamaModel::load_from_file(&backend, path, &params)
+            // Every tensor looked up and checked against the architecture and the file's
+            // bounds, as a replica's load does, but none allocated or read (`no_alloc`): a
+            // quick check whatever the model's size, and no GPU (none is visible here).
+            let params = LlamaModelParams::default()
+                .with_n_gpu_layers(0)
+                .with_no_alloc(true);
+            LlamaModel::load_from_file(backend, path, &params)
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
@@ -364,15 +405,20 @@ fn run_command(command: &ToolCommand) -> Result<(), String> {
     }
 }
 
-/// llama.cpp's error log in the child: each error line goes to stderr (for a crash's message)
-/// and the last one that says why a load failed is kept for the answer.
+/// llama.cpp's log in the child: all of it goes to stderr (for a crash's message), and the
+/// error line that says why a load or a quantization failed is kept for the answer.
 mod errors {
     use std::ffi::{c_char, c_void, CStr};
     use std::sync::Mutex;
 
     use llama_cpp_sys_2 as sys;
 
-    static LAST: Mutex<Option<String>> = Mutex::new(None);
+    /// What precedes the reason in llama.cpp's own error lines: the loader's and the
+    /// quantizer's. A line with one of them wins over any other error line.
+    const MARKERS: [&str; 2] = ["error loading model: ", "failed to quantize: "];
+
+    /// The reason so far, and whether a marked line gave it.
+    static LAST: Mutex<Option<(String, bool)>> = Mutex::new(None);
 
     pub(super) fn capture() {
         // SAFETY: a plain function with the callback's signature, for the process's lifetime.
@@ -380,7 +426,7 @@ mod errors {
     }
 
     pub(super) fn last() -> Option<String> {
-        LAST.lock().ok()?.clone()
+        LAST.lock().ok()?.clone().map(|(why, _)| why)
     }
 
     unsafe extern "C" fn on_log(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
@@ -388,18 +434,28 @@ mod errors {
             return;
         }
         // SAFETY: llama.cpp passes a NUL-terminated message.
-        let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
-        let text = text.trim();
-        eprintln!("{text}");
-        if level != sys::GGML_LOG_LEVEL_ERROR || text.is_empty() {
+        let bytes = unsafe { CStr::from_ptr(text) }.to_bytes();
+        // As written (progress dots included), and never a panic if stderr is gone.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), bytes);
+        if level != sys::GGML_LOG_LEVEL_ERROR {
             return;
         }
-        // `llama_model_load: error loading model: <why>`, then a generic line after it.
-        let why = text.split_once("error loading model: ").map(|(_, why)| why);
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        if text.is_empty() || text.chars().all(|c| c == '=' || c.is_whitespace()) {
+            return;
+        }
+        let marked = MARKERS
+            .iter()
+            .find_map(|m| text.split_once(m).map(|(_, why)| why.to_owned()));
         if let Ok(mut last) = LAST.lock() {
-            match why {
-                Some(why) => *last = Some(why.to_owned()),
-                None if last.is_none() => *last = Some(text.to_owned()),
+            match marked {
+                Some(why) => *last = Some((why, true)),
+                // The latest unmarked line, unless a marked one came before it (llama.cpp
+                // follows the reason with a generic "failed to load model").
+                None if !last.as_ref().is_some_and(|(_, marked)| *marked) => {
+                    *last = Some((text.to_owned(), false))
+                }
                 None => {}
             }
         }

@@ -155,6 +155,9 @@ struct Inner {
     next_job: AtomicU64,
     /// Whether the first sync of this run has completed (see [`ModelRegistry::run_sync`]).
     synced: AtomicBool,
+    /// Set when the server stops ([`ModelRegistry::stop_jobs`]): a job cancelled then leaves
+    /// its row as it is, for the next start to resume or fail as interrupted.
+    stopping: AtomicBool,
     /// Models this node is draining, so that the sync loop starts one drain per model.
     removing: Mutex<HashSet<String>>,
     /// Files whose sha256 this node checked: path → (size, modified, sha256).
@@ -217,6 +220,7 @@ impl ModelRegistry {
                 running: Mutex::new(HashMap::new()),
                 next_job: AtomicU64::new(0),
                 synced: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
                 removing: Mutex::new(HashSet::new()),
                 verified: Mutex::new(HashMap::new()),
             }),
@@ -1095,12 +1099,19 @@ impl ModelRegistry {
                     ),
                 ));
             }
-            tree.probe(&p).map_err(|reason| {
-                // llama.cpp's own words for an architecture it does not know; anything else
-                // is the file (a tensor missing or misshapen, or the loader crashed on it).
-                let code = match reason.contains("unknown model architecture") {
-                    true => ErrorCode::ModelUnsupportedArchitecture,
-                    false => ErrorCode::ModelUnloadable,
+            tree.probe(&p).map_err(|e| {
+                let (code, reason) = match e {
+                    // llama.cpp's own words for an architecture it does not know; anything
+                    // else is the file (a tensor missing or misshapen, or a crash on it).
+                    ToolError::Refused(m) if m.contains("unknown model architecture") => {
+                        (ErrorCode::ModelUnsupportedArchitecture, m)
+                    }
+                    ToolError::Refused(m) | ToolError::Crashed(m) => (ErrorCode::ModelUnloadable, m),
+                    // The tool itself (a wrong registry.tool_binary), not the file.
+                    ToolError::Unavailable(m) => {
+                        return Failure::new(ErrorCode::Internal, m);
+                    }
+                    ToolError::Cancelled => return fetch::cancelled(),
                 };
                 Failure::new(
                     code,
@@ -1116,8 +1127,22 @@ impl ModelRegistry {
         .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, e.to_string())))
     }
 
+    /// Stops this node's registration jobs, the server stopping: their child processes are
+    /// killed (a quantization would otherwise hold the stop for minutes) and their rows left
+    /// as they are, for the next start (`sync(true)`) to resume a download or fail a
+    /// registration interrupted while llama.cpp read its file.
+    pub fn stop_jobs(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let running = self.inner.running.lock().expect("running lock");
+        running.values().for_each(|j| j.cancel.cancel());
+    }
+
     /// Records a failure and removes what the registration wrote.
     async fn fail(&self, row: &ModelRow, failure: Failure) {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            tracing::info!(model = %row.id, "registration stopped with the server; the next start takes it up");
+            return;
+        }
         self.fail_state(
             row,
             &["registering", "validating", "quantizing", "awaiting_upload"],
@@ -1156,6 +1181,10 @@ impl ModelRegistry {
     /// registered again, while it ran) removes what it wrote, if nothing else will: the
     /// deletion's removal may have run before this job's file was in place.
     async fn abandon(&self, row: &ModelRow) {
+        // Stopped with the server, not deleted: the next start takes the registration up.
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         if self.still_ours(row).await {
             self.remove_written(row).await;
         }
