@@ -324,6 +324,16 @@ impl ActorTree {
 
     /// Whether this engine can load the model file at `path` (see [`Backend::probe`]). Reads
     /// the file: call it off the async threads.
+    /// Whether this engine can load the adapter at `adapter` onto the model at `base` (see
+    /// [`Backend::probe_adapter`]). Blocking.
+    pub fn probe_adapter(
+        &self,
+        base: &std::path::Path,
+        adapter: &std::path::Path,
+    ) -> Result<(), crate::engine::tool::ToolError> {
+        self.backend.probe_adapter(base, adapter)
+    }
+
     pub fn probe(&self, path: &std::path::Path) -> Result<(), crate::engine::tool::ToolError> {
         self.backend.probe(path)
     }

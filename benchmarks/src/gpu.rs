@@ -62,6 +62,8 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
+    // The model registry's child processes run this binary (`registry.tool_binary` unset).
+    genrt_actors::engine::tool::serve_if_asked();
     let args = Args::parse();
     // llama.cpp's own messages (why a backend module did not load, where the layers went).
     tracing_subscriber::fmt()

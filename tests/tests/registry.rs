@@ -1352,7 +1352,7 @@ args=("$@")
 for i in "${!args[@]}"; do
   case "${args[$i]}" in
     quantize) echo partial > "${args[$((i + 2))]}"; exec -a QUANTIZER sleep 600 ;;
-    */crash.gguf) kill -SEGV $$ ;;
+    */crash.gguf | */crash-lora.gguf) kill -SEGV $$ ;;
   esac
 done
 exec GENRT "$@"
@@ -1417,6 +1417,38 @@ exec GENRT "$@"
     let message = entry["registration"]["error"]["message"].as_str().unwrap();
     assert!(message.contains("signal 11"), "{message}");
     assert!(!generate(&s, &token("acme"), MODEL).await.is_empty());
+
+    // LoRA adapters go through the child too: one that loads onto the base (the real tool),
+    // and the same file under a name the tool crashes on.
+    for (name, file) in [("fine", "lora.gguf"), ("crashes", "crash-lora.gguf")] {
+        make_model(&[
+            "--lora-of",
+            &tokenizer,
+            "--seed",
+            "3",
+            "--out",
+            store.join(file).to_str().unwrap(),
+        ]);
+        let sha = sha256(&std::fs::read(store.join(file)).unwrap());
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &format!("/v1/models/{MODEL}/adapters"),
+                &admin_token(),
+                Some(json!({"id": name, "source": {"path": file}, "sha256": sha})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let entry = settled(&s, &format!("{MODEL}/adapters/{name}")).await;
+        match name {
+            "fine" => assert_eq!(entry["registration"]["state"], "ready", "{entry}"),
+            _ => {
+                failed_with(&entry, "model_unloadable");
+                let message = entry["registration"]["error"]["message"].as_str().unwrap();
+                assert!(message.contains("signal 11"), "{message}");
+            }
+        }
+    }
 
     // A small F16 model (it passes the real probe), deleted while it is quantized.
     let f16 = store.join("small-f16.gguf");

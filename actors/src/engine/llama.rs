@@ -307,6 +307,15 @@ impl Backend for LlamaCppBackend {
         }
     }
 
+    fn probe_adapter(&self, base: &Path, adapter: &Path) -> Result<(), ToolError> {
+        match &self.tool {
+            Some(tool) => tool.probe_adapter(base, adapter),
+            // Without a tool, genrt's own reader's checks only (loading the base here would
+            // cost its weights' memory).
+            None => Ok(()),
+        }
+    }
+
     fn load(
         &self,
         model: &ModelConfig,

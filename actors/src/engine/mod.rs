@@ -111,6 +111,17 @@ pub trait Backend: Send + Sync + 'static {
         let _ = path;
         Ok(())
     }
+
+    /// Whether this engine can load the LoRA adapter at `adapter` onto the model at `base`;
+    /// asked after genrt's own reader checked the adapter against the base.
+    fn probe_adapter(
+        &self,
+        base: &std::path::Path,
+        adapter: &std::path::Path,
+    ) -> Result<(), tool::ToolError> {
+        let _ = (base, adapter);
+        Ok(())
+    }
 }
 
 /// Loaded weights.

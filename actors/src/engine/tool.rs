@@ -67,8 +67,11 @@ impl std::fmt::Display for ToolError {
 /// One command of the child's side.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolCommand {
-    /// Load `path` as a replica would (tensors mapped, none on a GPU), without a context.
+    /// Load `path` as a replica would, every tensor checked and none read (`no_alloc`).
     Probe { path: PathBuf },
+    /// Load LoRA adapter `adapter` onto model `base` as a replica would (the base's weights
+    /// mapped, on the host).
+    ProbeAdapter { base: PathBuf, adapter: PathBuf },
     /// Quantize `input` to `output` (see [`super::quantize::quantize`]).
     Quantize {
         input: PathBuf,
@@ -97,14 +100,28 @@ impl ModelTool {
     /// expects present with its shape, within the file (the weights themselves not read).
     /// Blocking.
     pub fn probe(&self, path: &Path) -> Result<(), ToolError> {
-        let command = ToolCommand::Probe {
+        self.check(&ToolCommand::Probe {
             path: path.to_owned(),
-        };
+        })
+    }
+
+    /// Whether llama.cpp loads `adapter` onto `base` (genrt's own reader has checked the
+    /// shapes first; this is the file through llama.cpp's loader, outside the server).
+    /// Blocking.
+    pub fn probe_adapter(&self, base: &Path, adapter: &Path) -> Result<(), ToolError> {
+        self.check(&ToolCommand::ProbeAdapter {
+            base: base.to_owned(),
+            adapter: adapter.to_owned(),
+        })
+    }
+
+    /// A check, killed after [`PROBE_TIMEOUT`].
+    fn check(&self, command: &ToolCommand) -> Result<(), ToolError> {
         let deadline = Instant::now() + PROBE_TIMEOUT;
-        self.run_child(&command, &|| Instant::now() >= deadline)
+        self.run_child(command, &|| Instant::now() >= deadline)
             .map_err(|e| match e {
                 ToolError::Cancelled => ToolError::Crashed(format!(
-                    "loading the file took over {} s",
+                    "llama.cpp took over {} s to load the file",
                     PROBE_TIMEOUT.as_secs()
                 )),
                 other => other,
@@ -200,6 +217,9 @@ impl ModelTool {
             ToolCommand::Probe { path } => {
                 args.push("probe".into());
                 args.push(path.into());
+            }
+            ToolCommand::ProbeAdapter { base, adapter } => {
+                args.extend(["probe-adapter".into(), base.into(), adapter.into()]);
             }
             ToolCommand::Quantize {
                 input,
@@ -317,7 +337,7 @@ pub fn serve_if_asked() {
     std::process::exit(code);
 }
 
-/// `[--backends-dir DIR] probe PATH` or
+/// `[--backends-dir DIR] probe PATH`, `[--backends-dir DIR] probe-adapter BASE ADAPTER` or
 /// `[--backends-dir DIR] quantize IN OUT --type T --threads N [--requantize]`.
 fn parse(args: &[OsString]) -> Result<(ToolCommand, Option<PathBuf>), String> {
     let mut words = args.iter().cloned().peekable();
@@ -332,6 +352,10 @@ fn parse(args: &[OsString]) -> Result<(ToolCommand, Option<PathBuf>), String> {
     let command = match next("a command")?.to_str() {
         Some("probe") => ToolCommand::Probe {
             path: next("the file")?.into(),
+        },
+        Some("probe-adapter") => ToolCommand::ProbeAdapter {
+            base: next("the base model")?.into(),
+            adapter: next("the adapter")?.into(),
         },
         Some("quantize") => {
             let (input, output) = (
@@ -360,7 +384,11 @@ fn parse(args: &[OsString]) -> Result<(ToolCommand, Option<PathBuf>), String> {
                 threads,
             }
         }
-        other => return Err(format!("unknown command {other:?}: probe or quantize")),
+        other => {
+            return Err(format!(
+                "unknown command {other:?}: probe, probe-adapter or quantize"
+            ))
+        }
     };
     Ok((command, backends_dir))
 }
@@ -395,6 +423,7 @@ fn run_command(
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        ToolCommand::ProbeAdapter { base, adapter } => probe_adapter(base, adapter),
         ToolCommand::Quantize {
             input,
             output,
@@ -402,6 +431,40 @@ fn run_command(
             requantize,
             threads,
         } => super::quantize::quantize(input, output, type_name, *requantize, *threads),
+    }
+}
+
+/// The base loaded as a replica loads it on the host (mapped, not repacked: this process ends
+/// right after), then the adapter onto it, as `load_adapter` does. Through llama.cpp's C API:
+/// llama-cpp-2's model parameters do not expose `use_extra_bufts`.
+fn probe_adapter(base: &Path, adapter: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+
+    use llama_cpp_sys_2 as sys;
+
+    let c_path =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string());
+    let (base, adapter) = (c_path(base)?, c_path(adapter)?);
+    // SAFETY: default parameters changed field by field; the model is freed below, after the
+    // adapter, and nothing else holds either.
+    unsafe {
+        let mut params = sys::llama_model_default_params();
+        params.n_gpu_layers = 0;
+        params.use_extra_bufts = false;
+        let model = sys::llama_model_load_from_file(base.as_ptr(), params);
+        if model.is_null() {
+            return Err("the base model does not load".into());
+        }
+        let lora = sys::llama_adapter_lora_init(model, adapter.as_ptr());
+        let loaded = !lora.is_null();
+        if loaded {
+            sys::llama_adapter_lora_free(lora);
+        }
+        sys::llama_model_free(model);
+        match loaded {
+            true => Ok(()),
+            false => Err("llama.cpp does not load it as a LoRA adapter of this model".into()),
+        }
     }
 }
 
@@ -415,7 +478,11 @@ mod errors {
 
     /// What precedes the reason in llama.cpp's own error lines: the loader's and the
     /// quantizer's. A line with one of them wins over any other error line.
-    const MARKERS: [&str; 2] = ["error loading model: ", "failed to quantize: "];
+    const MARKERS: [&str; 3] = [
+        "error loading model: ",
+        "failed to quantize: ",
+        "failed to apply lora adapter: ",
+    ];
 
     /// The reason so far, and whether a marked line gave it.
     static LAST: Mutex<Option<(String, bool)>> = Mutex::new(None);
@@ -514,6 +581,10 @@ mod tests {
         for command in [
             ToolCommand::Probe {
                 path: PathBuf::from("/m/a b.gguf"),
+            },
+            ToolCommand::ProbeAdapter {
+                base: PathBuf::from("/m/base.gguf"),
+                adapter: PathBuf::from("/m/lora.gguf"),
             },
             ToolCommand::Quantize {
                 input: PathBuf::from("/m/in.gguf"),

@@ -13,8 +13,10 @@
 //!   use, by URL or upload, within `max_adapters` and `max_adapter_mb`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use genrt_actors::engine::gguf::{self, AdapterProblem};
+use genrt_actors::engine::tool::ToolError;
 use genrt_actors::Adapter;
 use genrt_functions::{ModelId, TenantId};
 use tokio_util::sync::CancellationToken;
@@ -320,21 +322,31 @@ impl ModelRegistry {
             return self.fail(row, failure).await;
         };
         let adapter = PathBuf::from(&row.path);
-        let checked =
-            tokio::task::spawn_blocking(move || gguf::check_adapter(&adapter, &base_path))
-                .await
-                .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))
-                .and_then(|r| {
-                    r.map_err(|problem| match problem {
-                        AdapterProblem::File(file) => Failure::from(file),
-                        AdapterProblem::NotAdapter(_) => {
-                            Failure::new(ErrorCode::NotAnAdapter, problem.to_string())
-                        }
-                        AdapterProblem::Mismatch(_) => {
-                            Failure::new(ErrorCode::AdapterMismatch, problem.to_string())
-                        }
-                    })
-                });
+        let tree = Arc::clone(&inner.tree);
+        let checked = tokio::task::spawn_blocking(move || {
+            let info =
+                gguf::check_adapter(&adapter, &base_path).map_err(|problem| match problem {
+                    AdapterProblem::File(file) => Failure::from(file),
+                    AdapterProblem::NotAdapter(_) => {
+                        Failure::new(ErrorCode::NotAnAdapter, problem.to_string())
+                    }
+                    AdapterProblem::Mismatch(_) => {
+                        Failure::new(ErrorCode::AdapterMismatch, problem.to_string())
+                    }
+                })?;
+            // Then through llama.cpp's own loader, in a child process (`engine::tool`).
+            tree.probe_adapter(&base_path, &adapter)
+                .map_err(|e| match e {
+                    ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
+                    other => Failure::new(
+                        ErrorCode::ModelUnloadable,
+                        format!("this llama.cpp cannot load the adapter onto its base: {other}"),
+                    ),
+                })?;
+            Ok(info)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, e.to_string())));
         let info = match checked {
             Ok(info) => info,
             Err(failure) => return self.fail(row, failure).await,
