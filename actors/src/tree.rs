@@ -322,20 +322,25 @@ impl ActorTree {
         Ok(drained)
     }
 
-    /// Whether this engine can load the model file at `path` (see [`Backend::probe`]). Reads
-    /// the file: call it off the async threads.
+    /// Whether this engine can load the model file at `path` (see [`Backend::probe`]),
+    /// stopping early when `cancelled` says so. Reads the file: call it off the async threads.
+    pub fn probe(
+        &self,
+        path: &std::path::Path,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), crate::engine::tool::ToolError> {
+        self.backend.probe(path, cancelled)
+    }
+
     /// Whether this engine can load the adapter at `adapter` onto the model at `base` (see
-    /// [`Backend::probe_adapter`]). Blocking.
+    /// [`Backend::probe_adapter`]), stopping early when `cancelled` says so. Blocking.
     pub fn probe_adapter(
         &self,
         base: &std::path::Path,
         adapter: &std::path::Path,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(), crate::engine::tool::ToolError> {
-        self.backend.probe_adapter(base, adapter)
-    }
-
-    pub fn probe(&self, path: &std::path::Path) -> Result<(), crate::engine::tool::ToolError> {
-        self.backend.probe(path)
+        self.backend.probe_adapter(base, adapter, cancelled)
     }
 
     /// Whether `id` is being removed (new work is refused).

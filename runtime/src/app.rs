@@ -458,6 +458,9 @@ impl RunningServer {
             .server
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // Registration jobs stop now: their llama.cpp children are killed (a quantization
+        // would hold the stop for minutes) and their rows left for the next start.
+        self.state.registry.stop_jobs();
         // Leased async work goes back to the queue before the actors stop under it.
         crate::queue::release(&self.runner).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.queue_runner).await;
@@ -468,8 +471,9 @@ impl RunningServer {
         self.cluster_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster_sync).await;
         self.registry_stop.cancel();
-        self.state.registry.stop_jobs();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.registry_sync).await;
+        // Before the tree stops under them (a load refused then is not a failure).
+        self.state.registry.jobs_ended(Duration::from_secs(5)).await;
         self.state.tree.shutdown().await;
         let unwritten = self.state.records.flush(RECORD_FLUSH_LIMIT).await;
         if unwritten > 0 {

@@ -1368,12 +1368,15 @@ exec GENRT "$@"
     let mut permissions = std::fs::metadata(&script).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
     std::fs::set_permissions(&script, permissions).unwrap();
-    let s = TestServer::start_adjusted(Db::Sqlite, |c| {
+    // The database in this test's folder, so that a second server reads what the first left.
+    let database = format!("sqlite://{}?mode=rwc", data.0.join("genrt.db").display());
+    let adjust = |c: &mut genrt_runtime::Config| {
         configure(c);
         c.registry.store_dir = store.clone();
         c.registry.tool_binary = Some(script.clone());
-    })
-    .await;
+        c.database.url = Some(database.clone());
+    };
+    let s = TestServer::start_adjusted(Db::Sqlite, adjust).await;
     let store = PathBuf::from(s.server().state().registry.store_root());
     let tokenizer = model_path().display().to_string();
     let before = registry_files(&store);
@@ -1470,30 +1473,41 @@ exec GENRT "$@"
         "--n-head-kv",
         "2",
     ]);
-    let (status, body) = register(
-        &s,
-        json!({"id": "small-q8", "source": {"path": "small-f16.gguf"},
-               "sha256": sha256(&std::fs::read(&f16).unwrap()), "quantize": "Q8_0",
-               "settings": {"n_ctx": 256}}),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, entry) = s
-            .call(Method::GET, "/v1/models/small-q8", &admin_token(), None)
+    let f16_sha = sha256(&std::fs::read(&f16).unwrap());
+    let quantizing = |id: &'static str| {
+        let (s, store, quantizer, f16_sha) = (&s, &store, &quantizer, &f16_sha);
+        async move {
+            let (status, body) = register(
+                s,
+                json!({"id": id, "source": {"path": "small-f16.gguf"}, "sha256": f16_sha,
+                       "quantize": "Q8_0", "settings": {"n_ctx": 256}}),
+            )
             .await;
-        let state = entry["registration"]["state"].as_str().unwrap_or_default();
-        assert!(state != "ready" && state != "failed", "{entry}");
-        let output = registry_files(&store)
-            .iter()
-            .any(|f| f.ends_with("q8_0.gguf"));
-        if state == "quantizing" && processes_with(&quantizer) > 0 && output {
-            break;
+            assert_eq!(status, 202, "{body}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, entry) = s
+                    .call(
+                        Method::GET,
+                        &format!("/v1/models/{id}"),
+                        &admin_token(),
+                        None,
+                    )
+                    .await;
+                let state = entry["registration"]["state"].as_str().unwrap_or_default();
+                assert!(state != "ready" && state != "failed", "{entry}");
+                let output = registry_files(store)
+                    .iter()
+                    .any(|f| f.ends_with("q8_0.gguf"));
+                if state == "quantizing" && processes_with(quantizer) > 0 && output {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never quantizing: {entry}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "never quantizing: {entry}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    quantizing("small-q8").await;
     let deleted = Instant::now();
     let (status, body) = s
         .call(Method::DELETE, "/v1/models/small-q8", &admin_token(), None)
@@ -1522,5 +1536,32 @@ exec GENRT "$@"
         "quantization killed {:?} after its deletion",
         deleted.elapsed()
     );
+
+    // A server stopping kills its quantizations and leaves their rows: the next start fails
+    // the registration as interrupted (llama.cpp was reading the file), rather than the stop
+    // recording anything else or waiting for the quantizer.
+    quantizing("small-q8-stopped").await;
+    let stopping = Instant::now();
+    s.stop().await;
+    assert_eq!(
+        processes_with(&quantizer),
+        0,
+        "the quantizer outlived the server"
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "the stop took {:?}",
+        stopping.elapsed()
+    );
+    let s = TestServer::start_adjusted(Db::Sqlite, adjust).await;
+    let (_, entry) = s
+        .call(
+            Method::GET,
+            "/v1/models/small-q8-stopped",
+            &admin_token(),
+            None,
+        )
+        .await;
+    failed_with(&entry, "model_registration_interrupted");
     s.stop().await;
 }

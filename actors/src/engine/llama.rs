@@ -289,11 +289,11 @@ impl LlamaCppBackend {
 }
 
 impl Backend for LlamaCppBackend {
-    fn probe(&self, path: &std::path::Path) -> Result<(), ToolError> {
+    fn probe(&self, path: &Path, cancelled: &dyn Fn() -> bool) -> Result<(), ToolError> {
         match &self.tool {
             // A full load (every tensor checked, none read) in a child that a bad file may
             // crash.
-            Some(tool) => tool.probe(path),
+            Some(tool) => tool.probe(path, cancelled),
             // Without a tool (an embedder that gave none), in this process and so only as far
             // as is cheap: `vocab_only` reads the architecture, hyperparameters and vocabulary
             // and allocates no tensors; llama.cpp refuses an unknown architecture here as it
@@ -307,9 +307,14 @@ impl Backend for LlamaCppBackend {
         }
     }
 
-    fn probe_adapter(&self, base: &Path, adapter: &Path) -> Result<(), ToolError> {
+    fn probe_adapter(
+        &self,
+        base: &Path,
+        adapter: &Path,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), ToolError> {
         match &self.tool {
-            Some(tool) => tool.probe_adapter(base, adapter),
+            Some(tool) => tool.probe_adapter(base, adapter, cancelled),
             // Without a tool, genrt's own reader's checks only (loading the base here would
             // cost its weights' memory).
             None => Ok(()),

@@ -107,8 +107,12 @@ pub trait Backend: Send + Sync + 'static {
     /// hyperparameters and vocabulary read, without the weights. The registry asks before a
     /// file is accepted, so that an unsupported model is refused at registration and not at
     /// its first invocation.
-    fn probe(&self, path: &std::path::Path) -> Result<(), tool::ToolError> {
-        let _ = path;
+    fn probe(
+        &self,
+        path: &std::path::Path,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), tool::ToolError> {
+        let _ = (path, cancelled);
         Ok(())
     }
 
@@ -118,8 +122,9 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         base: &std::path::Path,
         adapter: &std::path::Path,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(), tool::ToolError> {
-        let _ = (base, adapter);
+        let _ = (base, adapter, cancelled);
         Ok(())
     }
 }

@@ -99,28 +99,35 @@ impl ModelTool {
     /// Whether llama.cpp loads the model at `path`: its architecture known, every tensor it
     /// expects present with its shape, within the file (the weights themselves not read).
     /// Blocking.
-    pub fn probe(&self, path: &Path) -> Result<(), ToolError> {
-        self.check(&ToolCommand::Probe {
+    pub fn probe(&self, path: &Path, cancelled: &dyn Fn() -> bool) -> Result<(), ToolError> {
+        let command = ToolCommand::Probe {
             path: path.to_owned(),
-        })
+        };
+        self.check(&command, cancelled)
     }
 
     /// Whether llama.cpp loads `adapter` onto `base` (genrt's own reader has checked the
     /// shapes first; this is the file through llama.cpp's loader, outside the server).
     /// Blocking.
-    pub fn probe_adapter(&self, base: &Path, adapter: &Path) -> Result<(), ToolError> {
-        self.check(&ToolCommand::ProbeAdapter {
+    pub fn probe_adapter(
+        &self,
+        base: &Path,
+        adapter: &Path,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), ToolError> {
+        let command = ToolCommand::ProbeAdapter {
             base: base.to_owned(),
             adapter: adapter.to_owned(),
-        })
+        };
+        self.check(&command, cancelled)
     }
 
-    /// A check, killed after [`PROBE_TIMEOUT`].
-    fn check(&self, command: &ToolCommand) -> Result<(), ToolError> {
+    /// A check, killed when `cancelled` says so or after [`PROBE_TIMEOUT`].
+    fn check(&self, command: &ToolCommand, cancelled: &dyn Fn() -> bool) -> Result<(), ToolError> {
         let deadline = Instant::now() + PROBE_TIMEOUT;
-        self.run_child(command, &|| Instant::now() >= deadline)
+        self.run_child(command, &|| cancelled() || Instant::now() >= deadline)
             .map_err(|e| match e {
-                ToolError::Cancelled => ToolError::Crashed(format!(
+                ToolError::Cancelled if !cancelled() => ToolError::Crashed(format!(
                     "llama.cpp took over {} s to load the file",
                     PROBE_TIMEOUT.as_secs()
                 )),
@@ -159,17 +166,18 @@ impl ModelTool {
         #[cfg(target_os = "linux")]
         {
             let parent = std::process::id();
-            // SAFETY: `prctl` and `getppid` are system calls, safe between fork and exec;
-            // nothing is allocated.
+            // SAFETY: `prctl` and `getppid` are system calls, safe between fork and exec, and
+            // the closure allocates nothing.
             unsafe {
                 use std::os::unix::process::CommandExt;
                 command.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    // The parent may have ended before the signal was asked for.
+                    // The parent may have ended before the signal was asked for. (An error made
+                    // from a number: nothing may be allocated here.)
                     if libc::getppid() as u32 != parent {
-                        return Err(std::io::Error::other("the server ended"));
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                     }
                     Ok(())
                 });
@@ -434,9 +442,9 @@ fn run_command(
     }
 }
 
-/// The base loaded as a replica loads it on the host (mapped, not repacked: this process ends
-/// right after), then the adapter onto it, as `load_adapter` does. Through llama.cpp's C API:
-/// llama-cpp-2's model parameters do not expose `use_extra_bufts`.
+/// The base described as a replica loads it on the host (its weights not read), then the
+/// adapter loaded onto it, as `load_adapter` does. Through llama.cpp's C API: llama-cpp-2's
+/// model parameters expose neither `use_extra_bufts` nor `load_mode`.
 fn probe_adapter(base: &Path, adapter: &Path) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
 
@@ -450,7 +458,11 @@ fn probe_adapter(base: &Path, adapter: &Path) -> Result<(), String> {
     unsafe {
         let mut params = sys::llama_model_default_params();
         params.n_gpu_layers = 0;
+        // The base's tensors described, not read (on the host's buffer type, as a CPU
+        // replica's adapter tensors are); the adapter's own tensors are allocated and read.
         params.use_extra_bufts = false;
+        params.no_alloc = true;
+        params.load_mode = sys::LLAMA_LOAD_MODE_NONE;
         let model = sys::llama_model_load_from_file(base.as_ptr(), params);
         if model.is_null() {
             return Err("the base model does not load".into());
@@ -609,7 +621,7 @@ mod tests {
     fn a_binary_that_is_not_there_is_unavailable_and_a_cancelled_child_is_killed() {
         let missing = ModelTool::new(PathBuf::from("/nonexistent/genrt"), None);
         assert!(matches!(
-            missing.probe(Path::new("/tmp/x.gguf")),
+            missing.probe(Path::new("/tmp/x.gguf"), &|| false),
             Err(ToolError::Unavailable(_))
         ));
         // `sleep` stands in for a long quantization: cancelled, it must end at once.

@@ -126,7 +126,9 @@ impl ModelRegistry {
             match hashed {
                 Ok(hashed) => {
                     self.remember(&seed.path, &hashed.sha256);
-                    self.validate_adapter_and_serve(&row).await;
+                    // Seeding happens before the server listens; nothing cancels it.
+                    let never = CancellationToken::new();
+                    self.validate_adapter_and_serve(&row, &never).await;
                 }
                 Err(failure) => self.fail(&row, failure).await,
             }
@@ -298,7 +300,11 @@ impl ModelRegistry {
 
     /// Validates a fetched adapter against its base model, marks it `ready` with what was
     /// read, and serves it.
-    pub(super) async fn validate_adapter_and_serve(&self, row: &ModelRow) {
+    pub(super) async fn validate_adapter_and_serve(
+        &self,
+        row: &ModelRow,
+        cancel: &CancellationToken,
+    ) {
         if !self.begin_validation(row).await {
             return;
         }
@@ -322,7 +328,7 @@ impl ModelRegistry {
             return self.fail(row, failure).await;
         };
         let adapter = PathBuf::from(&row.path);
-        let tree = Arc::clone(&inner.tree);
+        let (tree, stop) = (Arc::clone(&inner.tree), cancel.clone());
         let checked = tokio::task::spawn_blocking(move || {
             let info =
                 gguf::check_adapter(&adapter, &base_path).map_err(|problem| match problem {
@@ -335,9 +341,10 @@ impl ModelRegistry {
                     }
                 })?;
             // Then through llama.cpp's own loader, in a child process (`engine::tool`).
-            tree.probe_adapter(&base_path, &adapter)
+            tree.probe_adapter(&base_path, &adapter, &|| stop.is_cancelled())
                 .map_err(|e| match e {
                     ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
+                    ToolError::Cancelled => super::fetch::cancelled(),
                     other => Failure::new(
                         ErrorCode::ModelUnloadable,
                         format!("this llama.cpp cannot load the adapter onto its base: {other}"),

@@ -155,6 +155,10 @@ struct Inner {
     next_job: AtomicU64,
     /// Whether the first sync of this run has completed (see [`ModelRegistry::run_sync`]).
     synced: AtomicBool,
+    /// The runtime the registry was made on (the server's main one): jobs run there, not on
+    /// the runtime of the HTTP worker that accepted them, which ends with the HTTP server
+    /// and would drop a job mid-way (its clean-up with it).
+    runtime: tokio::runtime::Handle,
     /// Set when the server stops ([`ModelRegistry::stop_jobs`]): a job cancelled then leaves
     /// its row as it is, for the next start to resume or fail as interrupted.
     stopping: AtomicBool,
@@ -218,6 +222,7 @@ impl ModelRegistry {
                 guard,
                 http,
                 running: Mutex::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
                 next_job: AtomicU64::new(0),
                 synced: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
@@ -777,7 +782,7 @@ impl ModelRegistry {
         let (job, cancel) = self.track(Attempt::of(row));
         let this = self.clone();
         let (id, attempt) = (row.id.clone(), row.attempt.clone());
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let permit = tokio::select! {
                 permit = Arc::clone(&this.inner.jobs).acquire_owned() => permit,
                 () = cancel.cancelled() => { this.untrack(job); return; }
@@ -805,7 +810,7 @@ impl ModelRegistry {
     /// Validates an upload once received (`row` as it was claimed).
     fn spawn_validation(&self, row: ModelRow, job: u64, cancel: CancellationToken) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let Ok(_permit) = Arc::clone(&this.inner.jobs).acquire_owned().await else {
                 return;
             };
@@ -863,7 +868,7 @@ impl ModelRegistry {
     /// read, and starts serving it.
     async fn validate_and_serve(&self, row: &ModelRow, cancel: &CancellationToken) {
         if row.kind == "adapter" {
-            return self.validate_adapter_and_serve(row).await;
+            return self.validate_adapter_and_serve(row, cancel).await;
         }
         if !self.begin_validation(row).await {
             return;
@@ -871,7 +876,7 @@ impl ModelRegistry {
         let inner = &self.inner;
         let source = PathBuf::from(&row.path);
         // A source to be quantized need not fit the memory budget; its output must.
-        let info = match self.validate(&source, row.quantize.is_none()).await {
+        let info = match self.validate(&source, row.quantize.is_none(), cancel).await {
             Ok(info) => info,
             Err(failure) => return self.fail(row, failure).await,
         };
@@ -1058,7 +1063,7 @@ impl ModelRegistry {
                 return Err(fetch::cancelled());
             }
             tracing::info!(model = %row.id, target, seconds = started.elapsed().as_secs_f64(), "model quantized");
-            let info = self.validate(&output, true).await?;
+            let info = self.validate(&output, true, cancel).await?;
             let hashed = fetch::hash_file(&output, None, cancel).await?;
             self.remember(&output, &hashed.sha256);
             Ok((output.clone(), info, hashed.sha256))
@@ -1071,9 +1076,14 @@ impl ModelRegistry {
     }
 
     /// The checks of a file before anything loads it.
-    async fn validate(&self, path: &Path, check_budget: bool) -> Result<GgufInfo, Failure> {
+    async fn validate(
+        &self,
+        path: &Path,
+        check_budget: bool,
+        cancel: &CancellationToken,
+    ) -> Result<GgufInfo, Failure> {
         let inner = &self.inner;
-        let (p, tree) = (path.to_owned(), Arc::clone(&inner.tree));
+        let (p, tree, stop) = (path.to_owned(), Arc::clone(&inner.tree), cancel.clone());
         let budget = match check_budget {
             true => inner.memory_budget_bytes,
             false => u64::MAX,
@@ -1099,7 +1109,7 @@ impl ModelRegistry {
                     ),
                 ));
             }
-            tree.probe(&p).map_err(|e| {
+            tree.probe(&p, &|| stop.is_cancelled()).map_err(|e| {
                 let (code, reason) = match e {
                     // llama.cpp's own words for an architecture it does not know; anything
                     // else is the file (a tensor missing or misshapen, or a crash on it).
@@ -1137,12 +1147,19 @@ impl ModelRegistry {
         running.values().for_each(|j| j.cancel.cancel());
     }
 
+    /// Waits, at most `limit`, for this node's registration jobs to end (after
+    /// [`Self::stop_jobs`]).
+    pub async fn jobs_ended(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.inner.running.lock().expect("running lock").is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Records a failure and removes what the registration wrote.
     async fn fail(&self, row: &ModelRow, failure: Failure) {
-        if self.inner.stopping.load(Ordering::SeqCst) {
-            tracing::info!(model = %row.id, "registration stopped with the server; the next start takes it up");
-            return;
-        }
         self.fail_state(
             row,
             &["registering", "validating", "quantizing", "awaiting_upload"],
@@ -1155,6 +1172,12 @@ impl ModelRegistry {
     /// removes what the registration wrote unless the id now names a newer one (which may
     /// use the same file).
     async fn fail_state(&self, row: &ModelRow, from: &[&str], failure: Failure) {
+        // Stopped with the server (a load refused as the tree shuts down, a child killed):
+        // the row and its files stay for the next start.
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            tracing::info!(model = %row.id, "registration stopped with the server; the next start takes it up");
+            return;
+        }
         tracing::warn!(model = %row.id, code = failure.code.as_str(), reason = %failure.message, "model registration failed");
         let change = ModelChange {
             error: Some((failure.code.as_str().to_owned(), failure.message)),
@@ -1248,7 +1271,7 @@ impl ModelRegistry {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let inner = &this.inner;
             let model = ModelId::new(id.clone());
             if let (base, Some(name)) = model.split_adapter() {
