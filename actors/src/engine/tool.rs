@@ -92,10 +92,6 @@ impl ModelTool {
         }
     }
 
-    pub fn binary(&self) -> &Path {
-        &self.binary
-    }
-
     /// Whether llama.cpp loads the model at `path`: its architecture known, every tensor it
     /// expects present with its shape, within the file (the weights themselves not read).
     /// Blocking.

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use genrt_actors::engine::gguf::{self, AdapterProblem};
-use genrt_actors::engine::tool::ToolError;
 use genrt_actors::Adapter;
 use genrt_functions::{ModelId, TenantId};
 use tokio_util::sync::CancellationToken;
@@ -342,13 +341,10 @@ impl ModelRegistry {
                 })?;
             // Then through llama.cpp's own loader, in a child process (`engine::tool`).
             tree.probe_adapter(&base_path, &adapter, &|| stop.is_cancelled())
-                .map_err(|e| match e {
-                    ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
-                    ToolError::Cancelled => super::fetch::cancelled(),
-                    other => Failure::new(
-                        ErrorCode::ModelUnloadable,
-                        format!("this llama.cpp cannot load the adapter onto its base: {other}"),
-                    ),
+                .map_err(|e| {
+                    super::tool_failure(e, ErrorCode::ModelUnloadable, |reason| {
+                        format!("this llama.cpp cannot load the adapter onto its base: {reason}")
+                    })
                 })?;
             Ok(info)
         })

@@ -1052,13 +1052,7 @@ impl ModelRegistry {
             }
         };
         let checked = async {
-            result.map_err(|e| match e {
-                ToolError::Cancelled => fetch::cancelled(),
-                ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
-                ToolError::Refused(m) | ToolError::Crashed(m) => {
-                    Failure::new(ErrorCode::ModelQuantizationFailed, m)
-                }
-            })?;
+            result.map_err(|e| tool_failure(e, ErrorCode::ModelQuantizationFailed, |m| m))?;
             if cancel.is_cancelled() {
                 return Err(fetch::cancelled());
             }
@@ -1110,26 +1104,20 @@ impl ModelRegistry {
                 ));
             }
             tree.probe(&p, &|| stop.is_cancelled()).map_err(|e| {
-                let (code, reason) = match e {
-                    // llama.cpp's own words for an architecture it does not know; anything
-                    // else is the file (a tensor missing or misshapen, or a crash on it).
+                // llama.cpp's own words for an architecture it does not know; anything else
+                // is the file (a tensor missing or misshapen, or a crash on it).
+                let code = match &e {
                     ToolError::Refused(m) if m.contains("unknown model architecture") => {
-                        (ErrorCode::ModelUnsupportedArchitecture, m)
+                        ErrorCode::ModelUnsupportedArchitecture
                     }
-                    ToolError::Refused(m) | ToolError::Crashed(m) => (ErrorCode::ModelUnloadable, m),
-                    // The tool itself (a wrong registry.tool_binary), not the file.
-                    ToolError::Unavailable(m) => {
-                        return Failure::new(ErrorCode::Internal, m);
-                    }
-                    ToolError::Cancelled => return fetch::cancelled(),
+                    _ => ErrorCode::ModelUnloadable,
                 };
-                Failure::new(
-                    code,
+                tool_failure(e, code, |reason| {
                     format!(
                         "this llama.cpp cannot load this `{}` model: {reason}",
                         info.architecture
-                    ),
-                )
+                    )
+                })
             })?;
             Ok(info)
         })
@@ -1570,6 +1558,21 @@ pub fn row_config(row: &ModelRow) -> Result<ModelConfig, String> {
         None => None,
     };
     Ok(config)
+}
+
+/// The failure of a `genrt model-tool` run: the tool's own trouble (a wrong
+/// `registry.tool_binary`) is `internal`, a cancellation is the deletion's, and what the file
+/// caused (llama.cpp refused it or crashed on it) is `code`, with `message` made of the reason.
+pub(super) fn tool_failure(
+    e: ToolError,
+    code: ErrorCode,
+    message: impl FnOnce(String) -> String,
+) -> Failure {
+    match e {
+        ToolError::Unavailable(m) => Failure::new(ErrorCode::Internal, m),
+        ToolError::Cancelled => fetch::cancelled(),
+        ToolError::Refused(m) | ToolError::Crashed(m) => Failure::new(code, message(m)),
+    }
 }
 
 #[cfg(test)]
