@@ -2,7 +2,7 @@
 // the error box. Written here rather than taken from libraries because each is a few lines
 // and the console's whole first load must stay small.
 import type { ComponentChildren } from 'preact';
-import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, isOffline, onConnectionChange, type Schemas } from './api';
 
 // ----------------------------------------------------------------------------------------
@@ -14,9 +14,8 @@ export interface Route {
   query: URLSearchParams;
 }
 
-function current(): Route {
-  const hash = location.hash.replace(/^#\/?/, '');
-  const [path, search] = hash.split('?', 2);
+function parse(hash: string): Route {
+  const [path, search] = hash.replace(/^#\/?/, '').split('?', 2);
   return {
     parts: path.split('/').filter(Boolean).map(decodeURIComponent),
     query: new URLSearchParams(search ?? ''),
@@ -24,13 +23,17 @@ function current(): Route {
 }
 
 export function useRoute(): Route {
-  const [route, setRoute] = useState(current);
+  const [hash, setHash] = useState(() => location.hash);
   useEffect(() => {
-    const changed = () => setRoute(current());
+    const changed = () => setHash(location.hash);
     window.addEventListener('hashchange', changed);
+    // Effects run after the first paint: a hash changed between that render and the line
+    // above fired an event nobody heard (a link followed as soon as the page showed), so
+    // read it once more now. An unchanged hash renders nothing again.
+    changed();
     return () => window.removeEventListener('hashchange', changed);
   }, []);
-  return route;
+  return useMemo(() => parse(hash), [hash]);
 }
 
 export function href(parts: string[], query?: Record<string, string | undefined>): string {
