@@ -11,20 +11,41 @@
 //! a wrong guess costs a prefill, nothing else.
 //!
 //! The tenant is hashed first, so one tenant's prompts never match another's: placement
-//! reveals nothing across tenants either.
+//! reveals nothing across tenants either. So is the adapter set: a replica's cached KV is
+//! reused only by sequences of the set that computed it (see the scheduler).
+//!
+//! Adapter-affine placement ([`SetHomes`]): llama.cpp applies LoRA adapters to a whole
+//! context, so a replica's decode step runs the sequences of one adapter set while its other
+//! sets wait their turn (the scheduler's quantum). A set's sequences spread over two replicas
+//! make both take steps of half the batch, each step paying its fixed cost (the weights read
+//! once per step, graph, sampling, thread wake-ups): on the 2-core CPU a step of 4 sequences
+//! costs over a third of one of 16. Kept on one replica, a set's sequences share its steps
+//! while the other replicas run other sets, side by side. So the pool remembers where each
+//! set's work went (its home), sends the set's next jobs there within the same bounded
+//! imbalance as prefix affinity, and gives a set without a home the replica with the fewest
+//! sets. As the routers in front of vLLM do for LoRA (llm-d's and the Gateway API inference
+//! extension's adapter affinity), at the pool's own level. Measured by `genrt-bench-models`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
 
 use genrt_functions::{RenderedPrompt, TenantId};
+
+use super::state::ReplicaKey;
+use crate::engine::AdapterKey;
 
 /// Bytes of prompt text per block.
 const BLOCK_BYTES: usize = 64;
 /// Block hashes remembered per replica: about 1 MiB of prompt text each.
 const MAX_BLOCKS: usize = 16 * 1024;
 
-/// The chained block hashes of a prompt.
-pub(crate) fn prompt_blocks(tenant: &TenantId, prompt: &RenderedPrompt) -> Vec<u64> {
+/// The chained block hashes of a prompt run with adapter set `set`.
+pub(crate) fn prompt_blocks(
+    tenant: &TenantId,
+    set: &AdapterKey,
+    prompt: &RenderedPrompt,
+) -> Vec<u64> {
     let mut text = Vec::with_capacity(256);
     let mut turn = |role: &str, content: &str| {
         text.extend_from_slice(role.as_bytes());
@@ -48,6 +69,7 @@ pub(crate) fn prompt_blocks(tenant: &TenantId, prompt: &RenderedPrompt) -> Vec<u
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
     let mut seed = state.build_hasher();
     seed.write(tenant.as_str().as_bytes());
+    std::hash::Hash::hash(set, &mut seed);
     let mut previous = seed.finish();
     text.chunks_exact(BLOCK_BYTES)
         .map(|block| {
@@ -91,6 +113,59 @@ impl ReplicaIndex {
     }
 }
 
+/// A set is at home on a replica while its work went there within this long. A hint: a
+/// set whose streams outlive it is only placed as if new, costing steps, never correctness.
+const HOME_TTL: Duration = Duration::from_secs(30);
+/// Homes remembered at most; beyond, the expired ones are dropped.
+const MAX_HOMES: usize = 1024;
+
+/// Where each adapter set's work was last sent (see the module's documentation).
+#[derive(Default)]
+pub(crate) struct SetHomes {
+    homes: HashMap<AdapterKey, (ReplicaKey, Instant)>,
+}
+
+impl SetHomes {
+    fn live(&self, now: Instant) -> impl Iterator<Item = (&AdapterKey, ReplicaKey)> {
+        self.homes
+            .iter()
+            .filter(move |(_, (_, at))| now.saturating_duration_since(*at) < HOME_TTL)
+            .map(|(set, (replica, _))| (set, *replica))
+    }
+
+    /// Whether placement should mind adapter sets for a job of `set`: it runs adapters, or
+    /// adapters run on the model now (the base then is a set like the others). A model that
+    /// serves only its base is placed by load and prefix alone.
+    pub(crate) fn applies(&self, set: &AdapterKey, now: Instant) -> bool {
+        !set.is_base() || self.live(now).any(|(s, _)| !s.is_base())
+    }
+
+    /// The replica `set`'s work went to lately.
+    pub(crate) fn home(&self, set: &AdapterKey, now: Instant) -> Option<ReplicaKey> {
+        self.live(now)
+            .find(|(s, _)| *s == set)
+            .map(|(_, replica)| replica)
+    }
+
+    /// How many sets live on `replica`.
+    pub(crate) fn sets_on(&self, replica: ReplicaKey, now: Instant) -> usize {
+        self.live(now).filter(|(_, r)| *r == replica).count()
+    }
+
+    pub(crate) fn record(&mut self, set: AdapterKey, replica: ReplicaKey, now: Instant) {
+        self.homes.insert(set, (replica, now));
+        if self.homes.len() > MAX_HOMES {
+            self.homes
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < HOME_TTL);
+        }
+    }
+
+    /// A replica that stopped or failed is nobody's home.
+    pub(crate) fn forget(&mut self, replica: ReplicaKey) {
+        self.homes.retain(|_, (r, _)| *r != replica);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use genrt_functions::{ChatRole, ChatTurn};
@@ -122,10 +197,12 @@ mod tests {
         let system = "You are a guide. ".repeat(8);
         let first = prompt_blocks(
             &acme,
+            &AdapterKey::default(),
             &chat(&system, &[], "Tell me about owls, at length please."),
         );
         let next = prompt_blocks(
             &acme,
+            &AdapterKey::default(),
             &chat(
                 &system,
                 &[
@@ -143,9 +220,27 @@ mod tests {
         let globex = TenantId::parse("globex").unwrap();
         let theirs = prompt_blocks(
             &globex,
+            &AdapterKey::default(),
             &chat(&system, &[], "Tell me about owls, at length please."),
         );
         assert_eq!(index.matched(&theirs), 0);
+    }
+
+    #[test]
+    fn a_prompt_under_another_adapter_set_matches_nothing() {
+        let acme = TenantId::parse("acme").unwrap();
+        let p = chat(&"A shared document. ".repeat(20), &[], "Summarise it.");
+        let base = prompt_blocks(&acme, &AdapterKey::default(), &p);
+        let mut index = ReplicaIndex::default();
+        index.record(&base);
+        assert_eq!(index.matched(&base), base.len());
+        let set = crate::engine::AdapterSet::new([crate::engine::AdapterSpec {
+            name: "tone".into(),
+            path: "/adapters/tone.gguf".into(),
+            sha256: "sha-tone".into(),
+            scale: 1.0,
+        }]);
+        assert_eq!(index.matched(&prompt_blocks(&acme, &set.key(), &p)), 0);
     }
 
     #[test]
@@ -155,7 +250,7 @@ mod tests {
         let mut last = Vec::new();
         for i in 0..2000 {
             let p = chat(&format!("{i} ").repeat(100), &[], "q");
-            last = prompt_blocks(&acme, &p);
+            last = prompt_blocks(&acme, &AdapterKey::default(), &p);
             index.record(&last);
         }
         assert!(index.blocks.len() <= MAX_BLOCKS);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use genrt_functions::TenantId;
 
-use super::affinity::{prompt_blocks, ReplicaIndex};
+use super::affinity::{prompt_blocks, ReplicaIndex, SetHomes};
 use super::fair::FairQueue;
 use crate::engine::{EngineError, EngineJob};
 use crate::supervision::{RestartBudget, RestartDecision, RestartPolicy};
@@ -64,6 +64,8 @@ pub(crate) struct PoolState {
     replicas: BTreeMap<ReplicaKey, ReplicaInfo>,
     /// What each replica was sent, for cache-aware placement.
     affinity: HashMap<ReplicaKey, ReplicaIndex>,
+    /// Where each adapter set's work went, for adapter-affine placement.
+    homes: SetHomes,
     next_key: u64,
     last_activity: Instant,
     failed_at: Option<Instant>,
@@ -88,6 +90,7 @@ impl PoolState {
             idle: FairQueue::new(),
             replicas: BTreeMap::new(),
             affinity: HashMap::new(),
+            homes: SetHomes::default(),
             next_key: 0,
             last_activity: now,
             failed_at: None,
@@ -277,7 +280,7 @@ impl PoolState {
                 (self.idle.pop()?, roomy)
             }
         };
-        let key = self.place(&job, &free);
+        let key = self.place(&job, &free, now);
         if let Some(info) = self.replicas.get_mut(&key) {
             info.busy += 1;
         }
@@ -291,36 +294,60 @@ impl PoolState {
         Some((key, job))
     }
 
-    /// Which of the replicas with a free slot (`free`, with their busy slots) runs `job`:
-    /// the one that was sent the longest prefix of its prompt (so that a conversation keeps
-    /// landing where its history is cached), unless that one is busier than the least busy by
-    /// more than half a replica's slots, as SGLang's router bounds the imbalance; otherwise,
-    /// and without any match, the least busy.
-    fn place(&mut self, job: &EngineJob, free: &[(ReplicaKey, u32)]) -> ReplicaKey {
+    /// Which of the replicas with a free slot (`free`, with their busy slots) runs `job`,
+    /// among those busier than the least busy by at most half a replica's slots (as SGLang's
+    /// router bounds the imbalance), in this order:
+    /// 1. the one that was sent the longest prefix of its prompt (so that a conversation keeps
+    ///    landing where its history is cached);
+    /// 2. where adapters run on the model, the home of the job's adapter set, else the one
+    ///    with the fewest sets (see [`SetHomes`]);
+    /// 3. the least busy, then the lowest key.
+    fn place(&mut self, job: &EngineJob, free: &[(ReplicaKey, u32)], now: Instant) -> ReplicaKey {
         let (least, least_busy) = *free
             .iter()
             .min_by_key(|(_, busy)| *busy)
             .expect("a free replica");
-        if !self.config.prefix_cache {
-            return least;
-        }
-        // Recorded with a single replica too: a second one may start before the next turn.
-        let blocks = prompt_blocks(&job.tenant, &job.request.prompt);
         let max_imbalance = (self.config.slots / 2).max(1);
-        let best = free
+        let near: Vec<(ReplicaKey, u32)> = free
             .iter()
-            .map(|&(key, busy)| {
-                let matched = self.affinity.get(&key).map_or(0, |i| i.matched(&blocks));
-                (matched, Reverse(busy), Reverse(key), key, busy)
-            })
-            .max();
-        let chosen = match best {
-            Some((matched, .., key, busy)) if matched > 0 && busy <= least_busy + max_imbalance => {
-                key
-            }
-            _ => least,
-        };
-        self.affinity.entry(chosen).or_default().record(&blocks);
+            .copied()
+            .filter(|(_, busy)| *busy <= least_busy + max_imbalance)
+            .collect();
+        let set = job.request.adapters.key();
+        let mut chosen = None;
+        let mut blocks = Vec::new();
+        if self.config.prefix_cache {
+            // Recorded with a single replica too: a second one may start before the next turn.
+            blocks = prompt_blocks(&job.tenant, &set, &job.request.prompt);
+            chosen = near
+                .iter()
+                .map(|&(key, busy)| {
+                    let matched = self.affinity.get(&key).map_or(0, |i| i.matched(&blocks));
+                    (matched, Reverse(busy), Reverse(key), key)
+                })
+                .max()
+                .filter(|(matched, ..)| *matched > 0)
+                .map(|(.., key)| key);
+        }
+        let by_set = self.homes.applies(&set, now);
+        if chosen.is_none() && by_set {
+            let home = self.homes.home(&set, now);
+            chosen = match home.filter(|h| near.iter().any(|(k, _)| k == h)) {
+                Some(home) => Some(home),
+                None => near
+                    .iter()
+                    .map(|&(key, busy)| (self.homes.sets_on(key, now), busy, key))
+                    .min()
+                    .map(|(.., key)| key),
+            };
+        }
+        let chosen = chosen.unwrap_or(least);
+        if self.config.prefix_cache {
+            self.affinity.entry(chosen).or_default().record(&blocks);
+        }
+        if by_set {
+            self.homes.record(set, chosen, now);
+        }
         chosen
     }
 
@@ -387,12 +414,14 @@ impl PoolState {
     pub(crate) fn replica_gone(&mut self, key: ReplicaKey) {
         self.replicas.remove(&key);
         self.affinity.remove(&key);
+        self.homes.forget(key);
     }
 
     /// A replica failed: decide whether to start another.
     pub(crate) fn replica_failed(&mut self, key: ReplicaKey, now: Instant) -> RestartDecision {
         self.replicas.remove(&key);
         self.affinity.remove(&key);
+        self.homes.forget(key);
         self.restarts.on_failure(now)
     }
 
@@ -539,6 +568,90 @@ mod tests {
         assert_eq!(
             key, b,
             "acme's latest turn went to `b`, and `b` is less busy"
+        );
+    }
+
+    /// A job of acme running with adapter `name` (none for "").
+    fn job_with(name: &str, label: &str, now: Instant) -> EngineJob {
+        let mut job = job_of("acme", label, now);
+        job.request.adapters = crate::engine::AdapterSet::new((!name.is_empty()).then(|| {
+            crate::engine::AdapterSpec {
+                name: name.into(),
+                path: format!("/adapters/{name}.gguf").into(),
+                sha256: format!("sha-{name}"),
+                scale: 1.0,
+            }
+        }));
+        job
+    }
+
+    #[test]
+    fn each_adapter_set_keeps_to_one_replica_and_sets_spread_over_replicas() {
+        let (mut p, now) = pool(64, 8, 2);
+        ready(&mut p, now);
+        let (a, b) = (p.add_replica("test"), p.add_replica("test"));
+        let send = |p: &mut PoolState, set: &str, i: usize| {
+            p.admit(job_with(set, &format!("prompt {i}"), now), now)
+                .unwrap();
+            p.next_assignment(now).unwrap().0
+        };
+        // 16 streams over 4 adapters, arriving two by two: least-busy placement alone would
+        // give each replica every set (and steps of 2 sequences).
+        let mut placed: BTreeMap<&str, Vec<ReplicaKey>> = BTreeMap::new();
+        for i in 0..16 {
+            let set = ["w", "x", "y", "z"][(i / 2) % 4];
+            placed.entry(set).or_default().push(send(&mut p, set, i));
+        }
+        assert_eq!(placed["w"], vec![a; 4]);
+        assert_eq!(placed["x"], vec![b; 4]);
+        assert_eq!(placed["y"], vec![a; 4]);
+        assert_eq!(placed["z"], vec![b; 4]);
+        // A set's home is left only beyond the imbalance bound (half of 8 slots): `a` is
+        // full, so `w`'s next job goes to `b`, which becomes its home.
+        for _ in 0..4 {
+            p.slot_freed(b, now);
+        }
+        assert_eq!(send(&mut p, "w", 16), b);
+        p.slot_freed(a, now);
+        p.slot_freed(a, now);
+        assert_eq!(send(&mut p, "w", 17), b);
+        // With adapters running, the base is a set like the others, placed where fewer run
+        // (`a` runs `y` only now, `b` runs `x`, `z` and `w`).
+        assert_eq!(send(&mut p, "", 18), a);
+        assert_eq!(send(&mut p, "", 19), a);
+        // Once no adapter has run for a while, the base is placed by load alone again.
+        let later = now + Duration::from_secs(60);
+        for _ in 0..8 {
+            p.slot_freed(a, later);
+            p.slot_freed(b, later);
+        }
+        let mut by_load = Vec::new();
+        for i in 0..4 {
+            p.admit(job_with("", &format!("later {i}"), later), later)
+                .unwrap();
+            let (key, _) = p.next_assignment(later).unwrap();
+            by_load.push(key);
+        }
+        assert_eq!(by_load, vec![a, b, a, b]);
+    }
+
+    #[test]
+    fn a_replica_that_goes_is_no_sets_home() {
+        let (mut p, now) = pool(64, 8, 2);
+        ready(&mut p, now);
+        let (a, b) = (p.add_replica("test"), p.add_replica("test"));
+        p.admit(job_with("w", "one", now), now).unwrap();
+        assert_eq!(p.next_assignment(now).unwrap().0, a);
+        p.replica_gone(a);
+        let c = p.add_replica("test");
+        // `b` and `c` both idle with no set: the lowest key, not the gone home.
+        p.admit(job_with("w", "two", now), now).unwrap();
+        assert_eq!(p.next_assignment(now).unwrap().0, b);
+        p.admit(job_with("w", "three", now), now).unwrap();
+        assert_eq!(
+            p.next_assignment(now).unwrap().0,
+            b,
+            "w's home is `b` now, not {c:?}"
         );
     }
 
