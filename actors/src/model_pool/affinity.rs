@@ -116,7 +116,7 @@ impl ReplicaIndex {
 /// A set is at home on a replica while its work went there within this long. A hint: a
 /// set whose streams outlive it is only placed as if new, costing steps, never correctness.
 const HOME_TTL: Duration = Duration::from_secs(30);
-/// Homes remembered at most; beyond, the expired ones are dropped.
+/// Homes remembered at most; beyond, the expired ones are dropped, then the oldest.
 const MAX_HOMES: usize = 1024;
 
 /// Where each adapter set's work was last sent (see the module's documentation).
@@ -142,9 +142,10 @@ impl SetHomes {
 
     /// The replica `set`'s work went to lately.
     pub(crate) fn home(&self, set: &AdapterKey, now: Instant) -> Option<ReplicaKey> {
-        self.live(now)
-            .find(|(s, _)| *s == set)
-            .map(|(_, replica)| replica)
+        self.homes
+            .get(set)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < HOME_TTL)
+            .map(|(replica, _)| *replica)
     }
 
     /// How many sets live on `replica`.
@@ -157,6 +158,19 @@ impl SetHomes {
         if self.homes.len() > MAX_HOMES {
             self.homes
                 .retain(|_, (_, at)| now.saturating_duration_since(*at) < HOME_TTL);
+        }
+        // More sets than that within the TTL: the oldest homes go, so that the map (scanned
+        // at each placement) stays bounded.
+        while self.homes.len() > MAX_HOMES {
+            let oldest = self
+                .homes
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(set, _)| set.clone());
+            match oldest {
+                Some(set) => self.homes.remove(&set),
+                None => break,
+            };
         }
     }
 

@@ -314,32 +314,36 @@ impl PoolState {
             .filter(|(_, busy)| *busy <= least_busy + max_imbalance)
             .collect();
         let set = job.request.adapters.key();
+        let by_set = self.homes.applies(&set, now);
+        let home = by_set
+            .then(|| self.homes.home(&set, now))
+            .flatten()
+            .filter(|h| near.iter().any(|(k, _)| k == h));
         let mut chosen = None;
         let mut blocks = Vec::new();
         if self.config.prefix_cache {
             // Recorded with a single replica too: a second one may start before the next turn.
             blocks = prompt_blocks(&job.tenant, &set, &job.request.prompt);
+            // Among equal matches the set's home wins: a set sent to a second replica once
+            // (its home was full) matches its system prompt there too, and without this the
+            // tie would go to the less busy and the set would spread again.
             chosen = near
                 .iter()
                 .map(|&(key, busy)| {
                     let matched = self.affinity.get(&key).map_or(0, |i| i.matched(&blocks));
-                    (matched, Reverse(busy), Reverse(key), key)
+                    (matched, Some(key) == home, Reverse(busy), Reverse(key), key)
                 })
                 .max()
                 .filter(|(matched, ..)| *matched > 0)
                 .map(|(.., key)| key);
         }
-        let by_set = self.homes.applies(&set, now);
         if chosen.is_none() && by_set {
-            let home = self.homes.home(&set, now);
-            chosen = match home.filter(|h| near.iter().any(|(k, _)| k == h)) {
-                Some(home) => Some(home),
-                None => near
-                    .iter()
+            chosen = home.or_else(|| {
+                near.iter()
                     .map(|&(key, busy)| (self.homes.sets_on(key, now), busy, key))
                     .min()
-                    .map(|(.., key)| key),
-            };
+                    .map(|(.., key)| key)
+            });
         }
         let chosen = chosen.unwrap_or(least);
         if self.config.prefix_cache {
@@ -633,6 +637,37 @@ mod tests {
             by_load.push(key);
         }
         assert_eq!(by_load, vec![a, b, a, b]);
+    }
+
+    #[test]
+    fn a_sets_home_wins_a_tie_of_prefix_matches() {
+        let (mut p, now) = pool(64, 8, 2);
+        ready(&mut p, now);
+        let (a, b) = (p.add_replica("test"), p.add_replica("test"));
+        // One function's jobs: a long system prompt (several index blocks), one adapter.
+        let system = "You write product copy for a fashion shop, in its house style. ".repeat(4);
+        let send = |p: &mut PoolState, i: usize| {
+            let mut job = job_with("w", &format!("item {i}"), now);
+            job.request.prompt.system = Some(system.clone());
+            p.admit(job, now).unwrap();
+            p.next_assignment(now).unwrap().0
+        };
+        // Home `a` while it is at most 4 (the bound) busier than `b`...
+        let first: Vec<ReplicaKey> = (0..5).map(|i| send(&mut p, i)).collect();
+        assert_eq!(first, vec![a, a, a, a, a]);
+        // ...then, `a` being 5 busier, the set goes to `b`, its new home...
+        assert_eq!(send(&mut p, 5), b);
+        // ...which now matches the system prompt as well as `a` does. With `a` idle again
+        // and less busy than `b`, the set stays on its home rather than spreading.
+        for _ in 0..5 {
+            p.slot_freed(a, now);
+        }
+        let after: Vec<ReplicaKey> = (6..9).map(|i| send(&mut p, i)).collect();
+        assert_eq!(
+            after,
+            vec![b, b, b],
+            "ties on the prefix go to the set's home"
+        );
     }
 
     #[test]
