@@ -56,18 +56,22 @@ async fn register(s: &TestServer, body: Value) -> (u16, Value) {
         .await
 }
 
+/// `GET /v1/models/{id}` as the admin.
+async fn model_entry(s: &TestServer, id: &str) -> (u16, Value) {
+    s.call(
+        Method::GET,
+        &format!("/v1/models/{id}"),
+        &admin_token(),
+        None,
+    )
+    .await
+}
+
 /// Polls `GET /v1/models/{id}` until its registration is `ready` or `failed`.
 async fn settled(s: &TestServer, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let (status, body) = s
-            .call(
-                Method::GET,
-                &format!("/v1/models/{id}"),
-                &admin_token(),
-                None,
-            )
-            .await;
+        let (status, body) = model_entry(s, id).await;
         assert_eq!(status, 200, "{body}");
         let state = body["registration"]["state"].as_str().unwrap_or_default();
         if state == "ready" || state == "failed" {
@@ -1130,14 +1134,7 @@ async fn a_registration_interrupted_while_its_file_was_read_is_not_read_again() 
     // What a start's first registry sync does.
     state.registry.sync(true).await.unwrap();
     for id in ["crashed-validating", "crashed-quantizing"] {
-        let (_, entry) = s
-            .call(
-                Method::GET,
-                &format!("/v1/models/{id}"),
-                &admin_token(),
-                None,
-            )
-            .await;
+        let (_, entry) = model_entry(&s, id).await;
         failed_with(&entry, "model_registration_interrupted");
     }
     s.stop().await;
@@ -1486,14 +1483,7 @@ exec GENRT "$@"
             assert_eq!(status, 202, "{body}");
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let (_, entry) = s
-                    .call(
-                        Method::GET,
-                        &format!("/v1/models/{id}"),
-                        &admin_token(),
-                        None,
-                    )
-                    .await;
+                let (_, entry) = model_entry(s, id).await;
                 let state = entry["registration"]["state"].as_str().unwrap_or_default();
                 assert!(state != "ready" && state != "failed", "{entry}");
                 let output = registry_files(store)
