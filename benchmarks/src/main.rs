@@ -152,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         g1.push((s.tokens - 1) as f64 / window);
     }
     let ratio = paired_ratio(&g1, &r1);
+    let _ = writeln!(notes, "- {}", pairs_note("1 stream", &g1, &r1));
     let (g1, r1) = (median(g1), median(r1));
     rows.push(Row {
         name: "1 stream, decode tokens/s",
@@ -185,6 +186,11 @@ async fn main() -> anyhow::Result<()> {
         last_report = Some(samples);
     }
     let ratio = paired_ratio(&gn, &rn);
+    let _ = writeln!(
+        notes,
+        "- {}",
+        pairs_note(&format!("{streams} streams"), &gn, &rn)
+    );
     let (gn, rn) = (median(gn), median(rn));
     rows.push(Row {
         name: "16 streams, summed decode tokens/s",
@@ -399,6 +405,25 @@ fn write_results(
 /// machine's speed drifts within a run (the shared 2-core machines by ±20% over a minute), and
 /// a pair's two halves share their moment, so its ratio cancels the drift that a ratio of the
 /// two medians would keep.
+/// Each pair of a paired measurement, and how far the baseline's own runs lay apart: on a
+/// shared machine a single ratio hides how much the machine moved during the run, and a pair's
+/// ratio moves by about as much as the baseline does.
+fn pairs_note(name: &str, genrt: &[f64], baseline: &[f64]) -> String {
+    let (lo, hi) = baseline
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let pairs = genrt
+        .iter()
+        .zip(baseline)
+        .map(|(g, b)| format!("{g:.1} / {b:.1} = {:.2}", g / b))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{name}, each pair (genrt / raw tokens/s = ratio): {pairs}; raw's own runs {lo:.1}–{hi:.1} tokens/s, {:.0}% apart.",
+        (hi / lo - 1.0) * 100.0
+    )
+}
+
 fn paired_ratio(genrt: &[f64], baseline: &[f64]) -> f64 {
     median(genrt.iter().zip(baseline).map(|(g, b)| g / b).collect())
 }
