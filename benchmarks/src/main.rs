@@ -405,6 +405,10 @@ fn write_results(
 /// machine's speed drifts within a run (the shared 2-core machines by ±20% over a minute), and
 /// a pair's two halves share their moment, so its ratio cancels the drift that a ratio of the
 /// two medians would keep.
+fn paired_ratio(genrt: &[f64], baseline: &[f64]) -> f64 {
+    median(genrt.iter().zip(baseline).map(|(g, b)| g / b).collect())
+}
+
 /// Each pair of a paired measurement, and how far the baseline's own runs lay apart: on a
 /// shared machine a single ratio hides how much the machine moved during the run, and a pair's
 /// ratio moves by about as much as the baseline does.
@@ -422,8 +426,4 @@ fn pairs_note(name: &str, genrt: &[f64], baseline: &[f64]) -> String {
         "{name}, each pair (genrt / raw tokens/s = ratio): {pairs}; raw's own runs {lo:.1}–{hi:.1} tokens/s, {:.0}% apart.",
         (hi / lo - 1.0) * 100.0
     )
-}
-
-fn paired_ratio(genrt: &[f64], baseline: &[f64]) -> f64 {
-    median(genrt.iter().zip(baseline).map(|(g, b)| g / b).collect())
 }
