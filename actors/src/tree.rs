@@ -281,6 +281,9 @@ impl ActorTree {
         limit: Duration,
     ) -> Result<bool, ModelChangeError> {
         if self.model(id).is_none() {
+            // A `refuse_new_work` that lost a race with another removal's end: lift its flag,
+            // so that a model registered again under this id is served.
+            self.directory.set_draining(id, false);
             return Err(ModelChangeError::Unknown(id.clone()));
         }
         self.directory.set_draining(id, true);
@@ -341,6 +344,16 @@ impl ActorTree {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), crate::engine::tool::ToolError> {
         self.backend.probe_adapter(base, adapter, cancelled)
+    }
+
+    /// The first, synchronous step of [`Self::remove_model`]: from this call on, new
+    /// invocations of `id` are refused with [`InvokeError::ModelDraining`]. For a caller that
+    /// runs the drain in the background but must refuse new work before it answers (a DELETE
+    /// that said `deleting`); it must call `remove_model` afterwards, which lifts the flag.
+    pub fn refuse_new_work(&self, id: &ModelId) {
+        if self.model(id).is_some() {
+            self.directory.set_draining(id, true);
+        }
     }
 
     /// Whether `id` is being removed (new work is refused).

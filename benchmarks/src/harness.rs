@@ -107,7 +107,7 @@ impl Bench {
         );
         let server = genrt_runtime::start(config, false).await?;
         let target = Target {
-            client: reqwest::Client::builder()
+            client: genrt_tests::client_builder()
                 .pool_max_idle_per_host(64)
                 .build()?,
             base: format!("http://{}", server.addr()),

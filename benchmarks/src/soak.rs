@@ -305,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
     let server = ServerProcess::start(&data.0, &config).await;
     let pid = server.pid().context("the server runs")?;
     let client = Arc::new(Client {
-        http: reqwest::Client::builder()
+        http: genrt_tests::client_builder()
             .timeout(Duration::from_secs(120))
             .build()?,
         base: server.base(),

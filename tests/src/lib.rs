@@ -203,12 +203,8 @@ impl TestServer {
         let s = Self {
             server: Some(server),
             base,
-            client: Client::builder()
+            client: client_builder()
                 .timeout(Duration::from_secs(120))
-                // Below the server's keep-alive (actix's 5 s): a connection idle longer is
-                // not reused, since the server may close it just as a request goes out on it
-                // (hyper's `IncompleteMessage`, seen in CI after a 5 s wait between requests).
-                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
             _data: data,
@@ -321,6 +317,21 @@ impl TestServer {
             server.stop().await.expect("server stops cleanly");
         }
     }
+}
+
+/// An HTTP client for talking to genrt. Every test and benchmark client starts here, because
+/// of the keep-alive race below.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    Client::builder()
+        // Below the server's keep-alive (actix's 5 s): a connection idle longer is not reused,
+        // since the server may close it just as a request goes out on it (hyper's
+        // `IncompleteMessage`; CI saw it after a 5 s wait between two requests).
+        .pool_idle_timeout(Duration::from_secs(2))
+}
+
+/// [`client_builder`] as it is.
+pub fn client() -> Client {
+    client_builder().build().expect("an HTTP client")
 }
 
 pub async fn read(response: Response) -> (u16, Value) {

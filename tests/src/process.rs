@@ -147,12 +147,8 @@ impl ServerProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            client: Client::builder()
+            client: crate::client_builder()
                 .timeout(Duration::from_secs(60))
-                // Below the server's keep-alive (actix's 5 s): a connection idle longer is
-                // not reused, since the server may close it just as a request goes out on it
-                // (hyper's `IncompleteMessage`, seen in CI after a 5 s wait between requests).
-                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("an HTTP client"),
         };

@@ -529,6 +529,15 @@ async fn deleting_drains_running_work() {
             .await;
         assert_eq!(status, 202, "{entry}");
         assert_eq!(entry["state"], "draining", "{entry}");
+        // Refused from the answer on, not from whenever the background drain starts (CI once
+        // saw the next invocation run to the end).
+        assert!(
+            s.server()
+                .state()
+                .tree
+                .is_draining(&genrt_functions::ModelId::new("doomed")),
+            "the DELETE answered before new work was refused"
+        );
         let (status, body) = s
             .invoke(&t, "long", json!({"input": {"topic": "a lake"}}))
             .await;
@@ -1192,7 +1201,7 @@ async fn a_start_listens_before_it_checks_registered_files() {
         .await
         .expect("server starts");
     let base = format!("http://{}", server.addr());
-    let client = reqwest::Client::new();
+    let client = genrt_tests::client();
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
@@ -1255,7 +1264,7 @@ async fn a_starting_node_takes_work_on_registered_models_only_after_its_first_sy
         .await
         .expect("server starts");
     let base = format!("http://{}", server.addr());
-    let client = reqwest::Client::new();
+    let client = genrt_tests::client();
     let invoke = |body: Value| {
         client
             .post(format!("{base}/v1/functions/on-small/invoke"))

@@ -244,7 +244,7 @@ async fn sigterm_drains_in_flight_work_and_hands_back_leases() {
 
     // Two streams and two synchronous invocations in flight.
     let base = server.base();
-    let client = reqwest::Client::new();
+    let client = genrt_tests::client();
     let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(4);
     let streams: Vec<_> = (0..2)
         .map(|i| {

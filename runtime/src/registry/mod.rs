@@ -1258,14 +1258,26 @@ impl ModelRegistry {
         if !first && !owner {
             return;
         }
+        // New work is refused before this returns, not once the task below runs: the DELETE
+        // that called it answers `deleting`, and an invocation sent right after that answer
+        // must be refused (it ran to the end when the task started late).
+        let model = ModelId::new(id.clone());
+        let adapter = match model.split_adapter() {
+            (base, Some(name)) => {
+                // Running sequences hold the loaded adapter; new ones are refused from now.
+                self.inner.tree.remove_adapter(&base, name);
+                true
+            }
+            (_, None) => {
+                self.inner.tree.refuse_new_work(&model);
+                false
+            }
+        };
         let this = self.clone();
         self.inner.runtime.spawn(async move {
             let inner = &this.inner;
-            let model = ModelId::new(id.clone());
-            if let (base, Some(name)) = model.split_adapter() {
-                // Running sequences hold the loaded adapter; new ones are refused from now.
-                inner.tree.remove_adapter(&base, name);
-            } else if inner.tree.model(&model).is_some() {
+            // `remove_model` also lifts `refuse_new_work`'s flag when the model went meanwhile.
+            if !adapter {
                 let limit = Duration::from_secs(inner.config.drain_timeout_s);
                 match inner.tree.remove_model(&model, limit).await {
                     Ok(drained) => {
