@@ -399,7 +399,9 @@ async fn stop_on_signal(handle: ServerHandle, state: web::Data<AppState>) {
     handle.stop(true).await;
 }
 
-/// Request logging: method, path, status, latency and request id at debug level.
+/// Request logging: one line per request (method, path, status, latency, request id) at info
+/// level under the target `genrt::http`, the access log; `RUST_LOG=...,genrt::http=warn`
+/// silences it (the process tests do, so that a failing test's log tail shows what matters).
 fn tracing_actix_web_lite() -> actix_web::middleware::Logger {
     actix_web::middleware::Logger::new("%r %s %Dms %{x-request-id}o").log_target("genrt::http")
 }
