@@ -703,8 +703,9 @@ enum Sampler {
     /// the chain drew, and applied to the whole vocabulary only when that token does not fit,
     /// as llama.cpp's `common_sampler_sample` does: masking ~50 000 candidates through the
     /// grammar at every step made constrained decoding several times slower than free
-    /// decoding. The distribution is the same: a token that fits is kept with its
-    /// unconstrained probability p, and drawn again with probability (1 − P(fits)) · p / P(fits).
+    /// decoding. The distribution is the same: a token t that fits, of unconstrained
+    /// probability p, comes out with p (drawn and kept) plus (1 − P(fits)) · p / P(fits)
+    /// (drawn again under the grammar), which is p / P(fits), its constrained probability.
     Constrained {
         grammar: LlamaSampler,
         chain: LlamaSampler,
