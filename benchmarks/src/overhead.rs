@@ -71,10 +71,15 @@ async fn main() -> anyhow::Result<()> {
             let t = Instant::now();
             let r = b.target.invoke("stream", &body).await?;
             let client_ms = t.elapsed().as_secs_f64() * 1000.0;
-            let total = r["timings"]["total_ms"].as_f64().unwrap_or(0.0);
-            let queue = r["timings"]["queue_ms"].as_f64().unwrap_or(0.0);
-            overhead.record_ms((client_ms - (total - queue)).max(0.0));
-            all.record_ms((client_ms - (total - queue)).max(0.0));
+            let timing = |field: &str| {
+                r["timings"][field]
+                    .as_f64()
+                    .ok_or_else(|| anyhow::anyhow!("the answer has no timings.{field}: {r}"))
+            };
+            let (total, queue) = (timing("total_ms")?, timing("queue_ms")?);
+            let ms = (client_ms - (total - queue)).max(0.0);
+            overhead.record_ms(ms);
+            all.record_ms(ms);
             before.record_ms(queue);
             outside.record_ms((client_ms - total).max(0.0));
         }
