@@ -188,3 +188,24 @@ impl Bench {
         }
     }
 }
+
+/// A bare actix-web JSON echo on a free port: the floor under any HTTP request's cost, the
+/// baseline that genrt's own request path is compared with.
+pub async fn echo_server() -> anyhow::Result<(actix_web::dev::ServerHandle, std::net::SocketAddr)> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/echo",
+            web::post().to(|body: web::Json<Value>| async move {
+                HttpResponse::Ok().json(body.into_inner())
+            }),
+        )
+    })
+    .disable_signals()
+    .bind("127.0.0.1:0")?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((handle, addr))
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Parser;
 use genrt_actors::ModelConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use harness::{prompt, stream_body, Bench, MODEL, SYSTEM};
 use stats::{median, peak_rss_mib, rss_mib, Latencies};
@@ -235,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     // 5. Cached path against a bare actix-web JSON echo, 32 connections.
     let cached_body = json!({"input": {"prompt": "Cached question."}});
     b.target.invoke("cached", &cached_body).await?;
-    let echo = echo_server().await?;
+    let echo = harness::echo_server().await?;
     let (echo_rps, echo_lat) = load::request_loop(
         &b.target.client,
         &format!("http://{}/echo", echo.1),
@@ -332,25 +332,6 @@ async fn main() -> anyhow::Result<()> {
     b.server.stop().await?;
     write_results(&out, &rows, &notes, threads, tokens, streams, runs)?;
     Ok(())
-}
-
-async fn echo_server() -> anyhow::Result<(actix_web::dev::ServerHandle, std::net::SocketAddr)> {
-    use actix_web::{web, App, HttpResponse, HttpServer};
-    let server = HttpServer::new(|| {
-        App::new().route(
-            "/echo",
-            web::post().to(|body: web::Json<Value>| async move {
-                HttpResponse::Ok().json(body.into_inner())
-            }),
-        )
-    })
-    .disable_signals()
-    .bind("127.0.0.1:0")?;
-    let addr = server.addrs()[0];
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    Ok((handle, addr))
 }
 
 fn write_results(

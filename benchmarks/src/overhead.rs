@@ -10,7 +10,10 @@
 //!   (admission, dispatcher, function actor, pool, replica, the engine thread's wake-up and
 //!   tokenization);
 //! - outside the server's clock: client time minus `total_ms` (the client, HTTP both ways,
-//!   middleware and authentication before the receipt, and everything after the outcome).
+//!   middleware and authentication before the receipt, and everything after the outcome);
+//! - the HTTP floor: the same client posting the same body to a bare actix-web JSON echo,
+//!   one echo after each invocation, so that the host's noise falls on both alike. What the
+//!   outside part has above it is genrt's own work.
 
 use genrt_benchmarks::{harness, load, stats};
 
@@ -63,10 +66,19 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..20 {
         b.target.invoke("stream", &body).await?;
     }
+    let (echo, echo_addr) = harness::echo_server().await?;
+    let echo_url = format!("http://{echo_addr}/echo");
+    for _ in 0..20 {
+        echo_call(&b, &echo_url, &body).await?;
+    }
     let mut all = Latencies::new();
     for round in 0..args.rounds {
-        let (mut overhead, mut before, mut outside) =
-            (Latencies::new(), Latencies::new(), Latencies::new());
+        let (mut overhead, mut before, mut outside, mut floor) = (
+            Latencies::new(),
+            Latencies::new(),
+            Latencies::new(),
+            Latencies::new(),
+        );
         for _ in 0..args.calls {
             let t = Instant::now();
             let r = b.target.invoke("stream", &body).await?;
@@ -82,15 +94,18 @@ async fn main() -> anyhow::Result<()> {
             all.record_ms(ms);
             before.record_ms(queue);
             outside.record_ms((client_ms - total).max(0.0));
+            floor.record_ms(echo_call(&b, &echo_url, &body).await?);
         }
         println!(
-            "round {}: overhead {} ms (p50/p90/p99); before the engine {}; outside the server's clock {}",
+            "round {}: overhead {} ms (p50/p90/p99); before the engine {}; outside the server's clock {}; HTTP floor (bare echo) {}",
             round + 1,
             precise(&overhead),
             precise(&before),
-            precise(&outside)
+            precise(&outside),
+            precise(&floor)
         );
     }
+    echo.stop(true).await;
     println!("all rounds: overhead {} ms", precise(&all));
     if args.cached_s > 0 {
         let cached_body = json!({"input": {"prompt": "Cached question."}});
@@ -111,6 +126,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = b.server.stop().await;
     Ok(())
+}
+
+/// One post of `body` to the bare echo, in milliseconds.
+async fn echo_call(b: &Bench, url: &str, body: &serde_json::Value) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let r = b.target.client.post(url).json(body).send().await?;
+    if !r.status().is_success() {
+        bail!("the echo answered {}", r.status());
+    }
+    // Parsed, as the invocation's answer is.
+    r.json::<serde_json::Value>().await?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn precise(l: &Latencies) -> String {
