@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod invocation;
 pub mod queue;
+mod read_ahead;
 pub mod records;
 pub mod registry;
 pub mod store;

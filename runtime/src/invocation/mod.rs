@@ -21,7 +21,6 @@ pub use record::Status;
 pub use render::{RenderError, Renderer};
 pub use via::Via;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +38,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::JobQueue;
+use crate::read_ahead::{Lookup, ReadAhead, Ticket};
 use crate::registry::ModelRegistry;
 use crate::store::{InvocationRow, Recorder, Store, StoredAlias, StoredVersion};
 use crate::telemetry::Metrics;
@@ -66,13 +66,11 @@ pub(crate) struct Shared {
     url_guard: Arc<UrlGuard>,
     renderer: Renderer,
     /// The latest version and the aliases of recently invoked functions, so that the hot
-    /// path reads no database. Deploys, deletes and alias changes on this node invalidate
-    /// it; another node's are seen within `HEAD_TTL`.
-    heads: moka::sync::Cache<(TenantId, FunctionName), Arc<Head>>,
+    /// path reads no database (reread in the background while in use). Deploys, deletes and
+    /// alias changes on this node invalidate it; another node's are seen within `HEAD_TTL`.
+    heads: ReadAhead<(TenantId, FunctionName), Arc<Head>>,
     /// Versions by number (pinned, or an alias's), cached the same way.
-    versions: moka::sync::Cache<(TenantId, FunctionName, u32), Arc<StoredVersion>>,
-    /// Bumped by every change on this node: a read that started before one is not cached.
-    generation: AtomicU64,
+    versions: ReadAhead<(TenantId, FunctionName, u32), Arc<StoredVersion>>,
 }
 
 /// How long a node may run a function's previous latest version or alias target after
@@ -202,15 +200,8 @@ impl InvocationService {
                 metrics: parts.metrics,
                 url_guard: parts.url_guard,
                 renderer,
-                heads: moka::sync::Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(HEAD_TTL)
-                    .build(),
-                versions: moka::sync::Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(HEAD_TTL)
-                    .build(),
-                generation: AtomicU64::new(0),
+                heads: ReadAhead::new(10_000, HEAD_TTL),
+                versions: ReadAhead::new(10_000, HEAD_TTL),
             }),
         }
     }
@@ -224,21 +215,20 @@ impl InvocationService {
     ) -> BoxFuture<'a, Result<Option<Arc<Head>>, sea_orm::DbErr>> {
         Box::pin(async move {
             let key = (tenant.clone(), name.clone());
-            if let Some(head) = self.shared.heads.get(&key) {
-                return Ok(Some(head));
-            }
-            let generation = self.shared.generation.load(Ordering::Acquire);
-            let store = &self.shared.store;
-            let Some(latest) = store.latest_version(tenant, name).await? else {
-                return Ok(None);
+            let ticket = match self.shared.heads.get(&key) {
+                Lookup::Hit(head) => return Ok(Some(head)),
+                Lookup::Reread(head, ticket) => {
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        if let Err(e) = shared.read_head(ticket, key).await {
+                            tracing::debug!(error = %e, "rereading a function head failed");
+                        }
+                    });
+                    return Ok(Some(head));
+                }
+                Lookup::Miss(ticket) => ticket,
             };
-            let aliases = store.aliases(tenant, name).await?.unwrap_or_default();
-            let head = Arc::new(Head { latest, aliases });
-            // Not cached when a change on this node came in meanwhile: it may predate it.
-            if self.shared.generation.load(Ordering::Acquire) == generation {
-                self.shared.heads.insert(key, Arc::clone(&head));
-            }
-            Ok(Some(head))
+            self.shared.read_head(ticket, key).await
         })
     }
 
@@ -319,26 +309,27 @@ impl InvocationService {
     ) -> BoxFuture<'a, Result<StoredVersion, ApiError>> {
         Box::pin(async move {
             let key = (tenant.clone(), name.clone(), version);
-            if let Some(v) = self.shared.versions.get(&key) {
-                return Ok((*v).clone());
-            }
-            let generation = self.shared.generation.load(Ordering::Acquire);
-            let found = self
-                .shared
-                .store
-                .version(tenant, name, version)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::VersionNotFound,
-                        format!("function `{name}` has no version {version}"),
-                    )
-                    .with_field("version")
-                })?;
-            if self.shared.generation.load(Ordering::Acquire) == generation {
-                self.shared.versions.insert(key, Arc::new(found.clone()));
-            }
-            Ok(found)
+            let ticket = match self.shared.versions.get(&key) {
+                Lookup::Hit(v) => return Ok((*v).clone()),
+                Lookup::Reread(v, ticket) => {
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        if let Err(e) = shared.read_version(ticket, key).await {
+                            tracing::debug!(error = %e, "rereading a function version failed");
+                        }
+                    });
+                    return Ok((*v).clone());
+                }
+                Lookup::Miss(ticket) => ticket,
+            };
+            let found = self.shared.read_version(ticket, key).await?;
+            found.map(|v| (*v).clone()).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::VersionNotFound,
+                    format!("function `{name}` has no version {version}"),
+                )
+                .with_field("version")
+            })
         })
     }
 
@@ -601,6 +592,40 @@ async fn forward(
 }
 
 impl Shared {
+    /// Reads a function's head and caches it (unless this node changed it meanwhile); a
+    /// function gone from the database leaves the cache.
+    async fn read_head(
+        &self,
+        ticket: Ticket,
+        key: (TenantId, FunctionName),
+    ) -> Result<Option<Arc<Head>>, sea_orm::DbErr> {
+        let (tenant, name) = &key;
+        let Some(latest) = self.store.latest_version(tenant, name).await? else {
+            self.heads.remove(&key);
+            return Ok(None);
+        };
+        let aliases = self.store.aliases(tenant, name).await?.unwrap_or_default();
+        let head = Arc::new(Head { latest, aliases });
+        self.heads.insert(ticket, key, Arc::clone(&head));
+        Ok(Some(head))
+    }
+
+    /// Reads one version and caches it likewise.
+    async fn read_version(
+        &self,
+        ticket: Ticket,
+        key: (TenantId, FunctionName, u32),
+    ) -> Result<Option<Arc<StoredVersion>>, sea_orm::DbErr> {
+        let (tenant, name, version) = &key;
+        let Some(found) = self.store.version(tenant, name, *version).await? else {
+            self.versions.remove(&key);
+            return Ok(None);
+        };
+        let found = Arc::new(found);
+        self.versions.insert(ticket, key, Arc::clone(&found));
+        Ok(Some(found))
+    }
+
     /// The answer to a failed run. Before this node's first registry sync, a model or adapter
     /// registered earlier is not served here yet: that is "not yet" (503, retry), not
     /// "unknown" (422, give up).

@@ -90,13 +90,20 @@ impl Store {
             .max_connections(config.database.max_connections)
             .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_s))
             .connect_timeout(Duration::from_secs(config.database.acquire_timeout_s))
-            .sqlx_logging(false);
+            .sqlx_logging(false)
+            // On every connection of the pool, not only the first: WAL lets readers proceed
+            // while a write commits, and in WAL mode `synchronous=NORMAL` (SQLite's advice
+            // for it) syncs at checkpoints instead of at every commit. A crash of the process
+            // loses nothing; a power cut may lose the last commits, never the database. Each
+            // invocation's record is a commit, and a sync per commit put a disk flush beside
+            // every request. Postgres is the store for what must survive power cuts.
+            .map_sqlx_sqlite_opts(|opts| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+            });
         let db = Database::connect(options).await?;
-        if url.starts_with("sqlite:") {
-            // WAL lets readers proceed while a write commits.
-            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
-                .await?;
-        }
         let store = Self { db };
         store.migrate().await?;
         Ok(store)
