@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Parser;
 use genrt_actors::ModelConfig;
 use serde_json::json;
@@ -365,6 +365,9 @@ fn write_results(
         );
     }
     let _ = writeln!(md, "\n![ratios](results.svg)\n\n## Details\n\n{notes}");
+    // A run takes minutes: a missing `--out` folder is made rather than losing its figures.
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating the results folder {}", out.display()))?;
     // The soak section is written by `genrt-soak`, on its own schedule: keep it.
     let old = std::fs::read_to_string(out.join("RESULTS.md")).unwrap_or_default();
     if let (Some(b), Some(e)) = (
