@@ -86,6 +86,7 @@ fn function_of(tenant: &str, spec: serde_json::Value) -> Arc<DeployedFunction> {
         name: FunctionName::parse("f").unwrap(),
         version: 1,
         spec: serde_json::from_value(spec).unwrap(),
+        digest: String::new(),
     })
 }
 

@@ -40,6 +40,10 @@ pub struct DeployedFunction {
     pub name: FunctionName,
     pub version: u32,
     pub spec: FunctionSpec,
+    /// `spec.digest()`, as stored with the version. A version number alone does not name
+    /// one spec: a function deleted and deployed again numbers its versions from 1 again, so
+    /// whatever is kept per version (its actor, its compiled templates) is kept per digest too.
+    pub digest: String,
 }
 
 /// Test-only faults; the runtime lets a request carry one only when `server.fault_injection`

@@ -279,3 +279,73 @@ async fn a_stale_registration_job_cannot_change_a_new_registration_of_its_id() {
     let moved = store.model_row("again").await.unwrap().unwrap();
     assert_eq!((moved.state.as_str(), moved.bytes_done), ("validating", 7));
 }
+
+/// Versions are cached by number, and a function deleted and deployed again numbers its
+/// versions from 1 again: a pinned `@1` must run the new function's version 1 at once, not
+/// the deleted one's for as long as the cache keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_after_delete_and_redeploy_is_the_new_one() {
+    let s = server().await;
+    let t = token("acme");
+    let deploy = |prompt: &'static str, max_tokens: u32| {
+        let (s, t) = (&s, &t);
+        async move {
+            let (status, body) = s
+                .deploy(
+                    t,
+                    json!({"name": "pinned", "model": MODEL, "prompt": prompt,
+                           "params": {"max_tokens": max_tokens}, "cache": {"enabled": false}}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    let first_version = || {
+        let (s, t) = (&s, &t);
+        async move {
+            let (status, body) = s
+                .call(
+                    Method::POST,
+                    "/v1/functions/pinned@1/invoke",
+                    t,
+                    Some(json!({"input": {"text": "hi"}})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let tokens = body["usage"]["completion_tokens"].as_u64().expect("usage");
+            let text = body["output"]["text"].as_str().unwrap_or_default();
+            (text.to_owned(), tokens)
+        }
+    };
+    // Two versions, so that `@1` is not the latest (read through the versions' cache).
+    deploy("one {{ text }}", 64).await;
+    deploy("two {{ text }}", 64).await;
+    let (text, tokens) = first_version().await;
+    assert_eq!(text, "echo: one hi");
+    assert!(
+        tokens > 3,
+        "{tokens} tokens: too few to tell the limits apart"
+    );
+
+    let (status, body) = s
+        .call(Method::DELETE, "/v1/functions/pinned", &t, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // The new version 1 renders its own template, and runs with its own parameters (its
+    // actor is not the deleted version's, which is still alive and idle).
+    deploy("three {{ text }}", 64).await;
+    deploy("four {{ text }}", 64).await;
+    assert_eq!(first_version().await.0, "echo: three hi");
+    let (status, body) = s
+        .call(Method::DELETE, "/v1/functions/pinned", &t, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    deploy("three {{ text }}", 3).await;
+    deploy("four {{ text }}", 3).await;
+    let (_, tokens) = first_version().await;
+    assert!(
+        tokens <= 3,
+        "{tokens} tokens past the new version's max_tokens of 3"
+    );
+    s.stop().await;
+}

@@ -166,6 +166,7 @@ impl DispatcherState {
             tenant: function.tenant.clone(),
             name: function.name.clone(),
             version: function.version,
+            digest: function.digest.clone(),
         };
         let actor = match self.functions.get(&key) {
             Some(actor) => actor,

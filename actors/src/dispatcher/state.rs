@@ -11,6 +11,9 @@ pub(crate) struct FunctionKey {
     pub tenant: TenantId,
     pub name: FunctionName,
     pub version: u32,
+    /// The spec's digest: an actor serves one spec, and a version number can name another
+    /// after a delete and a new deploy.
+    pub digest: String,
 }
 
 pub(crate) struct RoutingTable<H> {
@@ -78,6 +81,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             name: FunctionName::parse("f").unwrap(),
             version,
+            digest: String::new(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! `FunctionActor`: one per (tenant, function version), started on first invocation and
-//! stopped after its idle timeout. It holds the compiled templates and schema, answers from
-//! the response cache when it can, and otherwise queues the work on the chosen model's pool.
+//! `FunctionActor`: one per (tenant, function version, spec digest), started on first
+//! invocation and stopped after its idle timeout. It holds the compiled templates and schema,
+//! answers from the response cache when it can, and otherwise queues the work on the chosen
+//! model's pool.
 
 mod messages;
 mod state;

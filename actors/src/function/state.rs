@@ -161,6 +161,7 @@ mod tests {
             name: FunctionName::parse("f").unwrap(),
             version: 1,
             spec: serde_json::from_value(spec).unwrap(),
+            digest: String::new(),
         };
         FunctionState::new(function, Instant::now()).unwrap()
     }

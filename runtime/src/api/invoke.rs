@@ -168,6 +168,7 @@ pub(crate) fn deployed(
         name: name.clone(),
         version: version.version,
         spec: version.spec.clone(),
+        digest: version.digest.clone(),
     })
 }
 

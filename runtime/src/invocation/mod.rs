@@ -221,7 +221,7 @@ impl InvocationService {
                     let shared = Arc::clone(&self.shared);
                     tokio::spawn(async move {
                         if let Err(e) = shared.read_head(ticket, key).await {
-                            tracing::debug!(error = %e, "rereading a function head failed");
+                            tracing::warn!(error = %e, "rereading a function head failed");
                         }
                     });
                     return Ok(Some(head));
@@ -315,7 +315,7 @@ impl InvocationService {
                     let shared = Arc::clone(&self.shared);
                     tokio::spawn(async move {
                         if let Err(e) = shared.read_version(ticket, key).await {
-                            tracing::debug!(error = %e, "rereading a function version failed");
+                            tracing::warn!(error = %e, "rereading a function version failed");
                         }
                     });
                     return Ok((*v).clone());
@@ -334,11 +334,15 @@ impl InvocationService {
     }
 
     /// After a deploy, a delete or an alias change on this node: the next invocation reads
-    /// the function again. Other nodes see it within `HEAD_TTL`.
+    /// the function again. Other nodes see it within `HEAD_TTL`. Its versions go too: a
+    /// function deleted and deployed again numbers its versions from 1 again.
     pub fn forget_function(&self, tenant: &TenantId, name: &FunctionName) {
         self.shared
             .heads
             .invalidate(&(tenant.clone(), name.clone()));
+        self.shared
+            .versions
+            .invalidate_if(|(t, n, _)| t == tenant && n == name);
     }
 
     /// The admission decision for `mode`: the checks its row of the table names, in order
@@ -829,6 +833,7 @@ impl InvocationService {
                         name: name.clone(),
                         version,
                         spec: stored.spec,
+                        digest: stored.digest,
                     });
                     let mut request = Request::new(function, input, params);
                     request.via = Via::Shadow { of: of.0, alias };
@@ -937,6 +942,7 @@ impl InvocationService {
                 name,
                 version: version.version,
                 spec: version.spec,
+                digest: version.digest,
             });
             let mut request = Request::new(function, input, params);
             request.id = InvocationId(row.id);

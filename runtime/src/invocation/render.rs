@@ -46,8 +46,10 @@ pub enum RenderError {
 /// Runs one render; true when the caller gave up on it meanwhile (its thread then leaves).
 type Job = Box<dyn FnOnce() -> bool + Send>;
 
-/// A function version: immutable, so what is compiled or refused for it stays true.
-type VersionKey = (TenantId, String, u32);
+/// A function version and its spec's digest: immutable together, so what is compiled or
+/// refused for it stays true (a number alone can name another spec after a delete and a
+/// new deploy).
+type VersionKey = (TenantId, String, u32, String);
 
 /// Bytes of rendered prompts kept for reuse.
 const RENDERED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -131,6 +133,7 @@ impl Renderer {
             function.tenant.clone(),
             function.name.as_str().to_owned(),
             function.version,
+            function.digest.clone(),
         );
         let wrap = |prompt: RenderedPrompt| match &conversation {
             Some(c) => c.wrap(prompt),
@@ -174,9 +177,8 @@ impl Renderer {
         name: &str,
         spec: &FunctionSpec,
     ) -> Result<(), RenderError> {
-        // Not a version yet: its digest stands in for the version number.
-        let digest = u32::from_str_radix(&spec.digest()[..8], 16).unwrap_or(0);
-        let key = (tenant.clone(), format!("deploy:{name}"), digest);
+        // Not a version yet: version 0, which no stored version has, and its digest.
+        let key = (tenant.clone(), format!("deploy:{name}"), 0, spec.digest());
         let limits = self.shared.limits;
         let spec = spec.clone();
         let result = self
@@ -287,6 +289,8 @@ fn rendered_key(version: &VersionKey, input: &Value) -> [u8; 32] {
     hash.update([0]);
     hash.update(version.1.as_bytes());
     hash.update(version.2.to_le_bytes());
+    hash.update(version.3.as_bytes());
+    hash.update([0]);
     hash.update(input.to_string().as_bytes());
     hash.finalize().into()
 }

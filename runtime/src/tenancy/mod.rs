@@ -73,7 +73,7 @@ impl Tenancy {
                 tokio::spawn(async move {
                     let read = read_limits(&store, &settings, &defaults, ticket, &tenant);
                     if let Err(e) = read.await {
-                        tracing::debug!(error = %e, "rereading a tenant's settings failed");
+                        tracing::warn!(error = %e, "rereading a tenant's settings failed");
                     }
                 });
                 return Ok(limits);
@@ -100,7 +100,7 @@ impl Tenancy {
                 let (store, keys) = (self.store.clone(), self.keys.clone());
                 tokio::spawn(async move {
                     if let Err(e) = read_key(&store, &keys, ticket, hash).await {
-                        tracing::debug!(error = %e, "rereading an API key failed");
+                        tracing::warn!(error = %e, "rereading an API key failed");
                     }
                 });
                 grant

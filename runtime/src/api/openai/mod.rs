@@ -419,13 +419,15 @@ async fn resolve(
         let spec = plan::passthrough_spec(&id, output, genrt_functions::default_timeout_s());
         // The output constraint is part of the spec, so each distinct one is its own
         // pass-through "version": an actor never serves a spec other than its own.
-        let version = u32::from_str_radix(&spec.digest()[..8], 16).expect("a hex digest");
+        let digest = spec.digest();
+        let version = u32::from_str_radix(&digest[..8], 16).expect("a hex digest");
         return Ok(Target {
             function: Arc::new(DeployedFunction {
                 tenant: caller.tenant.clone(),
                 name: FunctionName::model_passthrough(&id),
                 version,
                 spec,
+                digest,
             }),
             via: Via::Latest,
             shadow: None,
@@ -460,6 +462,7 @@ async fn resolve(
             name,
             version: version.version,
             spec: version.spec,
+            digest: version.digest,
         }),
         via: resolved.via,
         shadow: resolved.shadow,
