@@ -51,6 +51,13 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     genrt_actors::engine::tool::serve_if_asked();
     let args = Args::parse();
+    // RUST_LOG (e.g. `sqlx::query=debug`: every statement a call makes) goes to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if !args.model.is_file() {
         bail!("{} is missing: run `make model`", args.model.display());
     }
