@@ -40,6 +40,11 @@ impl<K, V> Clone for ReadAhead<K, V> {
 
 struct Inner<K, V> {
     cache: Cache<K, Arc<Entry<V>>>,
+    /// The runtime that built this cache (the server's), for rereads. A lookup runs on
+    /// whatever thread serves its request, often an HTTP worker's own single-threaded
+    /// runtime, which `tokio::spawn` would give the reread to: its database round trips
+    /// would then share that thread with the responses it serves.
+    background: Option<tokio::runtime::Handle>,
     reread_after: Duration,
     /// Counts this node's changes; a ticket holds the count at the time it was taken.
     changes: AtomicU64,
@@ -93,6 +98,7 @@ where
                     .max_capacity(capacity)
                     .time_to_live(ttl)
                     .build(),
+                background: tokio::runtime::Handle::try_current().ok(),
                 reread_after: ttl / 2,
                 changes: AtomicU64::new(0),
                 marks: Mutex::new(Marks {
@@ -143,6 +149,17 @@ where
             rereading: AtomicBool::new(false),
         };
         self.inner.cache.insert(key, Arc::new(entry));
+    }
+
+    /// Runs a reread in the background, on the runtime that built this cache.
+    pub(crate) fn in_background(
+        &self,
+        reread: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        match &self.inner.background {
+            Some(runtime) => drop(runtime.spawn(reread)),
+            None => drop(tokio::spawn(reread)),
+        }
     }
 
     /// A reread found nothing (deleted meanwhile, here or on another node): the entry goes.

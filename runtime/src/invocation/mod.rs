@@ -219,7 +219,7 @@ impl InvocationService {
                 Lookup::Hit(head) => return Ok(Some(head)),
                 Lookup::Reread(head, ticket) => {
                     let shared = Arc::clone(&self.shared);
-                    tokio::spawn(async move {
+                    self.shared.heads.in_background(async move {
                         if let Err(e) = shared.read_head(ticket, key).await {
                             tracing::warn!(error = %e, "rereading a function head failed");
                         }
@@ -313,7 +313,7 @@ impl InvocationService {
                 Lookup::Hit(v) => return Ok((*v).clone()),
                 Lookup::Reread(v, ticket) => {
                     let shared = Arc::clone(&self.shared);
-                    tokio::spawn(async move {
+                    self.shared.versions.in_background(async move {
                         if let Err(e) = shared.read_version(ticket, key).await {
                             tracing::warn!(error = %e, "rereading a function version failed");
                         }

@@ -70,7 +70,7 @@ impl Tenancy {
             Lookup::Reread(limits, ticket) => {
                 let (store, settings) = (self.store.clone(), self.settings.clone());
                 let (defaults, tenant) = (self.defaults.clone(), tenant.clone());
-                tokio::spawn(async move {
+                self.settings.in_background(async move {
                     let read = read_limits(&store, &settings, &defaults, ticket, &tenant);
                     if let Err(e) = read.await {
                         tracing::warn!(error = %e, "rereading a tenant's settings failed");
@@ -98,7 +98,7 @@ impl Tenancy {
             Lookup::Hit(grant) => grant,
             Lookup::Reread(grant, ticket) => {
                 let (store, keys) = (self.store.clone(), self.keys.clone());
-                tokio::spawn(async move {
+                self.keys.in_background(async move {
                     if let Err(e) = read_key(&store, &keys, ticket, hash).await {
                         tracing::warn!(error = %e, "rereading an API key failed");
                     }
