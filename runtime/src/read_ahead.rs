@@ -151,11 +151,20 @@ where
         self.inner.cache.insert(key, Arc::new(entry));
     }
 
-    /// Runs a reread in the background, on the runtime that built this cache.
-    pub(crate) fn in_background(
+    /// Runs a reread in the background, on the runtime that built this cache; a failure is
+    /// logged (`what` failed) and leaves the entry to expire.
+    pub(crate) fn in_background<T, E>(
         &self,
-        reread: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
+        what: &'static str,
+        reread: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+    ) where
+        E: std::fmt::Display,
+    {
+        let reread = async move {
+            if let Err(e) = reread.await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        };
         match &self.inner.background {
             Some(runtime) => drop(runtime.spawn(reread)),
             None => drop(tokio::spawn(reread)),

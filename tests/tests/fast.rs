@@ -317,6 +317,15 @@ async fn a_pinned_version_after_delete_and_redeploy_is_the_new_one() {
             (text.to_owned(), tokens)
         }
     };
+    let delete = || {
+        let (s, t) = (&s, &t);
+        async move {
+            let (status, body) = s
+                .call(Method::DELETE, "/v1/functions/pinned", t, None)
+                .await;
+            assert_eq!(status, 204, "{body}");
+        }
+    };
     // Two versions, so that `@1` is not the latest (read through the versions' cache).
     deploy("one {{ text }}", 64).await;
     deploy("two {{ text }}", 64).await;
@@ -327,19 +336,13 @@ async fn a_pinned_version_after_delete_and_redeploy_is_the_new_one() {
         "{tokens} tokens: too few to tell the limits apart"
     );
 
-    let (status, body) = s
-        .call(Method::DELETE, "/v1/functions/pinned", &t, None)
-        .await;
-    assert_eq!(status, 204, "{body}");
+    delete().await;
     // The new version 1 renders its own template, and runs with its own parameters (its
     // actor is not the deleted version's, which is still alive and idle).
     deploy("three {{ text }}", 64).await;
     deploy("four {{ text }}", 64).await;
     assert_eq!(first_version().await.0, "echo: three hi");
-    let (status, body) = s
-        .call(Method::DELETE, "/v1/functions/pinned", &t, None)
-        .await;
-    assert_eq!(status, 204, "{body}");
+    delete().await;
     deploy("three {{ text }}", 3).await;
     deploy("four {{ text }}", 3).await;
     let (_, tokens) = first_version().await;

@@ -219,11 +219,11 @@ impl InvocationService {
                 Lookup::Hit(head) => return Ok(Some(head)),
                 Lookup::Reread(head, ticket) => {
                     let shared = Arc::clone(&self.shared);
-                    self.shared.heads.in_background(async move {
-                        if let Err(e) = shared.read_head(ticket, key).await {
-                            tracing::warn!(error = %e, "rereading a function head failed");
-                        }
-                    });
+                    self.shared
+                        .heads
+                        .in_background("rereading a function head", async move {
+                            shared.read_head(ticket, key).await
+                        });
                     return Ok(Some(head));
                 }
                 Lookup::Miss(ticket) => ticket,
@@ -313,11 +313,11 @@ impl InvocationService {
                 Lookup::Hit(v) => return Ok((*v).clone()),
                 Lookup::Reread(v, ticket) => {
                     let shared = Arc::clone(&self.shared);
-                    self.shared.versions.in_background(async move {
-                        if let Err(e) = shared.read_version(ticket, key).await {
-                            tracing::warn!(error = %e, "rereading a function version failed");
-                        }
-                    });
+                    self.shared
+                        .versions
+                        .in_background("rereading a function version", async move {
+                            shared.read_version(ticket, key).await
+                        });
                     return Ok((*v).clone());
                 }
                 Lookup::Miss(ticket) => ticket,

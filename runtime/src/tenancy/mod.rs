@@ -70,12 +70,10 @@ impl Tenancy {
             Lookup::Reread(limits, ticket) => {
                 let (store, settings) = (self.store.clone(), self.settings.clone());
                 let (defaults, tenant) = (self.defaults.clone(), tenant.clone());
-                self.settings.in_background(async move {
-                    let read = read_limits(&store, &settings, &defaults, ticket, &tenant);
-                    if let Err(e) = read.await {
-                        tracing::warn!(error = %e, "rereading a tenant's settings failed");
-                    }
-                });
+                self.settings
+                    .in_background("rereading a tenant's settings", async move {
+                        read_limits(&store, &settings, &defaults, ticket, &tenant).await
+                    });
                 return Ok(limits);
             }
             Lookup::Miss(ticket) => ticket,
@@ -98,10 +96,8 @@ impl Tenancy {
             Lookup::Hit(grant) => grant,
             Lookup::Reread(grant, ticket) => {
                 let (store, keys) = (self.store.clone(), self.keys.clone());
-                self.keys.in_background(async move {
-                    if let Err(e) = read_key(&store, &keys, ticket, hash).await {
-                        tracing::warn!(error = %e, "rereading an API key failed");
-                    }
+                self.keys.in_background("rereading an API key", async move {
+                    read_key(&store, &keys, ticket, hash).await
                 });
                 grant
             }
