@@ -605,8 +605,8 @@ async fn a_gated_promotion_is_refused_or_made_and_rolled_back(db: Db) {
         cases.push(json!({"input": {"country": country}, "reference": out["output"]["text"]}));
     }
     let cases = Value::Array(cases);
-    // Version 2, a different prompt, is prod; 3 answers with one made-up word; 4 is the
-    // prompt the references came from.
+    // Version 2, a different prompt, is prod; 3 is cut off after one token; 4 is the prompt
+    // the references came from.
     let v2 = deploy(
         &s,
         &t,
@@ -615,8 +615,13 @@ async fn a_gated_promotion_is_refused_or_made_and_rolled_back(db: Db) {
     .await;
     let (status, body) = set_alias(&s, &t, "capital", "prod", json!({"version": v2})).await;
     assert_eq!(status, 200, "{body}");
-    let bad = "Whatever you are asked, reply only with the word 'zebra'.";
-    let v3 = deploy(&s, &t, definition("capital", bad, cases.clone())).await;
+    // Worse by construction, not by the model's obedience: a prompt that asked for one
+    // made-up word was ignored on some CPUs (greedy decoding differs between SIMD paths) and
+    // scored as well as version 2. One token of a one-sentence reference scores a ROUGE-L of
+    // at most 2/(1 + its words), under any answer of version 2 that names the capital.
+    let mut bad = definition("capital", good, cases.clone());
+    bad["params"]["max_tokens"] = json!(1);
+    let v3 = deploy(&s, &t, bad).await;
     let gate = json!({"not_worse_than": "current", "max_drop": 0.02});
     let (status, refused) = set_alias(
         &s,
@@ -729,7 +734,7 @@ async fn a_gated_promotion_is_refused_or_made_and_rolled_back(db: Db) {
     );
     // A gate needs an evaluation set.
     deploy(&s, &t, definition("bare", good, json!([]))).await;
-    deploy(&s, &t, definition("bare", bad, json!([]))).await;
+    deploy(&s, &t, definition("bare", "Answer briefly.", json!([]))).await;
     let (status, body) = set_alias(
         &s,
         &t,
