@@ -212,21 +212,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Runtime overhead: client time minus the engine's own time, one short call at a time.
     let mut overhead = Latencies::new();
-    let body = json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}});
-    // Unmeasured first, as `genrt-bench-overhead` does: the first call after the streams
-    // phase (raw llama.cpp's model just freed) took 7.4 ms against 1.1–1.6 for the next 19,
-    // a one-time cost that a 200-call p99 would otherwise report as per-invocation.
-    for _ in 0..20 {
-        b.target.invoke("stream", &body).await?;
-    }
+    b.warm_one_token(20).await?;
     for _ in 0..200 {
-        let t = Instant::now();
-        let r = b.target.invoke("stream", &body).await?;
-        let client_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let timings = &r["timings"];
-        let model_ms =
-            timings["total_ms"].as_f64().unwrap() - timings["queue_ms"].as_f64().unwrap();
-        overhead.record_ms((client_ms - model_ms).max(0.0));
+        overhead.record_ms(b.one_token_call().await?.overhead_ms());
     }
     rows.push(Row {
         name: "runtime overhead per invocation, p99 (ms)",

@@ -68,11 +68,9 @@ async fn main() -> anyhow::Result<()> {
     model.n_ctx = 1024;
     model.queue_capacity = 256;
     let b = Bench::start(model, None).await?;
-    let body = json!({"input": {"prompt": "Hi."}, "params": {"max_tokens": 1}});
+    let body = harness::one_token_body();
     // Loads the model and warms every cache on the path.
-    for _ in 0..20 {
-        b.target.invoke("stream", &body).await?;
-    }
+    b.warm_one_token(20).await?;
     let (echo, echo_addr) = harness::echo_server().await?;
     let echo_url = format!("http://{echo_addr}/echo");
     for _ in 0..20 {
@@ -87,20 +85,12 @@ async fn main() -> anyhow::Result<()> {
             Latencies::new(),
         );
         for _ in 0..args.calls {
-            let t = Instant::now();
-            let r = b.target.invoke("stream", &body).await?;
-            let client_ms = t.elapsed().as_secs_f64() * 1000.0;
-            let timing = |field: &str| {
-                r["timings"][field]
-                    .as_f64()
-                    .ok_or_else(|| anyhow::anyhow!("the answer has no timings.{field}: {r}"))
-            };
-            let (total, queue) = (timing("total_ms")?, timing("queue_ms")?);
-            let ms = (client_ms - (total - queue)).max(0.0);
+            let call = b.one_token_call().await?;
+            let ms = call.overhead_ms();
             overhead.record_ms(ms);
             all.record_ms(ms);
-            before.record_ms(queue);
-            outside.record_ms((client_ms - total).max(0.0));
+            before.record_ms(call.queue_ms);
+            outside.record_ms(call.outside_ms());
             floor.record_ms(echo_call(&b, &echo_url, &body).await?);
         }
         println!(
